@@ -1,0 +1,1 @@
+//! The xbdev block-device core.
