@@ -12,8 +12,9 @@
 //! - Every region is reported to registered [`DmaMapper`]s (the NVMe PCIe driver maps each one
 //!   into its IOMMU domain); the IOVA of a buffer is its virtual address.
 
+use std::cell::RefCell;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// Alignment of every buffer.
@@ -160,6 +161,8 @@ fn pool() -> &'static Mutex<Pool> {
 }
 
 static FALLBACK_LOGGED: AtomicBool = AtomicBool::new(false);
+/// Bumped whenever a region is added or removed, so readers can cache the region list.
+static GENERATION: AtomicU64 = AtomicU64::new(1);
 
 fn mmap_anon(len: usize, huge: bool) -> Result<NonNull<u8>, std::io::Error> {
     let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
@@ -210,6 +213,7 @@ impl Pool {
             }
         }
         self.regions.push(region);
+        GENERATION.fetch_add(1, Ordering::Release);
         Ok(region)
     }
 
@@ -254,6 +258,7 @@ impl Pool {
                 m.unmap(addr, cap);
             }
             self.regions.retain(|r| r.addr != addr);
+            GENERATION.fetch_add(1, Ordering::Release);
             munmap(addr, cap);
         } else {
             self.free[cap.trailing_zeros() as usize - 12].push(addr);
@@ -385,10 +390,25 @@ impl std::fmt::Debug for DmaBuf {
     }
 }
 
-/// Whether `addr` lies inside DMA memory (so an IO can go zero-copy without a bounce buffer).
+thread_local! {
+    static REGION_CACHE: RefCell<(u64, Vec<(usize, usize)>)> = const { RefCell::new((0, Vec::new())) };
+}
+
+/// Whether `addr..addr+len` lies inside DMA memory (so an IO can go zero-copy without a bounce
+/// buffer). Lock-free on the fast path: each thread caches the region list until it changes.
 pub fn is_dma_memory(addr: usize, len: usize) -> bool {
-    let p = pool().lock().unwrap_or_else(|e| e.into_inner());
-    p.regions.iter().any(|r| addr >= r.addr && addr + len <= r.addr + r.len)
+    let g = GENERATION.load(Ordering::Acquire);
+    REGION_CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != g {
+            let p = pool().lock().unwrap_or_else(|e| e.into_inner());
+            c.1 = p.regions.iter().map(|r| (r.addr, r.addr + r.len)).collect();
+            c.1.sort_unstable();
+            c.0 = g;
+        }
+        let i = c.1.partition_point(|r| r.0 <= addr);
+        i > 0 && addr.checked_add(len).is_some_and(|end| end <= c.1[i - 1].1)
+    })
 }
 
 /// Copy `src` into the segments, in order; returns bytes copied.
