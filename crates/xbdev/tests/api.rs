@@ -105,7 +105,7 @@ fn async_queue_batches_and_returns_buffers() {
     let (e, _back) = q.write(&h, extra, 0, 999).unwrap_err();
     assert!(matches!(e, XbdevError::QueueFull(128)));
     assert_eq!(q.submit(), 128);
-    let mut seen = vec![false; 128];
+    let mut seen = [false; 128];
     let mut bufs = Vec::new();
     while bufs.len() < 128 {
         q.poll(64, Duration::from_secs(5), &mut |c| {
