@@ -86,10 +86,7 @@ fn main() {
     let version = source_version(&src);
     if let Some(installed) = installed_version() {
         if installed != version {
-            fail(&format!(
-                "the fio headers at {} are {version} but the installed fio is {installed}",
-                src.display()
-            ));
+            fail(&format!("the fio headers at {} are {version} but the installed fio is {installed}", src.display()));
         }
     }
     println!("cargo:rustc-env=XBDEV_FIO_BUILT_VERSION={version}");

@@ -33,6 +33,7 @@ struct xb_job_params {
 	const char *conf;	/* --xbdev_conf, or NULL */
 	const char *cores;	/* --xbdev_cores, or NULL */
 	const char *idle;	/* --xbdev_idle, or NULL */
+	const char *mode;	/* --xbdev_mode, or NULL */
 	const char *job_name;
 	unsigned int iodepth;
 	unsigned int thread_mode;
@@ -88,6 +89,7 @@ struct xb_options {
 	char *conf;
 	char *cores;
 	char *idle;
+	char *mode;
 };
 
 static struct fio_option xb_options[] = {
@@ -123,6 +125,20 @@ static struct fio_option xb_options[] = {
 		.group = FIO_OPT_G_INVALID,
 	},
 	{
+		.name = "xbdev_mode",
+		.lname = "xbdev IO path",
+		.type = FIO_OPT_STR_STORE,
+		.off1 = offsetof(struct xb_options, mode),
+		.help = "Which thread drives the devices",
+		.def = "inline",
+		.posval = {
+			{ .ival = "inline", .help = "fio's job thread polls its own device channels (default)" },
+			{ .ival = "reactor", .help = "IO goes through a queue to the xbdev reactor cores" },
+		},
+		.category = FIO_OPT_C_ENGINE,
+		.group = FIO_OPT_G_INVALID,
+	},
+	{
 		.name = NULL,
 	},
 };
@@ -136,6 +152,7 @@ static void xb_params(struct thread_data *td, struct xb_job_params *p)
 		p->conf = o->conf;
 		p->cores = o->cores;
 		p->idle = o->idle;
+		p->mode = o->mode;
 	}
 	p->job_name = td->o.name;
 	p->iodepth = td->o.iodepth;

@@ -78,6 +78,31 @@ pub enum EngineError {
         /// Buffer length.
         len: u64,
     },
+    /// A request outside the device or not aligned to its blocks.
+    #[error("{op} of {len} bytes at offset {offset} on '{device}': {reason}")]
+    Range {
+        /// Operation name.
+        op: &'static str,
+        /// Device name.
+        device: String,
+        /// Byte offset.
+        offset: u64,
+        /// Length in bytes.
+        len: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// `xbdev_mode` is not a known mode.
+    #[error("invalid xbdev_mode '{0}' (expected inline or reactor)")]
+    Mode(String),
+    /// The size-probe child reported an error.
+    #[error("{message}")]
+    ProbeFailed {
+        /// The errno of the child's error.
+        errno: i32,
+        /// The child's message.
+        message: String,
+    },
     /// An operation code the shim should never send.
     #[error("unknown operation code {0}")]
     BadOp(u8),
@@ -104,6 +129,8 @@ impl EngineError {
             | EngineError::Config { .. }
             | EngineError::Cores { .. }
             | EngineError::Idle(_)
+            | EngineError::Mode(_)
+            | EngineError::Range { .. }
             | EngineError::NotUtf8(_)
             | EngineError::BadOp(_)
             | EngineError::ForeignBuffer { .. } => libc::EINVAL,
@@ -111,6 +138,7 @@ impl EngineError {
             EngineError::Open { source, .. } | EngineError::Io { source, .. } => xbdev_errno(source),
             EngineError::IoMem { .. } => libc::ENOMEM,
             EngineError::Probe(_) => libc::EIO,
+            EngineError::ProbeFailed { errno, .. } => *errno,
             EngineError::ProbeOs { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
             EngineError::BadFile(_) => libc::EBADF,
         }

@@ -20,6 +20,8 @@ pub struct JobParams {
     pub cores: *const c_char,
     /// `xbdev_idle` or null.
     pub idle: *const c_char,
+    /// `xbdev_mode` or null.
+    pub mode: *const c_char,
     /// fio's job name or null.
     pub job_name: *const c_char,
     /// fio's `iodepth`.
@@ -111,9 +113,15 @@ unsafe fn spec_of(p: *const JobParams) -> Result<(JobSpec, u32), EngineError> {
     // SAFETY: per this function's contract.
     let Some(p) = (unsafe { p.as_ref() }) else { return Err(EngineError::NoConfig) };
     // SAFETY: the shim passes fio's option strings (or null), alive for the whole call.
-    let (conf, cores, idle) =
-        unsafe { (opt_str(p.conf, "xbdev_conf")?, opt_str(p.cores, "xbdev_cores")?, opt_str(p.idle, "xbdev_idle")?) };
-    Ok((JobSpec::from_options(conf, cores, idle)?, p.iodepth))
+    let (conf, cores, idle, mode) = unsafe {
+        (
+            opt_str(p.conf, "xbdev_conf")?,
+            opt_str(p.cores, "xbdev_cores")?,
+            opt_str(p.idle, "xbdev_idle")?,
+            opt_str(p.mode, "xbdev_mode")?,
+        )
+    };
+    Ok((JobSpec::from_options(conf, cores, idle)?.with_mode(mode)?, p.iodepth))
 }
 
 /// The job behind the shim's `td->io_ops_data`.

@@ -34,10 +34,8 @@ pub fn file_sizes(spec: &JobSpec, names: &[String]) -> Result<Vec<u64>, EngineEr
     let key = spec.key();
     {
         let c = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-        let hits: Vec<u64> = names
-            .iter()
-            .filter_map(|n| c.iter().find(|e| e.key == key && &e.name == n).map(|e| e.size))
-            .collect();
+        let hits: Vec<u64> =
+            names.iter().filter_map(|n| c.iter().find(|e| e.key == key && &e.name == n).map(|e| e.size)).collect();
         if hits.len() == names.len() {
             return Ok(hits);
         }
@@ -68,7 +66,8 @@ pub fn sizes_from(xb: &Xbdev, names: &[String]) -> Result<Vec<u64>, EngineError>
         .collect()
 }
 
-/// What the probe child writes: one `size <bytes>` line per device, or one `error <text>`.
+/// What the probe child writes: one `size <bytes>` line per device, or one
+/// `error <errno> <text>`.
 pub fn child_report(spec: &JobSpec, names: &[String]) -> String {
     let result = spec.config().and_then(|cfg| {
         let xb = ffi::with_signals_blocked(|| Xbdev::start(&cfg)).map_err(EngineError::Start)?;
@@ -78,14 +77,18 @@ pub fn child_report(spec: &JobSpec, names: &[String]) -> String {
     });
     match result {
         Ok(sizes) => sizes.iter().map(|s| format!("size {s}\n")).collect(),
-        Err(e) => format!("error {}\n", e.chain().replace('\n', " ")),
+        Err(e) => format!("error {} {}\n", e.errno(), e.chain().replace('\n', " ")),
     }
 }
 
 /// Parse a probe child's report for `n` devices.
 pub fn parse_report(text: &str, n: usize) -> Result<Vec<u64>, EngineError> {
-    if let Some(msg) = text.lines().find_map(|l| l.strip_prefix("error ")) {
-        return Err(EngineError::Probe(msg.to_string()));
+    if let Some(rest) = text.lines().find_map(|l| l.strip_prefix("error ")) {
+        let (errno, message) = match rest.split_once(' ') {
+            Some((n, m)) => (n.parse().unwrap_or(libc::EIO), m),
+            None => (libc::EIO, rest),
+        };
+        return Err(EngineError::ProbeFailed { errno, message: message.to_string() });
     }
     let sizes = text
         .lines()
@@ -114,8 +117,11 @@ mod tests {
         assert!(matches!(parse_report("size 1\n", 2), Err(EngineError::Probe(_))));
         assert!(matches!(parse_report("", 1), Err(EngineError::Probe(_))));
         assert!(matches!(parse_report("size x\n", 1), Err(EngineError::Probe(_))));
-        match parse_report("size 1\nerror cannot open device 'q': unknown device 'q'\n", 2) {
-            Err(EngineError::Probe(m)) => assert_eq!(m, "cannot open device 'q': unknown device 'q'"),
+        match parse_report("size 1\nerror 2 cannot open device 'q': unknown device 'q'\n", 2) {
+            Err(e @ EngineError::ProbeFailed { .. }) => {
+                assert_eq!(e.errno(), libc::ENOENT);
+                assert_eq!(e.chain(), "cannot open device 'q': unknown device 'q'");
+            }
             other => panic!("{other:?}"),
         }
     }
@@ -143,6 +149,7 @@ mod tests {
         assert_eq!(file_sizes(&spec, &names).unwrap(), vec![512_000, 262_144]);
         let e = file_sizes(&spec, &["nope".to_string()]).unwrap_err();
         assert!(e.chain().contains("unknown device 'nope'"), "{}", e.chain());
+        assert_eq!(e.errno(), libc::ENOENT);
         assert_eq!(instances::count(), 0, "the probe must not start an instance in this process");
     }
 }

@@ -31,7 +31,28 @@ impl Idle {
     }
 }
 
-/// What a job asks of xbdev: the config file and the reactor overrides.
+/// `xbdev_mode`: which thread drives a job's devices.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// fio's job thread owns one channel per device and polls it itself (run to completion).
+    #[default]
+    Inline,
+    /// Requests go through an xbdev IO queue to a reactor core.
+    Reactor,
+}
+
+impl Mode {
+    /// Parse the option value.
+    pub fn parse(s: &str) -> Result<Mode, EngineError> {
+        match s.trim() {
+            "inline" => Ok(Mode::Inline),
+            "reactor" => Ok(Mode::Reactor),
+            other => Err(EngineError::Mode(other.to_string())),
+        }
+    }
+}
+
+/// What a job asks of xbdev: the config file, the reactor overrides and the IO path.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct JobSpec {
     /// `xbdev_conf`: path of the JSON config.
@@ -40,6 +61,8 @@ pub struct JobSpec {
     pub cores: Option<Vec<usize>>,
     /// `xbdev_idle`: idle policy, overriding the config's.
     pub idle: Option<Idle>,
+    /// `xbdev_mode`: the job's IO path (not part of the instance's identity).
+    pub mode: Mode,
 }
 
 /// Largest CPU id accepted (sanity bound for ranges like `0-100000`).
@@ -87,7 +110,13 @@ impl JobSpec {
         let conf = conf.map(str::trim).filter(|s| !s.is_empty()).map(str::to_string);
         let cores = cores.map(str::trim).filter(|s| !s.is_empty()).map(parse_cores).transpose()?;
         let idle = idle.map(str::trim).filter(|s| !s.is_empty()).map(Idle::parse).transpose()?;
-        Ok(JobSpec { conf, cores, idle })
+        Ok(JobSpec { conf, cores, idle, mode: Mode::default() })
+    }
+
+    /// The same spec with the IO path given by `xbdev_mode` (default inline when `None`).
+    pub fn with_mode(mut self, mode: Option<&str>) -> Result<JobSpec, EngineError> {
+        self.mode = mode.map(str::trim).filter(|s| !s.is_empty()).map(Mode::parse).transpose()?.unwrap_or_default();
+        Ok(self)
     }
 
     /// Identity of the xbdev instance this spec asks for: jobs of one process with equal keys
@@ -150,6 +179,16 @@ mod tests {
         assert_eq!(Idle::parse("poll").unwrap(), Idle::Poll);
         assert_eq!(Idle::parse("adaptive").unwrap(), Idle::Adaptive);
         assert!(matches!(Idle::parse("spin"), Err(EngineError::Idle(_))));
+    }
+
+    #[test]
+    fn mode_values() {
+        let s = JobSpec::default();
+        assert_eq!(s.clone().with_mode(None).unwrap().mode, Mode::Inline);
+        assert_eq!(s.clone().with_mode(Some("reactor")).unwrap().mode, Mode::Reactor);
+        assert!(matches!(s.with_mode(Some("fast")), Err(EngineError::Mode(_))));
+        let a = JobSpec::default().with_mode(Some("reactor")).unwrap();
+        assert_eq!(a.key(), JobSpec::default().key(), "the mode does not select another instance");
     }
 
     #[test]
