@@ -65,6 +65,7 @@ extern void *xbdev_rs_event(void *job, int i, int *err, int *status);
 extern void *xbdev_rs_iomem_alloc(void *job, size_t len);
 extern void xbdev_rs_iomem_free(void *job);
 extern const char *xbdev_rs_status_name(int status);
+extern void xbdev_rs_unload(void);
 
 // ---------------------------------------------------------------------------------------------
 // fio symbols, resolved from the fio executable when it dlopens the engine. Weak, so that the
@@ -416,6 +417,17 @@ struct ioengine_ops *xbdev_fio_shim_ops(void)
 		return NULL;
 	}
 	return &xb_ops;
+}
+
+/*
+ * Runs when fio unloads the engine (its last dlclose) or the process exits normally: stop the
+ * xbdev instances that thread-mode jobs left running, joining their threads while the
+ * library's code is still mapped. Job processes leave with _exit, which skips this; their
+ * last job's cleanup has stopped their instance already.
+ */
+__attribute__((destructor)) static void xb_unload(void)
+{
+	xbdev_rs_unload();
 }
 
 /* fio_ro_check() and friends are static inlines in fio's headers; a few constants for tests. */

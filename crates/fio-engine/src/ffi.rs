@@ -109,7 +109,7 @@ unsafe fn opt_str<'a>(p: *const c_char, what: &'static str) -> Result<Option<&'a
 ///
 /// # Safety
 /// `p` is null or points to a valid `JobParams` whose strings are valid C strings.
-unsafe fn spec_of(p: *const JobParams) -> Result<(JobSpec, u32), EngineError> {
+unsafe fn spec_of(p: *const JobParams) -> Result<(JobSpec, u32, bool), EngineError> {
     // SAFETY: per this function's contract.
     let Some(p) = (unsafe { p.as_ref() }) else { return Err(EngineError::NoConfig) };
     // SAFETY: the shim passes fio's option strings (or null), alive for the whole call.
@@ -121,7 +121,7 @@ unsafe fn spec_of(p: *const JobParams) -> Result<(JobSpec, u32), EngineError> {
             opt_str(p.mode, "xbdev_mode")?,
         )
     };
-    Ok((JobSpec::from_options(conf, cores, idle)?.with_mode(mode)?, p.iodepth))
+    Ok((JobSpec::from_options(conf, cores, idle)?.with_mode(mode)?, p.iodepth, p.thread_mode != 0))
 }
 
 /// The job behind the shim's `td->io_ops_data`.
@@ -154,7 +154,7 @@ pub unsafe extern "C" fn xbdev_rs_file_sizes(
 ) -> c_int {
     // SAFETY: per this function's contract.
     let spec = match unsafe { spec_of(p) } {
-        Ok((s, _)) => s,
+        Ok((s, _, _)) => s,
         Err(e) => return fail(err, errlen, &e),
     };
     if n > 0 && (names.is_null() || sizes.is_null()) {
@@ -196,14 +196,14 @@ pub unsafe extern "C" fn xbdev_rs_init(
 ) -> c_int {
     crate::logger::init();
     // SAFETY: per this function's contract.
-    let (spec, iodepth) = match unsafe { spec_of(p) } {
+    let (spec, iodepth, thread_mode) = match unsafe { spec_of(p) } {
         Ok(x) => x,
         Err(e) => return fail(err, errlen, &e),
     };
     if out.is_null() {
         return fail(err, errlen, &EngineError::Probe("no job pointer".into()));
     }
-    match Job::new(&spec, iodepth as usize, |cfg| with_signals_blocked(|| xbdev::Xbdev::start(cfg))) {
+    match Job::new(&spec, iodepth as usize, thread_mode, |cfg| with_signals_blocked(|| xbdev::Xbdev::start(cfg))) {
         Ok(j) => {
             // SAFETY: `out` is valid for a write (checked non-null).
             unsafe { *out = Box::into_raw(Box::new(j)).cast::<c_void>() };
@@ -425,6 +425,13 @@ pub unsafe extern "C" fn xbdev_rs_iomem_free(j: *mut c_void) {
     if let Some(job) = unsafe { job(j) } {
         job.iomem_free();
     }
+}
+
+/// The library is being unloaded (or the process exits): stop every instance of this
+/// process, joining its reactor threads. Called by the shim's library destructor.
+#[no_mangle]
+pub extern "C" fn xbdev_rs_unload() {
+    crate::instances::shutdown_all();
 }
 
 /// The lower-case name of an xbdev status code, as a static C string.

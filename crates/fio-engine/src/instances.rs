@@ -2,8 +2,17 @@
 //!
 //! In fio's process mode every job has its own process and so its own instance; with
 //! `--thread` the jobs of one process share the instance their options describe (equal
-//! [`JobSpec::key`]). The first job's `init` starts it, the last job's `cleanup` stops it
-//! (joining the reactor threads), so nothing of the engine runs when fio unloads the library.
+//! [`JobSpec::key`]). The first job's `init` starts it.
+//!
+//! When it stops:
+//! - process mode: with the last job's `cleanup` (the job process then leaves with `_exit`,
+//!   which runs no library destructor);
+//! - thread mode: when fio unloads the engine (its last `dlclose`, after the last job's
+//!   `cleanup`) or exits: the shim's library destructor calls [`shutdown_all`]. Later jobs of the
+//!   same run (after a `stonewall`) therefore see the data earlier jobs wrote to RAM disks, as
+//!   with any other fio target.
+//!
+//! Either way the reactor threads are joined before the library's code goes away.
 //!
 //! An instance is tied to the process that started it: after a `fork` the child sees the
 //! parent's table but none of its threads, so a table inherited that way is forgotten
@@ -18,6 +27,8 @@ struct Entry {
     key: String,
     xb: Arc<Xbdev>,
     jobs: usize,
+    /// Keep running without jobs until [`shutdown_all`] (thread mode).
+    keep: bool,
 }
 
 struct Table {
@@ -66,7 +77,7 @@ impl Drop for Lease {
             match t.entries.iter().position(|e| e.key == self.key && Arc::ptr_eq(&e.xb, &self.xb)) {
                 Some(i) => {
                     t.entries[i].jobs -= 1;
-                    (t.entries[i].jobs == 0).then(|| t.entries.swap_remove(i))
+                    (t.entries[i].jobs == 0 && !t.entries[i].keep).then(|| t.entries.swap_remove(i))
                 }
                 None => None,
             }
@@ -79,22 +90,36 @@ impl Drop for Lease {
 }
 
 /// Take a reference to the instance `spec` describes, starting it when this process has none.
+/// `keep` (fio's thread mode) keeps the instance after its last job, until [`shutdown_all`].
 /// `start` creates the instance (the caller blocks signals around it).
 pub fn acquire(
     spec: &JobSpec,
+    keep: bool,
     start: impl FnOnce(&xbdev::Config) -> Result<Xbdev, xbdev::XbdevError>,
 ) -> Result<Lease, EngineError> {
     let key = spec.key();
     let mut t = table();
     if let Some(e) = t.entries.iter_mut().find(|e| e.key == key) {
         e.jobs += 1;
+        e.keep |= keep;
         return Ok(Lease { key, xb: e.xb.clone() });
     }
     let cfg = spec.config()?;
     // Starting under the table lock serialises concurrent first jobs of one spec.
     let xb = Arc::new(start(&cfg).map_err(EngineError::Start)?);
-    t.entries.push(Entry { key: key.clone(), xb: xb.clone(), jobs: 1 });
+    t.entries.push(Entry { key: key.clone(), xb: xb.clone(), jobs: 1, keep });
     Ok(Lease { key, xb })
+}
+
+/// Stop every instance of this process (the library is being unloaded, or the process exits).
+pub fn shutdown_all() {
+    let entries: Vec<Entry> = std::mem::take(&mut table().entries);
+    for e in entries {
+        if e.jobs > 0 {
+            log::warn!("stopping xbdev instance {} with {} jobs still attached", e.key, e.jobs);
+        }
+        e.xb.stop();
+    }
 }
 
 /// The running instance for `spec` in this process, if any (without taking a reference).

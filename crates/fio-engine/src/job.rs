@@ -100,10 +100,10 @@ enum Path {
 fn to_blocks(name: &str, bs: u64, size: u64, op: Op, offset: u64, len: u64) -> Result<(u64, u64), EngineError> {
     let what =
         |reason: String| EngineError::Range { op: op.io_type().name(), device: name.to_string(), offset, len, reason };
-    if offset % bs != 0 {
+    if !offset.is_multiple_of(bs) {
         return Err(what(format!("offset is not a multiple of the block size {bs}")));
     }
-    if len % bs != 0 || len == 0 {
+    if !len.is_multiple_of(bs) || len == 0 {
         return Err(what(format!("length is not a non-zero multiple of the block size {bs}")));
     }
     match offset.checked_add(len) {
@@ -137,13 +137,15 @@ pub struct Job {
 
 impl Job {
     /// Start (or join) this process's instance for `spec` and set up the job's IO path for
-    /// `iodepth` requests in flight. `start` creates an instance when none runs yet.
+    /// `iodepth` requests in flight. `start` creates an instance when none runs yet; `keep`
+    /// (fio's thread mode) keeps the instance after the last job (see [`instances`]).
     pub fn new(
         spec: &JobSpec,
         iodepth: usize,
+        keep: bool,
         start: impl FnOnce(&xbdev::Config) -> Result<Xbdev, xbdev::XbdevError>,
     ) -> Result<Job, EngineError> {
-        let lease = instances::acquire(spec, start)?;
+        let lease = instances::acquire(spec, keep, start)?;
         let depth = iodepth.max(1);
         let path = match spec.mode {
             Mode::Inline => Path::Inline { files: Vec::new(), ready: VecDeque::with_capacity(depth) },
@@ -346,7 +348,7 @@ impl Job {
                     }
                     if events.len() == before {
                         empty_polls += 1;
-                        if empty_polls % CLOCK_EVERY == 0 {
+                        if empty_polls.is_multiple_of(CLOCK_EVERY) {
                             if let Some(t) = timeout {
                                 let d = *deadline.get_or_insert_with(|| Instant::now() + t);
                                 if Instant::now() >= d {

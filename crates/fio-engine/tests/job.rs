@@ -45,7 +45,7 @@ fn queue_ok(job: &mut Job, file: u32, op: Op, off: u64, len: u64, buf_off: Optio
 fn write_read_back(mode: &str) {
     let dir = tempfile::tempdir().unwrap();
     let s = spec(dir.path(), mode);
-    let mut job = Job::new(&s, 16, start).unwrap();
+    let mut job = Job::new(&s, 16, false, start).unwrap();
     assert_eq!(job.mode(), s.mode);
     let (f, size) = job.open("m0", true).unwrap();
     assert_eq!(size, 256 * 4096);
@@ -99,7 +99,7 @@ fn reactor_write_flush_read_unmap() {
 fn refusals(mode: &str) {
     let dir = tempfile::tempdir().unwrap();
     let s = spec(dir.path(), mode);
-    let mut job = Job::new(&s, 4, start).unwrap();
+    let mut job = Job::new(&s, 4, false, start).unwrap();
     let e = job.open("nope", true).unwrap_err();
     assert_eq!(e.errno(), libc::ENOENT, "{}", e.chain());
     let (f, _) = job.open("m1", true).unwrap();
@@ -137,7 +137,7 @@ fn reactor_refusals() {
 fn read_only_write(mode: &str) {
     let dir = tempfile::tempdir().unwrap();
     let s = spec(dir.path(), mode);
-    let mut job = Job::new(&s, 4, start).unwrap();
+    let mut job = Job::new(&s, 4, false, start).unwrap();
     let (f, _) = job.open("m0", false).unwrap();
     job.iomem_alloc(4096).unwrap();
     let iov = job.iomem_iovec(0, 4096);
@@ -166,8 +166,8 @@ fn reactor_read_only_write_fails() {
 fn jobs_of_one_spec_share_an_instance_until_the_last_leaves() {
     let dir = tempfile::tempdir().unwrap();
     let s = spec(dir.path(), "inline");
-    let a = Job::new(&s, 4, start).unwrap();
-    let b = Job::new(&s, 4, |_| panic!("the second job must not start another instance")).unwrap();
+    let a = Job::new(&s, 4, false, start).unwrap();
+    let b = Job::new(&s, 4, false, |_| panic!("the second job must not start another instance")).unwrap();
     assert!(std::ptr::eq(a.xbdev(), b.xbdev()));
     drop(a);
     assert!(fio_xbdev::instances::running(&s).is_some(), "still used by b");
@@ -180,7 +180,7 @@ fn busy_when_the_queue_is_full_then_drains() {
     for mode in ["inline", "reactor"] {
         let dir = tempfile::tempdir().unwrap();
         let s = spec(dir.path(), mode);
-        let mut job = Job::new(&s, 2, start).unwrap();
+        let mut job = Job::new(&s, 2, false, start).unwrap();
         let (f, _) = job.open("m0", true).unwrap();
         job.iomem_alloc(4096 * 64).unwrap();
         let mut queued = 0u64;
