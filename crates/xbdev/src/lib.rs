@@ -26,3 +26,4 @@ pub use error::XbdevError;
 pub use instance::{Handle, Xbdev};
 pub use queue::{Completion, IoQueue};
 pub use reactor;
+pub mod perf;
