@@ -312,7 +312,7 @@ pub fn run(xb: &Xbdev, p: &PerfParams) -> Result<PerfResult, XbdevError> {
         })?;
         let info = desc.info().clone();
         let bs = info.block_size as u64;
-        if p.io_size == 0 || p.io_size % bs != 0 {
+        if p.io_size == 0 || !p.io_size.is_multiple_of(bs) {
             return Err(XbdevError::Misaligned {
                 what: "io size",
                 value: p.io_size,
