@@ -92,7 +92,7 @@ fn main() {
     let open_bdev = |name: &str, w: bool| -> End {
         let xb = xb.as_ref().unwrap_or_else(|| fail("no xbdev instance".into()));
         let h = xb.open(name, w).unwrap_or_else(|e| fail(e.to_string()));
-        if bs % h.block_size() as u64 != 0 {
+        if !bs.is_multiple_of(h.block_size() as u64) {
             fail(format!("--bs {bs} is not a multiple of '{name}' block size {}", h.block_size()));
         }
         End::Bdev(h)
@@ -159,7 +159,7 @@ fn main() {
             }
             End::Bdev(h) => {
                 let bsz = h.block_size() as usize;
-                if n % bsz != 0 {
+                if !n.is_multiple_of(bsz) {
                     fail(format!("the last {n} bytes of the input do not fill a whole {bsz}-byte block of the output"));
                 }
                 h.write(chunk, out_off + done).unwrap_or_else(|e| fail(e.to_string()));
