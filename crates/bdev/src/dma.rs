@@ -171,9 +171,7 @@ fn mmap_anon(len: usize, huge: bool) -> Result<NonNull<u8>, std::io::Error> {
     }
     // SAFETY: an anonymous private mapping at an address of the kernel's choosing aliases
     // nothing; the result is checked for MAP_FAILED.
-    let p = unsafe {
-        libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, flags, -1, 0)
-    };
+    let p = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, flags, -1, 0) };
     if p == libc::MAP_FAILED {
         return Err(std::io::Error::last_os_error());
     }
