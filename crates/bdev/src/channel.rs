@@ -42,6 +42,8 @@ pub struct BdevChannel {
     stats: Arc<ChannelStats>,
     removed: Arc<AtomicBool>,
     measure_latency: bool,
+    /// Nanoseconds per tick in 32.32 fixed point.
+    ns_per_tick_q32: u64,
 }
 
 impl BdevChannel {
@@ -57,7 +59,7 @@ impl BdevChannel {
         let depth = depth.clamp(1, u32::MAX as usize);
         let empty = Slot { tag: 0, start: 0, bytes: 0, io_type: IoType::Read };
         // The clock is calibrated here, not on the first IO.
-        let _ = clock::ticks_per_us();
+        let ns_per_tick_q32 = (1000.0 / clock::ticks_per_us() * 4294967296.0) as u64;
         BdevChannel {
             inner,
             limits: Limits {
@@ -74,6 +76,7 @@ impl BdevChannel {
             stats,
             removed,
             measure_latency: true,
+            ns_per_tick_q32,
         }
     }
 
@@ -155,7 +158,8 @@ impl BdevChannel {
             done(tag, status);
             n += 1;
         }
-        let BdevChannel { inner, slots, free, stats, measure_latency, .. } = self;
+        let BdevChannel { inner, slots, free, stats, measure_latency, ns_per_tick_q32, .. } = self;
+        let q32 = *ns_per_tick_q32 as u128;
         let measure = *measure_latency;
         let now = if measure { clock::ticks() } else { 0 };
         n + inner.poll(&mut |idx, status| {
@@ -163,7 +167,7 @@ impl BdevChannel {
                 log::error!("backend completed unknown descriptor {idx}");
                 return;
             };
-            let lat = measure.then(|| clock::ticks_to_ns(now.saturating_sub(slot.start)));
+            let lat = measure.then(|| ((now.saturating_sub(slot.start) as u128 * q32) >> 32) as u64);
             stats.on_complete(slot.io_type, slot.bytes, status, lat);
             free.push(idx as u32);
             done(slot.tag, status);

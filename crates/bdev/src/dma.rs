@@ -167,13 +167,24 @@ static GENERATION: AtomicU64 = AtomicU64::new(1);
 fn mmap_anon(len: usize, huge: bool) -> Result<NonNull<u8>, std::io::Error> {
     let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
     if huge {
-        flags |= libc::MAP_HUGETLB | (21 << libc::MAP_HUGE_SHIFT);
+        flags |= libc::MAP_HUGETLB | (21 << libc::MAP_HUGE_SHIFT) | libc::MAP_POPULATE;
     }
     // SAFETY: an anonymous private mapping at an address of the kernel's choosing aliases
     // nothing; the result is checked for MAP_FAILED.
     let p = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, flags, -1, 0) };
     if p == libc::MAP_FAILED {
         return Err(std::io::Error::last_os_error());
+    }
+    if !huge {
+        // Without reserved hugepages, ask for transparent ones (fewer TLB misses on large
+        // RAM disks and buffers), then populate: IO must not take page faults on first touch.
+        // SAFETY: p..p+len is the mapping just created; madvise only changes its paging.
+        unsafe {
+            libc::madvise(p, len, libc::MADV_HUGEPAGE);
+            if libc::madvise(p, len, libc::MADV_POPULATE_WRITE) != 0 {
+                std::ptr::write_bytes(p.cast::<u8>(), 0, len);
+            }
+        }
     }
     NonNull::new(p.cast::<u8>()).ok_or_else(|| std::io::Error::other("mmap returned null"))
 }

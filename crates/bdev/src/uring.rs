@@ -136,7 +136,13 @@ impl IoChannel for UringChannel {
     }
 
     fn poll(&mut self, done: &mut dyn FnMut(u64, IoStatus)) -> usize {
-        if self.unsubmitted > 0 {
+        let in_flight = self.slots.len() - self.free.len();
+        let task_work = in_flight > 0 && {
+            let mut sq = self.ring.submission();
+            sq.sync();
+            sq.taskrun() || sq.cq_overflow()
+        };
+        if self.unsubmitted > 0 || task_work {
             match self.ring.submit() {
                 Ok(n) => self.unsubmitted -= (n as u32).min(self.unsubmitted),
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) || e.raw_os_error() == Some(libc::EAGAIN) => {}

@@ -26,3 +26,6 @@ pub use error::XbdevError;
 pub use instance::{Handle, Xbdev};
 pub use queue::{Completion, IoQueue};
 pub use reactor;
+pub mod ffi;
+pub mod perf;
+pub mod rpc;
