@@ -20,6 +20,7 @@
 
 use crate::error::EngineError;
 use crate::spec::JobSpec;
+use reactor::IdlePolicy;
 use std::sync::{Arc, Mutex, MutexGuard};
 use xbdev::Xbdev;
 
@@ -29,6 +30,8 @@ struct Entry {
     jobs: usize,
     /// Keep running without jobs until [`shutdown_all`] (thread mode).
     keep: bool,
+    /// The reactors' idle policy, which inline jobs follow too.
+    idle: IdlePolicy,
 }
 
 struct Table {
@@ -56,6 +59,7 @@ fn table() -> MutexGuard<'static, Table> {
 pub struct Lease {
     key: String,
     xb: Arc<Xbdev>,
+    idle: IdlePolicy,
 }
 
 impl Lease {
@@ -67,6 +71,11 @@ impl Lease {
     /// The instance's key.
     pub fn key(&self) -> &str {
         &self.key
+    }
+
+    /// The instance's idle policy (config and `xbdev_idle`).
+    pub fn idle(&self) -> IdlePolicy {
+        self.idle
     }
 }
 
@@ -102,13 +111,14 @@ pub fn acquire(
     if let Some(e) = t.entries.iter_mut().find(|e| e.key == key) {
         e.jobs += 1;
         e.keep |= keep;
-        return Ok(Lease { key, xb: e.xb.clone() });
+        return Ok(Lease { key, xb: e.xb.clone(), idle: e.idle });
     }
     let cfg = spec.config()?;
+    let idle = cfg.reactor.idle;
     // Starting under the table lock serialises concurrent first jobs of one spec.
     let xb = Arc::new(start(&cfg).map_err(EngineError::Start)?);
-    t.entries.push(Entry { key: key.clone(), xb: xb.clone(), jobs: 1, keep });
-    Ok(Lease { key, xb })
+    t.entries.push(Entry { key: key.clone(), xb: xb.clone(), jobs: 1, keep, idle });
+    Ok(Lease { key, xb, idle })
 }
 
 /// Stop every instance of this process (the library is being unloaded, or the process exits).

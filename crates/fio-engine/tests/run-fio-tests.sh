@@ -39,6 +39,8 @@ echo "engine: $engine ($(fio --version))"
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/xbdev-fio-tests.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
+# fio writes verify state files into its working directory.
+cd "$work"
 aio_img="$work/aio.img"
 truncate -s 256M "$aio_img"
 
