@@ -76,6 +76,13 @@ stamp="$src_dir/.xbdev-configured"
 configure_flags=(--disable-native --prefix=/usr)
 stamp_value="$version ${configure_flags[*]}"
 
+# One setup at a time (parallel cargo builds may all run build.rs).
+mkdir -p "$cache_root" "$(dirname "$src_dir")"
+if command -v flock >/dev/null 2>&1; then
+    exec 9>"$cache_root/.setup-fio.lock"
+    flock 9
+fi
+
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$stamp_value" ] && [ -f "$src_dir/config-host.h" ]; then
     log "reusing configured fio $version source at $src_dir"
     [ "$print_dir" -eq 1 ] && echo "$src_dir"
@@ -130,7 +137,6 @@ log "running fio's ./configure"
 [ -f "$extracted/config-host.h" ] || die "fio ./configure did not produce config-host.h"
 echo "$stamp_value" > "$extracted/.xbdev-configured"
 
-mkdir -p "$(dirname "$src_dir")"
 rm -rf "$src_dir"
 mv "$extracted" "$src_dir"
 log "fio $version source configured at $src_dir ($upstream)"
