@@ -37,6 +37,7 @@ struct xb_job_params {
 	const char *job_name;
 	unsigned int iodepth;
 	unsigned int thread_mode;
+	unsigned int spin_us;	/* --xbdev_spin_us */
 };
 
 enum xb_op {
@@ -91,6 +92,7 @@ struct xb_options {
 	char *cores;
 	char *idle;
 	char *mode;
+	unsigned int spin_us;
 };
 
 static struct fio_option xb_options[] = {
@@ -140,6 +142,18 @@ static struct fio_option xb_options[] = {
 		.group = FIO_OPT_G_INVALID,
 	},
 	{
+		.name = "xbdev_spin_us",
+		.lname = "xbdev inline spin time",
+		.type = FIO_OPT_INT,
+		.off1 = offsetof(struct xb_options, spin_us),
+		.help = "Inline path, adaptive idle: microseconds to poll an idle device before sleeping in its wait",
+		.def = "20",
+		.minval = 0,
+		.maxval = 1000000,
+		.category = FIO_OPT_C_ENGINE,
+		.group = FIO_OPT_G_INVALID,
+	},
+	{
 		.name = NULL,
 	},
 };
@@ -149,7 +163,9 @@ static void xb_params(struct thread_data *td, struct xb_job_params *p)
 	struct xb_options *o = td->eo;
 
 	memset(p, 0, sizeof(*p));
+	p->spin_us = UINT32_MAX;
 	if (o) {
+		p->spin_us = o->spin_us;
 		p->conf = o->conf;
 		p->cores = o->cores;
 		p->idle = o->idle;

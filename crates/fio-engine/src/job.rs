@@ -175,7 +175,11 @@ impl Job {
             last_error: CString::default(),
             spin: match lease.idle() {
                 IdlePolicy::AlwaysPoll => Duration::MAX,
-                IdlePolicy::Adaptive { .. } => INLINE_SPIN,
+                IdlePolicy::Adaptive { .. } => std::env::var("XBDEV_FIO_SPIN_US")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .map(Duration::from_micros)
+                    .unwrap_or(INLINE_SPIN),
             },
             lease,
         })

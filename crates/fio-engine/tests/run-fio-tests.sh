@@ -221,6 +221,8 @@ run_fio "fsync-fdatasync" "${COMMON[@]}" "${A[@]}" --filename=aio0 --rw=randwrit
 run_fio "sync-file-range" "${COMMON[@]}" "${M[@]}" --filename=malloc0 --rw=write --bs=4k --iodepth=4 --size=4m \
     --sync_file_range=write:8
 run_fio "direct" "${COMMON[@]}" "${A[@]}" --filename=aio0 --direct=1 --rw=randwrite --bs=4k --iodepth=16 --size=8m --verify=crc32c
+run_fio "spin-0-sleeps-at-once" "${COMMON[@]}" "${A[@]}" --filename=aio0 --xbdev_spin_us=0 --rw=randwrite --bs=4k --iodepth=32 --size=8m --verify=crc32c
+run_fio "idle-poll-never-sleeps" "${COMMON[@]}" "${A[@]}" --filename=aio0 --xbdev_idle=poll --rw=randwrite --bs=4k --iodepth=32 --size=8m --verify=crc32c
 run_fio "buffered" "${COMMON[@]}" "${A[@]}" --filename=aio0 --direct=0 --buffered=1 --rw=randwrite --bs=4k --iodepth=16 --size=8m --verify=crc32c
 
 # --- data persists across runs on aio; verify catches wrong data (negative control) -----------
@@ -279,7 +281,7 @@ done
 
 check "enghelp-lists-options" bash -c "fio --enghelp='$engine' | tee /dev/stderr | grep -q xbdev_conf &&
     fio --enghelp='$engine' | grep -q xbdev_cores && fio --enghelp='$engine' | grep -q xbdev_idle &&
-    fio --enghelp='$engine' | grep -q xbdev_mode"
+    fio --enghelp='$engine' | grep -q xbdev_mode && fio --enghelp='$engine' | grep -q xbdev_spin_us"
 expect_fail "error-unknown-device" "unknown device 'nosuch'" "${COMMON[@]}" "${M[@]}" --filename=nosuch --rw=read --size=1m
 expect_fail "error-no-config" "no xbdev config" "${COMMON[@]}" --filename=malloc0 --rw=read --size=1m
 expect_fail "error-bad-config" "cannot load xbdev config" "${COMMON[@]}" --xbdev_conf="$work/missing.json" \
