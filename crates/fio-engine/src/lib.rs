@@ -9,14 +9,17 @@
 //! - `csrc/fio_xbdev.c`: the only code that touches fio's structures, compiled against the
 //!   headers of the installed fio (see `build.rs` and `setup-fio.sh`); it calls into
 //! - [`ffi`]: the `extern "C"` functions the shim calls, and `get_ioengine`;
-//! - [`job`]: one fio job's state (queue, open devices, completions, IO memory);
+//! - [`job`]: one fio job's state (open devices, completions, IO memory) and its IO path:
+//!   `inline` (default; fio's thread owns a channel per device and polls it in `getevents`,
+//!   sleeping in the device's wait after `xbdev_spin_us`) or `reactor` (an xbdev IO queue to a
+//!   reactor core);
 //! - [`instances`]: the xbdev instances of this process, shared by its jobs and reference
 //!   counted, so the last job's cleanup stops the reactors before fio unloads the library;
 //! - [`probe`]: device sizes for fio's `setup` hook, which fio may call in its main process
 //!   before forking the jobs (where no thread may be started): a short-lived child process
 //!   answers them;
-//! - [`spec`]: the engine options (`xbdev_conf`, `xbdev_cores`, `xbdev_idle`) turned into an
-//!   xbdev [`xbdev::Config`].
+//! - [`spec`]: the engine options (`xbdev_conf`, `xbdev_cores`, `xbdev_idle`, `xbdev_mode`,
+//!   `xbdev_spin_us`) turned into an xbdev [`xbdev::Config`] and the job's IO path.
 
 mod error;
 pub mod ffi;
