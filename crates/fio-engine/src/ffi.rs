@@ -141,7 +141,7 @@ unsafe fn job<'a>(job: *mut c_void) -> Option<&'a mut Job> {
 /// `setup`: sizes of the devices `names[..n]` into `sizes[..n]`.
 ///
 /// # Safety
-/// `p` as in [`spec_of`]; `names` holds `n` valid C strings; `sizes` has room for `n` values;
+/// `p` as in `spec_of()`; `names` holds `n` valid C strings; `sizes` has room for `n` values;
 /// `err` has `errlen` bytes.
 #[no_mangle]
 pub unsafe extern "C" fn xbdev_rs_file_sizes(
@@ -186,7 +186,7 @@ pub unsafe extern "C" fn xbdev_rs_file_sizes(
 /// `init`: create the job (starting this process's instance when needed).
 ///
 /// # Safety
-/// `p` as in [`spec_of`]; `out` valid for one pointer write; `err` has `errlen` bytes.
+/// `p` as in `spec_of()`; `out` valid for one pointer write; `err` has `errlen` bytes.
 #[no_mangle]
 pub unsafe extern "C" fn xbdev_rs_init(
     p: *const JobParams,
@@ -230,7 +230,7 @@ pub unsafe extern "C" fn xbdev_rs_cleanup(j: *mut c_void) {
 /// `open_file`: open device `name`; its id and size in bytes go to `id` and `size`.
 ///
 /// # Safety
-/// `j` as in [`job`]; `name` a valid C string; `id`/`size` valid for writes; `err` has `errlen`
+/// `j` as in `job()`; `name` a valid C string; `id`/`size` valid for writes; `err` has `errlen`
 /// bytes.
 #[no_mangle]
 pub unsafe extern "C" fn xbdev_rs_open(
@@ -269,7 +269,7 @@ pub unsafe extern "C" fn xbdev_rs_open(
 /// `close_file`.
 ///
 /// # Safety
-/// `j` as in [`job`].
+/// `j` as in `job()`.
 #[no_mangle]
 pub unsafe extern "C" fn xbdev_rs_close(j: *mut c_void, id: u32) -> c_int {
     // SAFETY: per this function's contract.
@@ -288,7 +288,7 @@ pub unsafe extern "C" fn xbdev_rs_close(j: *mut c_void, id: u32) -> c_int {
 /// `xbdev_rs_last_error`). `io_u` is the user value completions give back.
 ///
 /// # Safety
-/// `j` as in [`job`]. For reads and writes `buf..buf+len` is fio's IO buffer for this request,
+/// `j` as in `job()`. For reads and writes `buf..buf+len` is fio's IO buffer for this request,
 /// which fio neither reads, writes nor frees until it has reaped the request's completion.
 #[no_mangle]
 pub unsafe extern "C" fn xbdev_rs_queue(
@@ -341,7 +341,7 @@ pub unsafe extern "C" fn xbdev_rs_queue(
 /// The last error message of the job, as a C string valid until the job's next call.
 ///
 /// # Safety
-/// `j` as in [`job`].
+/// `j` as in `job()`.
 #[no_mangle]
 pub unsafe extern "C" fn xbdev_rs_last_error(j: *mut c_void) -> *const c_char {
     static NONE: &CStr = c"no error recorded";
@@ -353,7 +353,7 @@ pub unsafe extern "C" fn xbdev_rs_last_error(j: *mut c_void) -> *const c_char {
 /// `commit`: hand queued requests to the reactor.
 ///
 /// # Safety
-/// `j` as in [`job`].
+/// `j` as in `job()`.
 #[no_mangle]
 pub unsafe extern "C" fn xbdev_rs_commit(j: *mut c_void) -> c_int {
     // SAFETY: per this function's contract.
@@ -365,7 +365,7 @@ pub unsafe extern "C" fn xbdev_rs_commit(j: *mut c_void) -> c_int {
 /// `getevents`: reap between `min` and `max` completions; `timeout_ns` < 0 waits forever.
 ///
 /// # Safety
-/// `j` as in [`job`].
+/// `j` as in `job()`.
 #[no_mangle]
 pub unsafe extern "C" fn xbdev_rs_getevents(j: *mut c_void, min: u32, max: u32, timeout_ns: i64) -> c_int {
     // SAFETY: per this function's contract.
@@ -379,7 +379,7 @@ pub unsafe extern "C" fn xbdev_rs_getevents(j: *mut c_void, min: u32, max: u32, 
 /// (0 = success) and the xbdev status code.
 ///
 /// # Safety
-/// `j` as in [`job`]; `err` and `status` valid for writes.
+/// `j` as in `job()`; `err` and `status` valid for writes.
 #[no_mangle]
 pub unsafe extern "C" fn xbdev_rs_event(j: *mut c_void, i: c_int, err: *mut c_int, status: *mut c_int) -> *mut c_void {
     // SAFETY: per this function's contract.
@@ -400,7 +400,7 @@ pub unsafe extern "C" fn xbdev_rs_event(j: *mut c_void, i: c_int, err: *mut c_in
 /// `iomem_alloc`: the job's IO memory of `len` bytes; null on failure.
 ///
 /// # Safety
-/// `j` as in [`job`].
+/// `j` as in `job()`.
 #[no_mangle]
 pub unsafe extern "C" fn xbdev_rs_iomem_alloc(j: *mut c_void, len: usize) -> *mut c_void {
     // SAFETY: per this function's contract.
@@ -418,7 +418,7 @@ pub unsafe extern "C" fn xbdev_rs_iomem_alloc(j: *mut c_void, len: usize) -> *mu
 /// `iomem_free`.
 ///
 /// # Safety
-/// `j` as in [`job`].
+/// `j` as in `job()`.
 #[no_mangle]
 pub unsafe extern "C" fn xbdev_rs_iomem_free(j: *mut c_void) {
     // SAFETY: per this function's contract.
