@@ -405,7 +405,7 @@ impl DmaBuffer {
             }
         }
         let abs = self.off + offset;
-        if abs % align != 0 {
+        if !abs.is_multiple_of(align) {
             return Err(DmaError::Misaligned { offset, align });
         }
         // SAFETY: abs + len <= mem.len (off + self.len <= mem.len is an
@@ -610,7 +610,7 @@ impl SoftIommu {
 
     /// Device 32-bit atomic read (acquire) at a 4-byte aligned `iova`.
     pub fn load_u32(&self, iova: u64) -> Result<u32, DmaError> {
-        if iova % 4 != 0 {
+        if !iova.is_multiple_of(4) {
             return Err(DmaError::IommuFault { iova, len: 4 });
         }
         self.with_ptr(iova, 4, |p| {
@@ -623,7 +623,7 @@ impl SoftIommu {
 
     /// Device 32-bit atomic write (release) at a 4-byte aligned `iova`.
     pub fn store_u32(&self, iova: u64, value: u32) -> Result<(), DmaError> {
-        if iova % 4 != 0 {
+        if !iova.is_multiple_of(4) {
             return Err(DmaError::IommuFault { iova, len: 4 });
         }
         self.with_ptr(iova, 4, |p| {

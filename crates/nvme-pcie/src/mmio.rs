@@ -37,7 +37,7 @@ impl MmioRegion {
 
     #[inline]
     fn at(&self, offset: usize, width: usize) -> Option<*mut u8> {
-        if offset % width != 0 || offset.checked_add(width)? > self.len {
+        if !offset.is_multiple_of(width) || offset.checked_add(width)? > self.len {
             return None;
         }
         // SAFETY: offset + width <= len, so the pointer stays in the mapping.
