@@ -12,6 +12,7 @@
 pub mod backing;
 pub mod dma;
 pub mod mmio;
+pub mod vfio;
 
 pub use backing::{DeviceBacking, RegisterIo};
 pub use dma::{DmaAllocator, DmaBuffer, DmaError, DmaMapper, MemorySource, SoftIommu};
