@@ -27,6 +27,27 @@ pub const PAGE_SIZE: usize = 4096;
 /// Size of a 2 MiB x86-64 hugepage.
 pub const HUGEPAGE_SIZE: usize = 2 << 20;
 
+/// Orders earlier writes to DMA memory (queue entries, PRP lists, shadow
+/// doorbells) before a following doorbell register write.
+///
+/// On x86-64, stores become visible in program order and uncached MMIO
+/// stores are not reordered with earlier write-back stores, so only the
+/// compiler must be kept from reordering; elsewhere a full fence is used.
+#[inline(always)]
+pub fn wmb() {
+    #[cfg(target_arch = "x86_64")]
+    std::sync::atomic::compiler_fence(Ordering::SeqCst);
+    #[cfg(not(target_arch = "x86_64"))]
+    std::sync::atomic::fence(Ordering::SeqCst);
+}
+
+/// A full fence between a DMA-memory store and a following load of memory
+/// the device writes (shadow doorbell vs EventIdx).
+#[inline(always)]
+pub fn mb() {
+    std::sync::atomic::fence(Ordering::SeqCst);
+}
+
 /// Errors of DMA memory allocation, mapping and access.
 #[derive(Debug, thiserror::Error)]
 pub enum DmaError {

@@ -9,10 +9,20 @@
 //! - the driver: controller bring-up, admin commands, lock-free IO queue
 //!   pairs, timeouts/abort/reset.
 
+mod admin;
 pub mod backing;
+mod ctrl;
 pub mod dma;
+pub mod emu;
+mod error;
 pub mod mmio;
+pub mod prp;
+mod queue;
 pub mod vfio;
 
 pub use backing::{DeviceBacking, RegisterIo};
+pub use ctrl::{Controller, ControllerConfig, ControllerInfo, NamespaceInfo};
 pub use dma::{DmaAllocator, DmaBuffer, DmaError, DmaMapper, MemorySource, SoftIommu};
+pub use error::{IoError, NvmeError, SubmitError};
+pub use nvme_spec;
+pub use queue::{IoQueuePair, QueueStats};
