@@ -278,6 +278,9 @@ fn free_host(ptr: NonNull<u8>, len: usize, source: MemorySource) {
 pub struct DmaAllocator {
     mapper: Arc<dyn DmaMapper>,
     source: MemorySource,
+    /// Hugepage source only: the hugepage small allocations are carved
+    /// from (bump allocation; a hugepage is freed when its last piece is).
+    carve: Arc<std::sync::Mutex<Option<(DmaBuffer, usize)>>>,
 }
 
 impl std::fmt::Debug for DmaAllocator {
@@ -292,7 +295,11 @@ impl std::fmt::Debug for DmaAllocator {
 impl DmaAllocator {
     /// An allocator taking memory from `source` and mapping it with `mapper`.
     pub fn new(mapper: Arc<dyn DmaMapper>, source: MemorySource) -> Self {
-        Self { mapper, source }
+        Self {
+            mapper,
+            source,
+            carve: Arc::new(std::sync::Mutex::new(None)),
+        }
     }
 
     /// Where this allocator takes memory from.
@@ -300,12 +307,39 @@ impl DmaAllocator {
         self.source
     }
 
-    /// Allocate and map `len` bytes (rounded up to the source's page size),
-    /// zero-filled.
+    /// Allocate and map `len` bytes, zero-filled, page aligned. The window
+    /// is exactly `len` bytes; the memory behind it is rounded up to whole
+    /// pages. With hugepages, requests under 2 MiB share hugepages (4 KiB
+    /// aligned pieces).
     pub fn alloc(&self, len: usize) -> Result<DmaBuffer, DmaError> {
         if len == 0 {
             return Err(DmaError::ZeroLength);
         }
+        if self.source == MemorySource::Hugepages && len < HUGEPAGE_SIZE {
+            let need = len.next_multiple_of(PAGE_SIZE);
+            let mut g = self.carve.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((chunk, used)) = g.as_mut() {
+                if chunk.slice(*used, need).is_some() {
+                    let b = chunk.slice(*used, len);
+                    *used += need;
+                    if let Some(b) = b {
+                        return Ok(b);
+                    }
+                }
+            }
+            let chunk = self.alloc_whole(HUGEPAGE_SIZE)?;
+            let b = chunk.slice(0, len).ok_or(DmaError::Alloc {
+                len,
+                source_kind: self.source.kind(),
+                cause: None,
+            })?;
+            *g = Some((chunk, need));
+            return Ok(b);
+        }
+        self.alloc_whole(len)
+    }
+
+    fn alloc_whole(&self, len: usize) -> Result<DmaBuffer, DmaError> {
         let g = self.source.granule();
         let size = len.checked_next_multiple_of(g).ok_or(DmaError::Alloc {
             len,
@@ -327,11 +361,7 @@ impl DmaAllocator {
             mapping,
             mapper: self.mapper.clone(),
         });
-        Ok(DmaBuffer {
-            mem,
-            off: 0,
-            len: size,
-        })
+        Ok(DmaBuffer { mem, off: 0, len })
     }
 }
 
@@ -691,20 +721,21 @@ mod tests {
     fn alloc_access_and_iommu_translation() {
         let iommu = Arc::new(SoftIommu::default());
         let a = DmaAllocator::new(iommu.clone(), MemorySource::Heap);
-        let b = a.alloc(100).unwrap();
-        assert_eq!(b.len(), PAGE_SIZE);
+        let b = a.alloc(4000).unwrap();
+        assert_eq!(b.len(), 4000);
+        assert!(format!("{a:?}").contains("soft-iommu"));
         b.write_u32(8, 0xdead_beef).unwrap();
         assert_eq!(iommu.load_u32(b.iova() + 8).unwrap(), 0xdead_beef);
         iommu.write(b.iova() + 16, &[1, 2, 3]).unwrap();
         let mut out = [0u8; 3];
         b.read_bytes(16, &mut out).unwrap();
         assert_eq!(out, [1, 2, 3]);
-        assert!(b.read_u32(PAGE_SIZE - 2).is_err());
+        assert!(b.read_u32(3998).is_err());
         assert!(b.read_u32(2).is_err());
         assert!(iommu.read(b.iova() + PAGE_SIZE as u64, &mut out).is_err());
-        let s = b.slice(4096 - 8, 8).unwrap();
-        assert_eq!(s.iova(), b.iova() + 4088);
-        assert!(b.slice(4090, 8).is_none());
+        let s = b.slice(4000 - 8, 8).unwrap();
+        assert_eq!(s.iova(), b.iova() + 3992);
+        assert!(b.slice(3996, 8).is_none());
         assert_eq!(iommu.mapping_count(), 1);
         drop(b);
         assert_eq!(iommu.mapping_count(), 1, "slice keeps the memory mapped");

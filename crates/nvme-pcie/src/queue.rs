@@ -75,8 +75,12 @@ pub struct QueueStats {
     pub cq_doorbells: u64,
     /// Doorbell MMIO writes skipped thanks to shadow doorbells.
     pub doorbells_skipped: u64,
+    /// Commands that exceeded the I/O timeout.
+    pub timeouts: u64,
     /// Aborts sent for timed-out commands.
     pub aborts: u64,
+    /// Controller resets this pair asked for after seeing CSTS.CFS.
+    pub fatal_resets: u64,
     /// Times this pair re-created its queues after a controller reset.
     pub recoveries: u64,
 }
@@ -222,6 +226,16 @@ impl<B: DeviceBacking> IoQueuePair<B> {
     }
 
     fn create_queues(&mut self) -> Result<(), NvmeError> {
+        // A queue id may have been used before: its shadow doorbell and
+        // EventIdx entries must start from zero like the new queue's
+        // indexes, or a stale EventIdx makes us skip a needed MMIO write.
+        if let Some((shadow, ev)) = &self.shadow {
+            let stride = self.shared.stride;
+            for idx in [2 * usize::from(self.qid), 2 * usize::from(self.qid) + 1] {
+                shadow.store_u32_release(idx * stride, 0)?;
+                ev.store_u32_release(idx * stride, 0)?;
+            }
+        }
         let qsize = self.depth - 1;
         let mut cq = AdminCommand::CreateIoCq {
             qid: self.qid,
@@ -767,6 +781,9 @@ impl<B: DeviceBacking> IoQueuePair<B> {
             return;
         }
         let mut need_reset = nvme_spec::regs::Csts(csts).cfs() == 1;
+        if need_reset {
+            self.stats.fatal_resets += 1;
+        }
         let now = self.now_ns;
         for cid in 0..self.depth {
             let (state, deadline, retried) = match self.slots.get(usize::from(cid)) {
@@ -782,6 +799,7 @@ impl<B: DeviceBacking> IoQueuePair<B> {
                 }
                 continue;
             }
+            self.stats.timeouts += 1;
             match state {
                 SlotState::Busy => {
                     self.stats.aborts += 1;
