@@ -22,6 +22,7 @@ use nvme_pcie::{
 type Ctrl = Controller<PciDevice>;
 type Qp = IoQueuePair<PciDevice>;
 type R = Result<(), String>;
+type Done = Vec<(u64, Result<(), IoError>)>;
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
@@ -47,7 +48,7 @@ fn contents(buf: &DmaBuffer) -> Vec<u8> {
     v
 }
 
-fn wait(q: &mut Qp, n: usize) -> Result<Vec<(u64, Result<(), IoError>)>, String> {
+fn wait(q: &mut Qp, n: usize) -> Result<Done, String> {
     let mut out = Vec::with_capacity(n);
     let t0 = Instant::now();
     while out.len() < n {
@@ -157,8 +158,7 @@ fn multi_thread(c: &Ctrl, ns: &NamespaceInfo) -> R {
             })
             .collect();
         hs.into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err("thread panicked".into())))
-            .collect::<R>()
+            .try_for_each(|h| h.join().unwrap_or_else(|_| Err("thread panicked".into())))
     })?;
     println!("    {threads} threads x 1 queue pair x 48 x 16 KiB writes + reads verified");
     Ok(())
