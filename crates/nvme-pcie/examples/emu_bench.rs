@@ -16,11 +16,7 @@ use nvme_pcie::emu::{EmuConfig, EmuNamespace, Emulator};
 use nvme_pcie::{Controller, ControllerConfig};
 
 fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -43,9 +39,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut q = c.create_io_queue_pair(depth)?;
     let blocks_per_io = (bs / 512) as u64;
     let span = (64u64 << 20) / 512 / blocks_per_io;
-    let bufs: Vec<_> = (0..qd)
-        .map(|_| c.dma().alloc(bs))
-        .collect::<Result<_, _>>()?;
+    let bufs: Vec<_> = (0..qd).map(|_| c.dma().alloc(bs)).collect::<Result<_, _>>()?;
 
     let submit = |q: &mut nvme_pcie::IoQueuePair<Emulator>, i: u64, slot: u64| {
         let lba = (i.wrapping_mul(0x9e37_79b9) % span) * blocks_per_io;
@@ -90,10 +84,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let emu_ns = (e1.busy_ns - e0.busy_ns) as f64;
         if round == 1 {
             let s = q.stats();
-            println!(
-                "op={op} bs={bs} qd={qd} ios={n} shadow_doorbells={}",
-                c.info().shadow_doorbells
-            );
+            println!("op={op} bs={bs} qd={qd} ios={n} shadow_doorbells={}", c.info().shadow_doorbells);
             println!(
                 "total {:.1} ns/io = emulator {:.1} ns/io + driver {:.1} ns/io (submit+complete, incl. bench loop)",
                 total / n as f64,

@@ -15,9 +15,7 @@ use std::time::{Duration, Instant};
 
 use nvme_pcie::nvme_spec::command::FeatureId;
 use nvme_pcie::vfio::{AccessMode, PciDevice};
-use nvme_pcie::{
-    Controller, ControllerConfig, DeviceBacking, DmaBuffer, IoError, IoQueuePair, NamespaceInfo,
-};
+use nvme_pcie::{Controller, ControllerConfig, DeviceBacking, DmaBuffer, IoError, IoQueuePair, NamespaceInfo};
 
 type Ctrl = Controller<PciDevice>;
 type Qp = IoQueuePair<PciDevice>;
@@ -75,17 +73,7 @@ fn one(q: &mut Qp, f: impl FnOnce(&mut Qp) -> Result<(), nvme_pcie::SubmitError>
 fn write_read_verify(c: &Ctrl, q: &mut Qp, ns: &NamespaceInfo) -> R {
     let bs = ns.block_size as usize;
     let mdts = c.info().max_transfer;
-    let sizes = [
-        bs,
-        4096,
-        8192,
-        12288,
-        64 << 10,
-        mdts,
-        mdts + bs,
-        2 * mdts + 3 * bs,
-        1 << 20,
-    ];
+    let sizes = [bs, 4096, 8192, 12288, 64 << 10, mdts, mdts + bs, 2 * mdts + 3 * bs, 1 << 20];
     let mut n = 0;
     for (i, &size) in sizes.iter().enumerate() {
         let blocks = (size / bs) as u64;
@@ -100,9 +88,7 @@ fn write_read_verify(c: &Ctrl, q: &mut Qp, ns: &NamespaceInfo) -> R {
                 let r = rmem.slice(4096 - shift.min(4092), size).ok_or("slice")?;
                 one(q, |q| q.read(ns.nsid, lba, &r, 2))?;
                 if contents(&r) != want {
-                    return Err(format!(
-                        "data mismatch: size {size} lba {lba} shift {shift}"
-                    ));
+                    return Err(format!("data mismatch: size {size} lba {lba} shift {shift}"));
                 }
                 n += 1;
             }
@@ -126,22 +112,17 @@ fn multi_thread(c: &Ctrl, ns: &NamespaceInfo) -> R {
                         .map(|_| c.dma().alloc(16 << 10))
                         .collect::<Result<_, _>>()
                         .map_err(|e| e.to_string())?;
-                    let wants: Vec<Vec<u8>> = bufs
-                        .iter()
-                        .enumerate()
-                        .map(|(i, b)| fill(b, t << 40 | i as u64))
-                        .collect();
+                    let wants: Vec<Vec<u8>> =
+                        bufs.iter().enumerate().map(|(i, b)| fill(b, t << 40 | i as u64)).collect();
                     for (i, b) in bufs.iter().enumerate() {
-                        q.write(ns.nsid, base + i as u64 * per, b, i as u64)
-                            .map_err(|e| e.to_string())?;
+                        q.write(ns.nsid, base + i as u64 * per, b, i as u64).map_err(|e| e.to_string())?;
                     }
                     all_ok(&wait(&mut q, bufs.len())?)?;
                     for b in &bufs {
                         b.fill(0, b.len(), 0).map_err(|e| e.to_string())?;
                     }
                     for (i, b) in bufs.iter().enumerate() {
-                        q.read(ns.nsid, base + i as u64 * per, b, i as u64)
-                            .map_err(|e| e.to_string())?;
+                        q.read(ns.nsid, base + i as u64 * per, b, i as u64).map_err(|e| e.to_string())?;
                     }
                     all_ok(&wait(&mut q, bufs.len())?)?;
                     for (b, w) in bufs.iter().zip(&wants) {
@@ -157,8 +138,7 @@ fn multi_thread(c: &Ctrl, ns: &NamespaceInfo) -> R {
                 })
             })
             .collect();
-        hs.into_iter()
-            .try_for_each(|h| h.join().unwrap_or_else(|_| Err("thread panicked".into())))
+        hs.into_iter().try_for_each(|h| h.join().unwrap_or_else(|_| Err("thread panicked".into())))
     })?;
     println!("    {threads} threads x 1 queue pair x 48 x 16 KiB writes + reads verified");
     Ok(())
@@ -185,9 +165,7 @@ fn zeroes_and_deallocate(c: &Ctrl, q: &mut Qp, ns: &NamespaceInfo) -> R {
     let r = c.dma().alloc(64 * bs).map_err(|e| e.to_string())?;
     one(q, |q| q.read(ns.nsid, lba, &r, 5))?;
     let got = contents(&r);
-    if oncs & nvme_pcie::nvme_spec::identify::oncs::WRITE_ZEROES != 0
-        && got[..8 * bs].iter().any(|&b| b != 0)
-    {
+    if oncs & nvme_pcie::nvme_spec::identify::oncs::WRITE_ZEROES != 0 && got[..8 * bs].iter().any(|&b| b != 0) {
         return Err("write zeroes left data".into());
     }
     if got[8 * bs..32 * bs] != want[8 * bs..32 * bs] || got[48 * bs..] != want[48 * bs..] {
@@ -216,12 +194,8 @@ fn admin(c: &Ctrl) -> R {
     let smart = c.smart_log().map_err(|e| e.to_string())?;
     let fw = c.firmware_log().map_err(|e| e.to_string())?;
     let errs = c.error_log().map_err(|e| e.to_string())?;
-    let nq = c
-        .get_features(FeatureId::NUMBER_OF_QUEUES, 0)
-        .map_err(|e| e.to_string())?;
-    let temp = c
-        .get_features(FeatureId::TEMPERATURE_THRESHOLD, 0)
-        .map_err(|e| e.to_string())?;
+    let nq = c.get_features(FeatureId::NUMBER_OF_QUEUES, 0).map_err(|e| e.to_string())?;
+    let temp = c.get_features(FeatureId::TEMPERATURE_THRESHOLD, 0).map_err(|e| e.to_string())?;
     println!(
         "    smart: temp {} K, host reads {}, writes {}; fw slot {} rev {:?}; error log entries {}; \
          features: queues {nq:#x}, temp threshold {temp:#x}",
@@ -237,19 +211,12 @@ fn admin(c: &Ctrl) -> R {
 
 fn reset_mid_io(c: &Ctrl, ns: &NamespaceInfo) -> R {
     let mut q = c.create_io_queue_pair(128).map_err(|e| e.to_string())?;
-    let bufs: Vec<DmaBuffer> = (0..100)
-        .map(|_| c.dma().alloc(32 << 10))
-        .collect::<Result<_, _>>()
-        .map_err(|e| e.to_string())?;
+    let bufs: Vec<DmaBuffer> =
+        (0..100).map(|_| c.dma().alloc(32 << 10)).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
     let per = (32 << 10) / u64::from(ns.block_size);
-    let wants: Vec<Vec<u8>> = bufs
-        .iter()
-        .enumerate()
-        .map(|(i, b)| fill(b, 7 << 50 | i as u64))
-        .collect();
+    let wants: Vec<Vec<u8>> = bufs.iter().enumerate().map(|(i, b)| fill(b, 7 << 50 | i as u64)).collect();
     for (i, b) in bufs.iter().enumerate() {
-        q.write(ns.nsid, 4096 + i as u64 * per, b, i as u64)
-            .map_err(|e| e.to_string())?;
+        q.write(ns.nsid, 4096 + i as u64 * per, b, i as u64).map_err(|e| e.to_string())?;
     }
     q.flush(); // doorbell: commands now in flight
     let resets = c.reset_count();
@@ -261,8 +228,7 @@ fn reset_mid_io(c: &Ctrl, ns: &NamespaceInfo) -> R {
         b.fill(0, b.len(), 0).map_err(|e| e.to_string())?;
     }
     for (i, b) in bufs.iter().enumerate() {
-        q.read(ns.nsid, 4096 + i as u64 * per, b, i as u64)
-            .map_err(|e| e.to_string())?;
+        q.read(ns.nsid, 4096 + i as u64 * per, b, i as u64).map_err(|e| e.to_string())?;
     }
     all_ok(&wait(&mut q, bufs.len())?)?;
     for (b, w) in bufs.iter().zip(&wants) {
@@ -280,18 +246,15 @@ fn reset_mid_io(c: &Ctrl, ns: &NamespaceInfo) -> R {
 
 fn qd_throughput(c: &Ctrl, ns: &NamespaceInfo) -> R {
     let mut q = c.create_io_queue_pair(129).map_err(|e| e.to_string())?;
-    let bufs: Vec<DmaBuffer> = (0..128)
-        .map(|_| c.dma().alloc(4096))
-        .collect::<Result<_, _>>()
-        .map_err(|e| e.to_string())?;
+    let bufs: Vec<DmaBuffer> =
+        (0..128).map(|_| c.dma().alloc(4096)).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
     let per = 4096 / u64::from(ns.block_size);
     let n = 20_000u64;
     let t0 = Instant::now();
     let mut issued = 0u64;
     let mut done = 0u64;
     for i in 0..128u64 {
-        q.read(ns.nsid, (i * per) % (ns.blocks - per), &bufs[i as usize], i)
-            .map_err(|e| e.to_string())?;
+        q.read(ns.nsid, (i * per) % (ns.blocks - per), &bufs[i as usize], i).map_err(|e| e.to_string())?;
         issued += 1;
     }
     let mut free = Vec::new();
@@ -307,8 +270,7 @@ fn qd_throughput(c: &Ctrl, ns: &NamespaceInfo) -> R {
         for t in free.drain(..) {
             if issued < n {
                 let lba = (issued.wrapping_mul(2654435761) % (ns.blocks / per - 1)) * per;
-                q.read(ns.nsid, lba, &bufs[t as usize], t)
-                    .map_err(|e| e.to_string())?;
+                q.read(ns.nsid, lba, &bufs[t as usize], t).map_err(|e| e.to_string())?;
                 issued += 1;
             }
         }
@@ -317,10 +279,7 @@ fn qd_throughput(c: &Ctrl, ns: &NamespaceInfo) -> R {
         return Err(format!("read failed: {e:?}"));
     }
     let s = t0.elapsed().as_secs_f64();
-    println!(
-        "    QD128 4 KiB random reads: {n} in {s:.2} s = {:.0} IOPS (QEMU-emulated device)",
-        n as f64 / s
-    );
+    println!("    QD128 4 KiB random reads: {n} in {s:.2} s = {:.0} IOPS (QEMU-emulated device)", n as f64 / s);
     Ok(())
 }
 
@@ -348,11 +307,7 @@ fn run_controller(bdf: &str, mode: AccessMode, pass: &mut u32, fail: &mut u32) {
         }
     };
     println!("{bdf}: opened ({mode:?}), dma {:?}", dev.dma());
-    let cfg = ControllerConfig {
-        io_queues: 8,
-        io_timeout: Duration::from_secs(30),
-        ..Default::default()
-    };
+    let cfg = ControllerConfig { io_queues: 8, io_timeout: Duration::from_secs(30), ..Default::default() };
     let t0 = Instant::now();
     let c = match Controller::new(dev, cfg) {
         Ok(c) => c,
@@ -362,8 +317,19 @@ fn run_controller(bdf: &str, mode: AccessMode, pass: &mut u32, fail: &mut u32) {
     println!(
         "  controller: vid {:#06x} model {:?} serial {:?} fw {:?} nvme {}.{}.{}; mqes {} dstrd {} B; \
          mdts {:?} B; io queues {}; shadow doorbells {}; oncs {:#x}; bring-up {:?}",
-        i.vid, i.model, i.serial, i.firmware, i.version.0, i.version.1, i.version.2,
-        i.max_queue_entries, i.doorbell_stride, i.mdts_bytes, i.io_queues, i.shadow_doorbells, i.oncs,
+        i.vid,
+        i.model,
+        i.serial,
+        i.firmware,
+        i.version.0,
+        i.version.1,
+        i.version.2,
+        i.max_queue_entries,
+        i.doorbell_stride,
+        i.mdts_bytes,
+        i.io_queues,
+        i.shadow_doorbells,
+        i.oncs,
         t0.elapsed()
     );
     for ns in c.namespaces() {
@@ -378,14 +344,7 @@ fn run_controller(bdf: &str, mode: AccessMode, pass: &mut u32, fail: &mut u32) {
             ns.uuid.map(|u| hex(&u)).unwrap_or_default()
         );
     }
-    check(
-        "bring-up and identify",
-        if c.namespaces().is_empty() {
-            Err("no namespaces".into())
-        } else {
-            Ok(())
-        },
-    );
+    check("bring-up and identify", if c.namespaces().is_empty() { Err("no namespaces".into()) } else { Ok(()) });
     let Some(ns) = c.namespaces().first().cloned() else {
         return;
     };
@@ -409,25 +368,16 @@ fn run_controller(bdf: &str, mode: AccessMode, pass: &mut u32, fail: &mut u32) {
             Err(e) => println!("  ns descriptors: {e}"),
         }
     }
-    check(
-        "write/read/verify across namespace, sizes up to and beyond MDTS",
-        write_read_verify(&c, &mut q, &ns),
-    );
+    check("write/read/verify across namespace, sizes up to and beyond MDTS", write_read_verify(&c, &mut q, &ns));
     if c.reset_count() > 0 {
         println!("    (controller resets so far: {})", c.reset_count());
     }
-    check(
-        "flush, write zeroes, deallocate",
-        zeroes_and_deallocate(&c, &mut q, &ns),
-    );
+    check("flush, write zeroes, deallocate", zeroes_and_deallocate(&c, &mut q, &ns));
     if c.reset_count() > 0 {
         println!("    (controller resets so far: {})", c.reset_count());
     }
     drop(q);
-    check(
-        "several queue pairs from several threads",
-        multi_thread(&c, &ns),
-    );
+    check("several queue pairs from several threads", multi_thread(&c, &ns));
     if c.reset_count() > 0 {
         println!("    (controller resets so far: {})", c.reset_count());
     }
@@ -437,10 +387,7 @@ fn run_controller(bdf: &str, mode: AccessMode, pass: &mut u32, fail: &mut u32) {
     }
     check("controller reset mid-I/O", reset_mid_io(&c, &ns));
     check("QD128 throughput", qd_throughput(&c, &ns));
-    println!(
-        "  controller resets: {} (1 expected: the explicit one)",
-        c.reset_count()
-    );
+    println!("  controller resets: {} (1 expected: the explicit one)", c.reset_count());
     drop(c);
     println!("  detached");
 }
@@ -460,11 +407,7 @@ fn main() {
     };
     let mut bdfs = args;
     if bdfs.is_empty() {
-        bdfs = std::env::var("TB_NVME_BDFS")
-            .unwrap_or_default()
-            .split_whitespace()
-            .map(String::from)
-            .collect();
+        bdfs = std::env::var("TB_NVME_BDFS").unwrap_or_default().split_whitespace().map(String::from).collect();
     }
     if bdfs.is_empty() {
         eprintln!("no devices: pass PCI addresses or set TB_NVME_BDFS");

@@ -55,18 +55,12 @@ impl AdminQueue {
 
     /// Submit `sqe` (its CID is overwritten) and wait up to `timeout` for its
     /// completion. An error status is returned as `NvmeError::AdminStatus`.
-    pub(crate) fn run<R: RegisterIo>(
-        &mut self,
-        regs: &R,
-        mut sqe: Sqe,
-        timeout: Duration,
-    ) -> Result<Cqe, NvmeError> {
+    pub(crate) fn run<R: RegisterIo>(&mut self, regs: &R, mut sqe: Sqe, timeout: Duration) -> Result<Cqe, NvmeError> {
         let cid = self.next_cid;
         self.next_cid = self.next_cid.wrapping_add(1) & 0x7fff;
         sqe.set_cid(cid);
         let opcode = sqe.opcode();
-        self.sq
-            .write_bytes(usize::from(self.tail) * 64, sqe.as_bytes())?;
+        self.sq.write_bytes(usize::from(self.tail) * 64, sqe.as_bytes())?;
         self.tail = (self.tail + 1) % ADMIN_DEPTH;
         dma::wmb();
         regs.write32(offset::DOORBELLS as usize, u32::from(self.tail));
@@ -83,10 +77,7 @@ impl AdminQueue {
                 if self.head == 0 {
                     self.phase = !self.phase;
                 }
-                regs.write32(
-                    offset::DOORBELLS as usize + self.stride,
-                    u32::from(self.head),
-                );
+                regs.write32(offset::DOORBELLS as usize + self.stride, u32::from(self.head));
                 let mut cqe = Cqe::new(w3 as u16, Status::from_raw((w3 >> 16) as u16));
                 cqe.dw0 = dw0.into();
                 cqe.dw1 = dw1.into();

@@ -80,6 +80,8 @@ pub struct ControllerInfo {
     pub io_queues: u16,
     /// Shadow doorbells (Doorbell Buffer Config) in use.
     pub shadow_doorbells: bool,
+    /// The controller has a volatile write cache (Identify VWC bit 0).
+    pub volatile_write_cache: bool,
 }
 
 /// An active namespace.
@@ -147,12 +149,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Wait until CSTS.RDY == `want`.
-fn wait_ready<R: RegisterIo>(
-    regs: &R,
-    name: &str,
-    want: bool,
-    timeout: Duration,
-) -> Result<(), NvmeError> {
+fn wait_ready<R: RegisterIo>(regs: &R, name: &str, want: bool, timeout: Duration) -> Result<(), NvmeError> {
     let start = Instant::now();
     loop {
         let raw = regs.read32(offset::CSTS as usize);
@@ -212,9 +209,7 @@ impl<B: DeviceBacking> Shared<B> {
     }
 
     fn run(&self, admin: &mut AdminQueue, sqe: Sqe) -> Result<Cqe, NvmeError> {
-        admin
-            .run(self.dev.bar0(), sqe, self.cfg.admin_timeout)
-            .map_err(|e| self.name_error(e))
+        admin.run(self.dev.bar0(), sqe, self.cfg.admin_timeout).map_err(|e| self.name_error(e))
     }
 
     fn name_error(&self, e: NvmeError) -> NvmeError {
@@ -230,16 +225,9 @@ impl<B: DeviceBacking> Shared<B> {
 
     /// Run an admin command whose data (if any) goes to/from the admin
     /// queue's own data page.
-    fn run_with_page(
-        &self,
-        admin: &mut AdminQueue,
-        cmd: AdminCommand,
-    ) -> Result<(Cqe, [u8; PAGE_SIZE]), NvmeError> {
+    fn run_with_page(&self, admin: &mut AdminQueue, cmd: AdminCommand) -> Result<(Cqe, [u8; PAGE_SIZE]), NvmeError> {
         let mut sqe = cmd.to_sqe(0);
-        sqe.set_data_pointer(DataPointer::Prp {
-            prp1: admin.data.iova(),
-            prp2: 0,
-        });
+        sqe.set_data_pointer(DataPointer::Prp { prp1: admin.data.iova(), prp2: 0 });
         admin.data.fill(0, PAGE_SIZE, 0)?;
         let cqe = self.run(admin, sqe)?;
         let mut page = [0u8; PAGE_SIZE];
@@ -259,10 +247,7 @@ impl<B: DeviceBacking> Shared<B> {
 
     fn setup_after_enable(&self, admin: &mut AdminQueue) -> Result<(), NvmeError> {
         let want = self.info.io_queues.max(1) - 1;
-        let nq = NumQueues {
-            nsqr: want,
-            ncqr: want,
-        };
+        let nq = NumQueues { nsqr: want, ncqr: want };
         self.run(admin, AdminCommand::set_num_queues(nq).to_sqe(0))?;
         if let Some(d) = &self.dbbuf {
             d.shadow.fill(0, PAGE_SIZE, 0)?;
@@ -286,8 +271,7 @@ impl<B: DeviceBacking> Shared<B> {
         }
         self.state.store(RESETTING, Ordering::Release);
         self.resets.fetch_add(1, Ordering::Relaxed);
-        let r = Self::enable(&self.dev, self.cap, &mut admin)
-            .and_then(|()| self.setup_after_enable(&mut admin));
+        let r = Self::enable(&self.dev, self.cap, &mut admin).and_then(|()| self.setup_after_enable(&mut admin));
         match r {
             Ok(()) => {
                 self.generation.fetch_add(1, Ordering::AcqRel);
@@ -315,10 +299,7 @@ impl<B: DeviceBacking> Shared<B> {
 
 fn dbbuf_sqe(d: &DbBuf) -> Sqe {
     let mut sqe = Sqe::new(DOORBELL_BUFFER_CONFIG, 0);
-    sqe.set_data_pointer(DataPointer::Prp {
-        prp1: d.shadow.iova(),
-        prp2: d.eventidx.iova(),
-    });
+    sqe.set_data_pointer(DataPointer::Prp { prp1: d.shadow.iova(), prp2: d.eventidx.iova() });
     sqe
 }
 
@@ -336,9 +317,7 @@ impl<B: DeviceBacking> Drop for Shared<B> {
         }
         regs.write32(offset::CC as usize, cc.with_shn(1).0);
         let start = Instant::now();
-        while Csts(regs.read32(offset::CSTS as usize)).shst() != 2
-            && start.elapsed() < Duration::from_millis(500)
-        {
+        while Csts(regs.read32(offset::CSTS as usize)).shst() != 2 && start.elapsed() < Duration::from_millis(500) {
             std::thread::sleep(Duration::from_micros(200));
         }
         regs.write32(offset::CC as usize, cc.with_shn(0).with_en(0).0);
@@ -354,10 +333,7 @@ pub struct Controller<B: DeviceBacking> {
 
 impl<B: DeviceBacking> std::fmt::Debug for Controller<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Controller")
-            .field("dev", &self.shared.name())
-            .field("info", &self.shared.info)
-            .finish()
+        f.debug_struct("Controller").field("dev", &self.shared.name()).field("info", &self.shared.info).finish()
     }
 }
 
@@ -371,17 +347,12 @@ impl<B: DeviceBacking> Controller<B> {
         if cap.0 == u64::MAX {
             return Err(NvmeError::DeviceGone(name));
         }
-        let unsupported = |reason| NvmeError::Unsupported {
-            dev: name.clone(),
-            reason,
-        };
+        let unsupported = |reason| NvmeError::Unsupported { dev: name.clone(), reason };
         if cap.css() & 1 == 0 {
             return Err(unsupported("nvm command set not supported (cap.css)"));
         }
         if cap.mpsmin() > 0 {
-            return Err(unsupported(
-                "minimum memory page size above 4 KiB (cap.mpsmin)",
-            ));
+            return Err(unsupported("minimum memory page size above 4 KiB (cap.mpsmin)"));
         }
         if cap.mqes() == 0 {
             return Err(unsupported("cap.mqes is zero"));
@@ -410,6 +381,7 @@ impl<B: DeviceBacking> Controller<B> {
                 oacs: 0,
                 io_queues: cfg.io_queues.max(1),
                 shadow_doorbells: false,
+                volatile_write_cache: false,
             },
             cfg,
             namespaces: Vec::new(),
@@ -421,21 +393,15 @@ impl<B: DeviceBacking> Controller<B> {
             resets: AtomicU64::new(0),
             dev,
         };
-        let (_, page) =
-            shared.run_with_page(&mut admin, AdminCommand::identify(Cns::Controller, 0))?;
-        let id = IdentifyController::parse(&page).map_err(|_| NvmeError::BadData {
-            what: "identify controller",
-        })?;
+        let (_, page) = shared.run_with_page(&mut admin, AdminCommand::identify(Cns::Controller, 0))?;
+        let id = IdentifyController::parse(&page).map_err(|_| NvmeError::BadData { what: "identify controller" })?;
         shared.fill_info(&id)?;
 
         // Active namespaces (CNS 02h, from NVMe 1.1), else 1..=NN.
         let mut nsids = Vec::new();
         let mut after = 0u32;
         loop {
-            let r = shared.run_with_page(
-                &mut admin,
-                AdminCommand::identify(Cns::ActiveNamespaceList, after),
-            );
+            let r = shared.run_with_page(&mut admin, AdminCommand::identify(Cns::ActiveNamespaceList, after));
             match r {
                 Ok((_, page)) => {
                     let list = nvme_spec::identify::parse_ns_list(&page);
@@ -461,24 +427,15 @@ impl<B: DeviceBacking> Controller<B> {
 
         // Queues.
         let want = shared.info.io_queues.max(1) - 1;
-        let cqe = shared.run(
-            &mut admin,
-            AdminCommand::set_num_queues(NumQueues {
-                nsqr: want,
-                ncqr: want,
-            })
-            .to_sqe(0),
-        )?;
+        let cqe =
+            shared.run(&mut admin, AdminCommand::set_num_queues(NumQueues { nsqr: want, ncqr: want }).to_sqe(0))?;
         let got = NumQueues::from_dword(cqe.dw0.get());
         let granted = (got.nsqr.min(got.ncqr).saturating_add(1)).min(want + 1);
         shared.info.io_queues = granted;
         *lock(&shared.free_qids) = (1..=granted).rev().collect();
 
         if shared.cfg.shadow_doorbells && shared.info.oacs & OACS_DOORBELL_BUFFER != 0 {
-            let d = DbBuf {
-                shadow: shared.dev.dma().alloc(PAGE_SIZE)?,
-                eventidx: shared.dev.dma().alloc(PAGE_SIZE)?,
-            };
+            let d = DbBuf { shadow: shared.dev.dma().alloc(PAGE_SIZE)?, eventidx: shared.dev.dma().alloc(PAGE_SIZE)? };
             // Optional feature: if the controller refuses, go on without it.
             if shared.run(&mut admin, dbbuf_sqe(&d)).is_ok() {
                 shared.dbbuf = Some(d);
@@ -486,9 +443,7 @@ impl<B: DeviceBacking> Controller<B> {
             }
         }
         shared.admin = Mutex::new(admin);
-        Ok(Self {
-            shared: Arc::new(shared),
-        })
+        Ok(Self { shared: Arc::new(shared) })
     }
 
     /// What the driver learned about the controller.
@@ -538,11 +493,8 @@ impl<B: DeviceBacking> Controller<B> {
         if depth < 2 || u32::from(depth) > self.shared.info.max_queue_entries {
             return Err(NvmeError::InvalidArgument("queue depth outside 2..=mqes"));
         }
-        let qid = lock(&self.shared.free_qids)
-            .pop()
-            .ok_or(NvmeError::NoQueues {
-                granted: self.shared.info.io_queues,
-            })?;
+        let qid =
+            lock(&self.shared.free_qids).pop().ok_or(NvmeError::NoQueues { granted: self.shared.info.io_queues })?;
         IoQueuePair::new(self.shared.clone(), qid, depth).inspect_err(|_| {
             self.shared.release_qid(qid);
         })
@@ -554,13 +506,9 @@ impl<B: DeviceBacking> Controller<B> {
         let mut sqe = sqe;
         let _list;
         if let Some(buf) = data {
-            let list = self
-                .shared
-                .dev
-                .dma()
-                .alloc(prp::list_pages_for(buf.len()) * PAGE_SIZE)?;
-            let (prp1, prp2) = prp::build(buf, 0, buf.len(), &list)
-                .map_err(|_| NvmeError::InvalidArgument("admin data buffer"))?;
+            let list = self.shared.dev.dma().alloc(prp::list_pages_for(buf.len()) * PAGE_SIZE)?;
+            let (prp1, prp2) =
+                prp::build(buf, 0, buf.len(), &list).map_err(|_| NvmeError::InvalidArgument("admin data buffer"))?;
             sqe.set_data_pointer(DataPointer::Prp { prp1, prp2 });
             _list = list;
         }
@@ -568,16 +516,9 @@ impl<B: DeviceBacking> Controller<B> {
     }
 
     /// Get Log Page: `len` bytes of log `lid` for `nsid` (0xffffffff: all).
-    pub fn get_log_page(
-        &self,
-        lid: LogPageId,
-        nsid: u32,
-        len: usize,
-    ) -> Result<Vec<u8>, NvmeError> {
+    pub fn get_log_page(&self, lid: LogPageId, nsid: u32, len: usize) -> Result<Vec<u8>, NvmeError> {
         if len == 0 || len > PAGE_SIZE {
-            return Err(NvmeError::InvalidArgument(
-                "log page length not in 1..=4096",
-            ));
+            return Err(NvmeError::InvalidArgument("log page length not in 1..=4096"));
         }
         let mut a = lock(&self.shared.admin);
         let cmd = AdminCommand::get_log_page(lid, nsid, len as u32, 0);
@@ -594,48 +535,30 @@ impl<B: DeviceBacking> Controller<B> {
     /// Error information log (non-empty entries, newest first).
     pub fn error_log(&self) -> Result<Vec<ErrorLogEntry>, NvmeError> {
         let b = self.get_log_page(LogPageId::ERROR, u32::MAX, 64 * 4)?;
-        Ok(ErrorLogEntry::parse_all(&b)
-            .into_iter()
-            .filter(|e| e.error_count.get() != 0)
-            .collect())
+        Ok(ErrorLogEntry::parse_all(&b).into_iter().filter(|e| e.error_count.get() != 0).collect())
     }
 
     /// Firmware slot information.
     pub fn firmware_log(&self) -> Result<FirmwareSlotLog, NvmeError> {
         let b = self.get_log_page(LogPageId::FIRMWARE_SLOT, u32::MAX, 512)?;
-        FirmwareSlotLog::parse(&b).map_err(|_| NvmeError::BadData {
-            what: "firmware slot log",
-        })
+        FirmwareSlotLog::parse(&b).map_err(|_| NvmeError::BadData { what: "firmware slot log" })
     }
 
     /// Get Features (current value): returns completion dword 0.
     pub fn get_features(&self, fid: FeatureId, cdw11: u32) -> Result<u32, NvmeError> {
-        let cmd = AdminCommand::GetFeatures {
-            nsid: 0,
-            fid,
-            sel: FeatureSelect::Current,
-            cdw11,
-        };
+        let cmd = AdminCommand::GetFeatures { nsid: 0, fid, sel: FeatureSelect::Current, cdw11 };
         Ok(self.shared.admin(cmd.to_sqe(0))?.dw0.get())
     }
 
     /// Set Features: returns completion dword 0.
     pub fn set_features(&self, fid: FeatureId, cdw11: u32) -> Result<u32, NvmeError> {
-        let cmd = AdminCommand::SetFeatures {
-            nsid: 0,
-            fid,
-            save: false,
-            cdw11,
-            cdw12_15: [0; 4],
-        };
+        let cmd = AdminCommand::SetFeatures { nsid: 0, fid, save: false, cdw11, cdw12_15: [0; 4] };
         Ok(self.shared.admin(cmd.to_sqe(0))?.dw0.get())
     }
 
     /// Keep Alive.
     pub fn keep_alive(&self) -> Result<(), NvmeError> {
-        self.shared
-            .admin(AdminCommand::KeepAlive.to_sqe(0))
-            .map(|_| ())
+        self.shared.admin(AdminCommand::KeepAlive.to_sqe(0)).map(|_| ())
     }
 }
 
@@ -649,6 +572,7 @@ impl<B: DeviceBacking> Shared<B> {
         self.info.subnqn = s(id.subnqn());
         self.info.oncs = id.oncs.get();
         self.info.oacs = id.oacs.get();
+        self.info.volatile_write_cache = id.vwc & 1 != 0;
         let min_page = 4096u64 << self.cap.mpsmin();
         self.info.mdts_bytes = id.max_transfer_bytes(min_page);
         let mut max = self.cfg.max_transfer.max(PAGE_SIZE);
@@ -665,24 +589,14 @@ impl<B: DeviceBacking> Shared<B> {
         Ok(())
     }
 
-    fn identify_namespace(
-        &self,
-        admin: &mut AdminQueue,
-        nsid: u32,
-    ) -> Result<Option<NamespaceInfo>, NvmeError> {
+    fn identify_namespace(&self, admin: &mut AdminQueue, nsid: u32) -> Result<Option<NamespaceInfo>, NvmeError> {
         let (_, page) = self.run_with_page(admin, AdminCommand::identify(Cns::Namespace, nsid))?;
-        let id = IdentifyNamespace::parse(&page).map_err(|_| NvmeError::BadData {
-            what: "identify namespace",
-        })?;
+        let id = IdentifyNamespace::parse(&page).map_err(|_| NvmeError::BadData { what: "identify namespace" })?;
         if id.nsze.get() == 0 {
             return Ok(None); // allocated but inactive
         }
-        let fmt = id.formatted_lba().ok_or(NvmeError::BadData {
-            what: "identify namespace lba format",
-        })?;
-        let block_size = id.block_size().ok_or(NvmeError::BadData {
-            what: "identify namespace block size",
-        })?;
+        let fmt = id.formatted_lba().ok_or(NvmeError::BadData { what: "identify namespace lba format" })?;
+        let block_size = id.block_size().ok_or(NvmeError::BadData { what: "identify namespace block size" })?;
         let mut ns = NamespaceInfo {
             nsid,
             blocks: id.nsze.get(),
@@ -695,10 +609,7 @@ impl<B: DeviceBacking> Shared<B> {
             dlfeat: id.dlfeat,
         };
         // Descriptors (NVMe 1.3); older controllers reject CNS 03h.
-        if let Ok((_, page)) = self.run_with_page(
-            admin,
-            AdminCommand::identify(Cns::NamespaceDescriptorList, nsid),
-        ) {
+        if let Ok((_, page)) = self.run_with_page(admin, AdminCommand::identify(Cns::NamespaceDescriptorList, nsid)) {
             if let Ok(descs) = NsDescriptor::parse_list(&page) {
                 for d in descs {
                     match d {

@@ -132,13 +132,11 @@ impl DmaMapping {
     /// A mapping whose IOVAs are contiguous from `iova` for `len` bytes.
     pub fn contiguous(iova: u64, len: usize) -> Self {
         let _ = len;
-        Self {
-            granule_shift: 62,
-            iovas: Box::new([iova]),
-        }
+        Self { granule_shift: 62, iovas: Box::new([iova]) }
     }
 
-    fn iova_at(&self, offset: usize) -> Option<u64> {
+    /// The device address of byte `offset` of the mapped memory.
+    pub fn iova_at(&self, offset: usize) -> Option<u64> {
         let idx = offset.checked_shr(self.granule_shift)?;
         let base = *self.iovas.get(idx)?;
         let mask = (1u64 << self.granule_shift) - 1;
@@ -207,22 +205,16 @@ unsafe impl Sync for DmaMemory {}
 impl Drop for DmaMemory {
     fn drop(&mut self) {
         // Unmap first: the device must not reach memory we free.
-        self.mapper
-            .unmap(self.ptr.as_ptr() as usize, self.len, &self.mapping);
+        self.mapper.unmap(self.ptr.as_ptr() as usize, self.len, &self.mapping);
         free_host(self.ptr, self.len, self.source);
     }
 }
 
 fn alloc_host(len: usize, source: MemorySource) -> Result<NonNull<u8>, DmaError> {
-    let err = |cause| DmaError::Alloc {
-        len,
-        source_kind: source.kind(),
-        cause,
-    };
+    let err = |cause| DmaError::Alloc { len, source_kind: source.kind(), cause };
     match source {
         MemorySource::Heap => {
-            let layout =
-                std::alloc::Layout::from_size_align(len, PAGE_SIZE).map_err(|_| err(None))?;
+            let layout = std::alloc::Layout::from_size_align(len, PAGE_SIZE).map_err(|_| err(None))?;
             // SAFETY: layout has non-zero size (checked by the caller).
             let p = unsafe { std::alloc::alloc_zeroed(layout) };
             NonNull::new(p).ok_or_else(|| err(None))
@@ -233,16 +225,7 @@ fn alloc_host(len: usize, source: MemorySource) -> Result<NonNull<u8>, DmaError>
                 flags |= libc::MAP_HUGETLB;
             }
             // SAFETY: anonymous mapping, no existing memory is affected.
-            let p = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    len,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    flags,
-                    -1,
-                    0,
-                )
-            };
+            let p = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, flags, -1, 0) };
             if p == libc::MAP_FAILED {
                 return Err(err(Some(std::io::Error::last_os_error())));
             }
@@ -285,21 +268,20 @@ pub struct DmaAllocator {
 
 impl std::fmt::Debug for DmaAllocator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DmaAllocator")
-            .field("mapper", &self.mapper.name())
-            .field("source", &self.source)
-            .finish()
+        f.debug_struct("DmaAllocator").field("mapper", &self.mapper.name()).field("source", &self.source).finish()
     }
 }
 
 impl DmaAllocator {
     /// An allocator taking memory from `source` and mapping it with `mapper`.
     pub fn new(mapper: Arc<dyn DmaMapper>, source: MemorySource) -> Self {
-        Self {
-            mapper,
-            source,
-            carve: Arc::new(std::sync::Mutex::new(None)),
-        }
+        Self { mapper, source, carve: Arc::new(std::sync::Mutex::new(None)) }
+    }
+
+    /// The mapper this allocator maps memory with (to map other memory,
+    /// such as the block layer's buffer regions, into the same device view).
+    pub fn mapper(&self) -> Arc<dyn DmaMapper> {
+        self.mapper.clone()
     }
 
     /// Where this allocator takes memory from.
@@ -328,11 +310,7 @@ impl DmaAllocator {
                 }
             }
             let chunk = self.alloc_whole(HUGEPAGE_SIZE)?;
-            let b = chunk.slice(0, len).ok_or(DmaError::Alloc {
-                len,
-                source_kind: self.source.kind(),
-                cause: None,
-            })?;
+            let b = chunk.slice(0, len).ok_or(DmaError::Alloc { len, source_kind: self.source.kind(), cause: None })?;
             *g = Some((chunk, need));
             return Ok(b);
         }
@@ -354,13 +332,7 @@ impl DmaAllocator {
                 return Err(e);
             }
         };
-        let mem = Arc::new(DmaMemory {
-            ptr,
-            len: size,
-            source: self.source,
-            mapping,
-            mapper: self.mapper.clone(),
-        });
+        let mem = Arc::new(DmaMemory { ptr, len: size, source: self.source, mapping, mapper: self.mapper.clone() });
         Ok(DmaBuffer { mem, off: 0, len })
     }
 }
@@ -376,10 +348,7 @@ pub struct DmaBuffer {
 
 impl std::fmt::Debug for DmaBuffer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DmaBuffer")
-            .field("iova", &self.iova())
-            .field("len", &self.len)
-            .finish()
+        f.debug_struct("DmaBuffer").field("iova", &self.iova()).field("len", &self.len).finish()
     }
 }
 
@@ -430,11 +399,7 @@ impl DmaBuffer {
         if end > self.len {
             return None;
         }
-        Some(DmaBuffer {
-            mem: self.mem.clone(),
-            off: self.off + offset,
-            len,
-        })
+        Some(DmaBuffer { mem: self.mem.clone(), off: self.off + offset, len })
     }
 
     /// True if both windows are over the same allocation.
@@ -447,13 +412,7 @@ impl DmaBuffer {
         let end = offset.checked_add(len);
         match end {
             Some(e) if e <= self.len => {}
-            _ => {
-                return Err(DmaError::OutOfBounds {
-                    offset,
-                    len,
-                    size: self.len,
-                })
-            }
+            _ => return Err(DmaError::OutOfBounds { offset, len, size: self.len }),
         }
         let abs = self.off + offset;
         if !abs.is_multiple_of(align) {
@@ -550,13 +509,7 @@ impl DmaBuffer {
 
     /// Copy `len` bytes from `src` at `src_off` to `self` at `dst_off`
     /// (both may be the same allocation; overlapping ranges are handled).
-    pub fn copy_from(
-        &self,
-        dst_off: usize,
-        src: &DmaBuffer,
-        src_off: usize,
-        len: usize,
-    ) -> Result<(), DmaError> {
+    pub fn copy_from(&self, dst_off: usize, src: &DmaBuffer, src_off: usize, len: usize) -> Result<(), DmaError> {
         let d = self.ptr_checked(dst_off, len, 1)?;
         let s = src.ptr_checked(src_off, len, 1)?;
         // SAFETY: both ranges in bounds (checked); `copy` allows overlap.
@@ -597,12 +550,7 @@ impl Default for SoftIommu {
 impl SoftIommu {
     /// A software IOMMU handing out IOVAs from `base` upwards.
     pub fn new(base: u64) -> Self {
-        Self {
-            inner: RwLock::new(SoftIommuInner {
-                next_iova: base,
-                maps: BTreeMap::new(),
-            }),
-        }
+        Self { inner: RwLock::new(SoftIommuInner { next_iova: base, maps: BTreeMap::new() }) }
     }
 
     /// Number of live mappings (to check that detach releases everything).
@@ -610,17 +558,9 @@ impl SoftIommu {
         self.inner.read().map(|g| g.maps.len()).unwrap_or(0)
     }
 
-    fn with_ptr<R>(
-        &self,
-        iova: u64,
-        len: usize,
-        f: impl FnOnce(*mut u8) -> R,
-    ) -> Result<R, DmaError> {
+    fn with_ptr<R>(&self, iova: u64, len: usize, f: impl FnOnce(*mut u8) -> R) -> Result<R, DmaError> {
         let fault = DmaError::IommuFault { iova, len };
-        let g = self
-            .inner
-            .read()
-            .map_err(|_| DmaError::IommuFault { iova, len })?;
+        let g = self.inner.read().map_err(|_| DmaError::IommuFault { iova, len })?;
         let (&base, &(va, mlen)) = g.maps.range(..=iova).next_back().ok_or(fault)?;
         let off = usize::try_from(iova - base).map_err(|_| DmaError::IommuFault { iova, len })?;
         match off.checked_add(len) {
@@ -687,10 +627,7 @@ impl SoftIommu {
 
 impl DmaMapper for SoftIommu {
     fn map(&self, va: usize, len: usize) -> Result<DmaMapping, DmaError> {
-        let mut g = self
-            .inner
-            .write()
-            .map_err(|_| DmaError::IovaExhausted { len })?;
+        let mut g = self.inner.write().map_err(|_| DmaError::IovaExhausted { len })?;
         let iova = g.next_iova;
         // Leave a guard page between mappings so overruns fault.
         let next = (len as u64)

@@ -16,6 +16,7 @@ pub mod dma;
 pub mod emu;
 mod error;
 pub mod mmio;
+pub mod nvme_bdev;
 pub mod prp;
 mod queue;
 pub mod vfio;

@@ -18,10 +18,35 @@ pub fn list_pages_for(max_bytes: usize) -> usize {
     }
 }
 
+/// Memory a command's data can live in: a length and the device address of
+/// each byte offset (which must keep 4 KiB page offsets, as every mapping
+/// here does).
+pub trait PrpSource {
+    /// Length in bytes.
+    fn len(&self) -> usize;
+    /// True if empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Device address of byte `off` (`off < len`).
+    fn iova_at(&self, off: usize) -> Option<u64>;
+}
+
+impl PrpSource for DmaBuffer {
+    #[inline]
+    fn len(&self) -> usize {
+        DmaBuffer::len(self)
+    }
+    #[inline]
+    fn iova_at(&self, off: usize) -> Option<u64> {
+        DmaBuffer::iova_at(self, off)
+    }
+}
+
 /// Fill in PRP1/PRP2 (and the PRP list in `list`, a page-aligned area of
 /// whole pages) for `len` bytes of `buf` from `off`.
-pub fn build(
-    buf: &DmaBuffer,
+pub fn build<S: PrpSource + ?Sized>(
+    buf: &S,
     off: usize,
     len: usize,
     list: &DmaBuffer,
@@ -78,8 +103,7 @@ pub fn build(
 
 #[inline]
 fn write_entry(list: &DmaBuffer, page: usize, slot: usize, v: u64) -> Result<(), SubmitError> {
-    list.write_u64(page * PAGE_SIZE + slot * 8, v)
-        .map_err(|_| SubmitError::TooLarge)
+    list.write_u64(page * PAGE_SIZE + slot * 8, v).map_err(|_| SubmitError::TooLarge)
 }
 
 #[cfg(test)]
@@ -151,18 +175,12 @@ mod tests {
         let buf = a.alloc(3 * PAGE_SIZE).unwrap();
         let list = a.alloc(PAGE_SIZE).unwrap();
         assert_eq!(build(&buf, 0, 4096, &list).unwrap(), (buf.iova(), 0));
-        assert_eq!(
-            build(&buf, 512, 4096, &list).unwrap(),
-            (buf.iova() + 512, buf.iova() + 4096)
-        );
+        assert_eq!(build(&buf, 512, 4096, &list).unwrap(), (buf.iova() + 512, buf.iova() + 4096));
         assert_eq!(build(&buf, 0, 8192, &list).unwrap().1, buf.iova() + 4096);
         assert_eq!(build(&buf, 0, 8193, &list).unwrap().1, list.iova());
         assert_eq!(build(&buf, 2, 8, &list), Err(SubmitError::Misaligned));
         assert_eq!(build(&buf, 0, 0, &list), Err(SubmitError::TooLarge));
-        assert_eq!(
-            build(&buf, 4096, 3 * 4096, &list),
-            Err(SubmitError::TooLarge)
-        );
+        assert_eq!(build(&buf, 4096, 3 * 4096, &list), Err(SubmitError::TooLarge));
         assert_eq!(list_pages_for(2 << 20), 1);
         assert_eq!(list_pages_for((2 << 20) + 4096), 2);
     }

@@ -144,20 +144,13 @@ impl<B: DeviceBacking> IoQueuePair<B> {
         let prp_bytes = prp::list_pages_for(max_xfer) * PAGE_SIZE;
         let mem = shared.dev.dma().alloc(sq_len + cq_len + prp_bytes * d)?;
         let bad = NvmeError::InvalidArgument("queue memory layout");
-        let sq = mem
-            .slice(0, sq_len)
-            .ok_or(NvmeError::InvalidArgument("sq"))?;
-        let cq = mem
-            .slice(sq_len, cq_len)
-            .ok_or(NvmeError::InvalidArgument("cq"))?;
+        let sq = mem.slice(0, sq_len).ok_or(NvmeError::InvalidArgument("sq"))?;
+        let cq = mem.slice(sq_len, cq_len).ok_or(NvmeError::InvalidArgument("cq"))?;
         let prp = mem.slice(sq_len + cq_len, prp_bytes * d).ok_or(bad)?;
         let stride = shared.stride;
         let sq_db = 0x1000 + 2 * usize::from(qid) * stride;
         let cq_db = sq_db + stride;
-        let shadow = shared
-            .dbbuf
-            .as_ref()
-            .map(|d| (d.shadow.clone(), d.eventidx.clone()));
+        let shadow = shared.dbbuf.as_ref().map(|d| (d.shadow.clone(), d.eventidx.clone()));
         let slots = (0..depth)
             .map(|_| Slot {
                 tag: 0,
@@ -170,21 +163,11 @@ impl<B: DeviceBacking> IoQueuePair<B> {
                 sqe: Sqe::new_zeroed(),
             })
             .collect();
-        let parents = (0..depth)
-            .map(|_| Parent {
-                tag: 0,
-                remaining: 0,
-                error: None,
-            })
-            .collect();
+        let parents = (0..depth).map(|_| Parent { tag: 0, remaining: 0, error: None }).collect();
         let ns = shared
             .namespaces
             .iter()
-            .map(|n| NsFmt {
-                nsid: n.nsid,
-                blocks: n.blocks,
-                block: n.transfer_block_size(),
-            })
+            .map(|n| NsFmt { nsid: n.nsid, blocks: n.blocks, block: n.transfer_block_size() })
             .collect();
         let generation = shared.generation.load(Ordering::Acquire);
         let timeout_ns = shared.cfg.io_timeout.as_nanos() as u64;
@@ -237,36 +220,15 @@ impl<B: DeviceBacking> IoQueuePair<B> {
             }
         }
         let qsize = self.depth - 1;
-        let mut cq = AdminCommand::CreateIoCq {
-            qid: self.qid,
-            qsize,
-            iv: 0,
-            ien: false,
-            contiguous: true,
-        }
-        .to_sqe(0);
-        cq.set_data_pointer(DataPointer::Prp {
-            prp1: self.cq.iova(),
-            prp2: 0,
-        });
+        let mut cq = AdminCommand::CreateIoCq { qid: self.qid, qsize, iv: 0, ien: false, contiguous: true }.to_sqe(0);
+        cq.set_data_pointer(DataPointer::Prp { prp1: self.cq.iova(), prp2: 0 });
         self.shared.admin(cq)?;
-        let mut sq = AdminCommand::CreateIoSq {
-            qid: self.qid,
-            qsize,
-            cqid: self.qid,
-            prio: 0,
-            contiguous: true,
-            nvmsetid: 0,
-        }
-        .to_sqe(0);
-        sq.set_data_pointer(DataPointer::Prp {
-            prp1: self.sq.iova(),
-            prp2: 0,
-        });
+        let mut sq =
+            AdminCommand::CreateIoSq { qid: self.qid, qsize, cqid: self.qid, prio: 0, contiguous: true, nvmsetid: 0 }
+                .to_sqe(0);
+        sq.set_data_pointer(DataPointer::Prp { prp1: self.sq.iova(), prp2: 0 });
         if let Err(e) = self.shared.admin(sq) {
-            let _ = self
-                .shared
-                .admin(AdminCommand::DeleteIoCq { qid: self.qid }.to_sqe(0));
+            let _ = self.shared.admin(AdminCommand::DeleteIoCq { qid: self.qid }.to_sqe(0));
             return Err(e);
         }
         Ok(())
@@ -312,43 +274,36 @@ impl<B: DeviceBacking> IoQueuePair<B> {
 
     #[inline]
     fn ns_fmt(&self, nsid: u32) -> Result<NsFmt, SubmitError> {
-        self.ns
-            .iter()
-            .find(|n| n.nsid == nsid)
-            .copied()
-            .ok_or(SubmitError::InvalidNamespace(nsid))
+        self.ns.iter().find(|n| n.nsid == nsid).copied().ok_or(SubmitError::InvalidNamespace(nsid))
     }
 
     /// Queue a Read of `buf.len()` bytes at `lba` into `buf`.
     #[inline]
-    pub fn read(
-        &mut self,
-        nsid: u32,
-        lba: u64,
-        buf: &DmaBuffer,
-        tag: u64,
-    ) -> Result<(), SubmitError> {
+    pub fn read(&mut self, nsid: u32, lba: u64, buf: &DmaBuffer, tag: u64) -> Result<(), SubmitError> {
         self.rw(false, nsid, lba, buf, tag)
     }
 
     /// Queue a Write of `buf` at `lba`.
     #[inline]
-    pub fn write(
-        &mut self,
-        nsid: u32,
-        lba: u64,
-        buf: &DmaBuffer,
-        tag: u64,
-    ) -> Result<(), SubmitError> {
+    pub fn write(&mut self, nsid: u32, lba: u64, buf: &DmaBuffer, tag: u64) -> Result<(), SubmitError> {
         self.rw(true, nsid, lba, buf, tag)
     }
 
-    fn rw(
+    fn rw(&mut self, write: bool, nsid: u32, lba: u64, buf: &DmaBuffer, tag: u64) -> Result<(), SubmitError> {
+        self.rw_src(write, nsid, lba, buf, Some(buf), tag)
+    }
+
+    /// Queue a Read (`write == false`) or Write of `src.len()` bytes at
+    /// `lba`, with data in memory the caller describes. `keep`, if given, is
+    /// held until completion; otherwise the caller guarantees the memory
+    /// behind `buf` stays allocated and mapped until the request completes.
+    pub(crate) fn rw_src<S: prp::PrpSource + ?Sized>(
         &mut self,
         write: bool,
         nsid: u32,
         lba: u64,
-        buf: &DmaBuffer,
+        buf: &S,
+        keep: Option<&DmaBuffer>,
         tag: u64,
     ) -> Result<(), SubmitError> {
         self.check_live()?;
@@ -356,12 +311,9 @@ impl<B: DeviceBacking> IoQueuePair<B> {
         let bs = ns.block as usize;
         let len = buf.len();
         if len == 0 || !len.is_multiple_of(bs) {
-            return Err(SubmitError::BadLength {
-                len,
-                block: ns.block,
-            });
+            return Err(SubmitError::BadLength { len, block: ns.block });
         }
-        if buf.iova() & 3 != 0 {
+        if buf.iova_at(0).is_none_or(|a| a & 3 != 0) {
             return Err(SubmitError::Misaligned);
         }
         let blocks = (len / bs) as u64;
@@ -371,35 +323,19 @@ impl<B: DeviceBacking> IoQueuePair<B> {
         let per_cmd = (self.max_xfer / bs).clamp(1, 1 << 16) as u64;
         let n = blocks.div_ceil(per_cmd);
         if n > self.free.len() as u64 {
-            return Err(if n > u64::from(self.depth) - 1 {
-                SubmitError::TooLarge
-            } else {
-                SubmitError::QueueFull
-            });
+            return Err(if n > u64::from(self.depth) - 1 { SubmitError::TooLarge } else { SubmitError::QueueFull });
         }
         let mk = |slba: u64, nb: u64| {
             let nlb = (nb - 1) as u16;
             if write {
-                IoCommand::Write {
-                    nsid,
-                    slba,
-                    nlb,
-                    fua: false,
-                    lr: false,
-                }
+                IoCommand::Write { nsid, slba, nlb, fua: false, lr: false }
             } else {
-                IoCommand::Read {
-                    nsid,
-                    slba,
-                    nlb,
-                    fua: false,
-                    lr: false,
-                }
+                IoCommand::Read { nsid, slba, nlb, fua: false, lr: false }
             }
         };
         if n == 1 {
             let cid = self.free.pop().ok_or(SubmitError::QueueFull)?;
-            return self.queue_data_cmd(cid, mk(lba, blocks), buf, 0, len, tag, NONE);
+            return self.queue_data_cmd(cid, mk(lba, blocks), buf, keep, 0, len, tag, NONE);
         }
         // Split: children complete a parent.
         let parent = self.free_parents.pop().ok_or(SubmitError::QueueFull)?;
@@ -410,15 +346,8 @@ impl<B: DeviceBacking> IoQueuePair<B> {
             let nb = per_cmd.min(blocks - done);
             let cid = self.free.pop().ok_or(SubmitError::QueueFull)?;
             let off = done as usize * bs;
-            if let Err(e) = self.queue_data_cmd(
-                cid,
-                mk(lba + done, nb),
-                buf,
-                off,
-                nb as usize * bs,
-                tag,
-                parent,
-            ) {
+            if let Err(e) = self.queue_data_cmd(cid, mk(lba + done, nb), buf, keep, off, nb as usize * bs, tag, parent)
+            {
                 // Roll back: nothing was made visible to the controller yet
                 // (the doorbell is only written by poll/flush).
                 self.unqueue(tail_before, queued);
@@ -440,11 +369,7 @@ impl<B: DeviceBacking> IoQueuePair<B> {
     fn unqueue(&mut self, tail_before: u16, count: u16) {
         for _ in 0..count {
             self.sq_tail = (self.sq_tail + self.depth - 1) % self.depth;
-            let cid = self
-                .sq
-                .read_u32(usize::from(self.sq_tail) * 64)
-                .map(|w| (w >> 16) as u16)
-                .unwrap_or(NONE);
+            let cid = self.sq.read_u32(usize::from(self.sq_tail) * 64).map(|w| (w >> 16) as u16).unwrap_or(NONE);
             if let Some(s) = self.slots.get_mut(usize::from(cid)) {
                 s.state = SlotState::Free;
                 s.buf = None;
@@ -458,20 +383,18 @@ impl<B: DeviceBacking> IoQueuePair<B> {
 
     #[allow(clippy::too_many_arguments)]
     #[inline]
-    fn queue_data_cmd(
+    fn queue_data_cmd<S: prp::PrpSource + ?Sized>(
         &mut self,
         cid: u16,
         cmd: IoCommand,
-        buf: &DmaBuffer,
+        buf: &S,
+        keep: Option<&DmaBuffer>,
         off: usize,
         len: usize,
         tag: u64,
         parent: u16,
     ) -> Result<(), SubmitError> {
-        let list = self
-            .prp
-            .slice(usize::from(cid) * self.prp_bytes, self.prp_bytes)
-            .ok_or(SubmitError::TooLarge);
+        let list = self.prp.slice(usize::from(cid) * self.prp_bytes, self.prp_bytes).ok_or(SubmitError::TooLarge);
         let built = list.and_then(|l| prp::build(buf, off, len, &l));
         let (prp1, prp2) = match built {
             Ok(p) => p,
@@ -482,7 +405,7 @@ impl<B: DeviceBacking> IoQueuePair<B> {
         };
         let mut sqe = cmd.to_sqe(cid);
         sqe.set_data_pointer(DataPointer::Prp { prp1, prp2 });
-        self.push(cid, sqe, Some(buf.clone()), tag, parent);
+        self.push(cid, sqe, keep.cloned(), tag, parent);
         Ok(())
     }
 
@@ -502,9 +425,7 @@ impl<B: DeviceBacking> IoQueuePair<B> {
             s.sqe = sqe;
         }
         // In bounds: sq_tail < depth and the SQ holds depth entries.
-        let _ = self
-            .sq
-            .write_bytes(usize::from(self.sq_tail) * 64, sqe.as_bytes());
+        let _ = self.sq.write_bytes(usize::from(self.sq_tail) * 64, sqe.as_bytes());
         self.sq_tail = (self.sq_tail + 1) % self.depth;
         self.outstanding += 1;
         self.stats.submitted += 1;
@@ -524,42 +445,22 @@ impl<B: DeviceBacking> IoQueuePair<B> {
     }
 
     /// Queue a Write Zeroes of `blocks` blocks at `lba` (may be split).
-    pub fn write_zeroes(
-        &mut self,
-        nsid: u32,
-        lba: u64,
-        blocks: u32,
-        tag: u64,
-    ) -> Result<(), SubmitError> {
+    pub fn write_zeroes(&mut self, nsid: u32, lba: u64, blocks: u32, tag: u64) -> Result<(), SubmitError> {
         let ns = self.ns_fmt(nsid)?;
         if blocks == 0 || blocks > 1 << 16 {
             return Err(SubmitError::TooLarge);
         }
-        if lba
-            .checked_add(u64::from(blocks))
-            .is_none_or(|e| e > ns.blocks)
-        {
+        if lba.checked_add(u64::from(blocks)).is_none_or(|e| e > ns.blocks) {
             return Err(SubmitError::OutOfRange);
         }
-        let cmd = IoCommand::WriteZeroes {
-            nsid,
-            slba: lba,
-            nlb: (blocks - 1) as u16,
-            deac: false,
-            fua: false,
-            lr: false,
-        };
+        let cmd =
+            IoCommand::WriteZeroes { nsid, slba: lba, nlb: (blocks - 1) as u16, deac: false, fua: false, lr: false };
         self.simple(cmd, tag)
     }
 
     /// Queue a Dataset Management deallocate of `(lba, blocks)` ranges (at
     /// most 256). The range list lives in the command's own PRP page.
-    pub fn deallocate(
-        &mut self,
-        nsid: u32,
-        ranges: &[(u64, u32)],
-        tag: u64,
-    ) -> Result<(), SubmitError> {
+    pub fn deallocate(&mut self, nsid: u32, ranges: &[(u64, u32)], tag: u64) -> Result<(), SubmitError> {
         self.check_live()?;
         let ns = self.ns_fmt(nsid)?;
         if ranges.is_empty() || ranges.len() > 256 {
@@ -582,29 +483,17 @@ impl<B: DeviceBacking> IoQueuePair<B> {
         for (i, &(lba, n)) in ranges.iter().enumerate() {
             let _ = page.write_bytes(i * 16, DsmRange::new(lba, n).as_bytes());
         }
-        let cmd = IoCommand::DatasetManagement {
-            nsid,
-            nr: (ranges.len() - 1) as u8,
-            ad: true,
-            idw: false,
-            idr: false,
-        };
+        let cmd = IoCommand::DatasetManagement { nsid, nr: (ranges.len() - 1) as u8, ad: true, idw: false, idr: false };
         let mut sqe = cmd.to_sqe(cid);
-        sqe.set_data_pointer(DataPointer::Prp {
-            prp1: page.iova(),
-            prp2: 0,
-        });
+        sqe.set_data_pointer(DataPointer::Prp { prp1: page.iova(), prp2: 0 });
         self.push(cid, sqe, None, tag, NONE);
         Ok(())
     }
 
     #[inline]
     fn ring(&mut self, sq: bool, new: u16) {
-        let (mmio, idx) = if sq {
-            (self.sq_db, 2 * usize::from(self.qid))
-        } else {
-            (self.cq_db, 2 * usize::from(self.qid) + 1)
-        };
+        let (mmio, idx) =
+            if sq { (self.sq_db, 2 * usize::from(self.qid)) } else { (self.cq_db, 2 * usize::from(self.qid) + 1) };
         let old = if sq { self.sq_db_last } else { self.cq_db_last };
         dma::wmb();
         let mut write = true;
@@ -656,9 +545,7 @@ impl<B: DeviceBacking> IoQueuePair<B> {
             self.ring(false, self.cq_head);
         }
         self.polls = self.polls.wrapping_add(1);
-        if self.outstanding > 0
-            && ((n == 0 && self.polls.is_multiple_of(32)) || self.polls.is_multiple_of(1024))
-        {
+        if self.outstanding > 0 && ((n == 0 && self.polls.is_multiple_of(32)) || self.polls.is_multiple_of(1024)) {
             self.check_health(on_complete);
         }
         n
@@ -688,12 +575,7 @@ impl<B: DeviceBacking> IoQueuePair<B> {
     }
 
     #[inline]
-    fn complete(
-        &mut self,
-        cid: u16,
-        status: Status,
-        cb: &mut impl FnMut(u64, Result<(), IoError>),
-    ) -> usize {
+    fn complete(&mut self, cid: u16, status: Status, cb: &mut impl FnMut(u64, Result<(), IoError>)) -> usize {
         let Some(slot) = self.slots.get_mut(usize::from(cid)) else {
             return 0; // a CID we never issued: ignore
         };
@@ -769,11 +651,7 @@ impl<B: DeviceBacking> IoQueuePair<B> {
     /// removal, fatal status, per-command timeouts.
     fn check_health(&mut self, cb: &mut impl FnMut(u64, Result<(), IoError>)) {
         self.now_ns = self.epoch.elapsed().as_nanos() as u64;
-        let csts = self
-            .shared
-            .dev
-            .bar0()
-            .read32(nvme_spec::regs::offset::CSTS as usize);
+        let csts = self.shared.dev.bar0().read32(nvme_spec::regs::offset::CSTS as usize);
         if csts == u32::MAX || self.shared.state.load(Ordering::Acquire) == GONE {
             self.shared.mark_gone();
             self.gone = true;
@@ -803,11 +681,7 @@ impl<B: DeviceBacking> IoQueuePair<B> {
             match state {
                 SlotState::Busy => {
                     self.stats.aborts += 1;
-                    let abort = AdminCommand::Abort {
-                        sqid: self.qid,
-                        cid,
-                    }
-                    .to_sqe(0);
+                    let abort = AdminCommand::Abort { sqid: self.qid, cid }.to_sqe(0);
                     let aborted = matches!(self.shared.admin(abort), Ok(c) if c.dw0.get() & 1 == 0);
                     if let Some(s) = self.slots.get_mut(usize::from(cid)) {
                         if aborted {
@@ -889,9 +763,7 @@ impl<B: DeviceBacking> IoQueuePair<B> {
             slot.state = SlotState::Busy;
             slot.deadline_ns = 0;
             let sqe = slot.sqe;
-            let _ = self
-                .sq
-                .write_bytes(usize::from(self.sq_tail) * 64, sqe.as_bytes());
+            let _ = self.sq.write_bytes(usize::from(self.sq_tail) * 64, sqe.as_bytes());
             self.sq_tail = (self.sq_tail + 1) % self.depth;
         }
         self.flush();
@@ -903,12 +775,8 @@ impl<B: DeviceBacking> Drop for IoQueuePair<B> {
         if !self.gone && self.shared.state.load(Ordering::Acquire) == LIVE {
             // Deleting the SQ makes the controller finish or abort its
             // commands before it completes, so the memory is then unused.
-            let _ = self
-                .shared
-                .admin(AdminCommand::DeleteIoSq { qid: self.qid }.to_sqe(0));
-            let _ = self
-                .shared
-                .admin(AdminCommand::DeleteIoCq { qid: self.qid }.to_sqe(0));
+            let _ = self.shared.admin(AdminCommand::DeleteIoSq { qid: self.qid }.to_sqe(0));
+            let _ = self.shared.admin(AdminCommand::DeleteIoCq { qid: self.qid }.to_sqe(0));
         }
         self.shared.release_qid(self.qid);
     }

@@ -23,14 +23,8 @@ fn bring_up_identifies_controller_and_namespaces() {
     assert!(i.shadow_doorbells);
     let ns = c.namespaces();
     assert_eq!(ns.len(), 2);
-    assert_eq!(
-        (ns[0].nsid, ns[0].block_size, ns[0].blocks),
-        (1, 512, 16384)
-    );
-    assert_eq!(
-        (ns[1].nsid, ns[1].block_size, ns[1].blocks),
-        (2, 4096, 1024)
-    );
+    assert_eq!((ns[0].nsid, ns[0].block_size, ns[0].blocks), (1, 512, 16384));
+    assert_eq!((ns[1].nsid, ns[1].block_size, ns[1].blocks), (2, 4096, 1024));
     let want = nvme_pcie::emu::EmuNamespace::new(8 << 20, 512, 1);
     assert_eq!(ns[0].nguid, want.nguid);
     assert_eq!(ns[0].eui64, want.eui64);
@@ -49,11 +43,7 @@ fn bring_up_honours_doorbell_stride_and_queue_limits() {
         ready_delay_reads: 5,
         ..small_cfg()
     };
-    let ccfg = ControllerConfig {
-        io_queues: 16,
-        max_transfer: 256 << 10,
-        ..Default::default()
-    };
+    let ccfg = ControllerConfig { io_queues: 16, max_transfer: 256 << 10, ..Default::default() };
     let (c, h) = attach_with(cfg, ccfg);
     assert_eq!(c.info().doorbell_stride, 16);
     assert_eq!(c.info().io_queues, 3);
@@ -64,10 +54,7 @@ fn bring_up_honours_doorbell_stride_and_queue_limits() {
     let q1 = c.create_io_queue_pair(64).unwrap();
     let q2 = c.create_io_queue_pair(2).unwrap();
     let q3 = c.create_io_queue_pair(8).unwrap();
-    assert!(matches!(
-        c.create_io_queue_pair(8),
-        Err(NvmeError::NoQueues { granted: 3 })
-    ));
+    assert!(matches!(c.create_io_queue_pair(8), Err(NvmeError::NoQueues { granted: 3 })));
     assert_eq!(h.io_queue_count(), 3);
     drop(q2);
     assert_eq!(h.io_queue_count(), 2);
@@ -128,18 +115,9 @@ fn admin_log_pages_and_features() {
     let vwc = c.get_features(FeatureId::VOLATILE_WRITE_CACHE, 0).unwrap();
     assert_eq!(vwc, 1);
     c.set_features(FeatureId::VOLATILE_WRITE_CACHE, 0).unwrap();
-    assert_eq!(
-        c.get_features(FeatureId::VOLATILE_WRITE_CACHE, 0).unwrap(),
-        0
-    );
-    assert_eq!(
-        c.get_features(FeatureId::NUMBER_OF_QUEUES, 0).unwrap(),
-        0x0007_0007
-    );
-    assert!(matches!(
-        c.get_features(FeatureId(0x7e), 0),
-        Err(NvmeError::AdminStatus { .. })
-    ));
+    assert_eq!(c.get_features(FeatureId::VOLATILE_WRITE_CACHE, 0).unwrap(), 0);
+    assert_eq!(c.get_features(FeatureId::NUMBER_OF_QUEUES, 0).unwrap(), 0x0007_0007);
+    assert!(matches!(c.get_features(FeatureId(0x7e), 0), Err(NvmeError::AdminStatus { .. })));
     c.keep_alive().unwrap();
     // Passthrough: Identify Controller through a caller buffer.
     let id = c.dma().alloc(4096).unwrap();
@@ -169,21 +147,11 @@ fn detach_releases_every_dma_mapping() {
 fn several_controllers_in_one_process() {
     let cs: Vec<Controller<Emulator>> = (0..3)
         .map(|i| {
-            let cfg = EmuConfig {
-                serial: format!("SN{i}"),
-                ..small_cfg()
-            };
-            Controller::new(
-                Emulator::new(&format!("emu{i}"), cfg),
-                ControllerConfig::default(),
-            )
-            .unwrap()
+            let cfg = EmuConfig { serial: format!("SN{i}"), ..small_cfg() };
+            Controller::new(Emulator::new(&format!("emu{i}"), cfg), ControllerConfig::default()).unwrap()
         })
         .collect();
-    let mut qs: Vec<_> = cs
-        .iter()
-        .map(|c| c.create_io_queue_pair(16).unwrap())
-        .collect();
+    let mut qs: Vec<_> = cs.iter().map(|c| c.create_io_queue_pair(16).unwrap()).collect();
     for (i, (c, q)) in cs.iter().zip(qs.iter_mut()).enumerate() {
         assert_eq!(c.info().serial, format!("SN{i}"));
         let b = c.dma().alloc(4096).unwrap();

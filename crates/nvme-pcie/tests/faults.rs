@@ -22,13 +22,7 @@ fn lost_completion_is_aborted_and_reported_as_timeout() {
     let (c, h) = attach_with(small_cfg(), fast_timeouts());
     let mut q = c.create_io_queue_pair(16).unwrap();
     let b = c.dma().alloc(4096).unwrap();
-    h.lose_completions(
-        FaultFilter {
-            sqid: None,
-            opcode: Some(opcode::READ),
-        },
-        1,
-    );
+    h.lose_completions(FaultFilter { sqid: None, opcode: Some(opcode::READ) }, 1);
     q.read(1, 0, &b, 1).unwrap();
     q.write(1, 8, &b, 2).unwrap();
     let mut got = wait(&mut q, 2);
@@ -66,13 +60,7 @@ fn command_that_always_hangs_fails_with_timeout_after_one_retry() {
     let mut q = c.create_io_queue_pair(16).unwrap();
     let b = c.dma().alloc(512).unwrap();
     h.set_abort_ineffective(true);
-    h.lose_completions(
-        FaultFilter {
-            sqid: None,
-            opcode: Some(opcode::READ),
-        },
-        2,
-    );
+    h.lose_completions(FaultFilter { sqid: None, opcode: Some(opcode::READ) }, 2);
     q.read(1, 0, &b, 1).unwrap();
     let got = wait(&mut q, 1);
     assert_eq!(got, vec![(1, Err(IoError::Timeout))]);
@@ -83,10 +71,7 @@ fn command_that_always_hangs_fails_with_timeout_after_one_retry() {
 
 #[test]
 fn reset_mid_io_resubmits_unfinished_commands_on_every_queue() {
-    let cfg = EmuConfig {
-        processing: Processing::Thread,
-        ..small_cfg()
-    };
+    let cfg = EmuConfig { processing: Processing::Thread, ..small_cfg() };
     let (c, h) = attach_with(cfg, ControllerConfig::default());
     let mut q1 = c.create_io_queue_pair(64).unwrap();
     let mut q2 = c.create_io_queue_pair(64).unwrap();
@@ -179,14 +164,8 @@ fn removal_while_a_resubmitted_command_hangs_fails_it() {
 
 #[test]
 fn delayed_completions_arrive_without_spurious_timeouts() {
-    let cfg = EmuConfig {
-        processing: Processing::Thread,
-        ..small_cfg()
-    };
-    let ccfg = ControllerConfig {
-        io_timeout: Duration::from_millis(500),
-        ..fast_timeouts()
-    };
+    let cfg = EmuConfig { processing: Processing::Thread, ..small_cfg() };
+    let ccfg = ControllerConfig { io_timeout: Duration::from_millis(500), ..fast_timeouts() };
     let (c, h) = attach_with(cfg, ccfg);
     let mut q = c.create_io_queue_pair(16).unwrap();
     h.delay_completions(FaultFilter::ANY_IO, Some(Duration::from_millis(50)));

@@ -54,10 +54,7 @@ fn submit_validation_errors_are_typed() {
     assert_eq!(q.read(1, 16383, &b, 0), Err(SubmitError::OutOfRange));
     assert_eq!(q.read(1, u64::MAX, &b, 0), Err(SubmitError::OutOfRange));
     let odd = b.slice(0, 1000).unwrap();
-    assert!(matches!(
-        q.read(1, 0, &odd, 0),
-        Err(SubmitError::BadLength { .. })
-    ));
+    assert!(matches!(q.read(1, 0, &odd, 0), Err(SubmitError::BadLength { .. })));
     let mis = b.slice(2, 512).unwrap();
     assert_eq!(q.read(1, 0, &mis, 0), Err(SubmitError::Misaligned));
     assert_eq!(q.write_zeroes(1, 0, 0, 0), Err(SubmitError::TooLarge));
@@ -68,10 +65,7 @@ fn submit_validation_errors_are_typed() {
 #[test]
 fn transfers_beyond_mdts_are_split() {
     // MDTS 2^3 pages = 32 KiB.
-    let cfg = EmuConfig {
-        mdts: 3,
-        ..small_cfg()
-    };
+    let cfg = EmuConfig { mdts: 3, ..small_cfg() };
     let (c, h) = attach(cfg);
     assert_eq!(c.info().max_transfer, 32 << 10);
     let mut q = c.create_io_queue_pair(40).unwrap();
@@ -88,10 +82,8 @@ fn transfers_beyond_mdts_are_split() {
     assert_eq!(q.free_slots(), 39);
     assert_eq!(q.read(1, 0, &huge, 3), Err(SubmitError::TooLarge));
     // An error in one child fails the parent once.
-    let st = nvme_spec::Status::new(
-        nvme_spec::StatusCode::Generic(nvme_spec::status::GenericStatus::InternalError),
-        false,
-    );
+    let st =
+        nvme_spec::Status::new(nvme_spec::StatusCode::Generic(nvme_spec::status::GenericStatus::InternalError), false);
     h.inject_status(nvme_pcie::emu::FaultFilter::ANY_IO, st, 1);
     q.read(1, 1, &r, 4).unwrap();
     let done = wait(&mut q, 1);
@@ -102,17 +94,13 @@ fn transfers_beyond_mdts_are_split() {
 
 #[test]
 fn queue_wraps_many_times_with_batched_doorbells() {
-    let (c, h) = attach(EmuConfig {
-        doorbell_buffer: false,
-        ..small_cfg()
-    });
+    let (c, h) = attach(EmuConfig { doorbell_buffer: false, ..small_cfg() });
     let mut q = c.create_io_queue_pair(8).unwrap();
     let bufs: Vec<_> = (0..7).map(|_| c.dma().alloc(512).unwrap()).collect();
     let mut total = 0;
     for round in 0..100u64 {
         for (i, b) in bufs.iter().enumerate() {
-            q.read(1, round + i as u64, b, round * 10 + i as u64)
-                .unwrap();
+            q.read(1, round + i as u64, b, round * 10 + i as u64).unwrap();
         }
         assert_eq!(q.read(1, 0, &bufs[0], 0), Err(SubmitError::QueueFull));
         let got = wait(&mut q, 7);

@@ -63,24 +63,13 @@ impl Ctl {
             AdminCommand::Identify { cns, nsid, .. } => self.identify(sqe, cns, nsid),
             AdminCommand::SetFeatures { fid, cdw11, .. } => self.set_features(fid, cdw11),
             AdminCommand::GetFeatures { fid, .. } => self.get_features(fid),
-            AdminCommand::CreateIoCq {
-                qid,
-                qsize,
-                contiguous,
-                ..
-            } => self.create_cq(sqe, qid, qsize, contiguous),
-            AdminCommand::CreateIoSq {
-                qid,
-                qsize,
-                cqid,
-                contiguous,
-                ..
-            } => self.create_sq(sqe, qid, qsize, cqid, contiguous),
+            AdminCommand::CreateIoCq { qid, qsize, contiguous, .. } => self.create_cq(sqe, qid, qsize, contiguous),
+            AdminCommand::CreateIoSq { qid, qsize, cqid, contiguous, .. } => {
+                self.create_sq(sqe, qid, qsize, cqid, contiguous)
+            }
             AdminCommand::DeleteIoSq { qid } => self.delete_sq(qid),
             AdminCommand::DeleteIoCq { qid } => self.delete_cq(qid),
-            AdminCommand::GetLogPage {
-                lid, numd, offset, ..
-            } => self.get_log_page(sqe, lid, numd, offset),
+            AdminCommand::GetLogPage { lid, numd, offset, .. } => self.get_log_page(sqe, lid, numd, offset),
             AdminCommand::Abort { sqid, cid } => self.abort(sqid, cid),
             AdminCommand::KeepAlive => Outcome::ok(0),
             // Never completed while nothing happens (no events are raised).
@@ -100,9 +89,7 @@ impl Ctl {
             let avail = data.get(pos..end.min(data.len())).unwrap_or(&[]);
             self.iommu.write(iova, avail).map_err(|_| xfer)?;
             if avail.len() < n {
-                self.iommu
-                    .fill(iova + avail.len() as u64, n - avail.len(), 0)
-                    .map_err(|_| xfer)?;
+                self.iommu.fill(iova + avail.len() as u64, n - avail.len(), 0).map_err(|_| xfer)?;
             }
             pos = end;
         }
@@ -139,10 +126,7 @@ impl Ctl {
     }
 
     fn identify(&self, sqe: &Sqe, cns: Cns, nsid: u32) -> Outcome {
-        let ns_of = |nsid: u32| {
-            nsid.checked_sub(1)
-                .and_then(|i| self.ns.get(usize::try_from(i).ok()?))
-        };
+        let ns_of = |nsid: u32| nsid.checked_sub(1).and_then(|i| self.ns.get(usize::try_from(i).ok()?));
         let result = match cns {
             Cns::Controller => self.to_host(sqe, self.identify_controller().as_bytes(), 4096),
             Cns::Namespace => {
@@ -189,13 +173,8 @@ impl Ctl {
                 return Outcome::err(generic(GenericStatus::InvalidField));
             }
             let max = self.cfg.max_io_queues;
-            let granted = *a
-                .granted_queues
-                .get_or_insert((req.nsqr.min(req.ncqr) + 1).min(max));
-            let n = NumQueues {
-                nsqr: granted - 1,
-                ncqr: granted - 1,
-            };
+            let granted = *a.granted_queues.get_or_insert((req.nsqr.min(req.ncqr) + 1).min(max));
+            let n = NumQueues { nsqr: granted - 1, ncqr: granted - 1 };
             return Outcome::ok(n.to_dword());
         }
         match fid {
@@ -218,13 +197,7 @@ impl Ctl {
         let a = lock(&self.admin);
         if fid == FeatureId::NUMBER_OF_QUEUES {
             let n = a.granted_queues.unwrap_or(self.cfg.max_io_queues);
-            return Outcome::ok(
-                NumQueues {
-                    nsqr: n - 1,
-                    ncqr: n - 1,
-                }
-                .to_dword(),
-            );
+            return Outcome::ok(NumQueues { nsqr: n - 1, ncqr: n - 1 }.to_dword());
         }
         let default = match fid {
             FeatureId::TEMPERATURE_THRESHOLD => 0x157,
@@ -241,9 +214,7 @@ impl Ctl {
     }
 
     fn queue_limit(&self) -> u16 {
-        lock(&self.admin)
-            .granted_queues
-            .unwrap_or(self.cfg.max_io_queues)
+        lock(&self.admin).granted_queues.unwrap_or(self.cfg.max_io_queues)
     }
 
     fn check_new_queue(&self, sqe: &Sqe, qid: u16, qsize: u16, contiguous: bool) -> Option<Status> {
@@ -257,11 +228,7 @@ impl Ctl {
             return Some(generic(GenericStatus::InvalidField));
         }
         match sqe.data_pointer() {
-            Some(nvme_spec::DataPointer::Prp { prp1, .. })
-                if prp1 != 0 && prp1 % self.page_size() as u64 == 0 =>
-            {
-                None
-            }
+            Some(nvme_spec::DataPointer::Prp { prp1, .. }) if prp1 != 0 && prp1 % self.page_size() as u64 == 0 => None,
             _ => Some(generic(GenericStatus::PrpOffsetInvalid)),
         }
     }
@@ -292,10 +259,7 @@ impl Ctl {
         if let Some(s) = self.check_new_queue(sqe, qid, qsize, contiguous) {
             return Outcome::err(s);
         }
-        let (Some(sslot), Some(cslot)) = (
-            self.sqs.get(usize::from(qid)),
-            self.cqs.get(usize::from(cqid)),
-        ) else {
+        let (Some(sslot), Some(cslot)) = (self.sqs.get(usize::from(qid)), self.cqs.get(usize::from(cqid))) else {
             return Outcome::err(cmd_specific(cs::COMPLETION_QUEUE_INVALID));
         };
         if cqid == 0 {
@@ -332,14 +296,7 @@ impl Ctl {
         if let Some(cslot) = self.cqs.get(usize::from(sq.cqid)) {
             if let Some(cq) = lock(cslot).as_mut() {
                 for h in held {
-                    self.post(
-                        cq,
-                        h.sqid,
-                        h.cid,
-                        h.sqhd,
-                        0,
-                        generic(GenericStatus::AbortedSqDeletion),
-                    );
+                    self.post(cq, h.sqid, h.cid, h.sqhd, 0, generic(GenericStatus::AbortedSqDeletion));
                 }
                 cq.sqs.retain(|&s| s != qid);
             }
@@ -354,9 +311,7 @@ impl Ctl {
         let mut g = lock(slot);
         match g.as_ref() {
             None => Outcome::err(cmd_specific(cs::INVALID_QUEUE_IDENTIFIER)),
-            Some(cq) if !cq.sqs.is_empty() => {
-                Outcome::err(cmd_specific(cs::INVALID_QUEUE_DELETION))
-            }
+            Some(cq) if !cq.sqs.is_empty() => Outcome::err(cmd_specific(cs::INVALID_QUEUE_DELETION)),
             Some(_) => {
                 *g = None;
                 Outcome::ok(0)
@@ -414,9 +369,7 @@ impl Ctl {
         }
         let found = {
             let mut h = lock(&self.held);
-            h.iter()
-                .position(|x| x.sqid == sqid && x.cid == cid)
-                .map(|i| h.remove(i))
+            h.iter().position(|x| x.sqid == sqid && x.cid == cid).map(|i| h.remove(i))
         };
         match found {
             Some(h) => {

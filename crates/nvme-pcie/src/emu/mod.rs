@@ -155,10 +155,7 @@ pub struct FaultFilter {
 
 impl FaultFilter {
     /// Any command on any I/O queue.
-    pub const ANY_IO: Self = Self {
-        sqid: None,
-        opcode: None,
-    };
+    pub const ANY_IO: Self = Self { sqid: None, opcode: None };
 
     fn matches(&self, sqid: u16, opcode: u8) -> bool {
         match self.sqid {
@@ -252,10 +249,7 @@ impl Ctl {
         let ns = cfg
             .namespaces
             .iter()
-            .map(|n| NsData {
-                info: n.clone(),
-                data: RwLock::new(vec![0u8; (n.blocks << n.lba_shift) as usize]),
-            })
+            .map(|n| NsData { info: n.clone(), data: RwLock::new(vec![0u8; (n.blocks << n.lba_shift) as usize]) })
             .collect();
         Self {
             cap,
@@ -336,9 +330,7 @@ impl Ctl {
 
     fn read_csts(&self) -> u32 {
         // RDY follows CC.EN after `ready_delay_reads` reads of CSTS.
-        let prev = self
-            .ready_countdown
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| c.checked_sub(1));
+        let prev = self.ready_countdown.fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| c.checked_sub(1));
         if prev == Ok(1) {
             let _g = lock(&self.cc_lock);
             let en = Cc(self.cc.load(Ordering::Acquire)).en();
@@ -400,8 +392,7 @@ impl Ctl {
                     self.csts.store(cs.0, Ordering::Release);
                 }
             } else {
-                self.ready_countdown
-                    .store(self.cfg.ready_delay_reads, Ordering::Release);
+                self.ready_countdown.store(self.cfg.ready_delay_reads, Ordering::Release);
             }
         }
     }
@@ -469,8 +460,7 @@ impl Ctl {
         }
         let t0 = Instant::now();
         self.handle_doorbell(idx, v);
-        self.busy_ns
-            .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.busy_ns.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
     }
 
     fn handle_doorbell(&self, idx: usize, v: u32) {
@@ -533,9 +523,7 @@ impl Ctl {
             if h.is_empty() {
                 return;
             }
-            let (due, keep) = h
-                .drain(..)
-                .partition(|x| x.release_at.is_some_and(|t| t <= now));
+            let (due, keep) = h.drain(..).partition(|x| x.release_at.is_some_and(|t| t <= now));
             *h = keep;
             due
         };
@@ -564,8 +552,7 @@ impl Ctl {
             self.release_delayed();
             if work {
                 idle = 0;
-                self.busy_ns
-                    .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                self.busy_ns.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
             } else {
                 idle = idle.saturating_add(1);
                 if idle > 64 {
@@ -585,10 +572,7 @@ fn low32(a: &AtomicU64, v: u32) {
 
 fn high32(a: &AtomicU64, v: u32) {
     let old = a.load(Ordering::Acquire);
-    a.store(
-        (old & 0xffff_ffff) | (u64::from(v) << 32),
-        Ordering::Release,
-    );
+    a.store((old & 0xffff_ffff) | (u64::from(v) << 32), Ordering::Release);
 }
 
 /// Lock a mutex, recovering the data if a thread panicked while holding it
@@ -647,9 +631,7 @@ pub struct Emulator {
 
 impl std::fmt::Debug for Emulator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Emulator")
-            .field("name", &self.name)
-            .finish()
+        f.debug_struct("Emulator").field("name", &self.name).finish()
     }
 }
 
@@ -673,9 +655,7 @@ impl Emulator {
 
     /// A handle for fault injection, statistics and inspection.
     pub fn handle(&self) -> EmuHandle {
-        EmuHandle {
-            ctl: self.regs.ctl.clone(),
-        }
+        EmuHandle { ctl: self.regs.ctl.clone() }
     }
 }
 
@@ -777,10 +757,7 @@ impl EmuHandle {
     /// Read `buf.len()` bytes of namespace `nsid` at byte offset `offset`
     /// (out-of-range parts are left untouched; returns false then).
     pub fn read_namespace(&self, nsid: u32, offset: u64, buf: &mut [u8]) -> bool {
-        let Some(ns) = nsid
-            .checked_sub(1)
-            .and_then(|i| self.ctl.ns.get(i as usize))
-        else {
+        let Some(ns) = nsid.checked_sub(1).and_then(|i| self.ctl.ns.get(i as usize)) else {
             return false;
         };
         let d = ns.data.read().unwrap_or_else(|e| e.into_inner());
@@ -808,11 +785,6 @@ impl EmuHandle {
 
     /// Number of I/O submission queues currently created.
     pub fn io_queue_count(&self) -> usize {
-        self.ctl
-            .sqs
-            .iter()
-            .skip(1)
-            .filter(|q| lock(q).is_some())
-            .count()
+        self.ctl.sqs.iter().skip(1).filter(|q| lock(q).is_some()).count()
     }
 }

@@ -27,14 +27,12 @@ impl Ctl {
             IoCommand::Read { slba, nlb, .. } => self.rw(sqe, ns, slba, nlb, false),
             IoCommand::Write { slba, nlb, .. } => self.rw(sqe, ns, slba, nlb, true),
             IoCommand::Flush { .. } => Ok(()),
-            IoCommand::WriteZeroes { slba, nlb, .. } => {
-                range(ns, slba, u32::from(nlb) + 1).map(|(start, len)| {
-                    let mut d = ns.data.write().unwrap_or_else(|e| e.into_inner());
-                    if let Some(s) = d.get_mut(start..start + len) {
-                        s.fill(0);
-                    }
-                })
-            }
+            IoCommand::WriteZeroes { slba, nlb, .. } => range(ns, slba, u32::from(nlb) + 1).map(|(start, len)| {
+                let mut d = ns.data.write().unwrap_or_else(|e| e.into_inner());
+                if let Some(s) = d.get_mut(start..start + len) {
+                    s.fill(0);
+                }
+            }),
             IoCommand::DatasetManagement { nr, ad, .. } => self.dsm(sqe, ns, nr, ad),
         };
         match r {

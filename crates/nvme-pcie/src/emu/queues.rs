@@ -22,13 +22,7 @@ pub(crate) struct Sq {
 
 impl Sq {
     pub(crate) fn new(base: u64, size: u16, cqid: u16) -> Self {
-        Self {
-            base,
-            size,
-            head: 0,
-            tail: 0,
-            cqid,
-        }
+        Self { base, size, head: 0, tail: 0, cqid }
     }
 }
 
@@ -46,14 +40,7 @@ pub(crate) struct Cq {
 
 impl Cq {
     pub(crate) fn new(base: u64, size: u16, sqs: Vec<u16>) -> Self {
-        Self {
-            base,
-            size,
-            head: 0,
-            tail: 0,
-            phase: true,
-            sqs,
-        }
+        Self { base, size, head: 0, tail: 0, phase: true, sqs }
     }
 
     fn full(&self) -> bool {
@@ -81,10 +68,7 @@ pub(crate) struct Outcome {
 
 impl Outcome {
     pub(crate) fn ok(dw0: u32) -> Self {
-        Self {
-            status: Status::SUCCESS,
-            dw0,
-        }
+        Self { status: Status::SUCCESS, dw0 }
     }
     pub(crate) fn err(status: Status) -> Self {
         Self { status, dw0: 0 }
@@ -109,10 +93,7 @@ impl Ctl {
     fn eventidx_write(&self, idx: u64, v: u32) {
         let base = self.dbbuf_eventidx.load(Ordering::Acquire);
         if base != 0 {
-            if let Some(a) = idx
-                .checked_mul(self.stride() as u64)
-                .and_then(|o| base.checked_add(o))
-            {
+            if let Some(a) = idx.checked_mul(self.stride() as u64).and_then(|o| base.checked_add(o)) {
                 let _ = self.iommu.store_u32(a, v);
             }
         }
@@ -128,11 +109,7 @@ impl Ctl {
             return;
         };
         // With shadow doorbells the shadow copy is authoritative.
-        let value = if qid > 0 {
-            self.shadow_read(2 * u64::from(qid)).unwrap_or(value)
-        } else {
-            value
-        };
+        let value = if qid > 0 { self.shadow_read(2 * u64::from(qid)).unwrap_or(value) } else { value };
         let Ok(tail) = u16::try_from(value) else {
             return;
         };
@@ -154,11 +131,7 @@ impl Ctl {
             let Some(cq) = g.as_mut() else {
                 return;
             };
-            let value = if qid > 0 {
-                self.shadow_read(2 * u64::from(qid) + 1).unwrap_or(value)
-            } else {
-                value
-            };
+            let value = if qid > 0 { self.shadow_read(2 * u64::from(qid) + 1).unwrap_or(value) } else { value };
             match u16::try_from(value) {
                 Ok(h) if h < cq.size => cq.head = h,
                 _ => return,
@@ -188,11 +161,7 @@ impl Ctl {
             let pending = self
                 .sqs
                 .get(usize::from(qid))
-                .map(|s| {
-                    lock(s)
-                        .as_ref()
-                        .is_some_and(|sq| u32::from(sq.tail) != tail)
-                })
+                .map(|s| lock(s).as_ref().is_some_and(|sq| u32::from(sq.tail) != tail))
                 .unwrap_or(false);
             if pending {
                 work = true;
@@ -237,11 +206,7 @@ impl Ctl {
             }
             sq.head = (sq.head + 1) % sq.size;
             self.commands.fetch_add(1, Ordering::Relaxed);
-            let out = if qid == 0 {
-                self.exec_admin(&sqe)
-            } else {
-                self.exec_io(&sqe)
-            };
+            let out = if qid == 0 { self.exec_admin(&sqe) } else { self.exec_io(&sqe) };
             let (cid, opc) = (sqe.cid(), sqe.opcode());
             let fate = self.fate(qid, opc, out.status);
             match fate {
@@ -290,8 +255,7 @@ impl Ctl {
         let bytes = e.as_bytes();
         let (first, last) = bytes.split_at(12);
         let last = u32::from_le_bytes([last[0], last[1], last[2], last[3]]);
-        if self.iommu.write(addr, first).is_err() || self.iommu.store_u32(addr + 12, last).is_err()
-        {
+        if self.iommu.write(addr, first).is_err() || self.iommu.store_u32(addr + 12, last).is_err() {
             return;
         }
         cq.tail = (cq.tail + 1) % cq.size;
@@ -302,11 +266,7 @@ impl Ctl {
 
     /// Post a withheld completion with `status`.
     pub(crate) fn post_held(&self, h: &Held, status: Status) {
-        let cqid = match self
-            .sqs
-            .get(usize::from(h.sqid))
-            .map(|s| lock(s).as_ref().map(|q| q.cqid))
-        {
+        let cqid = match self.sqs.get(usize::from(h.sqid)).map(|s| lock(s).as_ref().map(|q| q.cqid)) {
             Some(Some(c)) => c,
             _ => return,
         };
@@ -321,12 +281,7 @@ impl Ctl {
 
     /// Gather the (iova, len) segments a PRP data pointer describes for a
     /// `len`-byte transfer.
-    pub(crate) fn prp_segments(
-        &self,
-        sqe: &Sqe,
-        len: usize,
-        out: &mut Vec<(u64, usize)>,
-    ) -> Result<(), Status> {
+    pub(crate) fn prp_segments(&self, sqe: &Sqe, len: usize, out: &mut Vec<(u64, usize)>) -> Result<(), Status> {
         out.clear();
         if len == 0 {
             return Ok(());
@@ -366,15 +321,9 @@ impl Ctl {
             let need = remaining.div_ceil(page);
             // If more entries are needed than this list page holds, its last
             // entry chains to the next list page.
-            let (n, chained) = if need > in_page {
-                (in_page, true)
-            } else {
-                (need, false)
-            };
+            let (n, chained) = if need > in_page { (in_page, true) } else { (need, false) };
             let buf = entries.get_mut(..n).ok_or(xfer)?;
-            self.iommu
-                .read(list, buf.as_mut_bytes())
-                .map_err(|_| xfer)?;
+            self.iommu.read(list, buf.as_mut_bytes()).map_err(|_| xfer)?;
             let data_entries = if chained { n - 1 } else { n };
             for &e in buf.iter().take(data_entries) {
                 let e = u64::from_le(e);

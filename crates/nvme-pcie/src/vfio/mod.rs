@@ -147,8 +147,11 @@ impl DmaMapper for VfioMapper {
             iova,
             size,
         };
-        ioctl::ioctl_ptr(self.container.as_fd(), ioctl::IOMMU_MAP_DMA, &mut m)
-            .map_err(|cause| DmaError::Map { iova, len, cause })?;
+        ioctl::ioctl_ptr(self.container.as_fd(), ioctl::IOMMU_MAP_DMA, &mut m).map_err(|cause| DmaError::Map {
+            iova,
+            len,
+            cause,
+        })?;
         Ok(DmaMapping::contiguous(iova, len))
     }
 
@@ -186,11 +189,7 @@ pub struct PciDevice {
 
 impl std::fmt::Debug for PciDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PciDevice")
-            .field("bdf", &self.bdf)
-            .field("mode", &self.mode)
-            .field("dma", &self.dma)
-            .finish()
+        f.debug_struct("PciDevice").field("bdf", &self.bdf).field("mode", &self.mode).field("dma", &self.dma).finish()
     }
 }
 
@@ -226,29 +225,17 @@ fn munmap_bar(p: *mut u8, len: usize) {
 
 /// mmap `len` bytes of `fd` at `offset` as device registers.
 fn mmap_bar(fd: i32, offset: u64, len: usize, bdf: &str) -> Result<MmioRegion, VfioError> {
-    let off = libc::off_t::try_from(offset).map_err(|_| VfioError::Bar0 {
-        bdf: bdf.to_string(),
-        reason: "region offset out of range",
-    })?;
+    let off = libc::off_t::try_from(offset)
+        .map_err(|_| VfioError::Bar0 { bdf: bdf.to_string(), reason: "region offset out of range" })?;
     // SAFETY: a fresh shared mapping of the device file; no existing memory
     // is affected.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            fd,
-            off,
-        )
-    };
+    let p =
+        unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, off) };
     if p == libc::MAP_FAILED {
         return Err(os("mmap bar0", bdf)(io::Error::last_os_error()));
     }
-    let ptr = NonNull::new(p.cast::<u8>()).ok_or(VfioError::Bar0 {
-        bdf: bdf.to_string(),
-        reason: "mmap returned null",
-    })?;
+    let ptr =
+        NonNull::new(p.cast::<u8>()).ok_or(VfioError::Bar0 { bdf: bdf.to_string(), reason: "mmap returned null" })?;
     // SAFETY: ptr..ptr+len is our fresh mapping, unmapped only by the region.
     Ok(unsafe { MmioRegion::new(ptr, len, Some(munmap_bar)) })
 }
@@ -281,16 +268,10 @@ impl PciDevice {
     fn open_vfio(bdf: &str) -> Result<Self, VfioError> {
         let link = format!("/sys/bus/pci/devices/{bdf}/iommu_group");
         let target = std::fs::read_link(&link).map_err(os("readlink", &link))?;
-        let group_no = target
-            .file_name()
-            .and_then(|s| s.to_str())
-            .ok_or(VfioError::BadAddress(bdf.to_string()))?
-            .to_string();
-        let container_file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/vfio/vfio")
-            .map_err(os("open", "/dev/vfio/vfio"))?;
+        let group_no =
+            target.file_name().and_then(|s| s.to_str()).ok_or(VfioError::BadAddress(bdf.to_string()))?.to_string();
+        let container_file =
+            OpenOptions::new().read(true).write(true).open("/dev/vfio/vfio").map_err(os("open", "/dev/vfio/vfio"))?;
         let container = Arc::new(OwnedFd::from(container_file));
         let v = ioctl::ioctl_val(container.as_fd(), ioctl::GET_API_VERSION, 0)
             .map_err(os("VFIO_GET_API_VERSION", "/dev/vfio/vfio"))?;
@@ -298,69 +279,42 @@ impl PciDevice {
             return Err(VfioError::ApiVersion(v));
         }
         let group_path = format!("/dev/vfio/{group_no}");
-        let group: OwnedFd = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&group_path)
-            .map_err(os("open", &group_path))?
-            .into();
+        let group: OwnedFd =
+            OpenOptions::new().read(true).write(true).open(&group_path).map_err(os("open", &group_path))?.into();
         let mut st = ioctl::GroupStatus { argsz: 8, flags: 0 };
         ioctl::ioctl_ptr(group.as_fd(), ioctl::GROUP_GET_STATUS, &mut st)
             .map_err(os("VFIO_GROUP_GET_STATUS", &group_path))?;
         if st.flags & ioctl::GROUP_FLAGS_VIABLE == 0 {
             return Err(VfioError::NotViable(group_path));
         }
-        ioctl::set_container(group.as_fd(), container.as_fd())
-            .map_err(os("VFIO_GROUP_SET_CONTAINER", &group_path))?;
+        ioctl::set_container(group.as_fd(), container.as_fd()).map_err(os("VFIO_GROUP_SET_CONTAINER", &group_path))?;
         let model = [ioctl::TYPE1V2_IOMMU, ioctl::TYPE1_IOMMU]
             .into_iter()
-            .find(|&m| {
-                ioctl::ioctl_val(container.as_fd(), ioctl::CHECK_EXTENSION, m).is_ok_and(|r| r > 0)
-            })
+            .find(|&m| ioctl::ioctl_val(container.as_fd(), ioctl::CHECK_EXTENSION, m).is_ok_and(|r| r > 0))
             .ok_or(VfioError::NoIommuModel)?;
-        ioctl::ioctl_val(container.as_fd(), ioctl::SET_IOMMU, model)
-            .map_err(os("VFIO_SET_IOMMU", "/dev/vfio/vfio"))?;
+        ioctl::ioctl_val(container.as_fd(), ioctl::SET_IOMMU, model).map_err(os("VFIO_SET_IOMMU", "/dev/vfio/vfio"))?;
         let name = CString::new(bdf).map_err(|_| VfioError::BadAddress(bdf.to_string()))?;
-        let dev_raw = ioctl::get_device_fd(group.as_fd(), &name)
-            .map_err(os("VFIO_GROUP_GET_DEVICE_FD", bdf))?;
+        let dev_raw = ioctl::get_device_fd(group.as_fd(), &name).map_err(os("VFIO_GROUP_GET_DEVICE_FD", bdf))?;
         // SAFETY: the ioctl returned a fresh fd that we now own.
         let device = unsafe { OwnedFd::from_raw_fd(dev_raw) };
-        let mut info = ioctl::DeviceInfo {
-            argsz: 16,
-            ..Default::default()
-        };
-        ioctl::ioctl_ptr(device.as_fd(), ioctl::DEVICE_GET_INFO, &mut info)
-            .map_err(os("VFIO_DEVICE_GET_INFO", bdf))?;
+        let mut info = ioctl::DeviceInfo { argsz: 16, ..Default::default() };
+        ioctl::ioctl_ptr(device.as_fd(), ioctl::DEVICE_GET_INFO, &mut info).map_err(os("VFIO_DEVICE_GET_INFO", bdf))?;
 
         // Config space: enable memory decoding and bus mastering.
-        let mut cfg = ioctl::RegionInfo {
-            argsz: 32,
-            index: ioctl::PCI_CONFIG_REGION_INDEX,
-            ..Default::default()
-        };
+        let mut cfg = ioctl::RegionInfo { argsz: 32, index: ioctl::PCI_CONFIG_REGION_INDEX, ..Default::default() };
         ioctl::ioctl_ptr(device.as_fd(), ioctl::DEVICE_GET_REGION_INFO, &mut cfg)
             .map_err(os("VFIO_DEVICE_GET_REGION_INFO(config)", bdf))?;
         let dev_file = File::from(device.try_clone().map_err(os("dup", bdf))?);
         enable_bus_master(&dev_file, cfg.offset, bdf)?;
 
-        let mut r0 = ioctl::RegionInfo {
-            argsz: 32,
-            index: ioctl::PCI_BAR0_REGION_INDEX,
-            ..Default::default()
-        };
+        let mut r0 = ioctl::RegionInfo { argsz: 32, index: ioctl::PCI_BAR0_REGION_INDEX, ..Default::default() };
         ioctl::ioctl_ptr(device.as_fd(), ioctl::DEVICE_GET_REGION_INFO, &mut r0)
             .map_err(os("VFIO_DEVICE_GET_REGION_INFO(bar0)", bdf))?;
         if r0.size < 0x2000 {
-            return Err(VfioError::Bar0 {
-                bdf: bdf.to_string(),
-                reason: "smaller than 8 KiB",
-            });
+            return Err(VfioError::Bar0 { bdf: bdf.to_string(), reason: "smaller than 8 KiB" });
         }
         if r0.flags & ioctl::REGION_INFO_FLAG_MMAP == 0 {
-            return Err(VfioError::Bar0 {
-                bdf: bdf.to_string(),
-                reason: "not mmappable",
-            });
+            return Err(VfioError::Bar0 { bdf: bdf.to_string(), reason: "not mmappable" });
         }
         use std::os::fd::AsRawFd;
         let bar0 = mmap_bar(device.as_raw_fd(), r0.offset, bar_map_len(r0.size), bdf)?;
@@ -407,15 +361,9 @@ impl PciDevice {
             .write(true)
             .open(&res_path)
             .map_err(os("open", res_path.display().to_string()))?;
-        let size = res
-            .metadata()
-            .map_err(os("stat", res_path.display().to_string()))?
-            .len();
+        let size = res.metadata().map_err(os("stat", res_path.display().to_string()))?.len();
         if size < 0x2000 {
-            return Err(VfioError::Bar0 {
-                bdf: bdf.to_string(),
-                reason: "smaller than 8 KiB",
-            });
+            return Err(VfioError::Bar0 { bdf: bdf.to_string(), reason: "smaller than 8 KiB" });
         }
         use std::os::fd::AsRawFd;
         let bar0 = mmap_bar(res.as_raw_fd(), 0, bar_map_len(size), bdf)?;
@@ -444,11 +392,9 @@ impl PciDevice {
 /// of a config space reachable through `f` at `cfg_offset`.
 fn enable_bus_master(f: &File, cfg_offset: u64, bdf: &str) -> Result<(), VfioError> {
     let mut cmd = [0u8; 2];
-    f.read_exact_at(&mut cmd, cfg_offset + 4)
-        .map_err(os("read pci command register", bdf))?;
+    f.read_exact_at(&mut cmd, cfg_offset + 4).map_err(os("read pci command register", bdf))?;
     let v = u16::from_le_bytes(cmd) | 0x6;
-    f.write_all_at(&v.to_le_bytes(), cfg_offset + 4)
-        .map_err(os("write pci command register", bdf))?;
+    f.write_all_at(&v.to_le_bytes(), cfg_offset + 4).map_err(os("write pci command register", bdf))?;
     Ok(())
 }
 

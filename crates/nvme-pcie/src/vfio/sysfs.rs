@@ -11,33 +11,22 @@ const PRESENT: u64 = 1 << 63;
 /// The physical address of the byte at virtual address `va` of this process
 /// (needs CAP_SYS_ADMIN; otherwise the kernel reports PFN 0).
 pub fn physical_address(va: usize) -> Result<u64, DmaError> {
-    let f = File::open("/proc/self/pagemap").map_err(|_| DmaError::NoPhysicalAddress {
-        va,
-        reason: "cannot open /proc/self/pagemap",
-    })?;
+    let f = File::open("/proc/self/pagemap")
+        .map_err(|_| DmaError::NoPhysicalAddress { va, reason: "cannot open /proc/self/pagemap" })?;
     lookup(&f, va)
 }
 
 fn lookup(f: &File, va: usize) -> Result<u64, DmaError> {
     let mut e = [0u8; 8];
     f.read_exact_at(&mut e, (va / PAGE_SIZE) as u64 * 8)
-        .map_err(|_| DmaError::NoPhysicalAddress {
-            va,
-            reason: "pagemap read failed",
-        })?;
+        .map_err(|_| DmaError::NoPhysicalAddress { va, reason: "pagemap read failed" })?;
     let e = u64::from_le_bytes(e);
     if e & PRESENT == 0 {
-        return Err(DmaError::NoPhysicalAddress {
-            va,
-            reason: "page not present",
-        });
+        return Err(DmaError::NoPhysicalAddress { va, reason: "page not present" });
     }
     let pfn = e & PFN_MASK;
     if pfn == 0 {
-        return Err(DmaError::NoPhysicalAddress {
-            va,
-            reason: "pagemap hides pfns (needs root)",
-        });
+        return Err(DmaError::NoPhysicalAddress { va, reason: "pagemap hides pfns (needs root)" });
     }
     Ok(pfn * PAGE_SIZE as u64 + (va % PAGE_SIZE) as u64)
 }
@@ -61,10 +50,8 @@ impl PagemapMapper {
 
 impl DmaMapper for PagemapMapper {
     fn map(&self, va: usize, len: usize) -> Result<DmaMapping, DmaError> {
-        let f = File::open("/proc/self/pagemap").map_err(|_| DmaError::NoPhysicalAddress {
-            va,
-            reason: "cannot open /proc/self/pagemap",
-        })?;
+        let f = File::open("/proc/self/pagemap")
+            .map_err(|_| DmaError::NoPhysicalAddress { va, reason: "cannot open /proc/self/pagemap" })?;
         let g = 1usize << self.granule_shift;
         let mut iovas = Vec::with_capacity(len.div_ceil(g));
         let mut off = 0;
@@ -84,10 +71,7 @@ impl DmaMapper for PagemapMapper {
             iovas.push(base);
             off += g;
         }
-        Ok(DmaMapping {
-            granule_shift: self.granule_shift,
-            iovas: iovas.into_boxed_slice(),
-        })
+        Ok(DmaMapping { granule_shift: self.granule_shift, iovas: iovas.into_boxed_slice() })
     }
 
     fn unmap(&self, _va: usize, _len: usize, _mapping: &DmaMapping) {}

@@ -23,10 +23,7 @@ pub fn attach_with(cfg: EmuConfig, ccfg: ControllerConfig) -> (Controller<Emulat
 
 pub fn small_cfg() -> EmuConfig {
     EmuConfig {
-        namespaces: vec![
-            EmuNamespace::new(8 << 20, 512, 1),
-            EmuNamespace::new(4 << 20, 4096, 2),
-        ],
+        namespaces: vec![EmuNamespace::new(8 << 20, 512, 1), EmuNamespace::new(4 << 20, 4096, 2)],
         ..EmuConfig::default()
     }
 }
@@ -55,11 +52,7 @@ pub fn wait(qp: &mut IoQueuePair<Emulator>, n: usize) -> Vec<(u64, Result<(), Io
     let start = std::time::Instant::now();
     while out.len() < n {
         qp.poll(&mut |t, r| out.push((t, r)));
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "only {} of {n} completions",
-            out.len()
-        );
+        assert!(start.elapsed() < Duration::from_secs(20), "only {} of {n} completions", out.len());
     }
     out
 }
