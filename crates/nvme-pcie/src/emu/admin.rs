@@ -172,7 +172,7 @@ impl Ctl {
             if req.nsqr == 0xffff || req.ncqr == 0xffff {
                 return Outcome::err(generic(GenericStatus::InvalidField));
             }
-            let max = self.cfg.max_io_queues;
+            let max = self.cfg.max_io_queues.max(1);
             let granted = *a.granted_queues.get_or_insert((req.nsqr.min(req.ncqr) + 1).min(max));
             let n = NumQueues { nsqr: granted - 1, ncqr: granted - 1 };
             return Outcome::ok(n.to_dword());
@@ -196,7 +196,7 @@ impl Ctl {
     fn get_features(&self, fid: FeatureId) -> Outcome {
         let a = lock(&self.admin);
         if fid == FeatureId::NUMBER_OF_QUEUES {
-            let n = a.granted_queues.unwrap_or(self.cfg.max_io_queues);
+            let n = a.granted_queues.unwrap_or(self.cfg.max_io_queues).max(1);
             return Outcome::ok(NumQueues { nsqr: n - 1, ncqr: n - 1 }.to_dword());
         }
         let default = match fid {
