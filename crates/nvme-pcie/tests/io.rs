@@ -231,3 +231,43 @@ fn recreated_queue_starts_with_clean_shadow_doorbells() {
     assert_eq!(n, 48, "commands of the re-created queue must run at once");
     assert_eq!(q.stats().timeouts, 0);
 }
+
+/// Without an MDTS limit a single 4 MiB command needs a chained PRP list
+/// (more than 512 entries), at an unaligned buffer offset too.
+#[test]
+fn chained_prp_lists_for_a_single_large_command() {
+    let cfg = EmuConfig { mdts: 0, ..small_cfg() };
+    let ccfg = ControllerConfig { max_transfer: 4 << 20, ..ControllerConfig::default() };
+    let (c, h) = attach_with(cfg, ccfg);
+    assert_eq!(c.info().max_transfer, 4 << 20);
+    let mut q = c.create_io_queue_pair(8).unwrap();
+    let mem = c.dma().alloc((4 << 20) + 4096).unwrap();
+    let w = mem.slice(1028, 4 << 20).unwrap();
+    pattern(&w, 4);
+    let before = h.stats().commands;
+    run1(&mut q, |q| q.write(1, 7, &w, 1)).unwrap();
+    assert_eq!(h.stats().commands - before, 1, "one command");
+    let mut raw = vec![0u8; 4 << 20];
+    h.read_namespace(1, 7 * 512, &mut raw);
+    assert_eq!(raw, bytes(&w));
+}
+
+/// The emulated controller checks data pointers: a PRP entry that is not
+/// dword aligned fails with PRP Offset Invalid.
+#[test]
+fn emulator_rejects_misaligned_prp() {
+    let (c, _h) = attach(small_cfg());
+    let buf = c.dma().alloc(8192).unwrap();
+    let mut sqe = nvme_spec::AdminCommand::identify(nvme_spec::command::Cns::Controller, 0).to_sqe(0);
+    sqe.set_data_pointer(nvme_spec::DataPointer::Prp { prp1: buf.iova() + 2, prp2: buf.iova() + 4096 });
+    match c.admin_command(sqe, None) {
+        Err(nvme_pcie::NvmeError::AdminStatus { status, .. }) => {
+            assert_eq!(status.code, nvme_spec::StatusCode::Generic(nvme_spec::status::GenericStatus::PrpOffsetInvalid))
+        }
+        other => panic!("{other:?}"),
+    }
+    sqe.set_data_pointer(nvme_spec::DataPointer::Prp { prp1: buf.iova() + 512, prp2: buf.iova() + 4096 + 8 });
+    assert!(c.admin_command(sqe, None).is_err(), "prp2 must be page aligned");
+    sqe.set_data_pointer(nvme_spec::DataPointer::Prp { prp1: buf.iova() + 512, prp2: buf.iova() + 4096 });
+    c.admin_command(sqe, None).unwrap();
+}
