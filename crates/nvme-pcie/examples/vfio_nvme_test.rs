@@ -462,6 +462,44 @@ fn run_controller(bdf: &str, mode: AccessMode, pass: &mut u32, fail: &mut u32) {
     println!("  detached");
 }
 
+/// Every controller attached at the same time, each driven by its own
+/// thread, then all detached.
+fn all_at_once(bdfs: &[String], mode: AccessMode) -> R {
+    let ctrls: Vec<Ctrl> = bdfs
+        .iter()
+        .map(|b| {
+            let dev = PciDevice::open(b, mode).map_err(|e| e.to_string())?;
+            Controller::new(dev, ControllerConfig::default()).map_err(|e| e.to_string())
+        })
+        .collect::<Result<_, String>>()?;
+    std::thread::scope(|s| {
+        let hs: Vec<_> = ctrls
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                s.spawn(move || -> R {
+                    let ns = c.namespaces().first().ok_or("no namespace")?.clone();
+                    let mut q = c.create_io_queue_pair(32).map_err(|e| e.to_string())?;
+                    let w = c.dma().alloc(128 << 10).map_err(|e| e.to_string())?;
+                    let want = fill(&w, 1000 + i as u64);
+                    for k in 0..16u64 {
+                        one(&mut q, |q| q.write(ns.nsid, 50_000 + k * 256, &w, k))?;
+                    }
+                    let r = c.dma().alloc(128 << 10).map_err(|e| e.to_string())?;
+                    for k in 0..16u64 {
+                        one(&mut q, |q| q.read(ns.nsid, 50_000 + k * 256, &r, k))?;
+                        if contents(&r) != want {
+                            return Err(format!("controller {i}: mismatch"));
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        hs.into_iter().try_for_each(|h| h.join().unwrap_or_else(|_| Err("thread panicked".into())))
+    })
+}
+
 fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let mut mode_s = std::env::var("VFIO_MODE").unwrap_or_else(|_| "vfio".into());
@@ -486,6 +524,18 @@ fn main() {
     let (mut pass, mut fail) = (0, 0);
     for b in &bdfs {
         run_controller(b, mode, &mut pass, &mut fail);
+    }
+    if bdfs.len() > 1 {
+        match all_at_once(&bdfs, mode) {
+            Ok(()) => {
+                println!("PASS all controllers attached at once, I/O on each from its own thread");
+                pass += 1;
+            }
+            Err(e) => {
+                println!("FAIL all controllers at once: {e}");
+                fail += 1;
+            }
+        }
     }
     println!("{pass} passed, {fail} failed");
     std::process::exit(if fail == 0 { 0 } else { 1 });
