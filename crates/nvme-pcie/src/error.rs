@@ -74,6 +74,10 @@ pub enum SubmitError {
     /// The namespace is not active on this controller.
     #[error("namespace {0} is not active")]
     InvalidNamespace(u32),
+    /// The namespace's format needs a separate metadata buffer, which this
+    /// driver does not provide.
+    #[error("namespace {0} uses separate metadata (unsupported)")]
+    UnsupportedFormat(u32),
     /// The buffer length is not a multiple of the block size or is zero.
     #[error("buffer of {len} bytes does not fit blocks of {block} bytes")]
     BadLength {

@@ -122,7 +122,23 @@ fn nonzero<const N: usize>(b: [u8; N]) -> Option<[u8; N]> {
     (b != [0; N]).then_some(b)
 }
 
-/// Create one bdev per active namespace of `ctrl` (not registered: the
+/// Open the PCI function `traddr` (explicitly with or without an IOMMU),
+/// bring its controller up and create its bdevs (see [`attach`]).
+pub fn attach_pci(
+    traddr: &str,
+    mode: crate::vfio::AccessMode,
+    prefix: &str,
+    queue_depth: u16,
+    cfg: crate::ctrl::ControllerConfig,
+) -> Result<Vec<Arc<dyn Bdev>>, BdevError> {
+    let dev = crate::vfio::PciDevice::open(traddr, mode).map_err(|e| BdevError::param("traddr", e.to_string()))?;
+    let ctrl = Controller::new(dev, cfg).map_err(|e| BdevError::param("traddr", e.to_string()))?;
+    let params = NvmeBdevParams { prefix: prefix.to_string(), queue_depth, traddr: traddr.to_string() };
+    Ok(attach(ctrl, &params)?.into_iter().map(|b| b as Arc<dyn Bdev>).collect())
+}
+
+/// Create one bdev per active namespace of `ctrl` (except namespaces
+/// formatted with separate metadata, which the driver cannot serve; not registered: the
 /// caller registers them with its `bdev::Registry`). Registers the region
 /// bridge, so existing and future block-layer buffers become DMA-able by
 /// this controller.
@@ -144,6 +160,10 @@ pub fn attach<B: DeviceBacking>(
     let depth = params.queue_depth.clamp(2, info.max_queue_entries.min(u32::from(u16::MAX)) as u16);
     let mut out = Vec::new();
     for ns in ctrl.namespaces() {
+        if ns.metadata_size > 0 && !ns.extended_lba {
+            // Separate metadata buffers are not supported by the driver.
+            continue;
+        }
         let mut supported = IoTypeSet::of(&[IoType::Read, IoType::Write, IoType::Flush]);
         if info.oncs & oncs::DATASET_MANAGEMENT != 0 {
             supported = supported.with(IoType::Unmap);

@@ -60,6 +60,8 @@ struct NsFmt {
     nsid: u32,
     blocks: u64,
     block: u32,
+    /// Metadata in a separate buffer: this driver does not transfer it.
+    separate_md: bool,
 }
 
 /// Queue pair counters.
@@ -169,7 +171,12 @@ impl<B: DeviceBacking> IoQueuePair<B> {
         let ns = shared
             .namespaces
             .iter()
-            .map(|n| NsFmt { nsid: n.nsid, blocks: n.blocks, block: n.transfer_block_size() })
+            .map(|n| NsFmt {
+                nsid: n.nsid,
+                blocks: n.blocks,
+                block: n.transfer_block_size(),
+                separate_md: n.metadata_size > 0 && !n.extended_lba,
+            })
             .collect();
         let generation = shared.generation.load(Ordering::Acquire);
         let timeout_ns = shared.cfg.io_timeout.as_nanos() as u64;
@@ -280,7 +287,12 @@ impl<B: DeviceBacking> IoQueuePair<B> {
 
     #[inline]
     fn ns_fmt(&self, nsid: u32) -> Result<NsFmt, SubmitError> {
-        self.ns.iter().find(|n| n.nsid == nsid).copied().ok_or(SubmitError::InvalidNamespace(nsid))
+        let ns = self.ns.iter().find(|n| n.nsid == nsid).copied().ok_or(SubmitError::InvalidNamespace(nsid))?;
+        if ns.separate_md {
+            // The controller would DMA metadata to a null metadata pointer.
+            return Err(SubmitError::UnsupportedFormat(nsid));
+        }
+        Ok(ns)
     }
 
     /// Queue a Read of `buf.len()` bytes at `lba` into `buf`.

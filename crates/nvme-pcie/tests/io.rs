@@ -271,3 +271,17 @@ fn emulator_rejects_misaligned_prp() {
     sqe.set_data_pointer(nvme_spec::DataPointer::Prp { prp1: buf.iova() + 512, prp2: buf.iova() + 4096 });
     c.admin_command(sqe, None).unwrap();
 }
+
+#[test]
+fn namespaces_with_separate_metadata_are_refused() {
+    let mut md = EmuNamespace::new(1 << 20, 512, 5);
+    md.metadata_size = 8;
+    let cfg = EmuConfig { namespaces: vec![EmuNamespace::new(1 << 20, 512, 4), md], ..EmuConfig::default() };
+    let (c, _h) = attach(cfg);
+    let ns2 = c.namespace(2).unwrap();
+    assert_eq!((ns2.metadata_size, ns2.extended_lba), (8, false));
+    let mut q = c.create_io_queue_pair(8).unwrap();
+    let b = c.dma().alloc(512).unwrap();
+    assert_eq!(q.read(2, 0, &b, 0), Err(SubmitError::UnsupportedFormat(2)));
+    run1(&mut q, |q| q.read(1, 0, &b, 1)).unwrap();
+}

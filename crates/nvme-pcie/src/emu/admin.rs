@@ -135,6 +135,9 @@ impl Ctl {
                 };
                 let mut id = IdentifyNamespace::zeroed();
                 id.set_simple(ns.info.blocks, ns.info.lba_shift);
+                if let Some(f) = id.lbaf.first_mut() {
+                    f.ms = ns.info.metadata_size.into();
+                }
                 id.dlfeat = 0x9; // deallocated blocks read as zeroes; WZ may deallocate
                 id.nguid = ns.info.nguid;
                 id.eui64 = ns.info.eui64;

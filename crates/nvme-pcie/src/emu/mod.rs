@@ -54,6 +54,9 @@ pub struct EmuNamespace {
     pub eui64: [u8; 8],
     /// UUID reported in the namespace identification descriptors.
     pub uuid: Option<[u8; 16]>,
+    /// Metadata bytes per block, in a separate buffer (reported in the LBA
+    /// format; the emulator transfers no metadata).
+    pub metadata_size: u16,
 }
 
 impl EmuNamespace {
@@ -74,6 +77,7 @@ impl EmuNamespace {
             nguid,
             eui64: [0x00, 0x25, 0x38, seed, 1, 2, 3, 4],
             uuid: Some(uuid),
+            metadata_size: 0,
         }
     }
 }
