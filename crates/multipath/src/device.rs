@@ -135,6 +135,16 @@ impl MultipathBdev {
         identity::compare(&self.group.identity(), ns) == IdMatch::Same
     }
 
+    /// Whether the device was built by auto-assembly (not from configuration).
+    pub fn is_auto_assembled(&self) -> bool {
+        !self.group.configured
+    }
+
+    /// Whether `path` (a bdev name) is one of the device's paths.
+    pub fn has_path(&self, path: &str) -> bool {
+        self.group.find(path).is_some()
+    }
+
     /// Whether the device was deleted.
     pub(crate) fn is_shut(&self) -> bool {
         self.group.shut.load(Ordering::Acquire)

@@ -87,8 +87,45 @@ impl MultipathModule {
     }
 
     /// Create a device from configuration (a `multipath_devices` entry) and register it.
+    ///
+    /// Configuration wins over auto-assembly: an auto-assembled device holding some of the
+    /// requested paths is deleted first, provided nobody has it open for writing (a device in
+    /// use makes the request fail with the claim error). Its other paths then join the new
+    /// device when they are to the same namespace and auto-assembly is on.
     pub fn create(&self, registry: &Registry, params: MultipathParams) -> Result<Arc<MultipathBdev>, MultipathError> {
-        self.create_inner(registry, &params, true)
+        params.validate()?;
+        let adopted: Vec<Arc<MultipathBdev>> = self
+            .devices()
+            .into_iter()
+            .filter(|d| d.is_auto_assembled() && params.paths.iter().any(|p| d.has_path(&p.bdev)))
+            .filter(|d| Self::claimable(registry, d.name()))
+            .collect();
+        let mut released = Vec::new();
+        for d in &adopted {
+            released
+                .extend(d.paths().into_iter().map(|p| p.name).filter(|n| !params.paths.iter().any(|p| p.bdev == *n)));
+            log::info!("multipath {}: auto-assembled device replaced by configuration", d.name());
+            self.delete(registry, d.name())?;
+        }
+        let dev = self.create_inner(registry, &params, true)?;
+        for name in released {
+            if let Some(b) = registry.lookup(&name) {
+                self.examine(registry, &b);
+            }
+        }
+        Ok(dev)
+    }
+
+    /// Examine every registered bdev again (after enabling auto-assembly, for instance).
+    pub fn rescan(&self, registry: &Registry) {
+        for (info, claim) in registry.list_all() {
+            if claim.is_some() {
+                continue;
+            }
+            if let Some(b) = registry.lookup(&info.name) {
+                self.examine(registry, &b);
+            }
+        }
     }
 
     fn create_inner(

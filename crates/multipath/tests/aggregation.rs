@@ -242,3 +242,62 @@ fn module_events_cover_every_device() {
     assert!(module.unsubscribe(id));
     assert!(!module.unsubscribe(id));
 }
+
+#[test]
+fn configuration_replaces_an_auto_assembled_device_and_rescan_groups_existing_bdevs() {
+    let reg = Registry::new();
+    let module = MultipathModule::new(AutoAssemble::default());
+    reg.add_examiner(module.clone());
+    malloc(&reg, "m", 256, 512);
+    ports(&reg, "m", &["p0", "p1", "p2"]);
+    let auto = module.devices().pop().unwrap();
+    assert!(auto.is_auto_assembled());
+    assert_eq!(auto.paths().len(), 3);
+    // The configuration names two of the paths: it takes them, and the third joins it.
+    let dev = module
+        .create(
+            &reg,
+            MultipathParams {
+                name: Some("mp0".into()),
+                paths: vec![PathParams::new("p0"), PathParams::new("p1")],
+                options: MultipathOptions { policy: Policy::Random, ..Default::default() },
+            },
+        )
+        .unwrap();
+    assert!(!dev.is_auto_assembled());
+    assert!(reg.lookup(auto.name()).is_none(), "auto-assembled device deleted");
+    let names: Vec<String> = dev.paths().into_iter().map(|p| p.name).collect();
+    assert_eq!(names, ["p0", "p1", "p2"]);
+    assert_eq!(module.devices().len(), 1);
+    // A device in use is not taken over.
+    let reg2 = Registry::new();
+    let m2 = MultipathModule::new(AutoAssemble::default());
+    reg2.add_examiner(m2.clone());
+    malloc(&reg2, "m", 256, 512);
+    ports(&reg2, "m", &["p0", "p1"]);
+    let busy = m2.devices().pop().unwrap();
+    let _user = reg2.open(busy.name(), true).unwrap();
+    let e = m2
+        .create(
+            &reg2,
+            MultipathParams {
+                name: Some("mp0".into()),
+                paths: vec![PathParams::new("p0")],
+                options: Default::default(),
+            },
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("cannot use bdev 'p0' as a path"), "{e}");
+    assert!(reg2.lookup(busy.name()).is_some());
+    // Auto-assembly switched on later: rescan groups what is already registered.
+    let reg3 = Registry::new();
+    let m3 = MultipathModule::new(AutoAssemble { enabled: false, ..Default::default() });
+    reg3.add_examiner(m3.clone());
+    malloc(&reg3, "m", 256, 512);
+    ports(&reg3, "m", &["p0", "p1"]);
+    assert!(m3.devices().is_empty());
+    m3.set_auto_assemble(AutoAssemble::default()).unwrap();
+    m3.rescan(&reg3);
+    assert_eq!(m3.devices().len(), 1);
+    assert_eq!(m3.devices()[0].paths().len(), 2);
+}
