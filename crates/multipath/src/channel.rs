@@ -444,8 +444,17 @@ impl MpChannel {
                     };
                     counters.ok(dir, bytes, lat);
                     if cfg.use_windows && dir < 2 {
+                        let sample = if cfg.policy == Policy::HistoricalServiceTime {
+                            // Service time: IOs overlapping on the path count as served one
+                            // after the other, so the wait behind earlier IOs is not counted
+                            // twice (the estimate multiplies by what is queued).
+                            let prev = path.last_finish.fetch_max(now, Relaxed);
+                            clock::ticks_to_ns(now.saturating_sub(slot.start.max(prev)))
+                        } else {
+                            lat
+                        };
                         if let Some(w) = path.windows.get(dir) {
-                            w.record(cfg.window, lat, bytes);
+                            w.record(cfg.window, sample, bytes);
                         }
                     }
                     slot.state = SlotState::Free;

@@ -47,7 +47,8 @@ pub enum Policy {
     #[default]
     QueueLength,
     /// dm-multipath's historical service time: the path whose expected completion time for
-    /// this IO is lowest, from its recent latency per byte and the bytes it has in flight.
+    /// this IO is lowest: its recent service time per byte (IOs overlapping on the path count
+    /// as served one after the other) times the bytes it has in flight plus this IO's.
     HistoricalServiceTime,
 }
 

@@ -78,9 +78,11 @@ impl Group {
 
     pub(crate) fn set_options(&self, o: MultipathOptions) -> Result<(), MultipathError> {
         o.validate()?;
+        // The windows hold samples of one kind and size: start afresh when either changes.
         let window_changed = {
             let mut g = lock(&self.options);
-            let changed = g.window_ios != o.window_ios;
+            let changed =
+                g.window_ios != o.window_ios || std::mem::discriminant(&g.policy) != std::mem::discriminant(&o.policy);
             *g = o;
             changed
         };

@@ -93,9 +93,12 @@ pub struct PathInfo {
     pub ana_state: Option<AnaState>,
     /// Counters.
     pub stats: PathStats,
-    /// Mean read latency over the current window (dynamic policies only).
+    /// Mean read latency over the current window, fed while a dynamic policy is active:
+    /// completion latency under service_time and average_rate; under
+    /// historical_service_time the service time, not counting the wait behind earlier IOs on
+    /// the path (from the later of the IO's start and the path's previous completion).
     pub recent_read_latency_ns: Option<u64>,
-    /// Mean write latency over the current window (dynamic policies only).
+    /// Mean write latency over the current window (as for reads).
     pub recent_write_latency_ns: Option<u64>,
     /// Read bytes per second of service time over the current window.
     pub recent_read_rate: Option<u64>,
@@ -195,6 +198,8 @@ pub(crate) struct Path {
     pub(crate) in_flight_bytes: AtomicU64,
     /// Latency windows: 0 reads, 1 writes.
     pub(crate) windows: [Window; 2],
+    /// Tick count of the path's latest completion (historical service time).
+    pub(crate) last_finish: AtomicU64,
     failures: AtomicU64,
     probes: AtomicU64,
     counters: Mutex<Vec<Arc<PathCounters>>>,
@@ -226,6 +231,7 @@ impl Path {
             in_flight: AtomicU64::new(0),
             in_flight_bytes: AtomicU64::new(0),
             windows: [Window::new(), Window::new()],
+            last_finish: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             probes: AtomicU64::new(0),
             counters: Mutex::new(Vec::new()),

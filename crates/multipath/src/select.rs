@@ -106,6 +106,18 @@ fn argmin<K: PartialOrd + Copy>(n: usize, rot: &mut usize, mut key: impl FnMut(u
     Some(pick)
 }
 
+/// The sort key of a path without history: tried first while it has nothing in flight (one
+/// probing IO at a time, so a slow path that just lost its history does not swallow a burst
+/// before its first answer), last otherwise.
+#[inline]
+fn unknown<K>(in_flight: u64, best: K, worst: K) -> (K, u64) {
+    if in_flight == 0 {
+        (best, 0)
+    } else {
+        (worst, in_flight)
+    }
+}
+
 /// Choose a path for `io` (of `io_bytes` data bytes) among `cands` (channel path indices in
 /// ascending order); returns the position in `cands`, `None` when it is empty.
 #[inline]
@@ -160,17 +172,25 @@ pub(crate) fn select<'a>(
             let dir = dir_of(io.io_type);
             argmin(n, &mut st.rot, |p| {
                 let v = at(p);
-                (v.window(dir).avg_latency_ns().unwrap_or(0), v.in_flight())
+                let busy = v.in_flight();
+                match v.window(dir).avg_latency_ns() {
+                    Some(lat) => (lat, busy),
+                    None => unknown(busy, 0, u64::MAX),
+                }
             })
         }
         Policy::AverageRate => {
             let dir = dir_of(io.io_type);
             argmin(n, &mut st.rot, |p| {
                 let v = at(p);
+                let busy = v.in_flight();
                 let w = v.window(dir);
-                // An empty window (or no measurable latency) counts as the fastest: try it.
-                let rate = if w.count == 0 { u64::MAX } else { w.rate_bytes_per_sec().unwrap_or(u64::MAX) };
-                (u64::MAX - rate, v.in_flight())
+                match w.rate_bytes_per_sec() {
+                    Some(rate) => (u64::MAX - rate, busy),
+                    // No measurable latency: faster than anything measured.
+                    None if w.count > 0 => (0, busy),
+                    None => unknown(busy, 0, u64::MAX),
+                }
             })
         }
         Policy::QueueLength => argmin(n, &mut st.rot, |p| at(p).in_flight()),
@@ -181,7 +201,7 @@ pub(crate) fn select<'a>(
                 let w = v.window(dir);
                 let queued = v.in_flight_bytes();
                 let est = if w.count == 0 {
-                    0.0
+                    unknown(v.in_flight(), 0.0, f64::INFINITY).0
                 } else if w.bytes > 0 {
                     // Latency per byte of history times the bytes that will be ahead of and
                     // including this IO.
@@ -276,6 +296,15 @@ mod tests {
         assert_eq!(pick(Policy::ServiceTime, &w, &paths, &[0, 1], &mut st), 0, "writes: path 0 faster");
         paths[0].win[0] = WindowSums::default();
         assert_eq!(pick(Policy::ServiceTime, &read(0), &paths, &[0, 1], &mut st), 0, "empty window tried first");
+        paths[0].in_flight = 1;
+        assert_eq!(pick(Policy::ServiceTime, &read(0), &paths, &[0, 1], &mut st), 1, "one probing IO at a time");
+        paths[1].win[0] = WindowSums::default();
+        paths[1].in_flight = 2;
+        assert_eq!(
+            pick(Policy::ServiceTime, &read(0), &paths, &[0, 1], &mut st),
+            0,
+            "no history anywhere: fewest in flight"
+        );
     }
 
     #[test]
