@@ -232,6 +232,13 @@ impl Examiner for MultipathModule {
         match self.create_inner(registry, &params, false) {
             Ok(dev) => log::info!("multipath {}: assembled from {}", dev.name(), group.join(", ")),
             Err(e) => {
+                // Another thread may have assembled the device from the same paths meanwhile.
+                if let Some(dev) = self.devices().into_iter().find(|d| d.matches(&info.ns_id)) {
+                    if !dev.has_path(&info.name) && dev.add_path(registry, PathParams::new(&info.name)).is_ok() {
+                        log::info!("multipath {}: path {} joined", dev.name(), info.name);
+                        return;
+                    }
+                }
                 log::warn!("multipath: cannot assemble {}: {e}", group.join(", "));
                 lock(&self.pending).push(Pending { name: info.name.clone(), ns: info.ns_id });
             }
