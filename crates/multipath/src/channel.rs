@@ -493,10 +493,17 @@ impl MpChannel {
             return 0;
         }
         let shut = self.group.shut.load(Relaxed);
+        // Look for a usable path once, not once per waiting IO.
+        self.build_cands();
+        let try_paths = !shut && !self.cands.is_empty();
         for _ in 0..self.waiting.len() {
             let Some(idx) = self.waiting.pop_front() else { break };
             let deadline = self.slots.get(idx as usize).map_or(0, |s| s.deadline);
-            if !shut {
+            if !shut && !try_paths && now < deadline {
+                self.waiting.push_back(idx);
+                continue;
+            }
+            if try_paths {
                 match self.dispatch(idx, now) {
                     Dispatch::Sent => continue,
                     Dispatch::Busy => {
