@@ -36,7 +36,7 @@ pub enum ConfigError {
     },
 }
 
-fn invalid(path: &str, message: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(path: &str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { path: path.to_string(), message: message.into() }
 }
 
@@ -111,6 +111,8 @@ pub struct Config {
     pub reactor: ReactorSettings,
     /// Base devices, created in order.
     pub base_devices: Vec<BaseDevice>,
+    /// Multipath devices over base devices (`multipath_devices`).
+    pub multipath_devices: Vec<multipath::MultipathParams>,
 }
 
 /// Sections of the seed's format that later modules implement.
@@ -120,7 +122,6 @@ const LATER_SECTIONS: &[(&str, &str)] = &[
     ("lvol_volumes", "the lvol module"),
     ("snapshots", "the lvol module"),
     ("clones", "the lvol module"),
-    ("multipath_devices", "the multipath module"),
 ];
 
 const LATER_METHODS: &[(&str, &str)] = &[("nvmf", "the NVMe/TCP initiator"), ("rbd", "the Ceph RBD backend")];
@@ -129,21 +130,21 @@ const LATER_METHODS: &[(&str, &str)] = &[("nvmf", "the NVMe/TCP initiator"), ("r
 const METHODS: &str = "malloc, null, aio, nvme";
 
 /// Typed access to one JSON object, tracking its path and which keys were used.
-struct Obj<'a> {
-    path: String,
+pub(crate) struct Obj<'a> {
+    pub(crate) path: String,
     map: &'a Map<String, Value>,
     used: Vec<&'static str>,
 }
 
 impl<'a> Obj<'a> {
-    fn new(path: &str, v: &'a Value) -> Result<Obj<'a>, ConfigError> {
+    pub(crate) fn new(path: &str, v: &'a Value) -> Result<Obj<'a>, ConfigError> {
         match v {
             Value::Object(map) => Ok(Obj { path: path.to_string(), map, used: Vec::new() }),
             other => Err(invalid(path, format!("expected an object, found {}", kind(other)))),
         }
     }
 
-    fn field_path(&self, key: &str) -> String {
+    pub(crate) fn field_path(&self, key: &str) -> String {
         if self.path.is_empty() {
             key.to_string()
         } else {
@@ -151,17 +152,23 @@ impl<'a> Obj<'a> {
         }
     }
 
-    fn get(&mut self, key: &'static str) -> Option<&'a Value> {
+    /// The raw value of `key`, null included (marks the key used).
+    pub(crate) fn map_get(&mut self, key: &'static str) -> Option<&'a Value> {
+        self.used.push(key);
+        self.map.get(key)
+    }
+
+    pub(crate) fn get(&mut self, key: &'static str) -> Option<&'a Value> {
         self.used.push(key);
         self.map.get(key).filter(|v| !v.is_null())
     }
 
-    fn req(&mut self, key: &'static str) -> Result<&'a Value, ConfigError> {
+    pub(crate) fn req(&mut self, key: &'static str) -> Result<&'a Value, ConfigError> {
         let p = self.field_path(key);
         self.get(key).ok_or_else(|| invalid(&p, "missing required field"))
     }
 
-    fn string(&mut self, key: &'static str) -> Result<String, ConfigError> {
+    pub(crate) fn string(&mut self, key: &'static str) -> Result<String, ConfigError> {
         let p = self.field_path(key);
         match self.req(key)? {
             Value::String(s) if !s.is_empty() => Ok(s.clone()),
@@ -170,7 +177,7 @@ impl<'a> Obj<'a> {
         }
     }
 
-    fn opt_u64(&mut self, key: &'static str) -> Result<Option<u64>, ConfigError> {
+    pub(crate) fn opt_u64(&mut self, key: &'static str) -> Result<Option<u64>, ConfigError> {
         let p = self.field_path(key);
         match self.get(key) {
             None => Ok(None),
@@ -181,7 +188,7 @@ impl<'a> Obj<'a> {
         }
     }
 
-    fn opt_bool(&mut self, key: &'static str) -> Result<Option<bool>, ConfigError> {
+    pub(crate) fn opt_bool(&mut self, key: &'static str) -> Result<Option<bool>, ConfigError> {
         let p = self.field_path(key);
         match self.get(key) {
             None => Ok(None),
@@ -191,7 +198,7 @@ impl<'a> Obj<'a> {
     }
 
     /// Refuse keys nobody asked for.
-    fn finish(self) -> Result<(), ConfigError> {
+    pub(crate) fn finish(self) -> Result<(), ConfigError> {
         for k in self.map.keys() {
             if !self.used.iter().any(|u| u == k) {
                 let mut known: Vec<&str> = self.used.clone();
@@ -207,7 +214,7 @@ impl<'a> Obj<'a> {
     }
 }
 
-fn kind(v: &Value) -> &'static str {
+pub(crate) fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -439,6 +446,9 @@ impl Config {
                 cfg.base_devices.push(dev);
             }
         }
+        if let Some(m) = top.get("multipath_devices") {
+            cfg.multipath_devices = crate::config_stack::parse_multipath(m)?;
+        }
         for (section, module) in LATER_SECTIONS {
             if let Some(v) = top.get(section) {
                 if v.as_array().is_some_and(|a| !a.is_empty()) {
@@ -462,11 +472,13 @@ impl Config {
                 num_blocks: (1 << 30) / 4096,
                 block_size: 4096,
             })],
+            ..Default::default()
         }
     }
 }
 
-/// Build the JSON of a running instance's devices, in a form [`Config::from_json_str`] accepts.
+/// Build the JSON of a running instance's devices, in a form [`Config::from_json_str`] accepts:
+/// `devices` holds `(product, params JSON)` of every bdev that came from the config.
 pub(crate) fn save_value(reactor: &ReactorSettings, devices: &[(String, String)]) -> Value {
     let mut top = Map::new();
     let mut r = Map::new();
@@ -481,22 +493,23 @@ pub(crate) fn save_value(reactor: &ReactorSettings, devices: &[(String, String)]
     r.insert("pin".into(), Value::from(reactor.pin));
     top.insert("reactor".into(), Value::Object(r));
     let mut seen: Vec<&(String, String)> = Vec::new();
-    let devs: Vec<Value> = devices
-        .iter()
-        .filter(|d| {
-            // A controller with several namespaces appears once.
-            let new = !seen.contains(d);
-            seen.push(d);
-            new
-        })
-        .filter_map(|(method, params)| {
-            let params: Value = serde_json::from_str(params).ok()?;
-            let mut m = Map::new();
-            m.insert("method".into(), Value::from(method.as_str()));
-            m.insert("params".into(), params);
-            Some(Value::Object(m))
-        })
-        .collect();
-    top.insert("base_devices".into(), Value::Array(devs));
+    let mut sections: Vec<(&'static str, Vec<Value>)> = vec![("base_devices", Vec::new())];
+    for d in devices {
+        // A controller with several namespaces appears once.
+        if seen.contains(&d) {
+            continue;
+        }
+        seen.push(d);
+        let (product, params) = d;
+        let Ok(params) = serde_json::from_str::<Value>(params) else { continue };
+        let (section, entry) = crate::config_stack::section_entry(product, params);
+        match sections.iter_mut().find(|(n, _)| *n == section) {
+            Some((_, v)) => v.push(entry),
+            None => sections.push((section, vec![entry])),
+        }
+    }
+    for (name, entries) in sections {
+        top.insert(name.into(), Value::Array(entries));
+    }
     Value::Object(top)
 }

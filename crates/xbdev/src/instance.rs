@@ -89,6 +89,7 @@ impl HandleTable {
 pub(crate) struct Inner {
     pub id: u64,
     pub registry: Arc<Registry>,
+    multipath: Arc<multipath::MultipathModule>,
     reactors: Mutex<Option<Reactors>>,
     pub handles: Vec<ReactorHandle>,
     pub table: Arc<HandleTable>,
@@ -137,8 +138,15 @@ impl Xbdev {
             SERVERS.with(|s| s.borrow_mut().push((id, srv.clone())));
             ctx.add_poller("xbdev-clients", move |_| srv.borrow_mut().poll());
         })?;
+        // NVMe namespaces (local or remote) reached over several paths group automatically.
+        let multipath = multipath::MultipathModule::new(multipath::AutoAssemble {
+            products: vec!["nvme".into(), "nvmf".into(), "rbd".into()],
+            ..Default::default()
+        });
+        registry.add_examiner(multipath.clone());
         let inner = Arc::new(Inner {
             id,
+            multipath,
             registry,
             handles: reactors.handles().to_vec(),
             reactors: Mutex::new(Some(reactors)),
@@ -148,11 +156,18 @@ impl Xbdev {
             stopped: AtomicBool::new(false),
         });
         let xb = Xbdev { inner };
-        for d in &cfg.base_devices {
-            if let Err(e) = xb.create_base_device(d) {
-                xb.stop();
-                return Err(e);
+        let created = (|| {
+            for d in &cfg.base_devices {
+                xb.create_base_device(d)?;
             }
+            for m in &cfg.multipath_devices {
+                xb.inner.multipath.create(&xb.inner.registry, m.clone())?;
+            }
+            Ok::<(), XbdevError>(())
+        })();
+        if let Err(e) = created {
+            xb.stop();
+            return Err(e);
         }
         Ok(xb)
     }
@@ -178,6 +193,11 @@ impl Xbdev {
     /// The device registry (for modules stacking new bdevs, and for listing).
     pub fn registry(&self) -> &Arc<Registry> {
         &self.inner.registry
+    }
+
+    /// The multipath module: devices, paths, policies, events.
+    pub fn multipath(&self) -> &Arc<multipath::MultipathModule> {
+        &self.inner.multipath
     }
 
     /// The reactors.
