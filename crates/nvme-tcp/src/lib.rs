@@ -1,0 +1,14 @@
+//! NVMe/TCP transport (NVMe over Fabrics TCP transport binding 1.0).
+//!
+//! Sans-IO protocol core:
+//! * [`pdu`]: PDU layouts, typed parsing with validation, encoding, digests.
+//! * [`recv`]: a streaming receiver that reassembles PDUs from arbitrary
+//!   read splits and places data directly into the caller's IO buffers.
+//! * [`tx`]: a transmit queue that sends PDU headers and data straight from
+//!   IO buffers with vectored writes.
+//! * [`host`] / [`ctrl`]: queue-pair state machines for the initiator and
+//!   the target side.
+
+#![forbid(unsafe_code)]
+
+pub mod pdu;
