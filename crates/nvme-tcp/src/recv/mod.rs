@@ -59,11 +59,13 @@ pub enum PlacementError {
 
 /// Where the data part of a received PDU goes.
 pub trait DataSink {
-    /// Returns the destination for the whole data part of `pdu` (exactly
-    /// `pdu.data_len()` bytes). Called when the header is complete, which
-    /// is where the PDU is validated against the command state, and again
-    /// each time more data arrives; it must return the same region.
-    fn data_buffer(&mut self, pdu: &Pdu) -> Result<&mut [u8], PlacementError>;
+    /// Returns the contiguous destination for the data of `pdu` starting at
+    /// byte `at` of its data part. It may be shorter than the remaining
+    /// data (scatter lists): the receiver asks again for the rest. It must
+    /// not be empty. Called with `at == 0` when the header is complete,
+    /// which is where the PDU is validated against the command state, and
+    /// again as data arrives; it must describe the same memory each time.
+    fn data_buffer(&mut self, pdu: &Pdu, at: usize) -> Result<&mut [u8], PlacementError>;
 }
 
 /// Errors from the receiver.
@@ -231,22 +233,16 @@ impl PduReceiver {
                         return Ok((used, None));
                     }
                     let total = l.data_len as usize;
-                    let n = rest.len().min(total - done);
-                    let dst = match sink.data_buffer(&pdu) {
-                        Ok(d) => d,
+                    let dst = match sink.data_buffer(&pdu, done) {
+                        Ok(d) if !d.is_empty() => d,
+                        Ok(_) => return Err(self.fail(empty_buffer(&pdu, done))),
                         Err(e) => return Err(self.fail(e)),
                     };
-                    let Some(dst) = dst.get_mut(done..done + n) else {
-                        return Err(self.fail(PlacementError::OutOfRange {
-                            cid: 0,
-                            offset: done as u32,
-                            len: n as u32,
-                            size: total as u32,
-                        }));
-                    };
-                    dst.copy_from_slice(&rest[..n]);
+                    let n = rest.len().min(total - done).min(dst.len());
+                    let (src, dst) = (&rest[..n], &mut dst[..n]);
+                    dst.copy_from_slice(src);
                     let crc = if l.ddgst {
-                        digest::crc32c_append(crc, &rest[..n])
+                        digest::crc32c_append(crc, src)
                     } else {
                         crc
                     };
@@ -314,17 +310,9 @@ impl PduReceiver {
             self.state = State::Common { have: 0 };
             return Ok(Some(pdu));
         }
-        match sink.data_buffer(&pdu) {
-            Ok(d) if d.len() == l.data_len as usize => {}
-            Ok(d) => {
-                let size = d.len() as u32;
-                return Err(self.fail(PlacementError::OutOfRange {
-                    cid: 0,
-                    offset: 0,
-                    len: l.data_len,
-                    size,
-                }));
-            }
+        match sink.data_buffer(&pdu, 0) {
+            Ok(d) if !d.is_empty() => {}
+            Ok(_) => return Err(self.fail(empty_buffer(&pdu, 0))),
             Err(e) => return Err(self.fail(e)),
         }
         self.state = State::Data {
@@ -368,18 +356,13 @@ impl PduReceiver {
         let State::Data { pdu, l, done, crc } = self.state else {
             return Ok(Direct::NotInData);
         };
-        let dst = match sink.data_buffer(&pdu) {
-            Ok(d) => d,
+        let dst = match sink.data_buffer(&pdu, done) {
+            Ok(d) if !d.is_empty() => d,
+            Ok(_) => return Err(self.fail(empty_buffer(&pdu, done))),
             Err(e) => return Err(self.fail(e)),
         };
-        let Some(dst) = dst.get_mut(done..l.data_len as usize) else {
-            return Err(self.fail(PlacementError::OutOfRange {
-                cid: 0,
-                offset: done as u32,
-                len: l.data_len,
-                size: 0,
-            }));
-        };
+        let want = (l.data_len as usize - done).min(dst.len());
+        let dst = &mut dst[..want];
         let n = match src.read(dst) {
             Ok(0) => return Err(RecvError::Closed),
             Ok(n) => n,
@@ -391,6 +374,20 @@ impl PduReceiver {
             crc
         };
         Ok(Direct::Read(self.data_progress(pdu, l, done + n, crc)))
+    }
+}
+
+fn empty_buffer(pdu: &Pdu, at: usize) -> PlacementError {
+    let (cid, offset) = match pdu {
+        Pdu::H2CData(d) | Pdu::C2HData(d) => (d.cccid, d.offset),
+        Pdu::CapsuleCmd { sqe, .. } => (sqe.cid(), 0),
+        _ => (0, 0),
+    };
+    PlacementError::OutOfRange {
+        cid,
+        offset: offset.saturating_add(at as u32),
+        len: pdu.data_len(),
+        size: offset.saturating_add(at as u32),
     }
 }
 

@@ -11,15 +11,18 @@ struct VecSink {
 }
 
 impl DataSink for VecSink {
-    fn data_buffer(&mut self, pdu: &Pdu) -> Result<&mut [u8], PlacementError> {
+    fn data_buffer(&mut self, pdu: &Pdu, at: usize) -> Result<&mut [u8], PlacementError> {
         if let Pdu::C2HData(d) = pdu {
             if d.cccid == 0xdead {
                 return Err(PlacementError::UnknownCommand(d.cccid));
             }
         }
-        Ok(self
+        let v = self
             .cur
-            .get_or_insert_with(|| vec![0; pdu.data_len() as usize]))
+            .get_or_insert_with(|| vec![0; pdu.data_len() as usize]);
+        // Present the buffer as segments of at most 700 bytes (a scatter list).
+        let end = (at + 700 - at % 700).min(v.len());
+        Ok(&mut v[at..end])
     }
 }
 
@@ -331,9 +334,14 @@ fn staged_reads_large_data_directly() {
     let got = rx.poll(&mut src, &mut sink).unwrap();
     assert_eq!(got, Some(p));
     assert_eq!(sink.cur.take().unwrap(), d);
-    // Header read into the 4096-byte stage, then the rest of the data in
-    // one direct read of exactly the remaining bytes.
+    // Header read into the 4096-byte stage, then the rest of the data read
+    // directly into the (700-byte) destination segments.
     assert_eq!(src.sizes[0], 4096);
-    assert_eq!(src.sizes[1], 100_000 - (4096 - 24));
+    let first = 4096 - 24;
+    assert_eq!(src.sizes[1], 700 - first % 700);
+    // The tail shorter than DIRECT_MIN (and the digest) go through the stage.
+    assert!(src.sizes[2..].iter().all(|&s| s <= 700 || s == 4096));
+    assert!(src.sizes.iter().filter(|&&s| s == 4096).count() <= 3);
+    assert!(src.sizes.iter().filter(|&&s| s <= 700).count() > 130);
     assert_eq!(rx.poll(&mut src, &mut sink).unwrap(), None);
 }
