@@ -13,3 +13,4 @@
 
 pub mod pdu;
 pub mod recv;
+pub mod tx;
