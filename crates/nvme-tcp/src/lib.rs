@@ -11,6 +11,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod ctrl;
+pub mod host;
 pub mod pdu;
 pub mod recv;
 pub mod tx;
+
+#[cfg(test)]
+mod pair_tests;

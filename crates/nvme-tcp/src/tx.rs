@@ -267,7 +267,7 @@ impl TxQueue {
 }
 
 /// The segment of `d` at data offset `at`, clipped to the data length.
-fn segment<'a>(src: &'a dyn TxData, d: DataRef, at: u32) -> Result<&'a [u8], TxError> {
+fn segment(src: &dyn TxData, d: DataRef, at: u32) -> Result<&[u8], TxError> {
     let missing = TxError::MissingData {
         key: d.key,
         at: d.offset.saturating_add(at),
