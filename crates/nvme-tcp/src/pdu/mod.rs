@@ -711,25 +711,30 @@ pub fn parse_header(region: &[u8], l: &Layout) -> Result<Pdu, PduError> {
         }
         PduType::H2CData | PduType::C2HData | PduType::R2T => {
             let h = DataHeader::read_from_bytes(hdr).map_err(|_| truncated)?;
+            let t = l.pdu_type;
+            // Reserved fields and flags that do not apply to the type are
+            // ignored (and read as zero).
             let d = DataPdu {
                 cccid: h.cccid.get(),
-                ttag: h.ttag.get(),
+                ttag: if t == PduType::C2HData {
+                    0
+                } else {
+                    h.ttag.get()
+                },
                 offset: h.offset.get(),
                 length: h.length.get(),
-                last: flags & FLAG_LAST_PDU != 0,
-                success: flags & FLAG_SUCCESS != 0,
+                last: t != PduType::R2T && flags & FLAG_LAST_PDU != 0,
+                success: t == PduType::C2HData && flags & FLAG_SUCCESS != 0,
             };
-            match l.pdu_type {
-                PduType::R2T => {
-                    if d.length == 0 {
-                        return Err(PduError::DataLengthMismatch {
-                            field: 0,
-                            from_plen: 0,
-                        });
-                    }
-                    Pdu::R2T(d)
-                }
-                t => {
+            if d.length == 0 {
+                return Err(PduError::BadPlen {
+                    pdu_type: t,
+                    plen: l.plen() as u32,
+                });
+            }
+            match t {
+                PduType::R2T => Pdu::R2T(d),
+                _ => {
                     if d.length != l.data_len {
                         return Err(PduError::DataLengthMismatch {
                             field: d.length,
