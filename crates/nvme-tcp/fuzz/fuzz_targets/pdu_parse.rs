@@ -28,7 +28,11 @@ fuzz_target!(|input: &[u8]| {
         return;
     };
     let cfg = RxConfig {
-        role: if sel & 1 == 0 { Role::Host } else { Role::Controller },
+        role: if sel & 1 == 0 {
+            Role::Host
+        } else {
+            Role::Controller
+        },
         hdgst: sel & 2 != 0,
         ddgst: sel & 4 != 0,
         align: 4 * (u32::from(sel >> 5) + 1),
