@@ -156,12 +156,7 @@ struct Slot {
     received: u32,
 }
 
-const FREE: Slot = Slot {
-    state: SlotState::Free,
-    cid: 0,
-    len: 0,
-    received: 0,
-};
+const FREE: Slot = Slot { state: SlotState::Free, cid: 0, len: 0, received: 0 };
 
 /// One controller queue pair.
 #[derive(Debug)]
@@ -193,58 +188,35 @@ impl DataSink for Sink<'_> {
                 let slot = match *self.capsule_slot {
                     Some(s) => s,
                     None => {
-                        if self
-                            .slots
-                            .iter()
-                            .any(|s| s.state != SlotState::Free && s.cid == cid)
-                        {
+                        if self.slots.iter().any(|s| s.state != SlotState::Free && s.cid == cid) {
                             return Err(PlacementError::UnknownCommand(cid));
                         }
                         let s = self.free.pop().ok_or(PlacementError::UnknownCommand(cid))?;
                         if let Some(sl) = self.slots.get_mut(usize::from(s)) {
-                            *sl = Slot {
-                                state: SlotState::Capsule,
-                                cid,
-                                len: *data_len,
-                                received: 0,
-                            };
+                            *sl = Slot { state: SlotState::Capsule, cid, len: *data_len, received: 0 };
                         }
                         *self.capsule_slot = Some(s);
                         s
                     }
                 };
                 let at = u32::try_from(at).map_err(|_| PlacementError::WrongDirection(cid))?;
-                self.bufs
-                    .dest(slot, *data_len, at)
-                    .ok_or(PlacementError::OutOfRange {
-                        cid,
-                        offset: at,
-                        len: *data_len,
-                        size: 0,
-                    })
+                self.bufs.dest(slot, *data_len, at).ok_or(PlacementError::OutOfRange {
+                    cid,
+                    offset: at,
+                    len: *data_len,
+                    size: 0,
+                })
             }
             Pdu::H2CData(d) => {
                 let s = self
                     .slots
                     .get(usize::from(d.ttag))
                     .filter(|s| s.state == SlotState::Receiving && s.cid == d.cccid)
-                    .ok_or(PlacementError::UnknownTag {
-                        cid: d.cccid,
-                        ttag: d.ttag,
-                    })?;
+                    .ok_or(PlacementError::UnknownTag { cid: d.cccid, ttag: d.ttag })?;
                 if d.offset != s.received {
-                    return Err(PlacementError::OutOfOrder {
-                        cid: d.cccid,
-                        offset: d.offset,
-                        expected: s.received,
-                    });
+                    return Err(PlacementError::OutOfOrder { cid: d.cccid, offset: d.offset, expected: s.received });
                 }
-                let range = PlacementError::OutOfRange {
-                    cid: d.cccid,
-                    offset: d.offset,
-                    len: d.length,
-                    size: s.len,
-                };
+                let range = PlacementError::OutOfRange { cid: d.cccid, offset: d.offset, len: d.length, size: s.len };
                 if d.offset.checked_add(d.length).is_none_or(|e| e > s.len) {
                     return Err(range);
                 }
@@ -324,21 +296,9 @@ impl CtrlQueue {
         let mut used = 0;
         while used < input.len() {
             let r = {
-                let Self {
-                    rx,
-                    slots,
-                    free,
-                    capsule_slot,
-                    ..
-                } = self;
-                let mut sink = Sink {
-                    slots,
-                    free,
-                    capsule_slot,
-                    bufs,
-                };
-                rx.inner_mut()
-                    .feed(input.get(used..).unwrap_or(&[]), &mut sink)
+                let Self { rx, slots, free, capsule_slot, .. } = self;
+                let mut sink = Sink { slots, free, capsule_slot, bufs };
+                rx.inner_mut().feed(input.get(used..).unwrap_or(&[]), &mut sink)
             };
             match r {
                 Ok((n, p)) => {
@@ -369,19 +329,8 @@ impl CtrlQueue {
         let mut count = 0;
         loop {
             let res = {
-                let Self {
-                    rx,
-                    slots,
-                    free,
-                    capsule_slot,
-                    ..
-                } = self;
-                let mut sink = Sink {
-                    slots,
-                    free,
-                    capsule_slot,
-                    bufs,
-                };
+                let Self { rx, slots, free, capsule_slot, .. } = self;
+                let mut sink = Sink { slots, free, capsule_slot, bufs };
                 rx.poll(r, &mut sink)
             };
             match res {
@@ -409,13 +358,7 @@ impl CtrlQueue {
         if self.failed {
             return Err(CtrlError::Failed);
         }
-        let Self {
-            tx,
-            tx_refs,
-            slots,
-            free,
-            ..
-        } = self;
+        let Self { tx, tx_refs, slots, free, .. } = self;
         let r = tx.write_to(w, &Src(bufs), &mut |r| {
             let k = usize::from(r.key);
             if let Some(c) = tx_refs.get_mut(k) {
@@ -446,17 +389,8 @@ impl CtrlQueue {
             .ok_or(CtrlError::BadSlot(slot))?;
         s.state = SlotState::Receiving;
         s.received = 0;
-        let pdu = Pdu::R2T(DataPdu {
-            cccid: s.cid,
-            ttag: slot,
-            offset: 0,
-            length: s.len,
-            last: false,
-            success: false,
-        });
-        self.tx
-            .push(&pdu, None, None)
-            .map_err(|_| CtrlError::BadSlot(slot))
+        let pdu = Pdu::R2T(DataPdu { cccid: s.cid, ttag: slot, offset: 0, length: s.len, last: false, success: false });
+        self.tx.push(&pdu, None, None).map_err(|_| CtrlError::BadSlot(slot))
     }
 
     /// Completes the command in `slot`: sends `data_len` bytes of its buffer
@@ -466,12 +400,7 @@ impl CtrlQueue {
         let s = *self
             .slots
             .get(usize::from(slot))
-            .filter(|s| {
-                matches!(
-                    s.state,
-                    SlotState::Executing | SlotState::NeedData | SlotState::Receiving
-                )
-            })
+            .filter(|s| matches!(s.state, SlotState::Executing | SlotState::NeedData | SlotState::Receiving))
             .ok_or(CtrlError::BadSlot(slot))?;
         if s.state == SlotState::Receiving && s.received != s.len {
             // The host is still sending data we asked for.
@@ -485,35 +414,17 @@ impl CtrlQueue {
         while off < data_len {
             let n = chunk.min(data_len - off);
             let last = off + n == data_len;
-            let pdu = Pdu::C2HData(DataPdu {
-                cccid: s.cid,
-                ttag: 0,
-                offset: off,
-                length: n,
-                last,
-                success: last && success,
-            });
+            let pdu =
+                Pdu::C2HData(DataPdu { cccid: s.cid, ttag: 0, offset: off, length: n, last, success: last && success });
             self.tx
-                .push(
-                    &pdu,
-                    Some(DataRef {
-                        key: slot,
-                        offset: off,
-                        len: n,
-                    }),
-                    Some(Release { key: slot, kind: 0 }),
-                )
+                .push(&pdu, Some(DataRef { key: slot, offset: off, len: n }), Some(Release { key: slot, kind: 0 }))
                 .map_err(|_| CtrlError::BadSlot(slot))?;
             pushed += 1;
             off += n;
         }
         if !(success && data_len > 0) {
             self.tx
-                .push(
-                    &Pdu::CapsuleResp { cqe },
-                    None,
-                    Some(Release { key: slot, kind: 0 }),
-                )
+                .push(&Pdu::CapsuleResp { cqe }, None, Some(Release { key: slot, kind: 0 }))
                 .map_err(|_| CtrlError::BadSlot(slot))?;
             pushed += 1;
         }
@@ -546,10 +457,7 @@ impl CtrlQueue {
 
     fn handle(&mut self, pdu: Pdu, ev: &mut dyn FnMut(CtrlEvent)) -> Result<(), CtrlError> {
         if let Pdu::H2CTermReq(t) = pdu {
-            return Err(CtrlError::TermReq {
-                fes: t.fes,
-                fei: t.fei,
-            });
+            return Err(CtrlError::TermReq { fes: t.fes, fei: t.fei });
         }
         if !self.ready {
             let Pdu::IcReq(r) = pdu else {
@@ -558,21 +466,9 @@ impl CtrlQueue {
             let hdgst = r.hdgst && self.cfg.allow_hdgst;
             let ddgst = r.ddgst && self.cfg.allow_ddgst;
             let maxh2cdata = (self.cfg.maxh2cdata.max(4096) / 4) * 4;
-            let resp = Pdu::IcResp(IcResp {
-                pfv: 0,
-                cpda: self.cfg.cpda.min(31),
-                hdgst,
-                ddgst,
-                maxh2cdata,
-            });
-            self.tx
-                .push(&resp, None, None)
-                .map_err(|_| Self::protocol("icresp not encodable", 0))?;
-            self.tx.set_config(TxConfig {
-                hdgst,
-                ddgst,
-                align: (u32::from(r.hpda) + 1) * 4,
-            });
+            let resp = Pdu::IcResp(IcResp { pfv: 0, cpda: self.cfg.cpda.min(31), hdgst, ddgst, maxh2cdata });
+            self.tx.push(&resp, None, None).map_err(|_| Self::protocol("icresp not encodable", 0))?;
+            self.tx.set_config(TxConfig { hdgst, ddgst, align: (u32::from(r.hpda) + 1) * 4 });
             self.rx.inner_mut().set_config(RxConfig {
                 role: Role::Controller,
                 hdgst,
@@ -591,10 +487,7 @@ impl CtrlQueue {
                     .slots
                     .get_mut(usize::from(d.ttag))
                     .filter(|s| s.state == SlotState::Receiving && s.cid == d.cccid)
-                    .ok_or(Self::protocol(
-                        "h2c data with unknown transfer tag",
-                        d.cccid,
-                    ))?;
+                    .ok_or(Self::protocol("h2c data with unknown transfer tag", d.cccid))?;
                 if d.length == 0 {
                     return Err(Self::protocol("empty h2c data", d.cccid));
                 }
@@ -610,26 +503,15 @@ impl CtrlQueue {
         }
     }
 
-    fn on_capsule(
-        &mut self,
-        sqe: Sqe,
-        data_len: u32,
-        ev: &mut dyn FnMut(CtrlEvent),
-    ) -> Result<(), CtrlError> {
+    fn on_capsule(&mut self, sqe: Sqe, data_len: u32, ev: &mut dyn FnMut(CtrlEvent)) -> Result<(), CtrlError> {
         let cid = sqe.cid();
         let slot = match self.capsule_slot.take() {
             Some(s) => s,
             None => {
-                if self
-                    .slots
-                    .iter()
-                    .any(|s| s.state != SlotState::Free && s.cid == cid)
-                {
+                if self.slots.iter().any(|s| s.state != SlotState::Free && s.cid == cid) {
                     return Err(Self::protocol("command id in use", cid));
                 }
-                self.free
-                    .pop()
-                    .ok_or(Self::protocol("more commands than the queue depth", cid))?
+                self.free.pop().ok_or(Self::protocol("more commands than the queue depth", cid))?
             }
         };
         let data = if data_len > 0 {
@@ -655,9 +537,7 @@ impl CtrlQueue {
                         CmdData::FromController(len)
                     }
                 }
-                Some(DataPointer::Sgl(d))
-                    if d.id == SglDescriptor::ID_DATA_BLOCK_OFFSET && d.length.get() == 0 =>
-                {
+                Some(DataPointer::Sgl(d)) if d.id == SglDescriptor::ID_DATA_BLOCK_OFFSET && d.length.get() == 0 => {
                     CmdData::None
                 }
                 _ => CmdData::BadSgl,
@@ -669,12 +549,7 @@ impl CtrlQueue {
             CmdData::None | CmdData::BadSgl => (SlotState::Executing, 0),
         };
         if let Some(s) = self.slots.get_mut(usize::from(slot)) {
-            *s = Slot {
-                state,
-                cid,
-                len,
-                received: 0,
-            };
+            *s = Slot { state, cid, len, received: 0 };
         }
         ev(CtrlEvent::Command { slot, sqe, data });
         Ok(())
@@ -693,8 +568,5 @@ fn to_controller(sqe: &Sqe) -> bool {
 /// A completion status for [`CmdData::BadSgl`].
 pub fn bad_sgl_status() -> Status {
     use nvme_spec::status::{GenericStatus, StatusCode};
-    Status::new(
-        StatusCode::Generic(GenericStatus::SglDescriptorTypeInvalid),
-        true,
-    )
+    Status::new(StatusCode::Generic(GenericStatus::SglDescriptorTypeInvalid), true)
 }

@@ -146,13 +146,7 @@ struct Slot {
     received: u32,
 }
 
-const IDLE: Slot = Slot {
-    active: false,
-    tag: 0,
-    dir: DataDir::None,
-    incapsule: 0,
-    received: 0,
-};
+const IDLE: Slot = Slot { active: false, tag: 0, dir: DataDir::None, incapsule: 0, received: 0 };
 
 /// Per-command counts the transmit path updates.
 #[derive(Clone, Copy, Debug, Default)]
@@ -186,27 +180,15 @@ impl DataSink for Sink<'_> {
         let Pdu::C2HData(d) = pdu else {
             return Err(PlacementError::WrongDirection(0));
         };
-        let slot = self
-            .slots
-            .get(usize::from(d.cccid))
-            .filter(|s| s.active)
-            .ok_or(PlacementError::UnknownCommand(d.cccid))?;
+        let slot =
+            self.slots.get(usize::from(d.cccid)).filter(|s| s.active).ok_or(PlacementError::UnknownCommand(d.cccid))?;
         let DataDir::FromController(len) = slot.dir else {
             return Err(PlacementError::WrongDirection(d.cccid));
         };
         if d.offset != slot.received {
-            return Err(PlacementError::OutOfOrder {
-                cid: d.cccid,
-                offset: d.offset,
-                expected: slot.received,
-            });
+            return Err(PlacementError::OutOfOrder { cid: d.cccid, offset: d.offset, expected: slot.received });
         }
-        let range = PlacementError::OutOfRange {
-            cid: d.cccid,
-            offset: d.offset,
-            len: d.length,
-            size: len,
-        };
+        let range = PlacementError::OutOfRange { cid: d.cccid, offset: d.offset, len: d.length, size: len };
         if d.offset.checked_add(d.length).is_none_or(|end| end > len) {
             return Err(range);
         }
@@ -304,27 +286,12 @@ impl HostQueue {
             DataDir::ToController(len) if len > 0 && len <= self.cfg.incapsule_max => {
                 (SglDescriptor::in_capsule(0, len), len)
             }
-            DataDir::ToController(len) | DataDir::FromController(len) => {
-                (SglDescriptor::transport(len), 0)
-            }
+            DataDir::ToController(len) | DataDir::FromController(len) => (SglDescriptor::transport(len), 0),
         };
         sqe.set_data_pointer(DataPointer::Sgl(sgl));
-        let pdu = Pdu::CapsuleCmd {
-            sqe,
-            data_len: incapsule,
-        };
+        let pdu = Pdu::CapsuleCmd { sqe, data_len: incapsule };
         let (data, release) = if incapsule > 0 {
-            (
-                Some(DataRef {
-                    key: cid,
-                    offset: 0,
-                    len: incapsule,
-                }),
-                Some(Release {
-                    key: cid,
-                    kind: REL_DATA,
-                }),
-            )
+            (Some(DataRef { key: cid, offset: 0, len: incapsule }), Some(Release { key: cid, kind: REL_DATA }))
         } else {
             (None, None)
         };
@@ -333,40 +300,22 @@ impl HostQueue {
             return Err(SubmitError::Failed);
         }
         if let Some(s) = self.slots.get_mut(usize::from(cid)) {
-            *s = Slot {
-                active: true,
-                tag,
-                dir,
-                incapsule,
-                received: 0,
-            };
+            *s = Slot { active: true, tag, dir, incapsule, received: 0 };
         }
         if let Some(c) = self.counts.get_mut(usize::from(cid)) {
-            *c = Counts {
-                tx_refs: u32::from(incapsule > 0),
-                r2t_active: 0,
-            };
+            *c = Counts { tx_refs: u32::from(incapsule > 0), r2t_active: 0 };
         }
         Ok(cid)
     }
 
     /// Writes queued PDUs to `w` until it would block. Returns bytes
     /// written.
-    pub fn transmit<W: Write + ?Sized>(
-        &mut self,
-        w: &mut W,
-        bufs: &dyn HostBuffers,
-    ) -> Result<usize, HostError> {
+    pub fn transmit<W: Write + ?Sized>(&mut self, w: &mut W, bufs: &dyn HostBuffers) -> Result<usize, HostError> {
         if self.failed {
             return Err(HostError::Failed);
         }
-        let Self {
-            tx, slots, counts, ..
-        } = self;
-        let src = Src {
-            slots: &slots[..],
-            bufs,
-        };
+        let Self { tx, slots, counts, .. } = self;
+        let src = Src { slots: &slots[..], bufs };
         let r = tx.write_to(w, &src, &mut |r| {
             if let Some(c) = counts.get_mut(usize::from(r.key)) {
                 c.tx_refs = c.tx_refs.saturating_sub(1);
@@ -399,12 +348,8 @@ impl HostQueue {
         while used < input.len() {
             let r = {
                 let Self { rx, slots, .. } = self;
-                let mut sink = Sink {
-                    slots: &slots[..],
-                    bufs,
-                };
-                rx.inner_mut()
-                    .feed(input.get(used..).unwrap_or(&[]), &mut sink)
+                let mut sink = Sink { slots: &slots[..], bufs };
+                rx.inner_mut().feed(input.get(used..).unwrap_or(&[]), &mut sink)
             };
             match r {
                 Ok((n, p)) => {
@@ -437,10 +382,7 @@ impl HostQueue {
         loop {
             let res = {
                 let Self { rx, slots, .. } = self;
-                let mut sink = Sink {
-                    slots: &slots[..],
-                    bufs,
-                };
+                let mut sink = Sink { slots: &slots[..], bufs };
                 let mut rd = ReadAdapter(r);
                 rx.poll(&mut rd, &mut sink)
             };
@@ -479,27 +421,16 @@ impl HostQueue {
 
     fn handle(&mut self, pdu: Pdu, done: &mut dyn FnMut(u64, Cqe)) -> Result<(), HostError> {
         if let Pdu::C2HTermReq(t) = pdu {
-            return Err(HostError::TermReq {
-                fes: t.fes,
-                fei: t.fei,
-            });
+            return Err(HostError::TermReq { fes: t.fes, fei: t.fei });
         }
         let Some(neg) = self.neg else {
             let Pdu::IcResp(r) = pdu else {
                 return Err(Self::protocol("pdu before icresp", 0));
             };
             if (r.hdgst && !self.cfg.hdgst) || (r.ddgst && !self.cfg.ddgst) {
-                return Err(Self::protocol(
-                    "controller enabled an unrequested digest",
-                    0,
-                ));
+                return Err(Self::protocol("controller enabled an unrequested digest", 0));
             }
-            let neg = Negotiated {
-                hdgst: r.hdgst,
-                ddgst: r.ddgst,
-                cpda: r.cpda,
-                maxh2cdata: r.maxh2cdata,
-            };
+            let neg = Negotiated { hdgst: r.hdgst, ddgst: r.ddgst, cpda: r.cpda, maxh2cdata: r.maxh2cdata };
             self.rx.inner_mut().set_config(RxConfig {
                 role: Role::Host,
                 hdgst: r.hdgst,
@@ -508,11 +439,7 @@ impl HostQueue {
                 max_data: self.cfg.max_c2h_data,
                 max_incapsule: 0,
             });
-            self.tx.set_config(TxConfig {
-                hdgst: r.hdgst,
-                ddgst: r.ddgst,
-                align: (u32::from(r.cpda) + 1) * 4,
-            });
+            self.tx.set_config(TxConfig { hdgst: r.hdgst, ddgst: r.ddgst, align: (u32::from(r.cpda) + 1) * 4 });
             self.neg = Some(neg);
             return Ok(());
         };
@@ -520,11 +447,7 @@ impl HostQueue {
             Pdu::CapsuleResp { cqe } => {
                 let cid = cqe.cid.get();
                 self.active(cid)?;
-                if self
-                    .counts
-                    .get(usize::from(cid))
-                    .is_some_and(|c| c.tx_refs > 0)
-                {
+                if self.counts.get(usize::from(cid)).is_some_and(|c| c.tx_refs > 0) {
                     return Err(Self::protocol("response before data was sent", cid));
                 }
                 self.finish(cid, cqe, done);
@@ -559,29 +482,18 @@ impl HostQueue {
     }
 
     fn active(&self, cid: u16) -> Result<Slot, HostError> {
-        self.slots
-            .get(usize::from(cid))
-            .copied()
-            .filter(|s| s.active)
-            .ok_or(Self::protocol("unknown command id", cid))
+        self.slots.get(usize::from(cid)).copied().filter(|s| s.active).ok_or(Self::protocol("unknown command id", cid))
     }
 
     fn on_r2t(&mut self, d: DataPdu, neg: Negotiated) -> Result<(), HostError> {
         let slot = self.active(d.cccid)?;
         let DataDir::ToController(len) = slot.dir else {
-            return Err(Self::protocol(
-                "r2t for a command without write data",
-                d.cccid,
-            ));
+            return Err(Self::protocol("r2t for a command without write data", d.cccid));
         };
         if d.offset < slot.incapsule || d.offset.checked_add(d.length).is_none_or(|e| e > len) {
             return Err(Self::protocol("r2t outside the write data", d.cccid));
         }
-        let counts = self
-            .counts
-            .get(usize::from(d.cccid))
-            .copied()
-            .unwrap_or_default();
+        let counts = self.counts.get(usize::from(d.cccid)).copied().unwrap_or_default();
         if counts.r2t_active > self.cfg.maxr2t {
             return Err(Self::protocol("more r2ts than maxr2t", d.cccid));
         }
@@ -602,15 +514,8 @@ impl HostQueue {
             self.tx
                 .push(
                     &pdu,
-                    Some(DataRef {
-                        key: d.cccid,
-                        offset: d.offset + off,
-                        len: n,
-                    }),
-                    Some(Release {
-                        key: d.cccid,
-                        kind: if last { REL_R2T_DONE } else { REL_DATA },
-                    }),
+                    Some(DataRef { key: d.cccid, offset: d.offset + off, len: n }),
+                    Some(Release { key: d.cccid, kind: if last { REL_R2T_DONE } else { REL_DATA } }),
                 )
                 .map_err(|_| Self::protocol("r2t length not encodable", d.cccid))?;
             pushed += 1;

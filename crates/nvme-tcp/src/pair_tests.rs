@@ -117,18 +117,8 @@ struct Op {
 }
 
 fn op() -> impl Strategy<Value = Op> {
-    (
-        any::<bool>(),
-        1usize..=REGION_BLOCKS,
-        any::<prop::sample::Index>(),
-        any::<u8>(),
-    )
-        .prop_map(|(write, blocks, i, seed)| Op {
-            write,
-            blocks,
-            start: i.index(REGION_BLOCKS - blocks + 1),
-            seed,
-        })
+    (any::<bool>(), 1usize..=REGION_BLOCKS, any::<prop::sample::Index>(), any::<u8>())
+        .prop_map(|(write, blocks, i, seed)| Op { write, blocks, start: i.index(REGION_BLOCKS - blocks + 1), seed })
 }
 
 #[derive(Clone, Debug)]
@@ -156,21 +146,17 @@ fn setup() -> impl Strategy<Value = Setup> {
         any::<bool>(),
         0u32..2,
     )
-        .prop_map(
-            |(hdgst, ddgst, incapsule, maxh2cdata, max_c2h, cpda, hpda, success_flag, maxr2t)| {
-                Setup {
-                    hdgst,
-                    ddgst,
-                    incapsule,
-                    maxh2cdata,
-                    max_c2h,
-                    cpda,
-                    hpda,
-                    success_flag,
-                    maxr2t,
-                }
-            },
-        )
+        .prop_map(|(hdgst, ddgst, incapsule, maxh2cdata, max_c2h, cpda, hpda, success_flag, maxr2t)| Setup {
+            hdgst,
+            ddgst,
+            incapsule,
+            maxh2cdata,
+            max_c2h,
+            cpda,
+            hpda,
+            success_flag,
+            maxr2t,
+        })
 }
 
 /// Runs batches of IO (one op per disjoint region per batch) through a host
@@ -199,11 +185,7 @@ fn run(s: &Setup, batches: &[Vec<Op>], splits: &[usize]) {
     });
     ctrl.set_success_flag(s.success_flag);
     let disk_len = REGIONS * REGION_BLOCKS * BS;
-    let mut target = Target {
-        disk: vec![0; disk_len],
-        bufs: vec![Vec::new(); 16],
-        released: 0,
-    };
+    let mut target = Target { disk: vec![0; disk_len], bufs: vec![Vec::new(); 16], released: 0 };
     let mut model = vec![0u8; disk_len];
     let mut hbufs = HostBufs::default();
     let mut h2c: Vec<u8> = Vec::new();
@@ -227,8 +209,7 @@ fn run(s: &Setup, batches: &[Vec<Op>], splits: &[usize]) {
                 let n = next_split().min(h2c.len());
                 let chunk: Vec<u8> = h2c.drain(..n).collect();
                 let mut evs = Vec::new();
-                ctrl.receive(&chunk, &mut target, &mut |e| evs.push(e))
-                    .unwrap();
+                ctrl.receive(&chunk, &mut target, &mut |e| evs.push(e)).unwrap();
                 for e in evs {
                     target.execute(&mut ctrl, e, &mut writes_pending);
                 }
@@ -237,8 +218,7 @@ fn run(s: &Setup, batches: &[Vec<Op>], splits: &[usize]) {
                 target.released += rel;
                 let n = next_split().min(c2h.len());
                 let chunk: Vec<u8> = c2h.drain(..n).collect();
-                host.receive(&chunk, &mut hbufs, &mut |t, c| done.push((t, c)))
-                    .unwrap();
+                host.receive(&chunk, &mut hbufs, &mut |t, c| done.push((t, c))).unwrap();
             }
         }};
     }
@@ -258,28 +238,10 @@ fn run(s: &Setup, batches: &[Vec<Op>], splits: &[usize]) {
                 let off = slba as usize * BS;
                 model[off..off + len].copy_from_slice(&data);
                 hbufs.bufs.insert(tag, data);
-                (
-                    IoCommand::Write {
-                        nsid: 1,
-                        slba,
-                        nlb,
-                        fua: false,
-                        lr: false,
-                    },
-                    DataDir::ToController(len as u32),
-                )
+                (IoCommand::Write { nsid: 1, slba, nlb, fua: false, lr: false }, DataDir::ToController(len as u32))
             } else {
                 hbufs.bufs.insert(tag, vec![0xee; len]);
-                (
-                    IoCommand::Read {
-                        nsid: 1,
-                        slba,
-                        nlb,
-                        fua: false,
-                        lr: false,
-                    },
-                    DataDir::FromController(len as u32),
-                )
+                (IoCommand::Read { nsid: 1, slba, nlb, fua: false, lr: false }, DataDir::FromController(len as u32))
             };
             host.submit(Command::Io(cmd).to_sqe(0), dir, tag).unwrap();
             expect.insert(tag, (o.clone(), slba as usize * BS));
@@ -287,12 +249,7 @@ fn run(s: &Setup, batches: &[Vec<Op>], splits: &[usize]) {
         }
         // A flush with no data in every batch.
         tag += 1;
-        host.submit(
-            Command::Io(IoCommand::Flush { nsid: 1 }).to_sqe(0),
-            DataDir::None,
-            tag,
-        )
-        .unwrap();
+        host.submit(Command::Io(IoCommand::Flush { nsid: 1 }).to_sqe(0), DataDir::None, tag).unwrap();
         submitted += 1;
         pump!(host.outstanding() == 0 && !host.wants_transmit() && !ctrl.wants_transmit());
         // Reads in this batch saw the model as of before the batch's writes;
@@ -339,20 +296,8 @@ fn byte_at_a_time_with_all_digests() {
         success_flag: true,
         maxr2t: 0,
     };
-    let batch: Vec<Op> = (0..REGIONS)
-        .map(|i| Op {
-            write: i % 2 == 0,
-            blocks: 10 + i * 7,
-            start: i,
-            seed: i as u8,
-        })
-        .collect();
-    let reads: Vec<Op> = batch
-        .iter()
-        .map(|o| Op {
-            write: false,
-            ..o.clone()
-        })
-        .collect();
+    let batch: Vec<Op> =
+        (0..REGIONS).map(|i| Op { write: i % 2 == 0, blocks: 10 + i * 7, start: i, seed: i as u8 }).collect();
+    let reads: Vec<Op> = batch.iter().map(|o| Op { write: false, ..o.clone() }).collect();
     run(&s, &[batch, reads], &[1]);
 }

@@ -84,10 +84,7 @@ pub struct TxQueue {
 impl TxQueue {
     /// An empty queue with room for `capacity` PDUs before it grows.
     pub fn new(capacity: usize) -> Self {
-        Self {
-            q: VecDeque::with_capacity(capacity),
-            cfg: TxConfig::INITIAL,
-        }
+        Self { q: VecDeque::with_capacity(capacity), cfg: TxConfig::INITIAL }
     }
 
     /// The encoding configuration.
@@ -111,12 +108,7 @@ impl TxQueue {
     }
 
     /// Queues `pdu`; its data (if `pdu.data_len() > 0`) comes from `data`.
-    pub fn push(
-        &mut self,
-        pdu: &Pdu,
-        data: Option<DataRef>,
-        release: Option<Release>,
-    ) -> Result<(), EncodeError> {
+    pub fn push(&mut self, pdu: &Pdu, data: Option<DataRef>, release: Option<Release>) -> Result<(), EncodeError> {
         let hdr = pdu::encode(pdu, &self.cfg)?;
         let data = data.filter(|d| d.len > 0 && pdu.data_len() == d.len);
         if pdu.data_len() > 0 && data.is_none() {
@@ -127,28 +119,15 @@ impl TxQueue {
     }
 
     /// Queues an already encoded header region (e.g. a termination request).
-    pub fn push_encoded(
-        &mut self,
-        hdr: EncodedHeader,
-        data: Option<DataRef>,
-        release: Option<Release>,
-    ) {
-        self.q.push_back(Entry {
-            hdr,
-            data,
-            ddgst: [0; 4],
-            started: false,
-            sent: 0,
-            release,
-        });
+    pub fn push_encoded(&mut self, hdr: EncodedHeader, data: Option<DataRef>, release: Option<Release>) {
+        self.q.push_back(Entry { hdr, data, ddgst: [0; 4], started: false, sent: 0, release });
     }
 
     /// Drops queued PDUs of command `key` that have not started; returns
     /// how many were dropped.
     pub fn cancel_unstarted(&mut self, key: u16) -> usize {
         let before = self.q.len();
-        self.q
-            .retain(|e| e.started || e.release.is_none_or(|r| r.key != key));
+        self.q.retain(|e| e.started || e.release.is_none_or(|r| r.key != key));
         before - self.q.len()
     }
 
@@ -203,11 +182,7 @@ impl TxQueue {
     }
 
     /// Fills `slices` with the unsent bytes of the first entries.
-    fn gather<'a>(
-        &'a self,
-        src: &'a dyn TxData,
-        slices: &mut [IoSlice<'a>; MAX_SLICES],
-    ) -> Result<usize, TxError> {
+    fn gather<'a>(&'a self, src: &'a dyn TxData, slices: &mut [IoSlice<'a>; MAX_SLICES]) -> Result<usize, TxError> {
         let mut n = 0;
         'entries: for e in &self.q {
             if !e.started {
@@ -268,22 +243,13 @@ impl TxQueue {
 
 /// The segment of `d` at data offset `at`, clipped to the data length.
 fn segment(src: &dyn TxData, d: DataRef, at: u32) -> Result<&[u8], TxError> {
-    let missing = TxError::MissingData {
-        key: d.key,
-        at: d.offset.saturating_add(at),
-    };
+    let missing = TxError::MissingData { key: d.key, at: d.offset.saturating_add(at) };
     let buf_at = d.offset.checked_add(at).ok_or(missing)?;
-    let seg = src.tx_data(d.key, buf_at).ok_or(TxError::MissingData {
-        key: d.key,
-        at: buf_at,
-    })?;
+    let seg = src.tx_data(d.key, buf_at).ok_or(TxError::MissingData { key: d.key, at: buf_at })?;
     let want = (d.len - at) as usize;
     let seg = seg.get(..want.min(seg.len())).unwrap_or(&[]);
     if seg.is_empty() {
-        return Err(TxError::MissingData {
-            key: d.key,
-            at: buf_at,
-        });
+        return Err(TxError::MissingData { key: d.key, at: buf_at });
     }
     Ok(seg)
 }
@@ -328,28 +294,14 @@ mod tests {
     }
 
     fn c2h(cid: u16, offset: u32, len: u32, last: bool) -> Pdu {
-        Pdu::C2HData(DataPdu {
-            cccid: cid,
-            ttag: 0,
-            offset,
-            length: len,
-            last,
-            success: false,
-        })
+        Pdu::C2HData(DataPdu { cccid: cid, ttag: 0, offset, length: len, last, success: false })
     }
 
     #[test]
     fn writes_headers_data_and_digests_across_partial_writes() {
-        let bufs = Bufs(vec![
-            (0..1000u32).map(|i| i as u8).collect(),
-            (0..5000u32).map(|i| (i * 7) as u8).collect(),
-        ]);
+        let bufs = Bufs(vec![(0..1000u32).map(|i| i as u8).collect(), (0..5000u32).map(|i| (i * 7) as u8).collect()]);
         for (hdgst, ddgst) in [(false, false), (true, true), (false, true)] {
-            let cfg = TxConfig {
-                hdgst,
-                ddgst,
-                align: 4,
-            };
+            let cfg = TxConfig { hdgst, ddgst, align: 4 };
             let mut q = TxQueue::new(4);
             q.set_config(cfg);
             let pdus = [
@@ -360,37 +312,18 @@ mod tests {
             for (i, (p, key, off, len)) in pdus.iter().enumerate() {
                 q.push(
                     p,
-                    Some(DataRef {
-                        key: *key,
-                        offset: *off,
-                        len: *len,
-                    }),
-                    Some(Release {
-                        key: *key,
-                        kind: i as u8,
-                    }),
+                    Some(DataRef { key: *key, offset: *off, len: *len }),
+                    Some(Release { key: *key, kind: i as u8 }),
                 )
                 .unwrap();
             }
-            let mut w = Trickle {
-                out: vec![],
-                max: 37,
-                block: false,
-            };
+            let mut w = Trickle { out: vec![], max: 37, block: false };
             let mut rel = vec![];
             while !q.is_empty() {
-                q.write_to(&mut w, &bufs, &mut |r| rel.push(r.kind))
-                    .unwrap();
+                q.write_to(&mut w, &bufs, &mut |r| rel.push(r.kind)).unwrap();
             }
             assert_eq!(rel, vec![0, 1, 2]);
-            let rx = RxConfig {
-                role: Role::Host,
-                hdgst,
-                ddgst,
-                align: 4,
-                max_data: 1 << 20,
-                max_incapsule: 0,
-            };
+            let rx = RxConfig { role: Role::Host, hdgst, ddgst, align: 4, max_data: 1 << 20, max_incapsule: 0 };
             let mut pos = 0;
             for (p, key, off, len) in pdus {
                 let (got, data, n) = parse_pdu(&w.out[pos..], &rx).unwrap();
@@ -407,45 +340,16 @@ mod tests {
     fn missing_data_and_cancel() {
         let bufs = Bufs(vec![vec![1; 10]]);
         let mut q = TxQueue::new(2);
-        q.push(
-            &c2h(0, 0, 20, true),
-            Some(DataRef {
-                key: 0,
-                offset: 0,
-                len: 20,
-            }),
-            Some(Release { key: 0, kind: 0 }),
-        )
-        .unwrap();
+        q.push(&c2h(0, 0, 20, true), Some(DataRef { key: 0, offset: 0, len: 20 }), Some(Release { key: 0, kind: 0 }))
+            .unwrap();
         let mut out = Vec::new();
-        assert!(matches!(
-            q.write_to(&mut out, &bufs, &mut |_| {}),
-            Err(TxError::MissingData { key: 0, at: 10 })
-        ));
+        assert!(matches!(q.write_to(&mut out, &bufs, &mut |_| {}), Err(TxError::MissingData { key: 0, at: 10 })));
         let mut q = TxQueue::new(2);
-        q.push(
-            &c2h(0, 0, 5, true),
-            Some(DataRef {
-                key: 0,
-                offset: 0,
-                len: 5,
-            }),
-            Some(Release { key: 3, kind: 0 }),
-        )
-        .unwrap();
+        q.push(&c2h(0, 0, 5, true), Some(DataRef { key: 0, offset: 0, len: 5 }), Some(Release { key: 3, kind: 0 }))
+            .unwrap();
         assert_eq!(q.cancel_unstarted(3), 1);
         assert!(q.is_empty());
         // Data length must match the PDU.
-        assert!(q
-            .push(
-                &c2h(0, 0, 5, true),
-                Some(DataRef {
-                    key: 0,
-                    offset: 0,
-                    len: 4
-                }),
-                None
-            )
-            .is_err());
+        assert!(q.push(&c2h(0, 0, 5, true), Some(DataRef { key: 0, offset: 0, len: 4 }), None).is_err());
     }
 }

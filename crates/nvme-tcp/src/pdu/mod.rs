@@ -9,10 +9,7 @@ pub mod wire;
 
 use nvme_spec::{Cqe, Sqe};
 use thiserror::Error;
-use wire::{
-    CapsuleCmdHeader, CapsuleRespHeader, CommonHeader, DataHeader, IcReqHeader, IcRespHeader,
-    TermReqHeader,
-};
+use wire::{CapsuleCmdHeader, CapsuleRespHeader, CommonHeader, DataHeader, IcReqHeader, IcRespHeader, TermReqHeader};
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
 /// Header digest flag (all PDUs that may carry one).
@@ -118,18 +115,12 @@ impl PduType {
 
     /// Whether the PDU carries a header digest when they are negotiated.
     pub fn has_hdgst(self) -> bool {
-        !matches!(
-            self,
-            Self::IcReq | Self::IcResp | Self::H2CTermReq | Self::C2HTermReq
-        )
+        !matches!(self, Self::IcReq | Self::IcResp | Self::H2CTermReq | Self::C2HTermReq)
     }
 
     /// Whether the PDU may carry data.
     pub fn may_have_data(self) -> bool {
-        matches!(
-            self,
-            Self::CapsuleCmd | Self::H2CData | Self::C2HData | Self::H2CTermReq | Self::C2HTermReq
-        )
+        matches!(self, Self::CapsuleCmd | Self::H2CData | Self::C2HData | Self::H2CTermReq | Self::C2HTermReq)
     }
 }
 
@@ -451,14 +442,7 @@ pub struct RxConfig {
 impl RxConfig {
     /// The configuration before the IC exchange.
     pub fn initial(role: Role, max_data: u32) -> Self {
-        Self {
-            role,
-            hdgst: false,
-            ddgst: false,
-            align: 4,
-            max_data,
-            max_incapsule: 0,
-        }
+        Self { role, hdgst: false, ddgst: false, align: 4, max_data, max_incapsule: 0 }
     }
 }
 
@@ -492,42 +476,24 @@ impl Layout {
 pub fn layout(ch: &CommonHeader, cfg: &RxConfig) -> Result<Layout, PduError> {
     let t = PduType::from_raw(ch.pdu_type).ok_or(PduError::UnknownType(ch.pdu_type))?;
     if t.receiver() != cfg.role {
-        return Err(PduError::WrongDirection {
-            pdu_type: t,
-            receiver: cfg.role,
-        });
+        return Err(PduError::WrongDirection { pdu_type: t, receiver: cfg.role });
     }
     if ch.hlen != t.hlen() {
-        return Err(PduError::BadHlen {
-            pdu_type: t,
-            hlen: ch.hlen,
-            expected: t.hlen(),
-        });
+        return Err(PduError::BadHlen { pdu_type: t, hlen: ch.hlen, expected: t.hlen() });
     }
     let hlen = usize::from(ch.hlen);
     let plen = ch.plen.get();
     let hdgst = t.has_hdgst() && cfg.hdgst;
     if (ch.flags & FLAG_HDGST != 0) != hdgst {
-        return Err(PduError::DigestFlag {
-            pdu_type: t,
-            flags: ch.flags,
-        });
+        return Err(PduError::DigestFlag { pdu_type: t, flags: ch.flags });
     }
     let after_header = hlen + if hdgst { 4 } else { 0 };
-    let bad_pdo = PduError::BadPdo {
-        pdu_type: t,
-        pdo: ch.pdo,
-        hlen: ch.hlen,
-        plen,
-    };
+    let bad_pdo = PduError::BadPdo { pdu_type: t, pdo: ch.pdo, hlen: ch.hlen, plen };
     let bad_plen = PduError::BadPlen { pdu_type: t, plen };
     if matches!(t, PduType::H2CTermReq | PduType::C2HTermReq) {
         // Data is the offending header right after ours; no digests.
         if ch.flags & FLAG_DDGST != 0 {
-            return Err(PduError::DigestFlag {
-                pdu_type: t,
-                flags: ch.flags,
-            });
+            return Err(PduError::DigestFlag { pdu_type: t, flags: ch.flags });
         }
         let plen_us = plen as usize;
         if plen_us < hlen || plen_us > hlen + MAX_TERM_DATA {
@@ -546,10 +512,7 @@ pub fn layout(ch: &CommonHeader, cfg: &RxConfig) -> Result<Layout, PduError> {
     let has_data = t.may_have_data() && plen as usize > after_header;
     if !has_data {
         if ddgst_flag {
-            return Err(PduError::DigestFlag {
-                pdu_type: t,
-                flags: ch.flags,
-            });
+            return Err(PduError::DigestFlag { pdu_type: t, flags: ch.flags });
         }
         if plen as usize != after_header {
             return Err(bad_plen);
@@ -557,66 +520,32 @@ pub fn layout(ch: &CommonHeader, cfg: &RxConfig) -> Result<Layout, PduError> {
         if ch.pdo != 0 && usize::from(ch.pdo) != after_header {
             return Err(bad_pdo);
         }
-        return Ok(Layout {
-            pdu_type: t,
-            hlen,
-            hdgst,
-            header_region: after_header,
-            data_len: 0,
-            ddgst: false,
-        });
+        return Ok(Layout { pdu_type: t, hlen, hdgst, header_region: after_header, data_len: 0, ddgst: false });
     }
     if ddgst_flag != cfg.ddgst {
-        return Err(PduError::DigestFlag {
-            pdu_type: t,
-            flags: ch.flags,
-        });
+        return Err(PduError::DigestFlag { pdu_type: t, flags: ch.flags });
     }
     let pdo = usize::from(ch.pdo);
     if pdo < after_header || pdo > plen as usize {
         return Err(bad_pdo);
     }
     if cfg.align != 0 && (pdo as u32).checked_rem(cfg.align) != Some(0) {
-        return Err(PduError::Misaligned {
-            pdo: ch.pdo,
-            align: cfg.align,
-        });
+        return Err(PduError::Misaligned { pdo: ch.pdo, align: cfg.align });
     }
     let dd = if ddgst_flag { 4 } else { 0 };
-    let data_len = plen
-        .checked_sub(pdo as u32 + dd)
-        .filter(|&n| n > 0)
-        .ok_or(bad_plen)?;
-    let max = if t == PduType::CapsuleCmd {
-        cfg.max_incapsule
-    } else {
-        cfg.max_data
-    };
+    let data_len = plen.checked_sub(pdo as u32 + dd).filter(|&n| n > 0).ok_or(bad_plen)?;
+    let max = if t == PduType::CapsuleCmd { cfg.max_incapsule } else { cfg.max_data };
     if data_len > max {
-        return Err(PduError::DataTooLong {
-            pdu_type: t,
-            len: data_len,
-            max,
-        });
+        return Err(PduError::DataTooLong { pdu_type: t, len: data_len, max });
     }
-    Ok(Layout {
-        pdu_type: t,
-        hlen,
-        hdgst,
-        header_region: pdo,
-        data_len,
-        ddgst: ddgst_flag,
-    })
+    Ok(Layout { pdu_type: t, hlen, hdgst, header_region: pdo, data_len, ddgst: ddgst_flag })
 }
 
 /// Parses and validates the complete header region (`layout.header_region`
 /// bytes: header, header digest, padding) of a PDU whose layout came from
 /// [`layout`].
 pub fn parse_header(region: &[u8], l: &Layout) -> Result<Pdu, PduError> {
-    let truncated = PduError::Truncated {
-        plen: l.plen() as u32,
-        got: region.len(),
-    };
+    let truncated = PduError::Truncated { plen: l.plen() as u32, got: region.len() };
     let hdr = region.get(..l.hlen).ok_or(truncated)?;
     if l.hdgst {
         let d = region.get(l.hlen..l.hlen + 4).ok_or(truncated)?;
@@ -632,18 +561,10 @@ pub fn parse_header(region: &[u8], l: &Layout) -> Result<Pdu, PduError> {
             let h = IcReqHeader::read_from_bytes(hdr).map_err(|_| truncated)?;
             let pfv = h.pfv.get();
             if pfv != 0 {
-                return Err(PduError::Unsupported {
-                    field: "pfv",
-                    value: pfv.into(),
-                    offset: 8,
-                });
+                return Err(PduError::Unsupported { field: "pfv", value: pfv.into(), offset: 8 });
             }
             if h.hpda > 31 {
-                return Err(PduError::Unsupported {
-                    field: "hpda",
-                    value: h.hpda.into(),
-                    offset: 10,
-                });
+                return Err(PduError::Unsupported { field: "hpda", value: h.hpda.into(), offset: 10 });
             }
             Pdu::IcReq(IcReq {
                 pfv,
@@ -657,26 +578,14 @@ pub fn parse_header(region: &[u8], l: &Layout) -> Result<Pdu, PduError> {
             let h = IcRespHeader::read_from_bytes(hdr).map_err(|_| truncated)?;
             let pfv = h.pfv.get();
             if pfv != 0 {
-                return Err(PduError::Unsupported {
-                    field: "pfv",
-                    value: pfv.into(),
-                    offset: 8,
-                });
+                return Err(PduError::Unsupported { field: "pfv", value: pfv.into(), offset: 8 });
             }
             if h.cpda > 31 {
-                return Err(PduError::Unsupported {
-                    field: "cpda",
-                    value: h.cpda.into(),
-                    offset: 10,
-                });
+                return Err(PduError::Unsupported { field: "cpda", value: h.cpda.into(), offset: 10 });
             }
             let m = h.maxh2cdata.get();
             if m < 4096 || m.checked_rem(4) != Some(0) {
-                return Err(PduError::Unsupported {
-                    field: "maxh2cdata",
-                    value: m,
-                    offset: 12,
-                });
+                return Err(PduError::Unsupported { field: "maxh2cdata", value: m, offset: 12 });
             }
             Pdu::IcResp(IcResp {
                 pfv,
@@ -688,10 +597,7 @@ pub fn parse_header(region: &[u8], l: &Layout) -> Result<Pdu, PduError> {
         }
         PduType::H2CTermReq | PduType::C2HTermReq => {
             let h = TermReqHeader::read_from_bytes(hdr).map_err(|_| truncated)?;
-            let t = TermReq {
-                fes: Fes::from_raw(h.fes.get()),
-                fei: h.fei.get(),
-            };
+            let t = TermReq { fes: Fes::from_raw(h.fes.get()), fei: h.fei.get() };
             if l.pdu_type == PduType::H2CTermReq {
                 Pdu::H2CTermReq(t)
             } else {
@@ -700,10 +606,7 @@ pub fn parse_header(region: &[u8], l: &Layout) -> Result<Pdu, PduError> {
         }
         PduType::CapsuleCmd => {
             let h = CapsuleCmdHeader::read_from_bytes(hdr).map_err(|_| truncated)?;
-            Pdu::CapsuleCmd {
-                sqe: h.sqe,
-                data_len: l.data_len,
-            }
+            Pdu::CapsuleCmd { sqe: h.sqe, data_len: l.data_len }
         }
         PduType::CapsuleResp => {
             let h = CapsuleRespHeader::read_from_bytes(hdr).map_err(|_| truncated)?;
@@ -716,30 +619,20 @@ pub fn parse_header(region: &[u8], l: &Layout) -> Result<Pdu, PduError> {
             // ignored (and read as zero).
             let d = DataPdu {
                 cccid: h.cccid.get(),
-                ttag: if t == PduType::C2HData {
-                    0
-                } else {
-                    h.ttag.get()
-                },
+                ttag: if t == PduType::C2HData { 0 } else { h.ttag.get() },
                 offset: h.offset.get(),
                 length: h.length.get(),
                 last: t != PduType::R2T && flags & FLAG_LAST_PDU != 0,
                 success: t == PduType::C2HData && flags & FLAG_SUCCESS != 0,
             };
             if d.length == 0 {
-                return Err(PduError::BadPlen {
-                    pdu_type: t,
-                    plen: l.plen() as u32,
-                });
+                return Err(PduError::BadPlen { pdu_type: t, plen: l.plen() as u32 });
             }
             match t {
                 PduType::R2T => Pdu::R2T(d),
                 _ => {
                     if d.length != l.data_len {
-                        return Err(PduError::DataLengthMismatch {
-                            field: d.length,
-                            from_plen: l.data_len,
-                        });
+                        return Err(PduError::DataLengthMismatch { field: d.length, from_plen: l.data_len });
                     }
                     if t == PduType::H2CData {
                         Pdu::H2CData(d)
@@ -757,16 +650,10 @@ pub fn parse_header(region: &[u8], l: &Layout) -> Result<Pdu, PduError> {
 pub fn parse_pdu<'a>(buf: &'a [u8], cfg: &RxConfig) -> Result<(Pdu, &'a [u8], usize), PduError> {
     let ch = CommonHeader::read_from_prefix(buf)
         .map(|(c, _)| c)
-        .map_err(|_| PduError::Truncated {
-            plen: 8,
-            got: buf.len(),
-        })?;
+        .map_err(|_| PduError::Truncated { plen: 8, got: buf.len() })?;
     let l = layout(&ch, cfg)?;
     let total = l.plen();
-    let pdu_bytes = buf.get(..total).ok_or(PduError::Truncated {
-        plen: total as u32,
-        got: buf.len(),
-    })?;
+    let pdu_bytes = buf.get(..total).ok_or(PduError::Truncated { plen: total as u32, got: buf.len() })?;
     let region = pdu_bytes.get(..l.header_region).unwrap_or(&[]);
     let pdu = parse_header(region, &l)?;
     let data_end = l.header_region + l.data_len as usize;
@@ -795,11 +682,7 @@ pub struct TxConfig {
 
 impl TxConfig {
     /// Before the IC exchange.
-    pub const INITIAL: Self = Self {
-        hdgst: false,
-        ddgst: false,
-        align: 4,
-    };
+    pub const INITIAL: Self = Self { hdgst: false, ddgst: false, align: 4 };
 }
 
 /// An encoded PDU header region (header, digest, padding), ready to be
@@ -843,12 +726,7 @@ pub fn encode(pdu: &Pdu, cfg: &TxConfig) -> Result<EncodedHeader, EncodeError> {
     let hdgst = cfg.hdgst && t.has_hdgst();
     let data_len = pdu.data_len();
     let mut flags = if hdgst { FLAG_HDGST } else { 0 };
-    let mut out = EncodedHeader {
-        bytes: [0; MAX_HEADER_REGION],
-        len: 0,
-        data_len,
-        ddgst: false,
-    };
+    let mut out = EncodedHeader { bytes: [0; MAX_HEADER_REGION], len: 0, data_len, ddgst: false };
     let after_header = u32::from(hlen) + if hdgst { 4 } else { 0 };
     let (pdo, plen) = if data_len > 0 {
         if cfg.align.checked_rem(4) != Some(0) || cfg.align == 0 || cfg.align > 128 {
@@ -916,13 +794,7 @@ pub fn encode(pdu: &Pdu, cfg: &TxConfig) -> Result<EncodedHeader, EncodeError> {
             body.copy_from_slice(h.as_bytes());
         }
     }
-    let ch = CommonHeader {
-        pdu_type: t.to_raw(),
-        flags,
-        hlen,
-        pdo: pdo as u8,
-        plen: plen.into(),
-    };
+    let ch = CommonHeader { pdu_type: t.to_raw(), flags, hlen, pdo: pdo as u8, plen: plen.into() };
     out.bytes[..8].copy_from_slice(ch.as_bytes());
     let mut len = usize::from(hlen);
     if hdgst {
@@ -940,11 +812,7 @@ pub fn encode(pdu: &Pdu, cfg: &TxConfig) -> Result<EncodedHeader, EncodeError> {
 
 /// Encodes a complete termination request sent by `sender` carrying the
 /// offending PDU header bytes (at most 152).
-pub fn encode_term_req(
-    sender: Role,
-    term: TermReq,
-    offending: &[u8],
-) -> Result<EncodedHeader, EncodeError> {
+pub fn encode_term_req(sender: Role, term: TermReq, offending: &[u8]) -> Result<EncodedHeader, EncodeError> {
     if offending.len() > MAX_TERM_DATA {
         return Err(EncodeError::TermDataTooLong(offending.len()));
     }

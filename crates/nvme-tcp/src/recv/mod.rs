@@ -29,9 +29,7 @@ pub enum PlacementError {
         ttag: u16,
     },
     /// Offset and length exceed the command's data buffer.
-    #[error(
-        "data at offset {offset} length {len} outside the {size}-byte buffer of command {cid:#06x}"
-    )]
+    #[error("data at offset {offset} length {len} outside the {size}-byte buffer of command {cid:#06x}")]
     OutOfRange {
         /// Command ID.
         cid: u16,
@@ -90,24 +88,10 @@ pub enum RecvError {
 
 #[derive(Clone, Copy, Debug)]
 enum State {
-    Common {
-        have: usize,
-    },
-    Header {
-        l: Layout,
-        have: usize,
-    },
-    Data {
-        pdu: Pdu,
-        l: Layout,
-        done: usize,
-        crc: u32,
-    },
-    Digest {
-        pdu: Pdu,
-        have: usize,
-        crc: u32,
-    },
+    Common { have: usize },
+    Header { l: Layout, have: usize },
+    Data { pdu: Pdu, l: Layout, done: usize, crc: u32 },
+    Digest { pdu: Pdu, have: usize, crc: u32 },
     Failed,
 }
 
@@ -178,11 +162,7 @@ impl PduReceiver {
     /// Consumes bytes from `input` until one PDU is complete or the input is
     /// exhausted. Returns the number of bytes consumed and the PDU if one
     /// completed (its data, if any, is then in the sink's buffer).
-    pub fn feed(
-        &mut self,
-        input: &[u8],
-        sink: &mut dyn DataSink,
-    ) -> Result<(usize, Option<Pdu>), RecvError> {
+    pub fn feed(&mut self, input: &[u8], sink: &mut dyn DataSink) -> Result<(usize, Option<Pdu>), RecvError> {
         let mut used = 0usize;
         loop {
             let rest = input.get(used..).unwrap_or(&[]);
@@ -241,11 +221,7 @@ impl PduReceiver {
                     let n = rest.len().min(total - done).min(dst.len());
                     let (src, dst) = (&rest[..n], &mut dst[..n]);
                     dst.copy_from_slice(src);
-                    let crc = if l.ddgst {
-                        digest::crc32c_append(crc, src)
-                    } else {
-                        crc
-                    };
+                    let crc = if l.ddgst { digest::crc32c_append(crc, src) } else { crc };
                     used += n;
                     if let Some(p) = self.data_progress(pdu, l, done + n, crc) {
                         return Ok((used, Some(p)));
@@ -259,11 +235,7 @@ impl PduReceiver {
                     self.ddgst[have..have + n].copy_from_slice(&rest[..n]);
                     used += n;
                     if have + n < 4 {
-                        self.state = State::Digest {
-                            pdu,
-                            have: have + n,
-                            crc,
-                        };
+                        self.state = State::Digest { pdu, have: have + n, crc };
                         continue;
                     }
                     let got = u32::from_le_bytes(self.ddgst);
@@ -287,12 +259,7 @@ impl PduReceiver {
         }
     }
 
-    fn header_progress(
-        &mut self,
-        l: Layout,
-        have: usize,
-        sink: &mut dyn DataSink,
-    ) -> Result<Option<Pdu>, RecvError> {
+    fn header_progress(&mut self, l: Layout, have: usize, sink: &mut dyn DataSink) -> Result<Option<Pdu>, RecvError> {
         self.state = State::Header { l, have };
         if have < Self::header_bytes(&l) {
             return Ok(None);
@@ -315,12 +282,7 @@ impl PduReceiver {
             Ok(_) => return Err(self.fail(empty_buffer(&pdu, 0))),
             Err(e) => return Err(self.fail(e)),
         }
-        self.state = State::Data {
-            pdu,
-            l,
-            done: 0,
-            crc: 0,
-        };
+        self.state = State::Data { pdu, l, done: 0, crc: 0 };
         Ok(None)
     }
 
@@ -348,11 +310,7 @@ impl PduReceiver {
 
     /// While in the data part of a PDU: one read from `src` directly into
     /// the sink's buffer.
-    fn read_data_direct<R: Read>(
-        &mut self,
-        src: &mut R,
-        sink: &mut dyn DataSink,
-    ) -> Result<Direct, RecvError> {
+    fn read_data_direct<R: Read>(&mut self, src: &mut R, sink: &mut dyn DataSink) -> Result<Direct, RecvError> {
         let State::Data { pdu, l, done, crc } = self.state else {
             return Ok(Direct::NotInData);
         };
@@ -368,11 +326,7 @@ impl PduReceiver {
             Ok(n) => n,
             Err(e) => return Err(RecvError::Io(e)),
         };
-        let crc = if l.ddgst {
-            digest::crc32c_append(crc, dst.get(..n).unwrap_or(&[]))
-        } else {
-            crc
-        };
+        let crc = if l.ddgst { digest::crc32c_append(crc, dst.get(..n).unwrap_or(&[])) } else { crc };
         Ok(Direct::Read(self.data_progress(pdu, l, done + n, crc)))
     }
 }
@@ -414,12 +368,7 @@ pub struct StagedReceiver {
 impl StagedReceiver {
     /// A receiver with a staging buffer of `stage_len` bytes (at least 256).
     pub fn new(cfg: RxConfig, stage_len: usize) -> Self {
-        Self {
-            rx: PduReceiver::new(cfg),
-            stage: vec![0; stage_len.max(256)].into_boxed_slice(),
-            start: 0,
-            end: 0,
-        }
+        Self { rx: PduReceiver::new(cfg), stage: vec![0; stage_len.max(256)].into_boxed_slice(), start: 0, end: 0 }
     }
 
     /// The inner receiver (configuration, termination data).
@@ -434,11 +383,7 @@ impl StagedReceiver {
 
     /// Reads until one PDU is complete (`Ok(Some)`) or the source would
     /// block (`Ok(None)`). EOF gives [`RecvError::Closed`].
-    pub fn poll<R: Read>(
-        &mut self,
-        src: &mut R,
-        sink: &mut dyn DataSink,
-    ) -> Result<Option<Pdu>, RecvError> {
+    pub fn poll<R: Read>(&mut self, src: &mut R, sink: &mut dyn DataSink) -> Result<Option<Pdu>, RecvError> {
         loop {
             if self.start < self.end {
                 let chunk = self.stage.get(self.start..self.end).unwrap_or(&[]);
@@ -456,9 +401,7 @@ impl StagedReceiver {
                     Ok(Direct::Read(Some(p))) => return Ok(Some(p)),
                     Ok(Direct::Read(None)) => continue,
                     Ok(Direct::NotInData) => {}
-                    Err(RecvError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                        return Ok(None)
-                    }
+                    Err(RecvError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
                     Err(RecvError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => return Err(e),
                 }

@@ -17,9 +17,7 @@ impl DataSink for VecSink {
                 return Err(PlacementError::UnknownCommand(d.cccid));
             }
         }
-        let v = self
-            .cur
-            .get_or_insert_with(|| vec![0; pdu.data_len() as usize]);
+        let v = self.cur.get_or_insert_with(|| vec![0; pdu.data_len() as usize]);
         // Present the buffer as segments of at most 700 bytes (a scatter list).
         let end = (at + 700 - at % 700).min(v.len());
         Ok(&mut v[at..end])
@@ -27,14 +25,7 @@ impl DataSink for VecSink {
 }
 
 fn host_cfg(hdgst: bool, ddgst: bool) -> RxConfig {
-    RxConfig {
-        role: Role::Host,
-        hdgst,
-        ddgst,
-        align: 4,
-        max_data: 1 << 20,
-        max_incapsule: 0,
-    }
+    RxConfig { role: Role::Host, hdgst, ddgst, align: 4, max_data: 1 << 20, max_incapsule: 0 }
 }
 
 #[derive(Clone, Debug)]
@@ -48,15 +39,9 @@ enum Item {
 fn item() -> impl Strategy<Value = Item> {
     prop_oneof![
         (any::<u16>(), any::<u32>()).prop_map(|(c, r)| Item::Resp(c, r)),
-        (
-            0u16..0xde00,
-            any::<u32>(),
-            prop::collection::vec(any::<u8>(), 1..3000),
-            any::<bool>()
-        )
+        (0u16..0xde00, any::<u32>(), prop::collection::vec(any::<u8>(), 1..3000), any::<bool>())
             .prop_map(|(c, o, d, s)| Item::Data(c, o, d, s)),
-        (any::<u16>(), any::<u16>(), any::<u32>(), 1u32..)
-            .prop_map(|(c, t, o, l)| Item::R2t(c, t, o, l)),
+        (any::<u16>(), any::<u16>(), any::<u32>(), 1u32..).prop_map(|(c, t, o, l)| Item::R2t(c, t, o, l)),
         prop::collection::vec(any::<u8>(), 0..=152).prop_map(Item::Term),
     ]
 }
@@ -69,32 +54,14 @@ fn encode_item(it: &Item, tx: &TxConfig) -> (Pdu, Vec<u8>, Vec<u8>) {
             (Pdu::CapsuleResp { cqe }, vec![])
         }
         Item::Data(c, o, d, s) => (
-            Pdu::C2HData(DataPdu {
-                cccid: *c,
-                ttag: 0,
-                offset: *o,
-                length: d.len() as u32,
-                last: true,
-                success: *s,
-            }),
+            Pdu::C2HData(DataPdu { cccid: *c, ttag: 0, offset: *o, length: d.len() as u32, last: true, success: *s }),
             d.clone(),
         ),
-        Item::R2t(c, t, o, l) => (
-            Pdu::R2T(DataPdu {
-                cccid: *c,
-                ttag: *t,
-                offset: *o,
-                length: *l,
-                last: false,
-                success: false,
-            }),
-            vec![],
-        ),
+        Item::R2t(c, t, o, l) => {
+            (Pdu::R2T(DataPdu { cccid: *c, ttag: *t, offset: *o, length: *l, last: false, success: false }), vec![])
+        }
         Item::Term(d) => {
-            let t = TermReq {
-                fes: crate::pdu::Fes::SequenceError,
-                fei: 0,
-            };
+            let t = TermReq { fes: crate::pdu::Fes::SequenceError, fei: 0 };
             let e = crate::pdu::encode_term_req(Role::Controller, t, d).unwrap();
             return (Pdu::C2HTermReq(t), d.clone(), e.as_slice().to_vec());
         }
@@ -105,22 +72,14 @@ fn encode_item(it: &Item, tx: &TxConfig) -> (Pdu, Vec<u8>, Vec<u8>) {
 
 /// Feeds `stream` in chunks of the given sizes (cycled); returns the PDUs
 /// with their data, or the first error.
-fn run_feed(
-    stream: &[u8],
-    splits: &[usize],
-    cfg: RxConfig,
-) -> Result<Vec<(Pdu, Vec<u8>)>, RecvError> {
+fn run_feed(stream: &[u8], splits: &[usize], cfg: RxConfig) -> Result<Vec<(Pdu, Vec<u8>)>, RecvError> {
     let mut rx = PduReceiver::new(cfg);
     let mut sink = VecSink::default();
     let mut out = Vec::new();
     let mut pos = 0;
     let mut i = 0;
     while pos < stream.len() {
-        let n = splits
-            .get(i % splits.len().max(1))
-            .copied()
-            .unwrap_or(1)
-            .max(1);
+        let n = splits.get(i % splits.len().max(1)).copied().unwrap_or(1).max(1);
         i += 1;
         let end = (pos + n).min(stream.len());
         let mut chunk = &stream[pos..end];
@@ -175,21 +134,10 @@ impl Read for ChunkReader<'_> {
     }
 }
 
-fn run_staged(
-    stream: &[u8],
-    splits: &[usize],
-    cfg: RxConfig,
-    stage: usize,
-) -> Result<Vec<(Pdu, Vec<u8>)>, RecvError> {
+fn run_staged(stream: &[u8], splits: &[usize], cfg: RxConfig, stage: usize) -> Result<Vec<(Pdu, Vec<u8>)>, RecvError> {
     let mut rx = StagedReceiver::new(cfg, stage);
     let mut sink = VecSink::default();
-    let mut src = ChunkReader {
-        data: stream,
-        pos: 0,
-        splits,
-        i: 0,
-        block_next: false,
-    };
+    let mut src = ChunkReader { data: stream, pos: 0, splits, i: 0, block_next: false };
     let mut out = Vec::new();
     loop {
         match rx.poll(&mut src, &mut sink) {
@@ -267,11 +215,7 @@ proptest! {
 
 #[test]
 fn errors_poison_and_keep_offending_header() {
-    let tx = TxConfig {
-        hdgst: true,
-        ddgst: false,
-        align: 4,
-    };
+    let tx = TxConfig { hdgst: true, ddgst: false, align: 4 };
     let (_, _, mut b) = encode_item(&Item::Resp(1, 2), &tx);
     b[10] ^= 0xff;
     let mut rx = PduReceiver::new(host_cfg(true, false));
@@ -284,18 +228,11 @@ fn errors_poison_and_keep_offending_header() {
 
 #[test]
 fn placement_error_stops_receiver() {
-    let tx = TxConfig {
-        hdgst: false,
-        ddgst: false,
-        align: 4,
-    };
+    let tx = TxConfig { hdgst: false, ddgst: false, align: 4 };
     let (_, _, b) = encode_item(&Item::Data(0xdead, 0, vec![1; 10], false), &tx);
     let mut rx = PduReceiver::new(host_cfg(false, false));
     let e = rx.feed(&b, &mut VecSink::default()).unwrap_err();
-    assert!(matches!(
-        e,
-        RecvError::Placement(PlacementError::UnknownCommand(0xdead))
-    ));
+    assert!(matches!(e, RecvError::Placement(PlacementError::UnknownCommand(0xdead))));
 }
 
 #[test]
@@ -318,19 +255,11 @@ fn staged_reads_large_data_directly() {
             Ok(n)
         }
     }
-    let tx = TxConfig {
-        hdgst: false,
-        ddgst: true,
-        align: 4,
-    };
+    let tx = TxConfig { hdgst: false, ddgst: true, align: 4 };
     let (p, d, b) = encode_item(&Item::Data(5, 0, vec![9; 100_000], true), &tx);
     let mut rx = StagedReceiver::new(host_cfg(false, true), 4096);
     let mut sink = VecSink::default();
-    let mut src = Rec {
-        data: &b,
-        pos: 0,
-        sizes: vec![],
-    };
+    let mut src = Rec { data: &b, pos: 0, sizes: vec![] };
     let got = rx.poll(&mut src, &mut sink).unwrap();
     assert_eq!(got, Some(p));
     assert_eq!(sink.cur.take().unwrap(), d);
