@@ -8,6 +8,8 @@
 //! A command's slot is released, and reported through `released`, only
 //! when everything referring to its buffer has been written.
 
+#![forbid(unsafe_code)]
+
 use crate::pdu::{DataPdu, Fes, IcResp, Pdu, Role, RxConfig, TxConfig};
 use crate::recv::{DataSink, PlacementError, RecvError, StagedReceiver};
 use crate::tx::{DataRef, Release, TxData, TxError, TxQueue};

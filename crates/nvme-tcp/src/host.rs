@@ -11,6 +11,8 @@
 //! and [`HostQueue::transmit`]; data buffers are reached through
 //! [`HostBuffers`] by the tag given at submission.
 
+#![forbid(unsafe_code)]
+
 use crate::pdu::{DataPdu, Fes, IcReq, Pdu, Role, RxConfig, TxConfig};
 use crate::recv::{DataSink, PlacementError, RecvError, StagedReceiver};
 use crate::tx::{DataRef, Release, TxData, TxError, TxQueue};

@@ -9,10 +9,13 @@
 //! * [`host`] / [`ctrl`]: queue-pair state machines for the initiator and
 //!   the target side.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod ctrl;
 pub mod host;
+pub mod initiator;
+#[allow(unsafe_code)]
+mod dma;
 pub mod pdu;
 pub mod recv;
 pub mod tx;

@@ -2,6 +2,8 @@
 //! IO buffers with vectored writes, data digests computed before the first
 //! byte of a PDU goes out. Partial writes resume where they stopped.
 
+#![forbid(unsafe_code)]
+
 use crate::pdu::{self, digest, EncodeError, EncodedHeader, Pdu, TxConfig};
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};

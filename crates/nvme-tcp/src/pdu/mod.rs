@@ -4,6 +4,8 @@
 //! A PDU is laid out as `header (hlen) | HDGST (4, optional) | padding up to
 //! PDO | data | DDGST (4, optional)`; `plen` covers all of it.
 
+#![forbid(unsafe_code)]
+
 pub mod digest;
 pub mod wire;
 

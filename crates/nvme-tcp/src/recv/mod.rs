@@ -8,6 +8,8 @@
 //! while the data part of a PDU is read from the socket directly into the
 //! destination, so payload bytes are copied once.
 
+#![forbid(unsafe_code)]
+
 use crate::pdu::wire::CommonHeader;
 use crate::pdu::{self, digest, Layout, Pdu, PduError, PduType, RxConfig, MAX_HEADER_REGION};
 use std::io::{self, Read};
