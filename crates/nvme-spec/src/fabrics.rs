@@ -241,7 +241,8 @@ pub enum ConnectResponse {
         /// Authentication requirements (bits 17:16).
         authreq: u8,
     },
-    /// Connect Invalid Parameters: where the bad parameter is.
+    /// Connect Invalid Parameters: where the bad parameter is (DW0 bits
+    /// 15:0 IPO, bits 23:16 IATTR).
     InvalidParameter {
         /// True if in the Connect data, false if in the command.
         in_data: bool,
@@ -258,7 +259,7 @@ impl ConnectResponse {
         match cqe.status().code {
             StatusCode::SUCCESS => Some(Self::Success { cntlid: dw0 as u16, authreq: ((dw0 >> 16) & 3) as u8 }),
             StatusCode::CommandSpecific(command_specific::FABRICS_CONNECT_INVALID_PARAMETERS) => {
-                Some(Self::InvalidParameter { in_data: dw0 & 1 != 0, offset: (dw0 >> 16) as u16 })
+                Some(Self::InvalidParameter { in_data: (dw0 >> 16) & 1 != 0, offset: dw0 as u16 })
             }
             _ => None,
         }
@@ -268,7 +269,7 @@ impl ConnectResponse {
     pub fn to_dword(self) -> u32 {
         match self {
             Self::Success { cntlid, authreq } => u32::from(cntlid) | (u32::from(authreq & 3) << 16),
-            Self::InvalidParameter { in_data, offset } => u32::from(in_data) | (u32::from(offset) << 16),
+            Self::InvalidParameter { in_data, offset } => (u32::from(in_data) << 16) | u32::from(offset),
         }
     }
 }
@@ -338,6 +339,7 @@ mod tests {
             Status::new(StatusCode::CommandSpecific(command_specific::FABRICS_CONNECT_INVALID_PARAMETERS), true),
         );
         c.dw0 = inval.to_dword().into();
+        assert_eq!(c.dw0.get(), 0x0001_0100);
         assert_eq!(ConnectResponse::from_cqe(&c), Some(inval));
         let c = Cqe::new(1, Status::new(StatusCode::CommandSpecific(0x81), false));
         assert_eq!(ConnectResponse::from_cqe(&c), None);

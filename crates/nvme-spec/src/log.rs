@@ -416,17 +416,17 @@ pub struct DiscoveryLogEntry {
     pub trsvcid: [u8; 32],
     /// Reserved.
     pub rsvd64: [u8; 192],
-    /// Transport address (ASCII, space padded).
-    pub traddr: [u8; 256],
     /// Subsystem NQN (NUL padded).
     pub subnqn: [u8; 256],
+    /// Transport address (ASCII, space padded).
+    pub traddr: [u8; 256],
     /// Transport specific address subtype.
     pub tsas: [u8; 256],
 }
 const _: () = assert!(core::mem::size_of::<DiscoveryLogEntry>() == 1024);
 const _: () = assert!(core::mem::offset_of!(DiscoveryLogEntry, trsvcid) == 32);
-const _: () = assert!(core::mem::offset_of!(DiscoveryLogEntry, traddr) == 256);
-const _: () = assert!(core::mem::offset_of!(DiscoveryLogEntry, subnqn) == 512);
+const _: () = assert!(core::mem::offset_of!(DiscoveryLogEntry, subnqn) == 256);
+const _: () = assert!(core::mem::offset_of!(DiscoveryLogEntry, traddr) == 512);
 
 impl DiscoveryLogEntry {
     /// A TCP entry; returns `None` if a string does not fit its field.
@@ -572,6 +572,10 @@ mod tests {
         let b = log.encode();
         assert_eq!(b.len(), 3 * 1024);
         assert_eq!(b[1024], trtype::TCP);
+        // Byte offsets within the entry: TRSVCID 32, SUBNQN 256, TRADDR 512.
+        assert_eq!(&b[1024 + 32..1024 + 36], b"4420");
+        assert_eq!(&b[1024 + 256..1024 + 264], b"nqn.test");
+        assert_eq!(&b[1024 + 512..1024 + 521], b"127.0.0.1");
         let p = DiscoveryLog::parse(&b).unwrap();
         assert_eq!(p, log);
         assert_eq!(p.entries[0].traddr(), Some("127.0.0.1"));
