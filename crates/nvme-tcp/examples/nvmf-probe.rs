@@ -84,7 +84,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let r = IoCommand::Read { nsid, slba: 8, nlb: blocks - 1, fua: false, lr: false };
         let c = q.exec(Command::Io(r).to_sqe(0), SyncData::From(&mut back), opts.admin_timeout)?;
         assert!(c.status().is_success(), "read: {}", c.status());
-        println!("io {len} bytes: write+read compare {} in {:?}", if back == data { "ok" } else { "MISMATCH" }, t.elapsed());
+        println!(
+            "io {len} bytes: write+read compare {} in {:?}",
+            if back == data { "ok" } else { "MISMATCH" },
+            t.elapsed()
+        );
         if back != data {
             return Err("data mismatch".into());
         }

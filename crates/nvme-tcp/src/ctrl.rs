@@ -271,7 +271,7 @@ impl CtrlQueue {
     pub fn set_incapsule_max(&mut self, bytes: u32) {
         self.cfg.incapsule_max = bytes;
         let mut c = *self.rx.inner().config();
-        c.max_incapsule = bytes;
+        c.max_incapsule = bytes.max(crate::host::FABRICS_INCAPSULE);
         self.rx.inner_mut().set_config(c);
     }
 
@@ -477,7 +477,9 @@ impl CtrlQueue {
                 ddgst,
                 align: (u32::from(self.cfg.cpda.min(31)) + 1) * 4,
                 max_data: maxh2cdata,
-                max_incapsule: self.cfg.incapsule_max,
+                // Fabrics commands (Connect) may come with up to 8 KiB in
+                // the capsule on any queue.
+                max_incapsule: self.cfg.incapsule_max.max(crate::host::FABRICS_INCAPSULE),
             });
             self.ready = true;
             return Ok(());

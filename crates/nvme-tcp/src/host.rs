@@ -136,6 +136,10 @@ pub struct Negotiated {
     pub maxh2cdata: u32,
 }
 
+/// In-capsule data every queue accepts for Fabrics commands (the admin
+/// queue's 8 KiB).
+pub const FABRICS_INCAPSULE: u32 = 8192;
+
 const REL_DATA: u8 = 0;
 const REL_R2T_DONE: u8 = 1;
 
@@ -283,11 +287,16 @@ impl HostQueue {
         }
         let cid = self.free.pop().ok_or(SubmitError::Full)?;
         sqe.set_cid(cid);
+        // Fabrics commands (Connect) always carry their data in the capsule:
+        // targets cannot solicit it with R2T before the queue exists.
+        let incapsule_max = if sqe.opcode() == nvme_spec::command::opcode::FABRICS {
+            self.cfg.incapsule_max.max(FABRICS_INCAPSULE)
+        } else {
+            self.cfg.incapsule_max
+        };
         let (sgl, incapsule) = match dir {
             DataDir::None => (SglDescriptor::transport(0), 0),
-            DataDir::ToController(len) if len > 0 && len <= self.cfg.incapsule_max => {
-                (SglDescriptor::in_capsule(0, len), len)
-            }
+            DataDir::ToController(len) if len > 0 && len <= incapsule_max => (SglDescriptor::in_capsule(0, len), len),
             DataDir::ToController(len) | DataDir::FromController(len) => (SglDescriptor::transport(len), 0),
         };
         sqe.set_data_pointer(DataPointer::Sgl(sgl));

@@ -12,10 +12,11 @@
 #![deny(unsafe_code)]
 
 pub mod ctrl;
-pub mod host;
-pub mod initiator;
 #[allow(unsafe_code)]
 mod dma;
+pub mod host;
+pub mod initiator;
+pub mod nvmf;
 pub mod pdu;
 pub mod recv;
 pub mod tx;

@@ -60,7 +60,11 @@ fn fabrics_connect(
 ) -> Result<u16, InitError> {
     let data = connect_data(opts, subnqn, cntlid)?;
     let cmd = FabricsCommand::Connect { recfmt: 0, qid, sqsize, cattr: 0, kato };
-    let cqe = conn.exec(Command::Fabrics(cmd).to_sqe(0), SyncData::To(zerocopy::IntoBytes::as_bytes(&data)), opts.admin_timeout)?;
+    let cqe = conn.exec(
+        Command::Fabrics(cmd).to_sqe(0),
+        SyncData::To(zerocopy::IntoBytes::as_bytes(&data)),
+        opts.admin_timeout,
+    )?;
     match ConnectResponse::from_cqe(&cqe) {
         Some(ConnectResponse::Success { cntlid, .. }) => Ok(cntlid),
         Some(ConnectResponse::InvalidParameter { in_data, offset }) => Err(InitError::Controller(format!(
@@ -124,7 +128,8 @@ impl AdminQueue {
 
     /// Property Get.
     pub fn property_get(&mut self, offset: u32, size: PropertySize) -> Result<u64, InitError> {
-        let c = self.exec("property get", Command::Fabrics(FabricsCommand::PropertyGet { size, offset }), SyncData::None)?;
+        let c =
+            self.exec("property get", Command::Fabrics(FabricsCommand::PropertyGet { size, offset }), SyncData::None)?;
         Ok(match size {
             PropertySize::Four => u64::from(c.dw0.get()),
             PropertySize::Eight => c.result64(),
@@ -140,7 +145,11 @@ impl AdminQueue {
     /// Identify Controller.
     pub fn identify_controller(&mut self) -> Result<IdentifyController, InitError> {
         let mut buf = [0u8; 4096];
-        self.exec("identify controller", Command::Admin(AdminCommand::identify(Cns::Controller, 0)), SyncData::From(&mut buf))?;
+        self.exec(
+            "identify controller",
+            Command::Admin(AdminCommand::identify(Cns::Controller, 0)),
+            SyncData::From(&mut buf),
+        )?;
         IdentifyController::parse(&buf).map_err(|e| InitError::Controller(e.to_string()))
     }
 
@@ -171,7 +180,11 @@ impl AdminQueue {
     /// Identify Namespace plus its identification descriptors.
     pub fn identify_namespace(&mut self, nsid: u32) -> Result<NamespaceData, InitError> {
         let mut buf = [0u8; 4096];
-        self.exec("identify namespace", Command::Admin(AdminCommand::identify(Cns::Namespace, nsid)), SyncData::From(&mut buf))?;
+        self.exec(
+            "identify namespace",
+            Command::Admin(AdminCommand::identify(Cns::Namespace, nsid)),
+            SyncData::From(&mut buf),
+        )?;
         let id = IdentifyNamespace::parse(&buf).map_err(|e| InitError::Controller(e.to_string()))?;
         let mut dbuf = [0u8; 4096];
         let descriptors = match self.exec(
@@ -211,8 +224,12 @@ impl AdminQueue {
             return Err(InitError::Invalid("log page buffer shorter than 4 bytes"));
         }
         let buf = buf.get_mut(..len as usize).unwrap_or(&mut []);
-        self.exec("get log page", Command::Admin(AdminCommand::get_log_page(lid, nsid, len, offset)), SyncData::From(buf))
-            .map(|_| ())
+        self.exec(
+            "get log page",
+            Command::Admin(AdminCommand::get_log_page(lid, nsid, len, offset)),
+            SyncData::From(buf),
+        )
+        .map(|_| ())
     }
 
     /// Get Features (current value, dword 0 of the completion).
@@ -255,13 +272,8 @@ pub fn connect_io_queue(
     if qid == 0 || depth < 2 {
         return Err(InitError::Invalid("io queue id must be non-zero and depth at least 2"));
     }
-    let cfg = HostConfig {
-        depth,
-        hdgst: opts.hdgst,
-        ddgst: opts.ddgst,
-        incapsule_max: incapsule,
-        ..HostConfig::default()
-    };
+    let cfg =
+        HostConfig { depth, hdgst: opts.hdgst, ddgst: opts.ddgst, incapsule_max: incapsule, ..HostConfig::default() };
     let mut conn = Connection::open(opts.addr, cfg, opts.admin_timeout)?;
     let got = fabrics_connect(&mut conn, opts, &opts.subnqn, qid, depth - 1, 0, cntlid)?;
     if got != cntlid {
