@@ -19,6 +19,7 @@ pub mod initiator;
 pub mod nvmf;
 pub mod pdu;
 pub mod recv;
+pub mod target;
 pub mod tx;
 
 #[cfg(test)]
