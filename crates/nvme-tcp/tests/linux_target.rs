@@ -261,3 +261,38 @@ fn path_loss_and_reconnect() {
     drop(b);
     c.detach();
 }
+
+/// ANA state changes on listener 0 are seen by the bdev (`ana_state`) and
+/// IO to an inaccessible path fails with PathError.
+#[test]
+#[ignore = "needs the Linux nvmet target and NVMET_SCRIPT (tests/stage-guest-nvmet.sh)"]
+fn ana_state_follows_the_target() {
+    let e = env();
+    let script = std::env::var("NVMET_SCRIPT").expect("NVMET_SCRIPT");
+    let ana = |state: &str| {
+        let st = Command::new("bash").arg(&script).args(["ana", "0", state]).status().expect("run nvmet-target.sh");
+        assert!(st.success(), "ana {state} failed");
+    };
+    let c = NvmfController::connect("ana", opts(&e, 0, false)).expect("connect");
+    let b: Arc<dyn Bdev> = c.bdevs().remove(0);
+    assert_eq!(b.ana_state(), Some(bdev::AnaState::Optimized));
+    let mut o = Open::new(&b);
+    let bs = b.info().block_size as usize;
+    let mut buf = DmaBuf::alloc(bs).expect("dma");
+    let wait_for = |want: bdev::AnaState| {
+        let t0 = Instant::now();
+        while b.ana_state() != Some(want) {
+            assert!(t0.elapsed() < Duration::from_secs(20), "ana state {:?}, want {want:?}", b.ana_state());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    ana("inaccessible");
+    assert_eq!(o.run(&[IoRequest::read(0, 1, IoVecs::single(buf.iovec()), 0)]), vec![IoStatus::PathError]);
+    wait_for(bdev::AnaState::Inaccessible);
+    ana("optimized");
+    wait_for(bdev::AnaState::Optimized);
+    assert_eq!(o.run(&[IoRequest::read(0, 1, IoVecs::single(buf.iovec()), 0)]), vec![IoStatus::Success]);
+    drop(o);
+    drop(b);
+    c.detach();
+}

@@ -299,10 +299,21 @@ impl IoChannel for NvmfChannel {
     fn poll(&mut self, done: &mut dyn FnMut(u64, IoStatus)) -> usize {
         let mut err = None;
         if let Link::Up(conn) = &mut self.link {
-            let Self { slots, tags, free, done: out, .. } = self;
+            let Self { slots, tags, free, done: out, shared, .. } = self;
             let mut completed = |idx: u64, cqe: nvme_spec::Cqe| {
                 if let Some(&t) = tags.get(idx as usize) {
-                    out.push_back((t, io_status(cqe.status())));
+                    let st = cqe.status();
+                    if matches!(
+                        st.code,
+                        nvme_spec::StatusCode::Path(
+                            nvme_spec::status::PathStatus::AnaInaccessible
+                                | nvme_spec::status::PathStatus::AnaTransition
+                                | nvme_spec::status::PathStatus::AnaPersistentLoss
+                        )
+                    ) {
+                        shared.ana_dirty.store(true, Ordering::Release);
+                    }
+                    out.push_back((t, io_status(st)));
                     free.push(idx as u16);
                 }
             };

@@ -16,8 +16,11 @@ pub use status::io_status;
 
 use crate::initiator::{AdminQueue, ConnectOpts, InitError, NamespaceData};
 use bdev::{Bdev, BdevError, BdevInfo, IoChannel, IoType, IoTypeSet, NamespaceId, Uuid};
+use nvme_spec::command::LogPageId;
 use nvme_spec::identify::{oncs, IdentifyController, NsDescriptor};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use nvme_spec::log::{AnaLog, AnaState as SpecAna};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -47,6 +50,12 @@ pub(crate) struct Shared {
     depth: u16,
     incapsule: u32,
     max_transfer: u32,
+    /// ANA reporting supported (CMIC bit 3).
+    ana_supported: bool,
+    /// ANA state per namespace (the raw state value, 0 = unknown).
+    ana: Mutex<HashMap<u32, Arc<AtomicU8>>>,
+    /// Set when an IO failed with an ANA status: refresh the log soon.
+    ana_dirty: AtomicBool,
 }
 
 impl Shared {
@@ -71,13 +80,43 @@ impl Shared {
         Ok((a.cntlid, a.generation))
     }
 
+    /// Reads the ANA log page and updates the namespaces' states.
+    fn refresh_ana(&self) -> Result<(), InitError> {
+        if !self.ana_supported {
+            return Ok(());
+        }
+        let cells = self.ana.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut buf = vec![0u8; 4096 + 4 * cells.len()];
+        {
+            let mut a = self.lock();
+            let Some(q) = a.admin.as_mut() else { return Ok(()) };
+            q.get_log_page(LogPageId::ANA, 0xffff_ffff, 0, &mut buf)?;
+        }
+        let log = AnaLog::parse(&buf).map_err(|e| InitError::Controller(e.to_string()))?;
+        for (nsid, cell) in &cells {
+            let st = log.state_of(*nsid).map_or(0, SpecAna::to_raw);
+            cell.store(st, Ordering::Release);
+        }
+        Ok(())
+    }
+
     fn keep_alive_loop(self: Arc<Self>) {
         let kato = Duration::from_millis(u64::from(self.opts.kato_ms));
         let period = if kato.is_zero() { Duration::from_secs(1) } else { (kato / 2).max(Duration::from_millis(100)) };
         let mut next = Instant::now() + period;
         let mut down_since: Option<Instant> = None;
+        let mut next_ana = Instant::now();
         while !self.stopped.load(Ordering::Acquire) {
             std::thread::sleep(Duration::from_millis(20).min(period));
+            if self.ana_supported
+                && down_since.is_none()
+                && (self.ana_dirty.swap(false, Ordering::AcqRel) || Instant::now() >= next_ana)
+            {
+                next_ana = Instant::now() + Duration::from_secs(1);
+                if let Err(e) = self.refresh_ana() {
+                    log::warn!("nvmf {}: reading the ANA log: {e}", self.name);
+                }
+            }
             if Instant::now() < next {
                 continue;
             }
@@ -159,7 +198,13 @@ impl NvmfController {
             depth,
             incapsule,
             max_transfer,
+            ana_supported: ctrl.cmic & 0x08 != 0,
+            ana: Mutex::new(namespaces.iter().map(|n| (n.nsid, Arc::new(AtomicU8::new(0)))).collect()),
+            ana_dirty: AtomicBool::new(false),
         });
+        if let Err(e) = shared.refresh_ana() {
+            log::warn!("nvmf {name}: reading the ANA log: {e}");
+        }
         let ka = {
             let s = shared.clone();
             std::thread::Builder::new()
@@ -222,6 +267,7 @@ impl Drop for NvmfController {
 pub struct NvmfBdev {
     info: BdevInfo,
     removed: Arc<AtomicBool>,
+    ana: Option<Arc<AtomicU8>>,
     ctrlr: Arc<NvmfController>,
     nsid: u32,
 }
@@ -264,7 +310,12 @@ impl NvmfBdev {
         info.volatile_cache = c.vwc & 1 != 0;
         // DLFEAT bits 2:0 = 1: deallocated blocks read as zeroes.
         info.unmap_zeroes = ns.id.dlfeat & 7 == 1;
-        Ok(Self { info, removed: Arc::new(AtomicBool::new(false)), nsid: ns.nsid, ctrlr })
+        let ana = if ctrlr.shared.ana_supported {
+            ctrlr.shared.ana.lock().unwrap_or_else(|e| e.into_inner()).get(&ns.nsid).cloned()
+        } else {
+            None
+        };
+        Ok(Self { info, removed: Arc::new(AtomicBool::new(false)), ana, nsid: ns.nsid, ctrlr })
     }
 
     /// Namespace ID.
@@ -299,6 +350,18 @@ impl Bdev for NvmfBdev {
                 Err(BdevError::io("connect nvmf io queue", std::io::Error::other(e.to_string())))
             }
         }
+    }
+
+    fn ana_state(&self) -> Option<bdev::AnaState> {
+        let raw = self.ana.as_ref()?.load(Ordering::Acquire);
+        Some(match SpecAna::from_raw(raw) {
+            SpecAna::Optimized => bdev::AnaState::Optimized,
+            SpecAna::NonOptimized => bdev::AnaState::NonOptimized,
+            SpecAna::Inaccessible => bdev::AnaState::Inaccessible,
+            SpecAna::PersistentLoss => bdev::AnaState::PersistentLoss,
+            SpecAna::Change => bdev::AnaState::Change,
+            SpecAna::Reserved(_) => return None,
+        })
     }
 
     fn shutdown(&self) {
