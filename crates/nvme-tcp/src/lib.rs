@@ -8,6 +8,19 @@
 //!   IO buffers with vectored writes.
 //! * [`host`] / [`ctrl`]: queue-pair state machines for the initiator and
 //!   the target side.
+//!
+//! On top, over non-blocking `std::net` sockets (polled, no async runtime):
+//! * [`initiator`]: connections, controller bring-up, Keep Alive,
+//!   Discovery, I/O queue connects.
+//! * [`nvmf`]: the `nvmf` bdev backend: one bdev per namespace
+//!   (`<name>n<nsid>`), one I/O queue per reactor channel, reconnects,
+//!   ANA state.
+//! * [`target`]: exports bdevs as namespaces of NVM subsystems, with
+//!   discovery and allowed hosts, served by poll groups.
+//!
+//! All code is safe Rust except the private `dma` module, which turns IO
+//! buffer segments (raw `IoVec`s under the bdev buffer contract) into
+//! slices so socket reads and writes touch them directly.
 
 #![deny(unsafe_code)]
 

@@ -132,9 +132,9 @@ impl IoState {
                 self.push(idx, req);
             }
             IoCommand::Flush { .. } => {
-                let targets: Vec<usize> = if all { (0..self.ns.len()).collect() } else { vec![idx] };
+                let (first, last) = if all { (0, self.ns.len()) } else { (idx, idx + 1) };
                 let mut n = 0;
-                for i in targets {
+                for i in first..last {
                     if self.ns.get(i).is_some_and(|x| x.supported.contains(IoType::Flush)) {
                         n += 1;
                         self.push(i, IoRequest::no_data(IoType::Flush, 0, 0, tag));
@@ -152,37 +152,40 @@ impl IoState {
             }
             IoCommand::DatasetManagement { nr, ad, .. } => {
                 let count = usize::from(nr) + 1;
-                let ranges: Vec<DsmRange> = match (data, conn.bufs.data(slot)) {
+                let unmap = ad && ns.supported.contains(IoType::Unmap);
+                // Validate, then submit, while the range list is borrowed
+                // from the slot buffer; complete afterwards.
+                let outcome = match (data, conn.bufs.data(slot)) {
                     (CmdData::InCapsule(_), Some(b)) => match DsmRange::parse_list(b, count) {
-                        Ok(r) => r.to_vec(),
-                        Err(_) => {
-                            fail(conn, generic(GenericStatus::DataSglLengthInvalid, true));
-                            return;
+                        Ok(_) if !unmap => Ok(0),
+                        Ok(ranges)
+                            if ranges.iter().any(|r| {
+                                let n = u64::from(r.nlb.get());
+                                n > 0 && r.slba.get().checked_add(n).is_none_or(|e| e > ns.blocks)
+                            }) =>
+                        {
+                            Err(generic(GenericStatus::LbaOutOfRange, true))
                         }
+                        Ok(ranges) => {
+                            let mut n = 0;
+                            for r in ranges.iter().filter(|r| r.nlb.get() > 0) {
+                                n += 1;
+                                let req = IoRequest::no_data(IoType::Unmap, r.slba.get(), u64::from(r.nlb.get()), tag);
+                                let ok = self.chans.get_mut(idx).is_some_and(|c| c.submit(&req).is_ok());
+                                if !ok {
+                                    self.retry.push_back((idx, req));
+                                }
+                            }
+                            Ok(n)
+                        }
+                        Err(_) => Err(generic(GenericStatus::DataSglLengthInvalid, true)),
                     },
-                    _ => {
-                        fail(conn, generic(GenericStatus::DataSglLengthInvalid, true));
-                        return;
-                    }
+                    _ => Err(generic(GenericStatus::DataSglLengthInvalid, true)),
                 };
-                if !ad || !ns.supported.contains(IoType::Unmap) {
-                    // Hints only: nothing to do.
-                    conn.complete(slot, Status::SUCCESS, 0, 0);
-                    return;
+                match outcome {
+                    Ok(n) => self.start(conn, slot, n),
+                    Err(st) => fail(conn, st),
                 }
-                for r in &ranges {
-                    let (lba, n) = (r.slba.get(), u64::from(r.nlb.get()));
-                    if n > 0 && lba.checked_add(n).is_none_or(|e| e > ns.blocks) {
-                        fail(conn, generic(GenericStatus::LbaOutOfRange, true));
-                        return;
-                    }
-                }
-                let mut n = 0;
-                for r in ranges.iter().filter(|r| r.nlb.get() > 0) {
-                    n += 1;
-                    self.push(idx, IoRequest::no_data(IoType::Unmap, r.slba.get(), u64::from(r.nlb.get()), tag));
-                }
-                self.start(conn, slot, n);
             }
         }
     }
