@@ -37,3 +37,5 @@ pub mod tx;
 
 #[cfg(test)]
 mod pair_tests;
+#[cfg(test)]
+mod queue_tests;
