@@ -39,7 +39,7 @@ stage "cargo build --release" cargo build --release --workspace -q
 stage "xbdev-perf on the embedded default config" ./target/release/xbdev-perf -t 1 -w verify -q 32 --idle adaptive
 
 # Stages contributed by the crates (fio engine, peers in QEMU guests).
-for s in crates/*/tests/stage-*.sh; do
+for s in crates/*/tests/stage-*.sh hugepage-setup/tests/stage-*.sh; do
     [ -e "$s" ] || continue
     case "$s" in
         *guest*) if [ "${XBDEV_SKIP_GUESTS:-0}" = 1 ]; then echo "=== skipped: $s (XBDEV_SKIP_GUESTS=1)"; continue; fi ;;

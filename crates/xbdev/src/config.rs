@@ -73,6 +73,23 @@ pub enum BaseDevice {
     Null(NullParams),
     /// `aio`: a file or block device through io_uring.
     Aio(AioParams),
+    /// `nvme`: a local NVMe controller driven from user space (one bdev per namespace).
+    Nvme(NvmePciParams),
+}
+
+/// Parameters of the `nvme` method (seed `xbdev_config_nvme`).
+#[derive(Clone, Debug)]
+pub struct NvmePciParams {
+    /// Controller name: its namespaces become `<name>n<nsid>`.
+    pub name: String,
+    /// PCI address, `dddd:bb:dd.f`.
+    pub pci_addr: String,
+    /// `vfio` (IOMMU, default) or `uio` (no IOMMU: no DMA isolation).
+    pub mode: nvme_pcie::vfio::AccessMode,
+    /// Queue depth of each reactor's queue pair.
+    pub queue_depth: u16,
+    /// IO queue pairs to ask the controller for.
+    pub io_queues: u16,
 }
 
 impl BaseDevice {
@@ -82,6 +99,7 @@ impl BaseDevice {
             BaseDevice::Malloc(p) => &p.name,
             BaseDevice::Null(p) => &p.name,
             BaseDevice::Aio(p) => &p.name,
+            BaseDevice::Nvme(p) => &p.name,
         }
     }
 }
@@ -105,8 +123,10 @@ const LATER_SECTIONS: &[(&str, &str)] = &[
     ("multipath_devices", "the multipath module"),
 ];
 
-const LATER_METHODS: &[(&str, &str)] =
-    &[("nvme", "the NVMe PCIe driver"), ("nvmf", "the NVMe/TCP initiator"), ("rbd", "the Ceph RBD backend")];
+const LATER_METHODS: &[(&str, &str)] = &[("nvmf", "the NVMe/TCP initiator"), ("rbd", "the Ceph RBD backend")];
+
+/// The base-device methods this build knows.
+const METHODS: &str = "malloc, null, aio, nvme";
 
 /// Typed access to one JSON object, tracking its path and which keys were used.
 struct Obj<'a> {
@@ -267,6 +287,40 @@ fn parse_base_device(path: &str, v: &Value) -> Result<BaseDevice, ConfigError> {
             }
             BaseDevice::Aio(a)
         }
+        "nvme" => {
+            let name = p.string("name")?;
+            let addr_path = p.field_path("pci_addr");
+            let pci_addr = p.string("pci_addr")?;
+            let ok = pci_addr.len() == 12
+                && pci_addr.bytes().enumerate().all(|(i, c)| match i {
+                    4 | 7 => c == b':',
+                    10 => c == b'.',
+                    _ => c.is_ascii_hexdigit(),
+                });
+            if !ok {
+                return Err(invalid(&addr_path, format!("'{pci_addr}' is not a PCI address like 0000:01:00.0")));
+            }
+            let mode_path = p.field_path("mode");
+            let mode = match p.get("mode") {
+                None => nvme_pcie::vfio::AccessMode::Vfio,
+                Some(Value::String(m)) => nvme_pcie::vfio::AccessMode::parse(m)
+                    .ok_or_else(|| invalid(&mode_path, format!("'{m}' is not vfio or uio")))?,
+                Some(o) => return Err(invalid(&mode_path, format!("expected \"vfio\" or \"uio\", found {}", kind(o)))),
+            };
+            let qd_path = p.field_path("queue_depth");
+            let queue_depth = match p.opt_u64("queue_depth")? {
+                None => 256,
+                Some(q @ 2..=65536) => q.min(65535) as u16,
+                Some(q) => return Err(invalid(&qd_path, format!("{q} is not in 2..=65536"))),
+            };
+            let iq_path = p.field_path("io_queues");
+            let io_queues = match p.opt_u64("io_queues")? {
+                None => 8,
+                Some(q @ 1..=65535) => q as u16,
+                Some(q) => return Err(invalid(&iq_path, format!("{q} is not in 1..=65535"))),
+            };
+            BaseDevice::Nvme(NvmePciParams { name, pci_addr, mode, queue_depth, io_queues })
+        }
         m => {
             if let Some((_, module)) = LATER_METHODS.iter().find(|(n, _)| *n == m) {
                 return Err(invalid(
@@ -274,7 +328,7 @@ fn parse_base_device(path: &str, v: &Value) -> Result<BaseDevice, ConfigError> {
                     format!("method '{m}' needs {module}, which this build does not include yet"),
                 ));
             }
-            return Err(invalid(&method_path, format!("unknown method '{m}' (expected one of: malloc, null, aio)")));
+            return Err(invalid(&method_path, format!("unknown method '{m}' (expected one of: {METHODS})")));
         }
     };
     p.finish()?;
@@ -426,8 +480,15 @@ pub(crate) fn save_value(reactor: &ReactorSettings, devices: &[(String, String)]
     );
     r.insert("pin".into(), Value::from(reactor.pin));
     top.insert("reactor".into(), Value::Object(r));
+    let mut seen: Vec<&(String, String)> = Vec::new();
     let devs: Vec<Value> = devices
         .iter()
+        .filter(|d| {
+            // A controller with several namespaces appears once.
+            let new = !seen.contains(d);
+            seen.push(d);
+            new
+        })
         .filter_map(|(method, params)| {
             let params: Value = serde_json::from_str(params).ok()?;
             let mut m = Map::new();

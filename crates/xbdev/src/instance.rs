@@ -160,12 +160,18 @@ impl Xbdev {
     /// Create one base device and register it.
     pub fn create_base_device(&self, d: &BaseDevice) -> Result<(), XbdevError> {
         self.inner.check_running()?;
-        let b: Arc<dyn Bdev> = match d {
-            BaseDevice::Malloc(p) => Arc::new(MallocBdev::new(p.clone())?),
-            BaseDevice::Null(p) => Arc::new(NullBdev::new(p.clone())?),
-            BaseDevice::Aio(p) => Arc::new(AioBdev::new(p.clone())?),
+        let bdevs: Vec<Arc<dyn Bdev>> = match d {
+            BaseDevice::Malloc(p) => vec![Arc::new(MallocBdev::new(p.clone())?)],
+            BaseDevice::Null(p) => vec![Arc::new(NullBdev::new(p.clone())?)],
+            BaseDevice::Aio(p) => vec![Arc::new(AioBdev::new(p.clone())?)],
+            BaseDevice::Nvme(p) => {
+                let cfg = nvme_pcie::ControllerConfig { io_queues: p.io_queues, ..Default::default() };
+                nvme_pcie::nvme_bdev::attach_pci(&p.pci_addr, p.mode, &p.name, p.queue_depth, cfg)?
+            }
         };
-        self.inner.registry.register(b)?;
+        for b in bdevs {
+            self.inner.registry.register(b)?;
+        }
         Ok(())
     }
 

@@ -28,3 +28,4 @@ pub use queue::{Completion, IoQueue};
 pub use reactor;
 pub mod ffi;
 pub mod perf;
+pub mod rpc;
