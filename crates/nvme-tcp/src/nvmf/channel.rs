@@ -330,12 +330,15 @@ impl IoChannel for NvmfChannel {
             }
         }
         if let Link::Down { .. } = self.link {
-            if self.poll_down() {
-                while let Some((io, _)) = self.held.pop_front() {
-                    if self.submit_live(&io).is_err() {
-                        self.held.push_front((io, Instant::now()));
-                        break;
-                    }
+            self.poll_down();
+        }
+        // IO held while the link was down (or that found the new queue
+        // full) goes out in order once the link is up.
+        if let Link::Up(_) = self.link {
+            while let Some((io, t)) = self.held.pop_front() {
+                if self.submit_live(&io).is_err() {
+                    self.held.push_front((io, t));
+                    break;
                 }
             }
         }
