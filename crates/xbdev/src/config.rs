@@ -75,6 +75,17 @@ pub enum BaseDevice {
     Aio(AioParams),
     /// `nvme`: a local NVMe controller driven from user space (one bdev per namespace).
     Nvme(NvmePciParams),
+    /// `nvmf`: a remote NVMe/TCP subsystem (one bdev per namespace).
+    Nvmf(NvmfParams),
+}
+
+/// Parameters of the `nvmf` method (seed `xbdev_config_nvmf`).
+#[derive(Clone, Debug)]
+pub struct NvmfParams {
+    /// Controller name: its namespaces become `<name>n<nsid>`.
+    pub name: String,
+    /// Connection options (address, NQNs, digests, queues, timeouts).
+    pub opts: nvme_tcp::initiator::ConnectOpts,
 }
 
 /// Parameters of the `nvme` method (seed `xbdev_config_nvme`).
@@ -100,6 +111,7 @@ impl BaseDevice {
             BaseDevice::Null(p) => &p.name,
             BaseDevice::Aio(p) => &p.name,
             BaseDevice::Nvme(p) => &p.name,
+            BaseDevice::Nvmf(p) => &p.name,
         }
     }
 }
@@ -124,10 +136,10 @@ const LATER_SECTIONS: &[(&str, &str)] = &[
     ("clones", "the lvol module"),
 ];
 
-const LATER_METHODS: &[(&str, &str)] = &[("nvmf", "the NVMe/TCP initiator"), ("rbd", "the Ceph RBD backend")];
+const LATER_METHODS: &[(&str, &str)] = &[("rbd", "the Ceph RBD backend")];
 
 /// The base-device methods this build knows.
-const METHODS: &str = "malloc, null, aio, nvme";
+const METHODS: &str = "malloc, null, aio, nvme, nvmf";
 
 /// Typed access to one JSON object, tracking its path and which keys were used.
 pub(crate) struct Obj<'a> {
@@ -328,6 +340,7 @@ fn parse_base_device(path: &str, v: &Value) -> Result<BaseDevice, ConfigError> {
             };
             BaseDevice::Nvme(NvmePciParams { name, pci_addr, mode, queue_depth, io_queues })
         }
+        "nvmf" => BaseDevice::Nvmf(crate::config_stack::parse_nvmf(&mut p)?),
         m => {
             if let Some((_, module)) = LATER_METHODS.iter().find(|(n, _)| *n == m) {
                 return Err(invalid(

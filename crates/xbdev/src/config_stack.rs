@@ -127,3 +127,64 @@ pub(crate) fn parse_multipath(v: &Value) -> Result<Vec<MultipathParams>, ConfigE
         v.as_array().ok_or_else(|| invalid("multipath_devices", format!("expected an array, found {}", kind(v))))?;
     arr.iter().enumerate().map(|(i, d)| parse_one(&format!("multipath_devices[{i}]"), d)).collect()
 }
+
+/// The `params` of the `nvmf` method.
+pub(crate) fn parse_nvmf(p: &mut Obj) -> Result<crate::config::NvmfParams, ConfigError> {
+    use nvme_tcp::initiator::ConnectOpts;
+    use std::net::{SocketAddr, ToSocketAddrs};
+    let name = p.string("name")?;
+    let addr_path = p.field_path("addr");
+    let addr = p.string("addr")?;
+    let port_path = p.field_path("port");
+    let port = match p.opt_u64("port")? {
+        None => 4420,
+        Some(n @ 1..=65535) => n as u16,
+        Some(n) => return Err(invalid(&port_path, format!("{n} is not a TCP port"))),
+    };
+    let sock: SocketAddr = (addr.as_str(), port)
+        .to_socket_addrs()
+        .map_err(|e| invalid(&addr_path, format!("cannot resolve '{addr}': {e}")))?
+        .next()
+        .ok_or_else(|| invalid(&addr_path, format!("'{addr}' has no address")))?;
+    let nqn = p.string("nqn")?;
+    let mut o = ConnectOpts::new(sock, &nqn);
+    if let Some(Value::String(h)) = p.get("hostnqn") {
+        o.host.nqn = h.clone();
+    }
+    let hid_path = p.field_path("hostid");
+    if let Some(v) = p.get("hostid") {
+        let s = v.as_str().unwrap_or_default();
+        let u = bdev::Uuid::parse(s).ok_or_else(|| invalid(&hid_path, format!("{v} is not a UUID")))?;
+        o.host.id = u.0;
+    }
+    o.hdgst = p.opt_bool("hdgst")?.unwrap_or(false);
+    o.ddgst = p.opt_bool("ddgst")?.unwrap_or(false);
+    let qd = p.field_path("queue_depth");
+    if let Some(n) = p.opt_u64("queue_depth")? {
+        o.io_queue_depth = u16::try_from(n)
+            .ok()
+            .filter(|&q| q >= 2)
+            .ok_or_else(|| invalid(&qd, format!("{n} is not in 2..=65535")))?;
+    }
+    let iq = p.field_path("io_queues");
+    if let Some(n) = p.opt_u64("io_queues")? {
+        o.io_queues = u16::try_from(n)
+            .ok()
+            .filter(|&q| q >= 1)
+            .ok_or_else(|| invalid(&iq, format!("{n} is not in 1..=65535")))?;
+    }
+    let kp = p.field_path("kato_ms");
+    if let Some(n) = p.opt_u64("kato_ms")? {
+        o.kato_ms = u32::try_from(n).map_err(|_| invalid(&kp, format!("{n} is too large")))?;
+    }
+    if let Some(n) = p.opt_u64("reconnect_delay_ms")? {
+        o.reconnect_delay = Duration::from_millis(n);
+    }
+    if let Some(n) = p.opt_u64("ctrl_loss_timeout_ms")? {
+        o.ctrl_loss_timeout = Duration::from_millis(n);
+    }
+    if let Some(n) = p.opt_u64("fast_io_fail_timeout_ms")? {
+        o.fast_io_fail_timeout = Duration::from_millis(n);
+    }
+    Ok(crate::config::NvmfParams { name, opts: o })
+}

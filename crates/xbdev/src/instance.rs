@@ -183,6 +183,12 @@ impl Xbdev {
                 let cfg = nvme_pcie::ControllerConfig { io_queues: p.io_queues, ..Default::default() };
                 nvme_pcie::nvme_bdev::attach_pci(&p.pci_addr, p.mode, &p.name, p.queue_depth, cfg)?
             }
+            BaseDevice::Nvmf(p) => {
+                let c = nvme_tcp::nvmf::NvmfController::connect(&p.name, p.opts.clone()).map_err(|e| {
+                    XbdevError::Bdev(bdev::BdevError::param("nvmf", format!("cannot attach '{}': {e}", p.name)))
+                })?;
+                c.bdevs().into_iter().map(|b| b as Arc<dyn Bdev>).collect()
+            }
         };
         for b in bdevs {
             self.inner.registry.register(b)?;

@@ -175,7 +175,7 @@ fn config_errors_name_the_json_path() {
         ),
         (
             r#"{"base_devices": [{"method": "floppy", "params": {}}]}"#,
-            "base_devices[0].method: unknown method 'floppy' (expected one of: malloc, null, aio, nvme)",
+            "base_devices[0].method: unknown method 'floppy' (expected one of: malloc, null, aio, nvme, nvmf)",
         ),
         (
             r#"{"base_devices": [{"method": "malloc", "params": {"name": "a", "size_mb": 1, "colour": "red"}}]}"#,
@@ -201,8 +201,8 @@ fn config_errors_name_the_json_path() {
         assert!(e.starts_with(want), "for {json}\n got: {e}\nwant: {want}");
     }
     assert!(Config::from_json_str("{").unwrap_err().to_string().starts_with("config is not valid JSON"));
-    let e = Config::from_json_str(r#"{"base_devices": [{"method": "nvmf", "params": {}}]}"#).unwrap_err();
-    assert!(e.to_string().contains("needs the NVMe/TCP initiator"), "{e}");
+    let e = Config::from_json_str(r#"{"base_devices": [{"method": "rbd", "params": {}}]}"#).unwrap_err();
+    assert!(e.to_string().contains("needs the Ceph RBD backend"), "{e}");
     let e = Config::from_json_str(
         r#"{"base_devices": [{"method": "nvme", "params": {"name": "n", "pci_addr": "01:00.0"}}]}"#,
     )

@@ -371,13 +371,24 @@ impl Bdev for NvmfBdev {
 
     fn config_params(&self) -> Option<String> {
         let o = &self.ctrlr.shared.opts;
+        let hostid: String = o.host.id.iter().map(|b| format!("{b:02x}")).collect();
+        // The JSON config's `nvmf` params (seed `xbdev_config_nvmf`).
         Some(format!(
-            r#"{{"name":{:?},"traddr":{:?},"trsvcid":"{}","subnqn":{:?},"hostnqn":{:?}}}"#,
+            r#"{{"name":{:?},"addr":{:?},"port":{},"nqn":{:?},"hostnqn":{:?},"hostid":{:?},"hdgst":{},"ddgst":{},"queue_depth":{},"io_queues":{},"kato_ms":{},"reconnect_delay_ms":{},"ctrl_loss_timeout_ms":{},"fast_io_fail_timeout_ms":{}}}"#,
             self.ctrlr.shared.name,
             o.addr.ip().to_string(),
             o.addr.port(),
             o.subnqn,
-            o.host.nqn
+            o.host.nqn,
+            hostid,
+            o.hdgst,
+            o.ddgst,
+            o.io_queue_depth,
+            o.io_queues,
+            o.kato_ms,
+            o.reconnect_delay.as_millis(),
+            o.ctrl_loss_timeout.as_millis(),
+            o.fast_io_fail_timeout.as_millis()
         ))
     }
 }
