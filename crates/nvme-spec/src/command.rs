@@ -4,9 +4,7 @@
 use crate::queue::Sqe;
 use thiserror::Error;
 
-pub use crate::command_admin::{
-    AdminCommand, AsyncEvent, Cns, FeatureId, FeatureSelect, LogPageId, NumQueues,
-};
+pub use crate::command_admin::{AdminCommand, AsyncEvent, Cns, FeatureId, FeatureSelect, LogPageId, NumQueues};
 pub use crate::command_nvm::{DsmRange, IoCommand};
 pub use crate::fabrics::FabricsCommand;
 
@@ -91,9 +89,7 @@ impl ParseError {
     pub fn status(&self) -> crate::status::Status {
         use crate::status::{GenericStatus, Status, StatusCode};
         let g = match self {
-            Self::InvalidOpcode { .. } | Self::UnknownFabricsType(_) => {
-                GenericStatus::InvalidOpcode
-            }
+            Self::InvalidOpcode { .. } | Self::UnknownFabricsType(_) => GenericStatus::InvalidOpcode,
             Self::UnsupportedCns(_) | Self::InvalidField { .. } => GenericStatus::InvalidField,
         };
         Status::new(StatusCode::Generic(g), true)
@@ -168,101 +164,34 @@ mod tests {
         prop_oneof![
             any::<u16>().prop_map(|qid| AdminCommand::DeleteIoSq { qid }),
             any::<u16>().prop_map(|qid| AdminCommand::DeleteIoCq { qid }),
-            (
-                any::<u16>(),
-                any::<u16>(),
-                any::<u16>(),
-                0u8..4,
-                any::<bool>(),
-                any::<u16>()
-            )
-                .prop_map(|(qid, qsize, cqid, prio, contiguous, nvmsetid)| {
-                    AdminCommand::CreateIoSq {
-                        qid,
-                        qsize,
-                        cqid,
-                        prio,
-                        contiguous,
-                        nvmsetid,
-                    }
-                }),
-            (
-                any::<u16>(),
-                any::<u16>(),
-                any::<u16>(),
-                any::<bool>(),
-                any::<bool>()
-            )
-                .prop_map(|(qid, qsize, iv, ien, contiguous)| {
-                    AdminCommand::CreateIoCq {
-                        qid,
-                        qsize,
-                        iv,
-                        ien,
-                        contiguous,
-                    }
-                }),
-            (
-                any::<u32>(),
-                any::<u8>(),
-                0u8..128,
-                any::<bool>(),
-                any::<u32>(),
-                any::<u64>(),
-                any::<u16>(),
-                any::<u8>()
-            )
+            (any::<u16>(), any::<u16>(), any::<u16>(), 0u8..4, any::<bool>(), any::<u16>()).prop_map(
+                |(qid, qsize, cqid, prio, contiguous, nvmsetid)| {
+                    AdminCommand::CreateIoSq { qid, qsize, cqid, prio, contiguous, nvmsetid }
+                }
+            ),
+            (any::<u16>(), any::<u16>(), any::<u16>(), any::<bool>(), any::<bool>()).prop_map(
+                |(qid, qsize, iv, ien, contiguous)| { AdminCommand::CreateIoCq { qid, qsize, iv, ien, contiguous } }
+            ),
+            (any::<u32>(), any::<u8>(), 0u8..128, any::<bool>(), any::<u32>(), any::<u64>(), any::<u16>(), any::<u8>())
                 .prop_map(|(nsid, lid, lsp, rae, numd, offset, lsi, csi)| {
-                    AdminCommand::GetLogPage {
-                        nsid,
-                        lid: LogPageId(lid),
-                        lsp,
-                        rae,
-                        numd,
-                        offset,
-                        lsi,
-                        csi,
-                    }
+                    AdminCommand::GetLogPage { nsid, lid: LogPageId(lid), lsp, rae, numd, offset, lsi, csi }
                 }),
-            (
-                prop::sample::select(Cns::ALL.to_vec()),
-                any::<u32>(),
-                any::<u16>(),
-                any::<u16>(),
-                any::<u8>()
-            )
-                .prop_map(|(cns, nsid, cntid, cnssid, csi)| AdminCommand::Identify {
-                    cns,
-                    nsid,
-                    cntid,
-                    cnssid,
-                    csi
-                }),
+            (prop::sample::select(Cns::ALL.to_vec()), any::<u32>(), any::<u16>(), any::<u16>(), any::<u8>())
+                .prop_map(|(cns, nsid, cntid, cnssid, csi)| AdminCommand::Identify { cns, nsid, cntid, cnssid, csi }),
             (any::<u16>(), any::<u16>()).prop_map(|(sqid, cid)| AdminCommand::Abort { sqid, cid }),
-            (
-                any::<u32>(),
-                any::<u8>(),
-                any::<bool>(),
-                any::<u32>(),
-                any::<[u32; 4]>()
-            )
-                .prop_map(|(nsid, fid, save, cdw11, cdw12_15)| {
-                    AdminCommand::SetFeatures {
-                        nsid,
-                        fid: FeatureId(fid),
-                        save,
-                        cdw11,
-                        cdw12_15,
-                    }
-                }),
-            (any::<u32>(), any::<u8>(), 0u8..4, any::<u32>()).prop_map(
-                |(nsid, fid, sel, cdw11)| AdminCommand::GetFeatures {
+            (any::<u32>(), any::<u8>(), any::<bool>(), any::<u32>(), any::<[u32; 4]>()).prop_map(
+                |(nsid, fid, save, cdw11, cdw12_15)| {
+                    AdminCommand::SetFeatures { nsid, fid: FeatureId(fid), save, cdw11, cdw12_15 }
+                }
+            ),
+            (any::<u32>(), any::<u8>(), 0u8..4, any::<u32>()).prop_map(|(nsid, fid, sel, cdw11)| {
+                AdminCommand::GetFeatures {
                     nsid,
                     fid: FeatureId(fid),
                     sel: FeatureSelect::from_raw(sel).unwrap_or(FeatureSelect::Current),
-                    cdw11
+                    cdw11,
                 }
-            ),
+            }),
             Just(AdminCommand::AsyncEventRequest),
             Just(AdminCommand::KeepAlive),
         ]
@@ -270,108 +199,35 @@ mod tests {
 
     fn any_io() -> impl Strategy<Value = IoCommand> {
         prop_oneof![
-            (
-                any::<u32>(),
-                any::<u64>(),
-                any::<u16>(),
-                any::<bool>(),
-                any::<bool>()
-            )
-                .prop_map(|(nsid, slba, nlb, fua, lr)| IoCommand::Read {
-                    nsid,
-                    slba,
-                    nlb,
-                    fua,
-                    lr
-                }),
-            (
-                any::<u32>(),
-                any::<u64>(),
-                any::<u16>(),
-                any::<bool>(),
-                any::<bool>()
-            )
-                .prop_map(|(nsid, slba, nlb, fua, lr)| IoCommand::Write {
-                    nsid,
-                    slba,
-                    nlb,
-                    fua,
-                    lr
-                }),
+            (any::<u32>(), any::<u64>(), any::<u16>(), any::<bool>(), any::<bool>())
+                .prop_map(|(nsid, slba, nlb, fua, lr)| IoCommand::Read { nsid, slba, nlb, fua, lr }),
+            (any::<u32>(), any::<u64>(), any::<u16>(), any::<bool>(), any::<bool>())
+                .prop_map(|(nsid, slba, nlb, fua, lr)| IoCommand::Write { nsid, slba, nlb, fua, lr }),
             any::<u32>().prop_map(|nsid| IoCommand::Flush { nsid }),
-            (
-                any::<u32>(),
-                any::<u8>(),
-                any::<bool>(),
-                any::<bool>(),
-                any::<bool>()
-            )
-                .prop_map(|(nsid, nr, ad, idw, idr)| IoCommand::DatasetManagement {
-                    nsid,
-                    nr,
-                    ad,
-                    idw,
-                    idr
-                }),
-            (
-                any::<u32>(),
-                any::<u64>(),
-                any::<u16>(),
-                any::<bool>(),
-                any::<bool>(),
-                any::<bool>()
-            )
-                .prop_map(|(nsid, slba, nlb, deac, fua, lr)| IoCommand::WriteZeroes {
-                    nsid,
-                    slba,
-                    nlb,
-                    deac,
-                    fua,
-                    lr
-                }),
+            (any::<u32>(), any::<u8>(), any::<bool>(), any::<bool>(), any::<bool>())
+                .prop_map(|(nsid, nr, ad, idw, idr)| IoCommand::DatasetManagement { nsid, nr, ad, idw, idr }),
+            (any::<u32>(), any::<u64>(), any::<u16>(), any::<bool>(), any::<bool>(), any::<bool>())
+                .prop_map(|(nsid, slba, nlb, deac, fua, lr)| IoCommand::WriteZeroes { nsid, slba, nlb, deac, fua, lr }),
         ]
     }
 
     fn any_fabrics() -> impl Strategy<Value = FabricsCommand> {
         prop_oneof![
-            (
-                any::<u16>(),
-                any::<u16>(),
-                any::<u16>(),
-                any::<u8>(),
-                any::<u32>()
-            )
-                .prop_map(|(recfmt, qid, sqsize, cattr, kato)| {
-                    FabricsCommand::Connect {
-                        recfmt,
-                        qid,
-                        sqsize,
-                        cattr,
-                        kato,
-                    }
-                }),
+            (any::<u16>(), any::<u16>(), any::<u16>(), any::<u8>(), any::<u32>()).prop_map(
+                |(recfmt, qid, sqsize, cattr, kato)| { FabricsCommand::Connect { recfmt, qid, sqsize, cattr, kato } }
+            ),
             (any::<bool>(), any::<u32>()).prop_map(|(wide, offset)| FabricsCommand::PropertyGet {
-                size: if wide {
-                    PropertySize::Eight
-                } else {
-                    PropertySize::Four
-                },
+                size: if wide { PropertySize::Eight } else { PropertySize::Four },
                 offset
             }),
             (any::<bool>(), any::<u32>(), any::<u64>()).prop_map(|(wide, offset, value)| {
                 FabricsCommand::PropertySet {
-                    size: if wide {
-                        PropertySize::Eight
-                    } else {
-                        PropertySize::Four
-                    },
+                    size: if wide { PropertySize::Eight } else { PropertySize::Four },
                     offset,
                     value,
                 }
             }),
-            (0u8..4).prop_map(|recfmt| FabricsCommand::Disconnect {
-                recfmt: recfmt.into()
-            }),
+            (0u8..4).prop_map(|recfmt| FabricsCommand::Disconnect { recfmt: recfmt.into() }),
         ]
     }
 
@@ -415,28 +271,13 @@ mod tests {
     fn invalid_opcodes_rejected() {
         let sqe = Sqe::new(0x03, 1);
         let e = Command::parse(&sqe, QueueType::Admin).unwrap_err();
-        assert_eq!(
-            e,
-            ParseError::InvalidOpcode {
-                opcode: 3,
-                queue: QueueType::Admin
-            }
-        );
-        assert_eq!(
-            e.status().code,
-            crate::StatusCode::Generic(crate::status::GenericStatus::InvalidOpcode)
-        );
+        assert_eq!(e, ParseError::InvalidOpcode { opcode: 3, queue: QueueType::Admin });
+        assert_eq!(e.status().code, crate::StatusCode::Generic(crate::status::GenericStatus::InvalidOpcode));
         assert!(Command::parse(&Sqe::new(0x06, 1), QueueType::Io).is_err());
         // Opcode 0x01 is Create I/O SQ on admin, Write on I/O.
         let sqe = Sqe::new(0x01, 1);
-        assert!(matches!(
-            Command::parse(&sqe, QueueType::Admin),
-            Ok(Command::Admin(AdminCommand::CreateIoSq { .. }))
-        ));
-        assert!(matches!(
-            Command::parse(&sqe, QueueType::Io),
-            Ok(Command::Io(IoCommand::Write { .. }))
-        ));
+        assert!(matches!(Command::parse(&sqe, QueueType::Admin), Ok(Command::Admin(AdminCommand::CreateIoSq { .. }))));
+        assert!(matches!(Command::parse(&sqe, QueueType::Io), Ok(Command::Io(IoCommand::Write { .. }))));
     }
 
     #[test]
@@ -449,17 +290,8 @@ mod tests {
 
     #[test]
     fn queue_type_of_commands() {
-        let c = Command::Fabrics(FabricsCommand::Connect {
-            recfmt: 0,
-            qid: 3,
-            sqsize: 127,
-            cattr: 0,
-            kato: 0,
-        });
+        let c = Command::Fabrics(FabricsCommand::Connect { recfmt: 0, qid: 3, sqsize: 127, cattr: 0, kato: 0 });
         assert_eq!(c.queue_type(), QueueType::Io);
-        assert_eq!(
-            Command::Admin(AdminCommand::KeepAlive).queue_type(),
-            QueueType::Admin
-        );
+        assert_eq!(Command::Admin(AdminCommand::KeepAlive).queue_type(), QueueType::Admin);
     }
 }

@@ -74,11 +74,7 @@ impl Cns {
 
     /// Decodes a raw CNS byte.
     pub fn from_raw(v: u8) -> Result<Self, ParseError> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|c| c.to_raw() == v)
-            .ok_or(ParseError::UnsupportedCns(v))
+        Self::ALL.iter().copied().find(|c| c.to_raw() == v).ok_or(ParseError::UnsupportedCns(v))
     }
 }
 
@@ -181,10 +177,7 @@ pub struct NumQueues {
 impl NumQueues {
     /// Decodes the dword.
     pub fn from_dword(v: u32) -> Self {
-        Self {
-            nsqr: v as u16,
-            ncqr: (v >> 16) as u16,
-        }
+        Self { nsqr: v as u16, ncqr: (v >> 16) as u16 }
     }
 
     /// Encodes the dword.
@@ -321,13 +314,7 @@ impl AdminCommand {
 
     /// Identify with the given CNS and NSID.
     pub fn identify(cns: Cns, nsid: u32) -> Self {
-        Self::Identify {
-            cns,
-            nsid,
-            cntid: 0,
-            cnssid: 0,
-            csi: 0,
-        }
+        Self::Identify { cns, nsid, cntid: 0, cnssid: 0, csi: 0 }
     }
 
     /// Set Features Number of Queues.
@@ -373,14 +360,7 @@ impl AdminCommand {
         let mut s = Sqe::new(self.opcode(), cid);
         match *self {
             Self::DeleteIoSq { qid } | Self::DeleteIoCq { qid } => s.cdw10 = u32::from(qid).into(),
-            Self::CreateIoSq {
-                qid,
-                qsize,
-                cqid,
-                prio,
-                contiguous,
-                nvmsetid,
-            } => {
+            Self::CreateIoSq { qid, qsize, cqid, prio, contiguous, nvmsetid } => {
                 s.cdw10 = (u32::from(qid) | (u32::from(qsize) << 16)).into();
                 let mut d11 = u32::from(contiguous);
                 d11 = set_bits32(d11, 1, 2, prio.into());
@@ -388,27 +368,12 @@ impl AdminCommand {
                 s.cdw11 = d11.into();
                 s.cdw12 = u32::from(nvmsetid).into();
             }
-            Self::CreateIoCq {
-                qid,
-                qsize,
-                iv,
-                ien,
-                contiguous,
-            } => {
+            Self::CreateIoCq { qid, qsize, iv, ien, contiguous } => {
                 s.cdw10 = (u32::from(qid) | (u32::from(qsize) << 16)).into();
                 let d11 = u32::from(contiguous) | (u32::from(ien) << 1) | (u32::from(iv) << 16);
                 s.cdw11 = d11.into();
             }
-            Self::GetLogPage {
-                nsid,
-                lid,
-                lsp,
-                rae,
-                numd,
-                offset,
-                lsi,
-                csi,
-            } => {
+            Self::GetLogPage { nsid, lid, lsp, rae, numd, offset, lsi, csi } => {
                 s.nsid = nsid.into();
                 let mut d10 = u32::from(lid.0);
                 d10 = set_bits32(d10, 8, 7, lsp.into());
@@ -420,13 +385,7 @@ impl AdminCommand {
                 s.cdw13 = ((offset >> 32) as u32).into();
                 s.cdw14 = (u32::from(csi) << 24).into();
             }
-            Self::Identify {
-                cns,
-                nsid,
-                cntid,
-                cnssid,
-                csi,
-            } => {
+            Self::Identify { cns, nsid, cntid, cnssid, csi } => {
                 s.nsid = nsid.into();
                 s.cdw10 = (u32::from(cns.to_raw()) | (u32::from(cntid) << 16)).into();
                 s.cdw11 = (u32::from(cnssid) | (u32::from(csi) << 24)).into();
@@ -434,13 +393,7 @@ impl AdminCommand {
             Self::Abort { sqid, cid } => {
                 s.cdw10 = (u32::from(sqid) | (u32::from(cid) << 16)).into();
             }
-            Self::SetFeatures {
-                nsid,
-                fid,
-                save,
-                cdw11,
-                cdw12_15,
-            } => {
+            Self::SetFeatures { nsid, fid, save, cdw11, cdw12_15 } => {
                 s.nsid = nsid.into();
                 s.cdw10 = (u32::from(fid.0) | (u32::from(save) << 31)).into();
                 s.cdw11 = cdw11.into();
@@ -450,12 +403,7 @@ impl AdminCommand {
                 s.cdw14 = c.into();
                 s.cdw15 = d.into();
             }
-            Self::GetFeatures {
-                nsid,
-                fid,
-                sel,
-                cdw11,
-            } => {
+            Self::GetFeatures { nsid, fid, sel, cdw11 } => {
                 s.nsid = nsid.into();
                 s.cdw10 = (u32::from(fid.0) | (u32::from(sel.to_raw()) << 8)).into();
                 s.cdw11 = cdw11.into();
@@ -504,10 +452,7 @@ impl AdminCommand {
                 cnssid: d11 as u16,
                 csi: (d11 >> 24) as u8,
             },
-            opcode::ABORT => Self::Abort {
-                sqid: d10 as u16,
-                cid: (d10 >> 16) as u16,
-            },
+            opcode::ABORT => Self::Abort { sqid: d10 as u16, cid: (d10 >> 16) as u16 },
             opcode::SET_FEATURES => Self::SetFeatures {
                 nsid,
                 fid: FeatureId(d10 as u8),
@@ -520,21 +465,14 @@ impl AdminCommand {
                 Self::GetFeatures {
                     nsid,
                     fid: FeatureId(d10 as u8),
-                    sel: FeatureSelect::from_raw(raw).ok_or(ParseError::InvalidField {
-                        field: "get features select",
-                        value: raw.into(),
-                    })?,
+                    sel: FeatureSelect::from_raw(raw)
+                        .ok_or(ParseError::InvalidField { field: "get features select", value: raw.into() })?,
                     cdw11: d11,
                 }
             }
             opcode::ASYNC_EVENT_REQUEST => Self::AsyncEventRequest,
             opcode::KEEP_ALIVE => Self::KeepAlive,
-            op => {
-                return Err(ParseError::InvalidOpcode {
-                    opcode: op,
-                    queue: QueueType::Admin,
-                })
-            }
+            op => return Err(ParseError::InvalidOpcode { opcode: op, queue: QueueType::Admin }),
         })
     }
 }
@@ -565,9 +503,7 @@ impl AsyncEvent {
 
     /// Encodes completion DW0.
     pub fn to_dword(self) -> u32 {
-        u32::from(self.event_type & 7)
-            | (u32::from(self.info) << 8)
-            | (u32::from(self.log_page.0) << 16)
+        u32::from(self.event_type & 7) | (u32::from(self.info) << 8) | (u32::from(self.log_page.0) << 16)
     }
 }
 
@@ -577,23 +513,13 @@ mod tests {
 
     #[test]
     fn identify_layout() {
-        let s = AdminCommand::Identify {
-            cns: Cns::Controller,
-            nsid: 0,
-            cntid: 0x1234,
-            cnssid: 0,
-            csi: 0,
-        }
-        .to_sqe(9);
+        let s = AdminCommand::Identify { cns: Cns::Controller, nsid: 0, cntid: 0x1234, cnssid: 0, csi: 0 }.to_sqe(9);
         assert_eq!(s.opcode(), 0x06);
         assert_eq!(s.cdw10.get(), 0x1234_0001);
         assert_eq!(Cns::from_raw(0x08), Err(ParseError::UnsupportedCns(0x08)));
         let mut bad = s;
         bad.cdw10 = 0x55.into();
-        assert_eq!(
-            AdminCommand::parse(&bad),
-            Err(ParseError::UnsupportedCns(0x55))
-        );
+        assert_eq!(AdminCommand::parse(&bad), Err(ParseError::UnsupportedCns(0x55)));
     }
 
     #[test]
@@ -614,54 +540,28 @@ mod tests {
     fn get_features_bad_select() {
         let mut s = Sqe::new(opcode::GET_FEATURES, 1);
         s.cdw10 = (7u32 << 8 | 7).into();
-        assert_eq!(
-            AdminCommand::parse(&s),
-            Err(ParseError::InvalidField {
-                field: "get features select",
-                value: 7
-            })
-        );
+        assert_eq!(AdminCommand::parse(&s), Err(ParseError::InvalidField { field: "get features select", value: 7 }));
     }
 
     #[test]
     fn num_queues_and_async_event() {
-        let nq = NumQueues {
-            nsqr: 3,
-            ncqr: 0xffff,
-        };
+        let nq = NumQueues { nsqr: 3, ncqr: 0xffff };
         assert_eq!(NumQueues::from_dword(nq.to_dword()), nq);
         let s = AdminCommand::set_num_queues(nq).to_sqe(2);
         assert_eq!(s.cdw10.get(), 7);
         assert_eq!(s.cdw11.get(), 0xffff_0003);
-        let ev = AsyncEvent {
-            event_type: 2,
-            info: 3,
-            log_page: LogPageId::ANA,
-        };
+        let ev = AsyncEvent { event_type: 2, info: 3, log_page: LogPageId::ANA };
         assert_eq!(ev.to_dword(), 0x000c_0302);
         assert_eq!(AsyncEvent::from_dword(ev.to_dword()), ev);
     }
 
     #[test]
     fn create_queue_fields() {
-        let c = AdminCommand::CreateIoSq {
-            qid: 2,
-            qsize: 1023,
-            cqid: 2,
-            prio: 1,
-            contiguous: true,
-            nvmsetid: 0,
-        };
+        let c = AdminCommand::CreateIoSq { qid: 2, qsize: 1023, cqid: 2, prio: 1, contiguous: true, nvmsetid: 0 };
         let s = c.to_sqe(3);
         assert_eq!(s.cdw10.get(), (1023 << 16) | 2);
         assert_eq!(s.cdw11.get(), (2 << 16) | (1 << 1) | 1);
-        let c = AdminCommand::CreateIoCq {
-            qid: 2,
-            qsize: 1023,
-            iv: 5,
-            ien: true,
-            contiguous: true,
-        };
+        let c = AdminCommand::CreateIoCq { qid: 2, qsize: 1023, iv: 5, ien: true, contiguous: true };
         assert_eq!(c.to_sqe(3).cdw11.get(), (5 << 16) | 3);
     }
 }

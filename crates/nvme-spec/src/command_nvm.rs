@@ -95,9 +95,9 @@ impl IoCommand {
     /// Starting LBA and block count for Read, Write and Write Zeroes.
     pub fn lba_range(&self) -> Option<(u64, u32)> {
         match *self {
-            Self::Read { slba, nlb, .. }
-            | Self::Write { slba, nlb, .. }
-            | Self::WriteZeroes { slba, nlb, .. } => Some((slba, u32::from(nlb) + 1)),
+            Self::Read { slba, nlb, .. } | Self::Write { slba, nlb, .. } | Self::WriteZeroes { slba, nlb, .. } => {
+                Some((slba, u32::from(nlb) + 1))
+            }
             _ => None,
         }
     }
@@ -106,9 +106,7 @@ impl IoCommand {
     /// (Read / Write: blocks, Dataset Management: the range list).
     pub fn data_len(&self, block_size: u32) -> u64 {
         match *self {
-            Self::Read { nlb, .. } | Self::Write { nlb, .. } => {
-                (u64::from(nlb) + 1) * u64::from(block_size)
-            }
+            Self::Read { nlb, .. } | Self::Write { nlb, .. } => (u64::from(nlb) + 1) * u64::from(block_size),
             Self::DatasetManagement { nr, .. } => (u64::from(nr) + 1) * 16,
             Self::Flush { .. } | Self::WriteZeroes { .. } => 0,
         }
@@ -118,35 +116,19 @@ impl IoCommand {
     pub fn to_sqe(&self, cid: u16) -> Sqe {
         let mut s = Sqe::new(self.opcode(), cid);
         s.nsid = self.nsid().into();
-        let rw12 = |nlb: u16, fua: bool, lr: bool| {
-            u32::from(nlb) | (u32::from(fua) << 30) | (u32::from(lr) << 31)
-        };
+        let rw12 = |nlb: u16, fua: bool, lr: bool| u32::from(nlb) | (u32::from(fua) << 30) | (u32::from(lr) << 31);
         match *self {
-            Self::Read {
-                slba, nlb, fua, lr, ..
-            }
-            | Self::Write {
-                slba, nlb, fua, lr, ..
-            } => {
+            Self::Read { slba, nlb, fua, lr, .. } | Self::Write { slba, nlb, fua, lr, .. } => {
                 s.cdw10 = (slba as u32).into();
                 s.cdw11 = ((slba >> 32) as u32).into();
                 s.cdw12 = rw12(nlb, fua, lr).into();
             }
-            Self::WriteZeroes {
-                slba,
-                nlb,
-                deac,
-                fua,
-                lr,
-                ..
-            } => {
+            Self::WriteZeroes { slba, nlb, deac, fua, lr, .. } => {
                 s.cdw10 = (slba as u32).into();
                 s.cdw11 = ((slba >> 32) as u32).into();
                 s.cdw12 = (rw12(nlb, fua, lr) | (u32::from(deac) << 25)).into();
             }
-            Self::DatasetManagement {
-                nr, ad, idw, idr, ..
-            } => {
+            Self::DatasetManagement { nr, ad, idw, idr, .. } => {
                 s.cdw10 = u32::from(nr).into();
                 s.cdw11 = (u32::from(idr) | (u32::from(idw) << 1) | (u32::from(ad) << 2)).into();
             }
@@ -164,29 +146,10 @@ impl IoCommand {
         let fua = d12 & (1 << 30) != 0;
         let lr = d12 & (1 << 31) != 0;
         Ok(match s.opcode() {
-            opcode::READ => Self::Read {
-                nsid,
-                slba,
-                nlb,
-                fua,
-                lr,
-            },
-            opcode::WRITE => Self::Write {
-                nsid,
-                slba,
-                nlb,
-                fua,
-                lr,
-            },
+            opcode::READ => Self::Read { nsid, slba, nlb, fua, lr },
+            opcode::WRITE => Self::Write { nsid, slba, nlb, fua, lr },
             opcode::FLUSH => Self::Flush { nsid },
-            opcode::WRITE_ZEROES => Self::WriteZeroes {
-                nsid,
-                slba,
-                nlb,
-                deac: d12 & (1 << 25) != 0,
-                fua,
-                lr,
-            },
+            opcode::WRITE_ZEROES => Self::WriteZeroes { nsid, slba, nlb, deac: d12 & (1 << 25) != 0, fua, lr },
             opcode::DATASET_MANAGEMENT => {
                 let d11 = s.cdw11.get();
                 Self::DatasetManagement {
@@ -197,12 +160,7 @@ impl IoCommand {
                     ad: d11 & 4 != 0,
                 }
             }
-            op => {
-                return Err(ParseError::InvalidOpcode {
-                    opcode: op,
-                    queue: QueueType::Io,
-                })
-            }
+            op => return Err(ParseError::InvalidOpcode { opcode: op, queue: QueueType::Io }),
         })
     }
 }
@@ -223,28 +181,19 @@ const _: () = assert!(core::mem::size_of::<DsmRange>() == 16);
 impl DsmRange {
     /// A range of `nlb` blocks at `slba`.
     pub fn new(slba: u64, nlb: u32) -> Self {
-        Self {
-            cattr: 0.into(),
-            nlb: nlb.into(),
-            slba: slba.into(),
-        }
+        Self { cattr: 0.into(), nlb: nlb.into(), slba: slba.into() }
     }
 
     /// Parses up to `count` ranges from a data buffer; fails if the buffer
     /// is shorter than `count * 16` bytes.
     pub fn parse_list(data: &[u8], count: usize) -> Result<&[DsmRange], ParseError> {
-        let need = count.checked_mul(16).ok_or(ParseError::InvalidField {
-            field: "dsm range count",
-            value: count as u64,
-        })?;
-        let bytes = data.get(..need).ok_or(ParseError::InvalidField {
-            field: "dsm range list length",
-            value: data.len() as u64,
-        })?;
-        <[DsmRange]>::ref_from_bytes(bytes).map_err(|_| ParseError::InvalidField {
-            field: "dsm range list length",
-            value: data.len() as u64,
-        })
+        let need =
+            count.checked_mul(16).ok_or(ParseError::InvalidField { field: "dsm range count", value: count as u64 })?;
+        let bytes = data
+            .get(..need)
+            .ok_or(ParseError::InvalidField { field: "dsm range list length", value: data.len() as u64 })?;
+        <[DsmRange]>::ref_from_bytes(bytes)
+            .map_err(|_| ParseError::InvalidField { field: "dsm range list length", value: data.len() as u64 })
     }
 }
 
@@ -255,13 +204,7 @@ mod tests {
 
     #[test]
     fn read_layout() {
-        let c = IoCommand::Read {
-            nsid: 1,
-            slba: 0x1_0000_0002,
-            nlb: 7,
-            fua: true,
-            lr: false,
-        };
+        let c = IoCommand::Read { nsid: 1, slba: 0x1_0000_0002, nlb: 7, fua: true, lr: false };
         let s = c.to_sqe(5);
         assert_eq!(s.opcode(), 2);
         assert_eq!(s.cdw10.get(), 2);
@@ -274,24 +217,11 @@ mod tests {
 
     #[test]
     fn write_zeroes_and_dsm_bits() {
-        let wz = IoCommand::WriteZeroes {
-            nsid: 1,
-            slba: 0,
-            nlb: 0xffff,
-            deac: true,
-            fua: false,
-            lr: false,
-        };
+        let wz = IoCommand::WriteZeroes { nsid: 1, slba: 0, nlb: 0xffff, deac: true, fua: false, lr: false };
         assert_eq!(wz.to_sqe(1).cdw12.get(), 0xffff | (1 << 25));
         assert_eq!(wz.data_len(512), 0);
         assert_eq!(wz.lba_range(), Some((0, 65536)));
-        let dsm = IoCommand::DatasetManagement {
-            nsid: 1,
-            nr: 1,
-            ad: true,
-            idw: false,
-            idr: false,
-        };
+        let dsm = IoCommand::DatasetManagement { nsid: 1, nr: 1, ad: true, idw: false, idr: false };
         let s = dsm.to_sqe(1);
         assert_eq!((s.cdw10.get(), s.cdw11.get()), (1, 4));
         assert_eq!(dsm.data_len(512), 32);

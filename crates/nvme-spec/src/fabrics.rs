@@ -43,10 +43,7 @@ impl PropertySize {
         match a & 7 {
             0 => Ok(Self::Four),
             1 => Ok(Self::Eight),
-            v => Err(ParseError::InvalidField {
-                field: "property size",
-                value: v.into(),
-            }),
+            v => Err(ParseError::InvalidField { field: "property size", value: v.into() }),
         }
     }
 
@@ -114,13 +111,7 @@ impl FabricsCommand {
         let mut s = Sqe::new(opcode::FABRICS, cid);
         s.nsid = u32::from(self.fctype()).into();
         match *self {
-            Self::Connect {
-                recfmt,
-                qid,
-                sqsize,
-                cattr,
-                kato,
-            } => {
+            Self::Connect { recfmt, qid, sqsize, cattr, kato } => {
                 s.cdw10 = (u32::from(recfmt) | (u32::from(qid) << 16)).into();
                 s.cdw11 = (u32::from(sqsize) | (u32::from(cattr) << 16)).into();
                 s.cdw12 = kato.into();
@@ -129,11 +120,7 @@ impl FabricsCommand {
                 s.cdw10 = u32::from(size.to_attrib()).into();
                 s.cdw11 = offset.into();
             }
-            Self::PropertySet {
-                size,
-                offset,
-                value,
-            } => {
+            Self::PropertySet { size, offset, value } => {
                 s.cdw10 = u32::from(size.to_attrib()).into();
                 s.cdw11 = offset.into();
                 s.cdw12 = (value as u32).into();
@@ -147,10 +134,7 @@ impl FabricsCommand {
     /// Parses a Fabrics submission queue entry (opcode 7Fh).
     pub fn parse(s: &Sqe) -> Result<Self, ParseError> {
         if s.opcode() != opcode::FABRICS {
-            return Err(ParseError::InvalidField {
-                field: "fabrics opcode",
-                value: s.opcode().into(),
-            });
+            return Err(ParseError::InvalidField { field: "fabrics opcode", value: s.opcode().into() });
         }
         let [d10, d11, d12, d13, ..] = s.cdw10_15();
         let fct = s.nsid.get() as u8;
@@ -162,10 +146,7 @@ impl FabricsCommand {
                 cattr: (d11 >> 16) as u8,
                 kato: d12,
             },
-            fctype::PROPERTY_GET => Self::PropertyGet {
-                size: PropertySize::from_attrib(d10 as u8)?,
-                offset: d11,
-            },
+            fctype::PROPERTY_GET => Self::PropertyGet { size: PropertySize::from_attrib(d10 as u8)?, offset: d11 },
             fctype::PROPERTY_SET => Self::PropertySet {
                 size: PropertySize::from_attrib(d10 as u8)?,
                 offset: d11,
@@ -215,12 +196,7 @@ const _: () = assert!(core::mem::offset_of!(ConnectData, hostnqn) == 512);
 
 impl ConnectData {
     /// Builds Connect data; NQNs must be at most [`NQN_MAX_LEN`] bytes.
-    pub fn new(
-        hostid: [u8; 16],
-        cntlid: u16,
-        subnqn: &str,
-        hostnqn: &str,
-    ) -> Result<Self, ConnectDataError> {
+    pub fn new(hostid: [u8; 16], cntlid: u16, subnqn: &str, hostnqn: &str) -> Result<Self, ConnectDataError> {
         let mut d = Self::new_zeroed();
         d.hostid = hostid;
         d.cntlid = cntlid.into();
@@ -234,9 +210,7 @@ impl ConnectData {
 
     /// Reads Connect data from the first 1024 bytes of `buf`.
     pub fn parse(buf: &[u8]) -> Result<Self, ConnectDataError> {
-        Self::read_from_prefix(buf)
-            .map(|(d, _)| d)
-            .map_err(|_| ConnectDataError::Short(buf.len()))
+        Self::read_from_prefix(buf).map(|(d, _)| d).map_err(|_| ConnectDataError::Short(buf.len()))
     }
 
     /// The subsystem NQN.
@@ -267,7 +241,8 @@ pub enum ConnectResponse {
         /// Authentication requirements (bits 17:16).
         authreq: u8,
     },
-    /// Connect Invalid Parameters: where the bad parameter is.
+    /// Connect Invalid Parameters: where the bad parameter is (DW0 bits
+    /// 15:0 IPO, bits 23:16 IATTR).
     InvalidParameter {
         /// True if in the Connect data, false if in the command.
         in_data: bool,
@@ -282,15 +257,9 @@ impl ConnectResponse {
         use crate::status::{command_specific, StatusCode};
         let dw0 = cqe.dw0.get();
         match cqe.status().code {
-            StatusCode::SUCCESS => Some(Self::Success {
-                cntlid: dw0 as u16,
-                authreq: ((dw0 >> 16) & 3) as u8,
-            }),
+            StatusCode::SUCCESS => Some(Self::Success { cntlid: dw0 as u16, authreq: ((dw0 >> 16) & 3) as u8 }),
             StatusCode::CommandSpecific(command_specific::FABRICS_CONNECT_INVALID_PARAMETERS) => {
-                Some(Self::InvalidParameter {
-                    in_data: dw0 & 1 != 0,
-                    offset: (dw0 >> 16) as u16,
-                })
+                Some(Self::InvalidParameter { in_data: (dw0 >> 16) & 1 != 0, offset: dw0 as u16 })
             }
             _ => None,
         }
@@ -300,9 +269,7 @@ impl ConnectResponse {
     pub fn to_dword(self) -> u32 {
         match self {
             Self::Success { cntlid, authreq } => u32::from(cntlid) | (u32::from(authreq & 3) << 16),
-            Self::InvalidParameter { in_data, offset } => {
-                u32::from(in_data) | (u32::from(offset) << 16)
-            }
+            Self::InvalidParameter { in_data, offset } => (u32::from(in_data) << 16) | u32::from(offset),
         }
     }
 }
@@ -314,13 +281,7 @@ mod tests {
 
     #[test]
     fn connect_layout() {
-        let c = FabricsCommand::Connect {
-            recfmt: 0,
-            qid: 1,
-            sqsize: 127,
-            cattr: 0,
-            kato: 0,
-        };
+        let c = FabricsCommand::Connect { recfmt: 0, qid: 1, sqsize: 127, cattr: 0, kato: 0 };
         let s = c.to_sqe(0x10);
         let b = s.as_bytes();
         assert_eq!(b[0], 0x7f);
@@ -328,11 +289,7 @@ mod tests {
         assert_eq!(&b[40..42], &0u16.to_le_bytes());
         assert_eq!(&b[42..44], &1u16.to_le_bytes());
         assert_eq!(&b[44..46], &127u16.to_le_bytes());
-        let p = FabricsCommand::PropertySet {
-            size: PropertySize::Four,
-            offset: 0x14,
-            value: 0x46_0001,
-        };
+        let p = FabricsCommand::PropertySet { size: PropertySize::Four, offset: 0x14, value: 0x46_0001 };
         let b = p.to_sqe(1);
         let b = b.as_bytes();
         assert_eq!(b[40], 0);
@@ -342,21 +299,11 @@ mod tests {
 
     #[test]
     fn malformed_fabrics() {
-        let mut s = FabricsCommand::PropertyGet {
-            size: PropertySize::Eight,
-            offset: 0,
-        }
-        .to_sqe(1);
+        let mut s = FabricsCommand::PropertyGet { size: PropertySize::Eight, offset: 0 }.to_sqe(1);
         s.cdw10 = 2.into();
-        assert!(matches!(
-            FabricsCommand::parse(&s),
-            Err(ParseError::InvalidField { .. })
-        ));
+        assert!(matches!(FabricsCommand::parse(&s), Err(ParseError::InvalidField { .. })));
         s.nsid = 0x05.into();
-        assert_eq!(
-            FabricsCommand::parse(&s),
-            Err(ParseError::UnknownFabricsType(5))
-        );
+        assert_eq!(FabricsCommand::parse(&s), Err(ParseError::UnknownFabricsType(5)));
         assert!(FabricsCommand::parse(&Sqe::new(0x02, 1)).is_err());
     }
 
@@ -370,15 +317,9 @@ mod tests {
         assert_eq!(p.subnqn(), Ok("nqn.sub"));
         assert_eq!(p.hostnqn(), Ok("nqn.host"));
         assert_eq!(p.cntlid.get(), 0xffff);
-        assert_eq!(
-            ConnectData::parse(&bytes[..1000]),
-            Err(ConnectDataError::Short(1000))
-        );
+        assert_eq!(ConnectData::parse(&bytes[..1000]), Err(ConnectDataError::Short(1000)));
         let long = "n".repeat(224);
-        assert_eq!(
-            ConnectData::new([0; 16], 0, &long, "h"),
-            Err(ConnectDataError::NqnTooLong(224))
-        );
+        assert_eq!(ConnectData::new([0; 16], 0, &long, "h"), Err(ConnectDataError::NqnTooLong(224)));
         let mut bad = d;
         bad.hostnqn = [b'a'; 256];
         assert_eq!(bad.hostnqn(), Err(ConnectDataError::BadNqn("host nqn")));
@@ -388,25 +329,17 @@ mod tests {
 
     #[test]
     fn connect_response() {
-        let ok = ConnectResponse::Success {
-            cntlid: 5,
-            authreq: 0,
-        };
+        let ok = ConnectResponse::Success { cntlid: 5, authreq: 0 };
         let mut c = Cqe::new(1, Status::SUCCESS);
         c.dw0 = ok.to_dword().into();
         assert_eq!(ConnectResponse::from_cqe(&c), Some(ok));
-        let inval = ConnectResponse::InvalidParameter {
-            in_data: true,
-            offset: 256,
-        };
+        let inval = ConnectResponse::InvalidParameter { in_data: true, offset: 256 };
         let mut c = Cqe::new(
             1,
-            Status::new(
-                StatusCode::CommandSpecific(command_specific::FABRICS_CONNECT_INVALID_PARAMETERS),
-                true,
-            ),
+            Status::new(StatusCode::CommandSpecific(command_specific::FABRICS_CONNECT_INVALID_PARAMETERS), true),
         );
         c.dw0 = inval.to_dword().into();
+        assert_eq!(c.dw0.get(), 0x0001_0100);
         assert_eq!(ConnectResponse::from_cqe(&c), Some(inval));
         let c = Cqe::new(1, Status::new(StatusCode::CommandSpecific(0x81), false));
         assert_eq!(ConnectResponse::from_cqe(&c), None);

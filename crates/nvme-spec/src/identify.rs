@@ -36,10 +36,7 @@ pub enum IdentifyError {
 fn read<T: FromBytes + KnownLayout + Immutable>(buf: &[u8]) -> Result<T, IdentifyError> {
     T::read_from_prefix(buf)
         .map(|(v, _)| v)
-        .map_err(|_| IdentifyError::Short {
-            got: buf.len(),
-            need: core::mem::size_of::<T>(),
-        })
+        .map_err(|_| IdentifyError::Short { got: buf.len(), need: core::mem::size_of::<T>() })
 }
 
 /// Identify Controller data structure (CNS 01h), 4096 bytes.
@@ -327,9 +324,7 @@ impl IdentifyController {
 
 /// One LBA format descriptor.
 #[repr(C)]
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub struct LbaFormat {
     /// Metadata size in bytes.
     pub ms: U16,
@@ -469,11 +464,7 @@ impl IdentifyNamespace {
         self.nuse = blocks.into();
         self.nlbaf = 0;
         self.flbas = 0;
-        self.lbaf[0] = LbaFormat {
-            ms: 0.into(),
-            lbads,
-            rp: 0,
-        };
+        self.lbaf[0] = LbaFormat { ms: 0.into(), lbads, rp: 0 };
     }
 }
 
@@ -520,9 +511,7 @@ impl NsDescriptor {
             }
             let start = off + 4;
             let end = start + usize::from(nidl);
-            let body = buf
-                .get(start..end)
-                .ok_or(IdentifyError::DescriptorOverrun { offset: off })?;
+            let body = buf.get(start..end).ok_or(IdentifyError::DescriptorOverrun { offset: off })?;
             let bad = IdentifyError::DescriptorLength { nidt, nidl };
             out.push(match nidt {
                 nidt::EUI64 => NsDescriptor::Eui64(body.try_into().map_err(|_| bad)?),
@@ -559,10 +548,7 @@ impl NsDescriptor {
 /// terminated by zero or the end of the buffer. Trailing bytes that do not
 /// make a whole entry are ignored.
 pub fn parse_ns_list(buf: &[u8]) -> Vec<u32> {
-    buf.chunks_exact(4)
-        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .take_while(|&n| n != 0)
-        .collect()
+    buf.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).take_while(|&n| n != 0).collect()
 }
 
 /// Encodes an active namespace ID list into a 4096-byte buffer (at most
@@ -603,13 +589,7 @@ mod tests {
         assert_eq!(p.io_capsule_bytes(), 4160);
         assert!(!c.set_strings(&"x".repeat(21), "", ""));
         assert!(!c.set_subnqn(&"x".repeat(256)));
-        assert_eq!(
-            IdentifyController::parse(&bytes[..4095]),
-            Err(IdentifyError::Short {
-                got: 4095,
-                need: 4096
-            })
-        );
+        assert_eq!(IdentifyController::parse(&bytes[..4095]), Err(IdentifyError::Short { got: 4095, need: 4096 }));
         c.mdts = 0;
         assert_eq!(c.max_transfer_bytes(4096), None);
         c.mdts = 255;
@@ -665,10 +645,7 @@ mod tests {
         // Wrong length for the type.
         let mut bad = buf.clone();
         bad[1] = 7;
-        assert!(matches!(
-            NsDescriptor::parse_list(&bad),
-            Err(IdentifyError::DescriptorLength { nidt: 1, nidl: 7 })
-        ));
+        assert!(matches!(NsDescriptor::parse_list(&bad), Err(IdentifyError::DescriptorLength { nidt: 1, nidl: 7 })));
         // Overrun at the end of a truncated buffer.
         assert_eq!(
             NsDescriptor::parse_list(&buf[..unknown_at + 5]),

@@ -35,12 +35,7 @@ fn read_at<T: FromBytes + KnownLayout + Immutable>(
     offset: usize,
     what: &'static str,
 ) -> Result<T, LogError> {
-    let short = LogError::Short {
-        what,
-        offset,
-        need: core::mem::size_of::<T>(),
-        got: buf.len(),
-    };
+    let short = LogError::Short { what, offset, need: core::mem::size_of::<T>(), got: buf.len() };
     let tail = buf.get(offset..).ok_or(short)?;
     T::read_from_prefix(tail).map(|(v, _)| v).map_err(|_| short)
 }
@@ -152,9 +147,7 @@ const _: () = assert!(core::mem::size_of::<ErrorLogEntry>() == 64);
 impl ErrorLogEntry {
     /// Reads all whole entries in `buf`.
     pub fn parse_all(buf: &[u8]) -> Vec<Self> {
-        buf.chunks_exact(64)
-            .filter_map(|c| Self::read_from_bytes(c).ok())
-            .collect()
+        buf.chunks_exact(64).filter_map(|c| Self::read_from_bytes(c).ok()).collect()
     }
 
     /// The decoded completion status of the failed command.
@@ -307,44 +300,28 @@ impl AnaLog {
             let g: AnaGroupDescHeader = read_at(buf, off, "ana group descriptor")?;
             off += 32;
             let n = g.nnsids.get() as usize;
-            let len = n.checked_mul(4).ok_or(LogError::TooMany {
-                what: "ana nsid",
-                count: n as u64,
+            let len = n.checked_mul(4).ok_or(LogError::TooMany { what: "ana nsid", count: n as u64 })?;
+            let ids = buf.get(off..).and_then(|t| t.get(..len)).ok_or(LogError::Short {
+                what: "ana nsid list",
+                offset: off,
+                need: len,
+                got: buf.len(),
             })?;
-            let ids = buf
-                .get(off..)
-                .and_then(|t| t.get(..len))
-                .ok_or(LogError::Short {
-                    what: "ana nsid list",
-                    offset: off,
-                    need: len,
-                    got: buf.len(),
-                })?;
             off += len;
             groups.push(AnaGroup {
                 grpid: g.grpid.get(),
                 chgcnt: g.chgcnt.get(),
                 state: AnaState::from_raw(g.state),
-                nsids: ids
-                    .chunks_exact(4)
-                    .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
+                nsids: ids.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
             });
         }
-        Ok(Self {
-            chgcnt: h.chgcnt.get(),
-            groups,
-        })
+        Ok(Self { chgcnt: h.chgcnt.get(), groups })
     }
 
     /// Encodes the log page.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
-        let h = AnaLogHeader {
-            chgcnt: self.chgcnt.into(),
-            ngrps: (self.groups.len() as u16).into(),
-            rsvd: [0; 6],
-        };
+        let h = AnaLogHeader { chgcnt: self.chgcnt.into(), ngrps: (self.groups.len() as u16).into(), rsvd: [0; 6] };
         out.extend_from_slice(h.as_bytes());
         for g in self.groups.iter().take(usize::from(u16::MAX)) {
             let d = AnaGroupDescHeader {
@@ -364,10 +341,7 @@ impl AnaLog {
 
     /// The state of namespace `nsid`, if listed.
     pub fn state_of(&self, nsid: u32) -> Option<AnaState> {
-        self.groups
-            .iter()
-            .find(|g| g.nsids.contains(&nsid))
-            .map(|g| g.state)
+        self.groups.iter().find(|g| g.nsids.contains(&nsid)).map(|g| g.state)
     }
 }
 
@@ -442,28 +416,21 @@ pub struct DiscoveryLogEntry {
     pub trsvcid: [u8; 32],
     /// Reserved.
     pub rsvd64: [u8; 192],
-    /// Transport address (ASCII, space padded).
-    pub traddr: [u8; 256],
     /// Subsystem NQN (NUL padded).
     pub subnqn: [u8; 256],
+    /// Transport address (ASCII, space padded).
+    pub traddr: [u8; 256],
     /// Transport specific address subtype.
     pub tsas: [u8; 256],
 }
 const _: () = assert!(core::mem::size_of::<DiscoveryLogEntry>() == 1024);
 const _: () = assert!(core::mem::offset_of!(DiscoveryLogEntry, trsvcid) == 32);
-const _: () = assert!(core::mem::offset_of!(DiscoveryLogEntry, traddr) == 256);
-const _: () = assert!(core::mem::offset_of!(DiscoveryLogEntry, subnqn) == 512);
+const _: () = assert!(core::mem::offset_of!(DiscoveryLogEntry, subnqn) == 256);
+const _: () = assert!(core::mem::offset_of!(DiscoveryLogEntry, traddr) == 512);
 
 impl DiscoveryLogEntry {
     /// A TCP entry; returns `None` if a string does not fit its field.
-    pub fn tcp(
-        subtype: u8,
-        adrfam: u8,
-        traddr: &str,
-        trsvcid: &str,
-        subnqn: &str,
-        portid: u16,
-    ) -> Option<Self> {
+    pub fn tcp(subtype: u8, adrfam: u8, traddr: &str, trsvcid: &str, subnqn: &str, portid: u16) -> Option<Self> {
         let mut e = Self::new_zeroed();
         e.trtype = trtype::TCP;
         e.adrfam = adrfam;
@@ -519,11 +486,7 @@ impl DiscoveryLog {
             .take(usize::try_from(numrec).unwrap_or(usize::MAX))
             .filter_map(|c| DiscoveryLogEntry::read_from_bytes(c).ok())
             .collect();
-        Ok(Self {
-            genctr: h.genctr.get(),
-            numrec,
-            entries,
-        })
+        Ok(Self { genctr: h.genctr.get(), numrec, entries })
     }
 
     /// Encodes the page.
@@ -553,10 +516,7 @@ mod tests {
         assert_eq!(&b[1..3], &300u16.to_le_bytes());
         assert_eq!(b[160], 5);
         assert_eq!(SmartLog::parse(b).unwrap(), s);
-        assert!(matches!(
-            SmartLog::parse(&b[..511]),
-            Err(LogError::Short { need: 512, .. })
-        ));
+        assert!(matches!(SmartLog::parse(&b[..511]), Err(LogError::Short { need: 512, .. })));
     }
 
     #[test]
@@ -585,18 +545,8 @@ mod tests {
         let log = AnaLog {
             chgcnt: 9,
             groups: vec![
-                AnaGroup {
-                    grpid: 1,
-                    chgcnt: 2,
-                    state: AnaState::Optimized,
-                    nsids: vec![1, 2],
-                },
-                AnaGroup {
-                    grpid: 2,
-                    chgcnt: 3,
-                    state: AnaState::Inaccessible,
-                    nsids: vec![3],
-                },
+                AnaGroup { grpid: 1, chgcnt: 2, state: AnaState::Optimized, nsids: vec![1, 2] },
+                AnaGroup { grpid: 2, chgcnt: 3, state: AnaState::Inaccessible, nsids: vec![3] },
             ],
         };
         let b = log.encode();
@@ -607,13 +557,7 @@ mod tests {
         assert!(!AnaState::Inaccessible.is_usable());
         assert!(AnaState::NonOptimized.is_usable());
         assert_eq!(p.state_of(4), None);
-        assert!(matches!(
-            AnaLog::parse(&b[..b.len() - 1]),
-            Err(LogError::Short {
-                what: "ana nsid list",
-                ..
-            })
-        ));
+        assert!(matches!(AnaLog::parse(&b[..b.len() - 1]), Err(LogError::Short { what: "ana nsid list", .. })));
         let mut huge = b.clone();
         huge[16 + 4..16 + 8].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(AnaLog::parse(&huge).is_err());
@@ -623,23 +567,15 @@ mod tests {
 
     #[test]
     fn discovery_round_trip() {
-        let e = DiscoveryLogEntry::tcp(
-            subtype::NVME,
-            adrfam::IPV4,
-            "127.0.0.1",
-            "4420",
-            "nqn.test",
-            1,
-        )
-        .unwrap();
-        let log = DiscoveryLog {
-            genctr: 4,
-            numrec: 2,
-            entries: vec![e, e],
-        };
+        let e = DiscoveryLogEntry::tcp(subtype::NVME, adrfam::IPV4, "127.0.0.1", "4420", "nqn.test", 1).unwrap();
+        let log = DiscoveryLog { genctr: 4, numrec: 2, entries: vec![e, e] };
         let b = log.encode();
         assert_eq!(b.len(), 3 * 1024);
         assert_eq!(b[1024], trtype::TCP);
+        // Byte offsets within the entry: TRSVCID 32, SUBNQN 256, TRADDR 512.
+        assert_eq!(&b[1024 + 32..1024 + 36], b"4420");
+        assert_eq!(&b[1024 + 256..1024 + 264], b"nqn.test");
+        assert_eq!(&b[1024 + 512..1024 + 521], b"127.0.0.1");
         let p = DiscoveryLog::parse(&b).unwrap();
         assert_eq!(p, log);
         assert_eq!(p.entries[0].traddr(), Some("127.0.0.1"));

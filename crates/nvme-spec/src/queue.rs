@@ -139,14 +139,7 @@ impl Sqe {
 
     /// Command dwords 10..=15 as an array.
     pub fn cdw10_15(&self) -> [u32; 6] {
-        [
-            self.cdw10.get(),
-            self.cdw11.get(),
-            self.cdw12.get(),
-            self.cdw13.get(),
-            self.cdw14.get(),
-            self.cdw15.get(),
-        ]
+        [self.cdw10.get(), self.cdw11.get(), self.cdw12.get(), self.cdw13.get(), self.cdw14.get(), self.cdw15.get()]
     }
 }
 
@@ -191,12 +184,7 @@ impl SglDescriptor {
 
     /// A descriptor with the given address, length and identifier byte.
     pub fn new(addr: u64, length: u32, id: u8) -> Self {
-        Self {
-            addr: addr.into(),
-            length: length.into(),
-            rsvd: [0; 3],
-            id,
-        }
+        Self { addr: addr.into(), length: length.into(), rsvd: [0; 3], id }
     }
 
     /// In-capsule data of `length` bytes at `offset` within the capsule data.
@@ -293,10 +281,7 @@ mod tests {
     #[test]
     fn data_pointer_round_trip() {
         let mut s = Sqe::new(1, 1);
-        let prp = DataPointer::Prp {
-            prp1: 0x1000,
-            prp2: 0x2000_0000_0000,
-        };
+        let prp = DataPointer::Prp { prp1: 0x1000, prp2: 0x2000_0000_0000 };
         s.set_data_pointer(prp);
         assert_eq!(s.data_pointer(), Some(prp));
         assert_eq!(&s.as_bytes()[24..32], &0x1000u64.to_le_bytes());
@@ -305,9 +290,7 @@ mod tests {
         assert_eq!(s.data_pointer(), Some(sgl));
         assert_eq!(s.as_bytes()[39], 0x5a);
         assert_eq!(&s.as_bytes()[32..36], &8192u32.to_le_bytes());
-        let DataPointer::Sgl(d) = sgl else {
-            unreachable!("constructed as sgl")
-        };
+        let DataPointer::Sgl(d) = sgl else { unreachable!("constructed as sgl") };
         assert_eq!((d.desc_type(), d.subtype()), (5, 0xa));
     }
 

@@ -48,72 +48,12 @@ macro_rules! field {
 pub struct Cap(pub u64);
 
 impl Cap {
-    field!(
-        u64,
-        mqes,
-        with_mqes,
-        bits64,
-        set_bits64,
-        0,
-        16,
-        u16,
-        "Maximum queue entries supported, zero-based."
-    );
-    field!(
-        u64,
-        cqr,
-        with_cqr,
-        bits64,
-        set_bits64,
-        16,
-        1,
-        u8,
-        "Contiguous queues required (1 bit)."
-    );
-    field!(
-        u64,
-        ams,
-        with_ams,
-        bits64,
-        set_bits64,
-        17,
-        2,
-        u8,
-        "Arbitration mechanisms supported."
-    );
-    field!(
-        u64,
-        to,
-        with_to,
-        bits64,
-        set_bits64,
-        24,
-        8,
-        u8,
-        "Timeout for CSTS.RDY transitions, in 500 ms units."
-    );
-    field!(
-        u64,
-        dstrd,
-        with_dstrd,
-        bits64,
-        set_bits64,
-        32,
-        4,
-        u8,
-        "Doorbell stride: 2^(2+DSTRD) bytes."
-    );
-    field!(
-        u64,
-        nssrs,
-        with_nssrs,
-        bits64,
-        set_bits64,
-        36,
-        1,
-        u8,
-        "NVM subsystem reset supported (1 bit)."
-    );
+    field!(u64, mqes, with_mqes, bits64, set_bits64, 0, 16, u16, "Maximum queue entries supported, zero-based.");
+    field!(u64, cqr, with_cqr, bits64, set_bits64, 16, 1, u8, "Contiguous queues required (1 bit).");
+    field!(u64, ams, with_ams, bits64, set_bits64, 17, 2, u8, "Arbitration mechanisms supported.");
+    field!(u64, to, with_to, bits64, set_bits64, 24, 8, u8, "Timeout for CSTS.RDY transitions, in 500 ms units.");
+    field!(u64, dstrd, with_dstrd, bits64, set_bits64, 32, 4, u8, "Doorbell stride: 2^(2+DSTRD) bytes.");
+    field!(u64, nssrs, with_nssrs, bits64, set_bits64, 36, 1, u8, "NVM subsystem reset supported (1 bit).");
     field!(
         u64,
         css,
@@ -125,28 +65,8 @@ impl Cap {
         u8,
         "Command sets supported (bit 0: NVM, bit 6: I/O command sets, bit 7: admin only)."
     );
-    field!(
-        u64,
-        mpsmin,
-        with_mpsmin,
-        bits64,
-        set_bits64,
-        48,
-        4,
-        u8,
-        "Memory page size minimum: 2^(12+MPSMIN)."
-    );
-    field!(
-        u64,
-        mpsmax,
-        with_mpsmax,
-        bits64,
-        set_bits64,
-        52,
-        4,
-        u8,
-        "Memory page size maximum: 2^(12+MPSMAX)."
-    );
+    field!(u64, mpsmin, with_mpsmin, bits64, set_bits64, 48, 4, u8, "Memory page size minimum: 2^(12+MPSMIN).");
+    field!(u64, mpsmax, with_mpsmax, bits64, set_bits64, 52, 4, u8, "Memory page size maximum: 2^(12+MPSMAX).");
 
     /// The CSTS.RDY timeout in milliseconds.
     pub fn timeout_ms(self) -> u64 {
@@ -164,39 +84,9 @@ impl Cap {
 pub struct Vs(pub u32);
 
 impl Vs {
-    field!(
-        u32,
-        mjr,
-        with_mjr,
-        bits32,
-        set_bits32,
-        16,
-        16,
-        u16,
-        "Major version."
-    );
-    field!(
-        u32,
-        mnr,
-        with_mnr,
-        bits32,
-        set_bits32,
-        8,
-        8,
-        u8,
-        "Minor version."
-    );
-    field!(
-        u32,
-        ter,
-        with_ter,
-        bits32,
-        set_bits32,
-        0,
-        8,
-        u8,
-        "Tertiary version."
-    );
+    field!(u32, mjr, with_mjr, bits32, set_bits32, 16, 16, u16, "Major version.");
+    field!(u32, mnr, with_mnr, bits32, set_bits32, 8, 8, u8, "Minor version.");
+    field!(u32, ter, with_ter, bits32, set_bits32, 0, 8, u8, "Tertiary version.");
 
     /// Builds a version value.
     pub fn new(mjr: u16, mnr: u8, ter: u8) -> Self {
@@ -209,61 +99,11 @@ impl Vs {
 pub struct Cc(pub u32);
 
 impl Cc {
-    field!(
-        u32,
-        en,
-        with_en,
-        bits32,
-        set_bits32,
-        0,
-        1,
-        u8,
-        "Enable (1 bit)."
-    );
-    field!(
-        u32,
-        css,
-        with_css,
-        bits32,
-        set_bits32,
-        4,
-        3,
-        u8,
-        "I/O command set selected (0: NVM)."
-    );
-    field!(
-        u32,
-        mps,
-        with_mps,
-        bits32,
-        set_bits32,
-        7,
-        4,
-        u8,
-        "Memory page size: 2^(12+MPS)."
-    );
-    field!(
-        u32,
-        ams,
-        with_ams,
-        bits32,
-        set_bits32,
-        11,
-        3,
-        u8,
-        "Arbitration mechanism selected."
-    );
-    field!(
-        u32,
-        shn,
-        with_shn,
-        bits32,
-        set_bits32,
-        14,
-        2,
-        u8,
-        "Shutdown notification (1: normal, 2: abrupt)."
-    );
+    field!(u32, en, with_en, bits32, set_bits32, 0, 1, u8, "Enable (1 bit).");
+    field!(u32, css, with_css, bits32, set_bits32, 4, 3, u8, "I/O command set selected (0: NVM).");
+    field!(u32, mps, with_mps, bits32, set_bits32, 7, 4, u8, "Memory page size: 2^(12+MPS).");
+    field!(u32, ams, with_ams, bits32, set_bits32, 11, 3, u8, "Arbitration mechanism selected.");
+    field!(u32, shn, with_shn, bits32, set_bits32, 14, 2, u8, "Shutdown notification (1: normal, 2: abrupt).");
     field!(
         u32,
         iosqes,
@@ -290,12 +130,7 @@ impl Cc {
     /// The usual configuration to enable a controller: NVM command set,
     /// 4 KiB pages, round robin, 64/16-byte entries, EN=1.
     pub fn enable_default() -> Self {
-        Self(0)
-            .with_en(1)
-            .with_css(0)
-            .with_mps(0)
-            .with_iosqes(6)
-            .with_iocqes(4)
+        Self(0).with_en(1).with_css(0).with_mps(0).with_iosqes(6).with_iocqes(4)
     }
 }
 
@@ -304,61 +139,11 @@ impl Cc {
 pub struct Csts(pub u32);
 
 impl Csts {
-    field!(
-        u32,
-        rdy,
-        with_rdy,
-        bits32,
-        set_bits32,
-        0,
-        1,
-        u8,
-        "Ready (1 bit)."
-    );
-    field!(
-        u32,
-        cfs,
-        with_cfs,
-        bits32,
-        set_bits32,
-        1,
-        1,
-        u8,
-        "Controller fatal status (1 bit)."
-    );
-    field!(
-        u32,
-        shst,
-        with_shst,
-        bits32,
-        set_bits32,
-        2,
-        2,
-        u8,
-        "Shutdown status (0 normal, 1 occurring, 2 complete)."
-    );
-    field!(
-        u32,
-        nssro,
-        with_nssro,
-        bits32,
-        set_bits32,
-        4,
-        1,
-        u8,
-        "NVM subsystem reset occurred (1 bit)."
-    );
-    field!(
-        u32,
-        pp,
-        with_pp,
-        bits32,
-        set_bits32,
-        5,
-        1,
-        u8,
-        "Processing paused (1 bit)."
-    );
+    field!(u32, rdy, with_rdy, bits32, set_bits32, 0, 1, u8, "Ready (1 bit).");
+    field!(u32, cfs, with_cfs, bits32, set_bits32, 1, 1, u8, "Controller fatal status (1 bit).");
+    field!(u32, shst, with_shst, bits32, set_bits32, 2, 2, u8, "Shutdown status (0 normal, 1 occurring, 2 complete).");
+    field!(u32, nssro, with_nssro, bits32, set_bits32, 4, 1, u8, "NVM subsystem reset occurred (1 bit).");
+    field!(u32, pp, with_pp, bits32, set_bits32, 5, 1, u8, "Processing paused (1 bit).");
 }
 
 /// AQA: admin queue attributes (PCIe).
@@ -366,28 +151,8 @@ impl Csts {
 pub struct Aqa(pub u32);
 
 impl Aqa {
-    field!(
-        u32,
-        asqs,
-        with_asqs,
-        bits32,
-        set_bits32,
-        0,
-        12,
-        u16,
-        "Admin submission queue size, zero-based."
-    );
-    field!(
-        u32,
-        acqs,
-        with_acqs,
-        bits32,
-        set_bits32,
-        16,
-        12,
-        u16,
-        "Admin completion queue size, zero-based."
-    );
+    field!(u32, asqs, with_asqs, bits32, set_bits32, 0, 12, u16, "Admin submission queue size, zero-based.");
+    field!(u32, acqs, with_acqs, bits32, set_bits32, 16, 12, u16, "Admin completion queue size, zero-based.");
 }
 
 /// Shutdown status values of [`Csts::shst`].
@@ -443,10 +208,7 @@ mod tests {
         // Out-of-range values are truncated to the field width.
         assert_eq!(Cc(0).with_css(0xff).css(), 7);
         let csts = Csts(0b0101);
-        assert_eq!(
-            (csts.rdy(), csts.cfs(), csts.shst()),
-            (1, 0, shst::OCCURRING)
-        );
+        assert_eq!((csts.rdy(), csts.cfs(), csts.shst()), (1, 0, shst::OCCURRING));
         assert_eq!(Csts(0).with_shst(shst::COMPLETE).0, 8);
         let vs = Vs::new(1, 4, 0);
         assert_eq!(vs.0, 0x0001_0400);

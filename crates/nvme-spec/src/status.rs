@@ -313,21 +313,11 @@ pub struct Status {
 
 impl Status {
     /// Success.
-    pub const SUCCESS: Self = Self {
-        code: StatusCode::SUCCESS,
-        crd: 0,
-        more: false,
-        dnr: false,
-    };
+    pub const SUCCESS: Self = Self { code: StatusCode::SUCCESS, crd: 0, more: false, dnr: false };
 
     /// A status with the given code and DNR bit.
     pub fn new(code: StatusCode, dnr: bool) -> Self {
-        Self {
-            code,
-            crd: 0,
-            more: false,
-            dnr,
-        }
+        Self { code, crd: 0, more: false, dnr }
     }
 
     /// Decodes the 16-bit completion status word (bit 0, the phase tag, is
@@ -366,9 +356,7 @@ impl Status {
         matches!(
             self.code,
             StatusCode::Path(_)
-                | StatusCode::Generic(
-                    GenericStatus::NamespaceNotReady | GenericStatus::TransientTransportError
-                )
+                | StatusCode::Generic(GenericStatus::NamespaceNotReady | GenericStatus::TransientTransportError)
         )
     }
 
@@ -422,10 +410,7 @@ mod tests {
         assert!(ana.is_path_error() && ana.is_retryable());
         let nr = Status::new(StatusCode::Generic(GenericStatus::NamespaceNotReady), false);
         assert!(nr.is_path_error());
-        let tte = Status::new(
-            StatusCode::Generic(GenericStatus::TransientTransportError),
-            false,
-        );
+        let tte = Status::new(StatusCode::Generic(GenericStatus::TransientTransportError), false);
         assert!(tte.is_path_error());
         let host = Status::new(StatusCode::Path(PathStatus::AbortedByHost), false);
         assert!(host.is_path_error());
