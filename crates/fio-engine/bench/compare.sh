@@ -7,7 +7,10 @@
 #
 # Each pair runs BENCH_REPEAT times, interleaved (baseline, xbdev, baseline, ...), so background
 # load hits both sides alike; the table shows the median IOPS of each side and their ratio, and
-# every sample is listed below it.
+# every sample is listed below it. On a shared machine IOPS follow the CPU share the job thread
+# gets, so the table also shows IOPS per CPU-second of the job thread (fio's usr+sys CPU of the
+# job, --thread), which background load barely moves; for engines that spin while waiting
+# (xbdev inline) that figure counts the spinning too.
 #
 # Environment:
 #   XBDEV_FIO_ENGINE  engine to use (default: cargo build --release -p xbdev-fio)
@@ -55,11 +58,12 @@ EOF
 common=(--name=bench --rw=randread --bs=4k --time_based --runtime="$runtime" --thread
         --cpus_allowed="$job_cpu" --output-format=terse --terse-version=3)
 
-# iops ARGS...: one run, read IOPS (terse v3 field 8).
+# iops ARGS...: one run: "IOPS IOPS-per-CPU-second" (terse v3: field 8 read IOPS, 88/89 job
+# usr/sys CPU %).
 iops() {
     local out
-    out="$(fio "${common[@]}" "$@" 2>"$work/err.txt")" || { cat "$work/err.txt" >&2; echo 0; return; }
-    echo "$out" | awk -F';' 'NF > 10 { print $8; exit }'
+    out="$(fio "${common[@]}" "$@" 2>"$work/err.txt")" || { cat "$work/err.txt" >&2; echo "0 0"; return; }
+    echo "$out" | awk -F';' 'NF > 10 { c = ($88 + $89) / 100; printf "%d %d\n", $8, (c > 0 ? $8 / c : 0); exit }'
 }
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else printf "%d\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
@@ -67,19 +71,19 @@ median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{ a[NR] = $1 } END { if (
 declare -a rows samples
 # pair LABEL GOAL "BASELINE ARGS" "XBDEV ARGS"
 pair() {
-    local label="$1" goal="$2" base_args="$3" xb_args="$4" b=() x=()
+    local label="$1" goal="$2" base_args="$3" xb_args="$4" b=() x=() bc=() xc=() r
     for _ in $(seq "$repeat"); do
         # shellcheck disable=SC2086
-        b+=("$(iops $base_args)")
+        r=($(iops $base_args)); b+=("${r[0]}"); bc+=("${r[1]}")
         # shellcheck disable=SC2086
-        x+=("$(iops $xb_args)")
+        r=($(iops $xb_args)); x+=("${r[0]}"); xc+=("${r[1]}")
     done
-    local bm xm
-    bm="$(echo "${b[*]}" | median)"
-    xm="$(echo "${x[*]}" | median)"
-    rows+=("$(awk -v l="$label" -v b="$bm" -v x="$xm" -v g="$goal" 'BEGIN {
-        r = (b > 0) ? x / b : 0
-        printf "%-40s %12d %12d %7.2fx %8s\n", l, b, x, r, g }')")
+    local bm xm bcm xcm
+    bm="$(echo "${b[*]}" | median)"; xm="$(echo "${x[*]}" | median)"
+    bcm="$(echo "${bc[*]}" | median)"; xcm="$(echo "${xc[*]}" | median)"
+    rows+=("$(awk -v l="$label" -v b="$bm" -v x="$xm" -v bc="$bcm" -v xc="$xcm" -v g="$goal" 'BEGIN {
+        r = (b > 0) ? x / b : 0; rc = (bc > 0) ? xc / bc : 0
+        printf "%-40s %10d %10d %6.2fx %11d %11d %6.2fx %8s\n", l, b, x, r, bc, xc, rc, g }')")
     samples+=("$label: baseline ${b[*]} | xbdev ${x[*]}")
 }
 
@@ -102,7 +106,8 @@ done
 
 echo
 echo "fio $(fio --version | sed 's/^fio-//'), 4 KiB randread, ${runtime}s x $repeat runs per side, job on CPU $job_cpu, reactor on CPU $reactor_cpu, $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
-printf "%-40s %12s %12s %8s %8s\n" "workload" "baseline" "xbdev" "ratio" "goal"
+printf "%-40s %10s %10s %7s %11s %11s %7s %8s\n" "workload" "base IOPS" "xbdev IOPS" "ratio" "base IOPS/s" "xbdev IOPS/s" "ratio" "goal"
+echo "(IOPS/s = IOPS per CPU-second of the job thread)"
 printf '%s\n' "${rows[@]}"
 echo
 echo "samples (IOPS):"

@@ -33,7 +33,7 @@ pub enum EngineError {
     NotUtf8(&'static str),
     /// xbdev did not start.
     #[error("cannot start xbdev")]
-    Start(#[source] XbdevError),
+    Start(#[source] Box<XbdevError>),
     /// A device named by `--filename` could not be opened.
     #[error("cannot open device '{name}'")]
     Open {
@@ -41,11 +41,11 @@ pub enum EngineError {
         name: String,
         /// Why.
         #[source]
-        source: XbdevError,
+        source: Box<XbdevError>,
     },
     /// The job's IO queue could not be created.
     #[error("cannot create the job's io queue")]
-    Queue(#[source] XbdevError),
+    Queue(#[source] Box<XbdevError>),
     /// fio's IO buffers could not be allocated.
     #[error("cannot allocate {len} bytes of IO buffer memory")]
     IoMem {
@@ -117,7 +117,7 @@ pub enum EngineError {
         len: u64,
         /// Why.
         #[source]
-        source: XbdevError,
+        source: Box<XbdevError>,
     },
 }
 
@@ -199,7 +199,7 @@ mod tests {
 
     #[test]
     fn chain_includes_causes() {
-        let e = EngineError::Open { name: "m9".into(), source: XbdevError::UnknownDevice("m9".into()) };
+        let e = EngineError::Open { name: "m9".into(), source: Box::new(XbdevError::UnknownDevice("m9".into())) };
         assert_eq!(e.chain(), "cannot open device 'm9': unknown device 'm9'");
         assert_eq!(e.errno(), libc::ENOENT);
     }

@@ -116,7 +116,7 @@ pub fn acquire(
     let cfg = spec.config()?;
     let idle = cfg.reactor.idle;
     // Starting under the table lock serialises concurrent first jobs of one spec.
-    let xb = Arc::new(start(&cfg).map_err(EngineError::Start)?);
+    let xb = Arc::new(start(&cfg).map_err(|e| EngineError::Start(Box::new(e)))?);
     t.entries.push(Entry { key: key.clone(), xb: xb.clone(), jobs: 1, keep, idle });
     Ok(Lease { key, xb, idle })
 }

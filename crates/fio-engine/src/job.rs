@@ -94,7 +94,8 @@ fn d_far(now: Instant) -> Instant {
 /// A device opened for the inline path.
 struct InlineFile {
     ch: BdevChannel,
-    block_size: u64,
+    /// log2 of the block size (a power of two).
+    block_shift: u32,
     size: u64,
     name: String,
     // Dropped after the channel: closing the descriptor releases the device.
@@ -107,20 +108,23 @@ enum Path {
     Reactor { queue: Option<IoQueue>, files: Vec<Option<Handle>> },
 }
 
-/// Check a byte range against a device: `(offset_blocks, num_blocks)`.
-fn to_blocks(name: &str, bs: u64, size: u64, op: Op, offset: u64, len: u64) -> Result<(u64, u64), EngineError> {
-    let what =
-        |reason: String| EngineError::Range { op: op.io_type().name(), device: name.to_string(), offset, len, reason };
-    if !offset.is_multiple_of(bs) {
-        return Err(what(format!("offset is not a multiple of the block size {bs}")));
+/// Check a byte range against a device of `1 << shift`-byte blocks:
+/// `(offset_blocks, num_blocks)`.
+#[inline]
+fn to_blocks(name: &str, shift: u32, size: u64, op: Op, offset: u64, len: u64) -> Result<(u64, u64), EngineError> {
+    let mask = (1u64 << shift) - 1;
+    if (offset | len) & mask == 0 && len != 0 && offset.checked_add(len).is_some_and(|end| end <= size) {
+        return Ok((offset >> shift, len >> shift));
     }
-    if !len.is_multiple_of(bs) || len == 0 {
-        return Err(what(format!("length is not a non-zero multiple of the block size {bs}")));
-    }
-    match offset.checked_add(len) {
-        Some(end) if end <= size => Ok((offset / bs, len / bs)),
-        _ => Err(what(format!("range ends past the device's {size} bytes"))),
-    }
+    let bs = 1u64 << shift;
+    let reason = if offset & mask != 0 {
+        format!("offset is not a multiple of the block size {bs}")
+    } else if len & mask != 0 || len == 0 {
+        format!("length is not a non-zero multiple of the block size {bs}")
+    } else {
+        format!("range ends past the device's {size} bytes")
+    };
+    Err(EngineError::Range { op: op.io_type().name(), device: name.to_string(), offset, len, reason })
 }
 
 fn first_free<T>(v: &mut Vec<Option<T>>, item: T) -> u32 {
@@ -163,7 +167,7 @@ impl Job {
         let path = match spec.mode {
             Mode::Inline => Path::Inline { files: Vec::new(), ready: VecDeque::with_capacity(depth) },
             Mode::Reactor => Path::Reactor {
-                queue: Some(lease.xbdev().io_queue(depth).map_err(EngineError::Queue)?),
+                queue: Some(lease.xbdev().io_queue(depth).map_err(|e| EngineError::Queue(Box::new(e)))?),
                 files: Vec::new(),
             },
         };
@@ -200,7 +204,8 @@ impl Job {
 
     /// Open device `name`; returns the file id and the size in bytes.
     pub fn open(&mut self, name: &str, writable: bool) -> Result<(u32, u64), EngineError> {
-        let open_err = |source: xbdev::XbdevError| EngineError::Open { name: name.to_string(), source };
+        let open_err =
+            |source: xbdev::XbdevError| EngineError::Open { name: name.to_string(), source: Box::new(source) };
         match &mut self.path {
             Path::Inline { files, .. } => {
                 let desc = self.lease.xbdev().registry().open(name, writable).map_err(|e| {
@@ -210,11 +215,14 @@ impl Job {
                     })
                 })?;
                 // Room for fio's requests plus its verify and sync requests.
-                let ch = desc.channel_with_depth(self.depth + 8).map_err(|e| open_err(xbdev::XbdevError::Bdev(e)))?;
+                let mut ch =
+                    desc.channel_with_depth(self.depth + 8).map_err(|e| open_err(xbdev::XbdevError::Bdev(e)))?;
+                // fio measures latency itself; the channel's clock reads would only add cost.
+                ch.set_measure_latency(false);
                 let info = desc.info();
                 let size = info.size_bytes();
-                let f =
-                    InlineFile { ch, block_size: info.block_size as u64, size, name: name.to_string(), _desc: desc };
+                let block_shift = info.block_size.max(1).trailing_zeros();
+                let f = InlineFile { ch, block_shift, size, name: name.to_string(), _desc: desc };
                 Ok((first_free(files, f), size))
             }
             Path::Reactor { files, .. } => {
@@ -239,7 +247,7 @@ impl Job {
             }
             Path::Reactor { files, .. } => {
                 let h = files.get_mut(id as usize).and_then(Option::take).ok_or(EngineError::BadFile(id))?;
-                h.close().map_err(|source| EngineError::Open { name: h.name().to_string(), source })
+                h.close().map_err(|source| EngineError::Open { name: h.name().to_string(), source: Box::new(source) })
             }
         }
     }
@@ -264,7 +272,7 @@ impl Job {
                 let io = match op {
                     Op::Flush => IoRequest::no_data(IoType::Flush, 0, 0, user),
                     _ => {
-                        let (ob, nb) = match to_blocks(&f.name, f.block_size, f.size, op, offset, len) {
+                        let (ob, nb) = match to_blocks(&f.name, f.block_shift, f.size, op, offset, len) {
                             Ok(x) => x,
                             Err(e) => return QueueOutcome::Failed(e),
                         };
@@ -297,9 +305,12 @@ impl Job {
                 match q.queue_io(h, op.io_type(), offset, len, if op.has_data() { buf } else { None }, user) {
                     Ok(()) => QueueOutcome::Queued,
                     Err(xbdev::XbdevError::QueueFull(_)) => QueueOutcome::Busy,
-                    Err(source) => {
-                        QueueOutcome::Failed(EngineError::Io { op: op.io_type().name(), offset, len, source })
-                    }
+                    Err(source) => QueueOutcome::Failed(EngineError::Io {
+                        op: op.io_type().name(),
+                        offset,
+                        len,
+                        source: Box::new(source),
+                    }),
                 }
             }
         }

@@ -56,7 +56,8 @@ pub fn sizes_from(xb: &Xbdev, names: &[String]) -> Result<Vec<u64>, EngineError>
     names
         .iter()
         .map(|n| {
-            let h = xb.open(n, false).map_err(|source| EngineError::Open { name: n.clone(), source })?;
+            let h =
+                xb.open(n, false).map_err(|source| EngineError::Open { name: n.clone(), source: Box::new(source) })?;
             let size = h.size_bytes();
             if let Err(e) = h.close() {
                 log::warn!("closing {n} after reading its size: {e}");
@@ -70,7 +71,7 @@ pub fn sizes_from(xb: &Xbdev, names: &[String]) -> Result<Vec<u64>, EngineError>
 /// `error <errno> <text>`.
 pub fn child_report(spec: &JobSpec, names: &[String]) -> String {
     let result = spec.config().and_then(|cfg| {
-        let xb = ffi::with_signals_blocked(|| Xbdev::start(&cfg)).map_err(EngineError::Start)?;
+        let xb = ffi::with_signals_blocked(|| Xbdev::start(&cfg)).map_err(|e| EngineError::Start(Box::new(e)))?;
         let sizes = sizes_from(&xb, names);
         xb.stop();
         sizes
