@@ -138,6 +138,13 @@ for be in malloc aio; do
     done
 done
 
+# fio calls setup in the job itself (after init) without create_serialize.
+for tm in process thread; do
+    topt=(); [ $tm = thread ] && topt=(--thread)
+    run_fio "no-create-serialize-$tm" "${COMMON[@]}" "${M[@]}" --filename=malloc0 "${topt[@]}" --create_serialize=0 \
+        --numjobs=2 --offset_increment=32m --size=16m --rw=randwrite --bs=4k --iodepth=16 --verify=crc32c
+done
+
 # --- reactor path over the verify basics ------------------------------------------------------
 for bs in 4k 64k; do
     for qd in 1 128; do
