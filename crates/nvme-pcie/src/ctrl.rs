@@ -16,6 +16,7 @@ use crate::dma::{DmaBuffer, PAGE_SIZE};
 use crate::error::NvmeError;
 use crate::prp;
 use crate::queue::IoQueuePair;
+use crate::sgl::SglCaps;
 
 /// Opcode of Doorbell Buffer Config (NVMe 1.3 virtualization enhancements).
 pub const DOORBELL_BUFFER_CONFIG: u8 = 0x7c;
@@ -35,6 +36,9 @@ pub struct ControllerConfig {
     pub shadow_doorbells: bool,
     /// Upper bound on bytes per command (the controller's MDTS may lower it).
     pub max_transfer: usize,
+    /// Describe multi-segment I/O with SGLs when the controller offers
+    /// them (PRPs otherwise).
+    pub sgl: bool,
 }
 
 impl Default for ControllerConfig {
@@ -45,6 +49,7 @@ impl Default for ControllerConfig {
             admin_timeout: Duration::from_secs(5),
             shadow_doorbells: true,
             max_transfer: 1 << 20,
+            sgl: true,
         }
     }
 }
@@ -82,6 +87,8 @@ pub struct ControllerInfo {
     pub shadow_doorbells: bool,
     /// The controller has a volatile write cache (Identify VWC bit 0).
     pub volatile_write_cache: bool,
+    /// SGL support (Identify SGLS; None: PRPs only).
+    pub sgl: Option<SglCaps>,
 }
 
 /// An active namespace.
@@ -382,6 +389,7 @@ impl<B: DeviceBacking> Controller<B> {
                 io_queues: cfg.io_queues.max(1),
                 shadow_doorbells: false,
                 volatile_write_cache: false,
+                sgl: None,
             },
             cfg,
             namespaces: Vec::new(),
@@ -573,6 +581,7 @@ impl<B: DeviceBacking> Shared<B> {
         self.info.oncs = id.oncs.get();
         self.info.oacs = id.oacs.get();
         self.info.volatile_write_cache = id.vwc & 1 != 0;
+        self.info.sgl = SglCaps::from_sgls(id.sgls.get());
         let min_page = 4096u64 << self.cap.mpsmin();
         self.info.mdts_bytes = id.max_transfer_bytes(min_page);
         let mut max = self.cfg.max_transfer.max(PAGE_SIZE);

@@ -10,7 +10,8 @@
 //!   through references.
 //! - the driver: [`Controller`] (bring-up per the NVMe base spec, identify,
 //!   admin commands, reset) and [`IoQueuePair`] (lock-free, one owner
-//!   thread, PRPs, batched and shadow doorbells, splitting beyond MDTS,
+//!   thread, PRPs, SGLs for multi-segment I/O when the controller offers
+//!   them ([`sgl`]), batched and shadow doorbells, splitting beyond MDTS,
 //!   timeouts with Abort then reset and resubmission, surprise removal).
 //! - [`nvme_bdev`]: the `nvme` backend of the block layer (one bdev per
 //!   namespace, one queue pair per channel).
@@ -39,6 +40,7 @@ pub mod mmio;
 pub mod nvme_bdev;
 pub mod prp;
 mod queue;
+pub mod sgl;
 pub mod vfio;
 
 pub use backing::{DeviceBacking, RegisterIo};
@@ -46,4 +48,4 @@ pub use ctrl::{Controller, ControllerConfig, ControllerInfo, NamespaceInfo};
 pub use dma::{DmaAllocator, DmaBuffer, DmaError, DmaMapper, MemorySource, SoftIommu};
 pub use error::{IoError, NvmeError, SubmitError};
 pub use nvme_spec;
-pub use queue::{IoQueuePair, QueueStats};
+pub use queue::{IoQueuePair, QueueStats, MAX_SEGMENTS};

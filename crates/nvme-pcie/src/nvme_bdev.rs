@@ -10,8 +10,9 @@
 //! channels cache that table and translate each request's segments without
 //! locks. The block layer's "IOVA = virtual address" convention is not used
 //! (an emulated Intel IOMMU has a 39-bit address width, below user VAs).
-//! Segments PRPs cannot describe (a middle segment not page aligned) are
-//! bounced through a block-layer DMA buffer.
+//! Multi-segment requests are described with SGLs when the controller
+//! offers them; without SGLs, segments PRPs cannot describe (a middle
+//! segment not page aligned) are bounced through a block-layer DMA buffer.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,7 +32,7 @@ use crate::ctrl::{Controller, NamespaceInfo};
 use crate::dma::{DmaMapper, DmaMapping, PAGE_SIZE};
 use crate::error::{IoError, SubmitError};
 use crate::prp::PrpSource;
-use crate::queue::IoQueuePair;
+use crate::queue::{DataMode, IoQueuePair};
 
 /// One block-layer region as this controller sees it.
 #[derive(Clone, Debug)]
@@ -249,10 +250,11 @@ struct Translated<'a> {
 }
 
 impl Translated<'_> {
-    fn va_at(&self, mut off: usize) -> Option<usize> {
+    /// The virtual address of byte `off` and the bytes left in its segment.
+    fn va_at(&self, mut off: usize) -> Option<(usize, usize)> {
         for v in self.iovs {
             if off < v.len() {
-                return v.addr().checked_add(off);
+                return Some((v.addr().checked_add(off)?, v.len() - off));
             }
             off -= v.len();
         }
@@ -260,14 +262,12 @@ impl Translated<'_> {
     }
 }
 
-fn translate(regions: &[Region], va: usize) -> Option<u64> {
+/// The region holding `va` and the offset of `va` in it.
+fn region_of(regions: &[Region], va: usize) -> Option<(&Region, usize)> {
     let i = regions.partition_point(|r| r.va <= va);
     let r = regions.get(i.checked_sub(1)?)?;
     let off = va - r.va;
-    if off >= r.len {
-        return None;
-    }
-    r.mapping.iova_at(off)
+    (off < r.len).then_some((r, off))
 }
 
 impl PrpSource for Translated<'_> {
@@ -275,7 +275,23 @@ impl PrpSource for Translated<'_> {
         self.len
     }
     fn iova_at(&self, off: usize) -> Option<u64> {
-        translate(self.regions, self.va_at(off)?)
+        let (r, o) = region_of(self.regions, self.va_at(off)?.0)?;
+        r.mapping.iova_at(o)
+    }
+    fn contiguous_len(&self, off: usize) -> usize {
+        let Some((va, seg_left)) = self.va_at(off) else {
+            return 0;
+        };
+        let Some((r, o)) = region_of(self.regions, va) else {
+            return 0;
+        };
+        let mut n = seg_left.min(r.len - o).min(self.len - off);
+        let shift = r.mapping.granule_shift;
+        if shift < usize::BITS - 1 {
+            let g = 1usize << shift;
+            n = n.min(g - (o & (g - 1)));
+        }
+        n
     }
 }
 
@@ -332,7 +348,13 @@ fn status_of(r: Result<(), IoError>) -> IoStatus {
                         | GenericStatus::InvalidOpcode
                         | GenericStatus::LbaOutOfRange
                         | GenericStatus::InvalidNamespaceOrFormat
-                        | GenericStatus::PrpOffsetInvalid,
+                        | GenericStatus::PrpOffsetInvalid
+                        | GenericStatus::InvalidSglSegmentDescriptor
+                        | GenericStatus::InvalidSglCount
+                        | GenericStatus::DataSglLengthInvalid
+                        | GenericStatus::SglDescriptorTypeInvalid
+                        | GenericStatus::SglOffsetInvalid
+                        | GenericStatus::Other(crate::sgl::SGL_DATA_BLOCK_GRANULARITY_INVALID),
                     ) => IoStatus::Invalid,
                     StatusCode::Generic(
                         GenericStatus::AbortRequested
@@ -365,10 +387,17 @@ impl<B: DeviceBacking> NvmeChannel<B> {
     fn rw(&mut self, io: &IoRequest, write: bool) -> Result<(), SubmitError> {
         let iovs = io.iovs.as_slice();
         let len = io.num_blocks as usize * self.block;
-        if prp_compatible(iovs) {
-            let t = Translated { iovs, regions: &self.cache, len };
-            if t.iova_at(0).is_some() {
-                return self.qp.rw_src(write, self.nsid, io.offset_blocks, &t, None, io.tag);
+        let t = Translated { iovs, regions: &self.cache, len };
+        if t.iova_at(0).is_some() {
+            if iovs.len() > 1 && self.qp.uses_sgls() {
+                match self.qp.rw_src(write, self.nsid, io.offset_blocks, &t, &[], DataMode::Sgl, io.tag) {
+                    // Segments the controller's SGL alignment rules out, or
+                    // memory outside the mapped regions: bounce.
+                    Err(SubmitError::Misaligned | SubmitError::TooLarge) => {}
+                    r => return r,
+                }
+            } else if prp_compatible(iovs) {
+                return self.qp.rw_src(write, self.nsid, io.offset_blocks, &t, &[], DataMode::Prp, io.tag);
             }
         }
         self.rw_bounced(io, write, len)
@@ -388,7 +417,7 @@ impl<B: DeviceBacking> NvmeChannel<B> {
         self.refresh();
         let v = buf.iovec();
         let t = Translated { iovs: std::slice::from_ref(&v), regions: &self.cache, len };
-        self.qp.rw_src(write, self.nsid, io.offset_blocks, &t, None, BOUNCE_BIT | slot as u64)?;
+        self.qp.rw_src(write, self.nsid, io.offset_blocks, &t, &[], DataMode::Prp, BOUNCE_BIT | slot as u64)?;
         if let Some(s) = self.bounces.get_mut(slot) {
             *s = Some(Bounce { buf, read_into: (!write).then_some(io.iovs), tag: io.tag });
         }

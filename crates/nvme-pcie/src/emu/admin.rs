@@ -120,7 +120,7 @@ impl Ctl {
         id.nn = (self.ns.len() as u32).into();
         id.oncs = (oncs::DATASET_MANAGEMENT | oncs::WRITE_ZEROES).into();
         id.vwc = 1;
-        id.sgls = 0.into();
+        id.sgls = self.sgl_caps().map_or(0, |c| c.to_sgls()).into();
         let _ = id.set_subnqn("nqn.2024-01.dev.xbdev:emu");
         id
     }

@@ -5,6 +5,12 @@
 //! accesses" go through a [`SoftIommu`], so the emulated device can only
 //! touch memory the driver mapped, at the IOVAs the driver gave it.
 //!
+//! # Data pointers
+//! PRPs always; SGLs for I/O commands when [`EmuConfig::sgl`] is set (the
+//! default: dword granularity), advertised in Identify SGLS and walked
+//! strictly: malformed descriptors and segments fail with the status the
+//! NVMe base specification gives for them.
+//!
 //! # When commands run
 //! - [`Processing::Inline`] (default): a submission queue tail doorbell write
 //!   processes the new entries synchronously, on the writing thread, before
@@ -28,6 +34,7 @@
 mod admin;
 mod nvm;
 mod queues;
+mod sgl;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -38,6 +45,7 @@ use nvme_spec::Status;
 
 use crate::backing::{DeviceBacking, RegisterIo};
 use crate::dma::{DmaAllocator, MemorySource, SoftIommu};
+use crate::sgl::SglAlignment;
 
 use queues::{Cq, Held, Sq};
 
@@ -117,6 +125,11 @@ pub struct EmuConfig {
     pub processing: Processing,
     /// Serial number string.
     pub serial: String,
+    /// SGL support advertised in Identify SGLS (None: PRPs only).
+    pub sgl: Option<SglAlignment>,
+    /// Accept SGLs describing more data than the command transfers (SGLS
+    /// bit 18); without it the data descriptors must add up exactly.
+    pub sgl_excess_length: bool,
 }
 
 impl Default for EmuConfig {
@@ -133,6 +146,8 @@ impl Default for EmuConfig {
             ready_delay_reads: 2,
             processing: Processing::Inline,
             serial: "XBDEVEMU0001".to_string(),
+            sgl: Some(SglAlignment::Dword),
+            sgl_excess_length: false,
         }
     }
 }
@@ -146,6 +161,8 @@ pub struct EmuStats {
     pub commands: u64,
     /// MMIO doorbell writes received.
     pub doorbell_writes: u64,
+    /// I/O commands whose data pointer was an SGL.
+    pub sgl_commands: u64,
 }
 
 /// Which completions a fault applies to.
@@ -236,6 +253,7 @@ pub(crate) struct Ctl {
     busy_ns: AtomicU64,
     pub(crate) commands: AtomicU64,
     doorbell_writes: AtomicU64,
+    pub(crate) sgl_commands: AtomicU64,
 }
 
 impl Ctl {
@@ -283,6 +301,7 @@ impl Ctl {
             busy_ns: AtomicU64::new(0),
             commands: AtomicU64::new(0),
             doorbell_writes: AtomicU64::new(0),
+            sgl_commands: AtomicU64::new(0),
             cfg,
         }
     }
@@ -755,6 +774,7 @@ impl EmuHandle {
             busy_ns: self.ctl.busy_ns.load(Ordering::Relaxed),
             commands: self.ctl.commands.load(Ordering::Relaxed),
             doorbell_writes: self.ctl.doorbell_writes.load(Ordering::Relaxed),
+            sgl_commands: self.ctl.sgl_commands.load(Ordering::Relaxed),
         }
     }
 

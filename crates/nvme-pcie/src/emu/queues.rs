@@ -288,7 +288,8 @@ impl Ctl {
         }
         let (prp1, prp2) = match sqe.data_pointer() {
             Some(DataPointer::Prp { prp1, prp2 }) => (prp1, prp2),
-            // SGLs are not advertised (Identify SGLS = 0).
+            // Admin commands always use PRPs on PCIe; I/O commands with
+            // SGLs go through `data_segments`.
             _ => return Err(generic(GenericStatus::InvalidField)),
         };
         let page = self.page_size();
