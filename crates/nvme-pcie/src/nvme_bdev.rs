@@ -13,6 +13,11 @@
 //! Multi-segment requests are described with SGLs when the controller
 //! offers them; without SGLs, segments PRPs cannot describe (a middle
 //! segment not page aligned) are bounced through a block-layer DMA buffer.
+//!
+//! `Reset` is a controller reset (done in the channel's next poll, which
+//! blocks until the controller is back): every channel re-creates its
+//! queues and resubmits what had not completed; the Reset completes with
+//! Success, or PathError if the controller could not be brought back.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -166,7 +171,7 @@ pub fn attach<B: DeviceBacking>(
             // Separate metadata buffers are not supported by the driver.
             continue;
         }
-        let mut supported = IoTypeSet::of(&[IoType::Read, IoType::Write, IoType::Flush]);
+        let mut supported = IoTypeSet::of(&[IoType::Read, IoType::Write, IoType::Flush, IoType::Reset]);
         if info.oncs & oncs::DATASET_MANAGEMENT != 0 {
             supported = supported.with(IoType::Unmap);
         }
@@ -229,6 +234,7 @@ impl<B: DeviceBacking> Bdev for NvmeBdev<B> {
             cache: Vec::new(),
             cache_gen: 0,
             early: VecDeque::with_capacity(depth),
+            resets: Vec::with_capacity(depth),
             bounces: (0..depth).map(|_| None).collect(),
             in_flight: 0,
             _guard: self.guard.clone(),
@@ -321,6 +327,9 @@ struct NvmeChannel<B: DeviceBacking> {
     cache: Vec<Region>,
     cache_gen: u64,
     early: VecDeque<(u64, IoStatus)>,
+    /// Tags of Reset requests waiting for the next poll (one controller
+    /// reset answers all of them).
+    resets: Vec<u64>,
     /// Bounced requests, by internal tag (index); their driver tag has the
     /// top bit set.
     bounces: Vec<Option<Bounce>>,
@@ -425,6 +434,23 @@ impl<B: DeviceBacking> NvmeChannel<B> {
     }
 }
 
+/// Report a driver completion to the block layer (copying bounced reads
+/// back first).
+fn complete(bounces: &mut [Option<Bounce>], done: &mut dyn FnMut(u64, IoStatus), tag: u64, r: Result<(), IoError>) {
+    let st = status_of(r);
+    if tag & BOUNCE_BIT == 0 {
+        done(tag, st);
+        return;
+    }
+    let Some(b) = bounces.get_mut((tag & !BOUNCE_BIT) as usize).and_then(Option::take) else {
+        return;
+    };
+    if let (IoStatus::Success, Some(iovs)) = (st, b.read_into) {
+        bdev::dma::copy_to_iovs(iovs.as_slice(), b.buf.as_slice());
+    }
+    done(b.tag, st);
+}
+
 impl<B: DeviceBacking> IoChannel for NvmeChannel<B> {
     fn submit(&mut self, io: &IoRequest) -> Result<(), QueueFull> {
         self.refresh();
@@ -440,7 +466,13 @@ impl<B: DeviceBacking> IoChannel for NvmeChannel<B> {
                 Ok(n) => self.qp.deallocate(self.nsid, &[(io.offset_blocks, n)], io.tag),
                 Err(_) => Err(SubmitError::TooLarge),
             },
-            IoType::Reset => Err(SubmitError::TooLarge),
+            IoType::Reset => {
+                if self.resets.len() == self.resets.capacity() {
+                    return Err(QueueFull);
+                }
+                self.resets.push(io.tag);
+                Ok(())
+            }
         };
         match r {
             Ok(()) => {
@@ -466,20 +498,24 @@ impl<B: DeviceBacking> IoChannel for NvmeChannel<B> {
             n += 1;
         }
         let bounces = &mut self.bounces;
-        n += self.qp.poll(&mut |tag, r| {
-            let st = status_of(r);
-            if tag & BOUNCE_BIT == 0 {
+        if !self.resets.is_empty() {
+            // A controller reset (blocking this poll until the controller is
+            // back, like timeout recovery): queues are re-created here and
+            // unfinished I/O is resubmitted; other channels follow on their
+            // next poll.
+            let mut reaped = 0;
+            let r = self.qp.reset_controller(&mut |tag, r| {
+                reaped += 1;
+                complete(bounces, done, tag, r);
+            });
+            let st = if r.is_ok() { IoStatus::Success } else { IoStatus::PathError };
+            for tag in self.resets.drain(..) {
                 done(tag, st);
-                return;
+                n += 1;
             }
-            let Some(b) = bounces.get_mut((tag & !BOUNCE_BIT) as usize).and_then(Option::take) else {
-                return;
-            };
-            if let (IoStatus::Success, Some(iovs)) = (st, b.read_into) {
-                bdev::dma::copy_to_iovs(iovs.as_slice(), b.buf.as_slice());
-            }
-            done(b.tag, st);
-        });
+            n += reaped;
+        }
+        n += self.qp.poll(&mut |tag, r| complete(bounces, done, tag, r));
         self.in_flight -= n.min(self.in_flight);
         n
     }

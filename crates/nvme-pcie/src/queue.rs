@@ -828,6 +828,25 @@ impl<B: DeviceBacking> IoQueuePair<B> {
         }
     }
 
+    /// Reset the controller now and bring this queue pair back at once:
+    /// what completed before the reset is reported to `on_complete`, the
+    /// queues are re-created and every unfinished command is resubmitted.
+    /// Other queue pairs do the same on their next poll. Fails (and the
+    /// controller counts as gone) if the controller could not be brought
+    /// back.
+    pub fn reset_controller(
+        &mut self,
+        on_complete: &mut impl FnMut(u64, Result<(), IoError>),
+    ) -> Result<(), NvmeError> {
+        let r = self.shared.reset(None);
+        self.recover(on_complete);
+        r?;
+        if self.gone {
+            return Err(NvmeError::DeviceGone(self.shared.name().to_string()));
+        }
+        Ok(())
+    }
+
     /// After a controller reset: reap what completed, re-create the queues
     /// and resubmit everything unfinished.
     fn recover(&mut self, cb: &mut impl FnMut(u64, Result<(), IoError>)) {
