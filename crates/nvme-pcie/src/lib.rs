@@ -9,7 +9,8 @@
 //!   device-visible memory, always with volatile/atomic accesses, never
 //!   through references.
 //! - the driver: [`Controller`] (bring-up per the NVMe base spec, identify,
-//!   admin commands, reset) and [`IoQueuePair`] (lock-free, one owner
+//!   admin commands, reset, asynchronous events in a bounded log:
+//!   [`events`]) and [`IoQueuePair`] (lock-free, one owner
 //!   thread, PRPs, SGLs for multi-segment I/O when the controller offers
 //!   them ([`sgl`]), batched and shadow doorbells, splitting beyond MDTS,
 //!   timeouts with Abort then reset and resubmission, surprise removal).
@@ -36,6 +37,7 @@ mod ctrl;
 pub mod dma;
 pub mod emu;
 mod error;
+pub mod events;
 pub mod mmio;
 pub mod nvme_bdev;
 pub mod prp;
@@ -47,5 +49,6 @@ pub use backing::{DeviceBacking, RegisterIo};
 pub use ctrl::{Controller, ControllerConfig, ControllerInfo, NamespaceInfo};
 pub use dma::{DmaAllocator, DmaBuffer, DmaError, DmaMapper, MemorySource, SoftIommu};
 pub use error::{IoError, NvmeError, SubmitError};
+pub use events::{AsyncEventKind, AsyncEventRecord, EventDetail};
 pub use nvme_spec;
 pub use queue::{IoQueuePair, QueueStats, MAX_SEGMENTS};

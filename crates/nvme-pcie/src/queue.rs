@@ -642,7 +642,8 @@ impl<B: DeviceBacking> IoQueuePair<B> {
     /// Ring the doorbell for queued commands and reap completions, calling
     /// `on_complete(tag, result)` once per submitted request. Returns the
     /// number of requests completed. Also drives timeouts (Abort, then
-    /// controller reset and resubmission) and surprise-removal detection.
+    /// controller reset and resubmission), surprise-removal detection and,
+    /// every few thousand polls, the controller's asynchronous events.
     pub fn poll(&mut self, on_complete: &mut impl FnMut(u64, Result<(), IoError>)) -> usize {
         if self.generation != self.shared.generation.load(Ordering::Acquire) {
             self.recover(on_complete);
@@ -655,6 +656,9 @@ impl<B: DeviceBacking> IoQueuePair<B> {
         self.polls = self.polls.wrapping_add(1);
         if self.outstanding > 0 && ((n == 0 && self.polls.is_multiple_of(32)) || self.polls.is_multiple_of(1024)) {
             self.check_health(on_complete);
+        } else if self.outstanding == 0 && self.polls.is_multiple_of(4096) {
+            // Idle: asynchronous events still get handled.
+            self.shared.try_service_events();
         }
         n
     }
@@ -772,6 +776,7 @@ impl<B: DeviceBacking> IoQueuePair<B> {
             self.fail_all(IoError::DeviceGone, cb);
             return;
         }
+        self.shared.try_service_events();
         let mut need_reset = nvme_spec::regs::Csts(csts).cfs() == 1;
         if need_reset {
             self.stats.fatal_resets += 1;

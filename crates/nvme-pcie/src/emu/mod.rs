@@ -32,6 +32,7 @@
 //! nothing is processed any more).
 
 mod admin;
+mod events;
 mod nvm;
 mod queues;
 mod sgl;
@@ -48,6 +49,8 @@ use crate::dma::{DmaAllocator, MemorySource, SoftIommu};
 use crate::sgl::SglAlignment;
 
 use queues::{Cq, Held, Sq};
+
+pub use events::EmuEvent;
 
 /// One emulated namespace.
 #[derive(Debug, Clone)]
@@ -239,6 +242,7 @@ pub(crate) struct Ctl {
     pub(crate) sqs: Box<[Mutex<Option<Sq>>]>,
     pub(crate) cqs: Box<[Mutex<Option<Cq>>]>,
     pub(crate) admin: Mutex<admin::AdminState>,
+    pub(crate) aer: Mutex<events::AerState>,
     pub(crate) ns: Box<[NsData]>,
     faults: Mutex<Faults>,
     faults_armed: AtomicBool,
@@ -289,6 +293,7 @@ impl Ctl {
             sqs: (0..nq).map(|_| Mutex::new(None)).collect(),
             cqs: (0..nq).map(|_| Mutex::new(None)).collect(),
             admin: Mutex::new(admin::AdminState::default()),
+            aer: Mutex::new(events::AerState::default()),
             ns,
             faults: Mutex::new(Faults::default()),
             faults_armed: AtomicBool::new(false),
@@ -459,6 +464,7 @@ impl Ctl {
         }
         lock(&self.held).clear();
         *lock(&self.admin) = admin::AdminState::default();
+        lock(&self.aer).reset();
         self.dbbuf_shadow.store(0, Ordering::Release);
         self.dbbuf_eventidx.store(0, Ordering::Release);
         for d in self.pending_db.iter() {
@@ -754,6 +760,19 @@ impl EmuHandle {
     /// Surprise removal: every register reads all-ones, writes and DMA stop.
     pub fn remove(&self) {
         self.ctl.removed.store(true, Ordering::Release);
+    }
+
+    /// Raise an asynchronous event: a waiting Asynchronous Event Request
+    /// completes with it (or the next one the host sends). False if the
+    /// host has not enabled that event or 16 events are already waiting.
+    pub fn inject_event(&self, event: EmuEvent) -> bool {
+        self.ctl.raise(event)
+    }
+
+    /// (events raised but not reported yet, Asynchronous Event Requests
+    /// waiting for an event).
+    pub fn event_counts(&self) -> (usize, usize) {
+        self.ctl.event_counts()
     }
 
     /// Release due delayed completions now (Inline mode has no clock).
