@@ -285,19 +285,18 @@ impl PrpSource for Translated<'_> {
         r.mapping.iova_at(o)
     }
     fn contiguous_len(&self, off: usize) -> usize {
-        let Some((va, seg_left)) = self.va_at(off) else {
-            return 0;
-        };
-        let Some((r, o)) = region_of(self.regions, va) else {
-            return 0;
-        };
-        let mut n = seg_left.min(r.len - o).min(self.len - off);
+        self.run_at(off).map_or(0, |r| r.1)
+    }
+    fn run_at(&self, off: usize) -> Option<(u64, usize)> {
+        let (va, seg_left) = self.va_at(off)?;
+        let (r, o) = region_of(self.regions, va)?;
+        let mut n = seg_left.min(r.len - o).min(self.len.saturating_sub(off));
         let shift = r.mapping.granule_shift;
         if shift < usize::BITS - 1 {
             let g = 1usize << shift;
             n = n.min(g - (o & (g - 1)));
         }
-        n
+        Some((r.mapping.iova_at(o)?, n))
     }
 }
 

@@ -39,6 +39,12 @@ pub trait PrpSource {
             _ => 0,
         }
     }
+
+    /// Device address of byte `off` and the contiguous bytes from there
+    /// (`iova_at` and `contiguous_len` in one lookup).
+    fn run_at(&self, off: usize) -> Option<(u64, usize)> {
+        Some((self.iova_at(off)?, self.contiguous_len(off)))
+    }
 }
 
 impl PrpSource for DmaBuffer {

@@ -937,6 +937,10 @@ impl PrpSource for BufList<'_> {
     fn contiguous_len(&self, off: usize) -> usize {
         self.find(off).map_or(0, |(b, o)| b.contiguous_len(o))
     }
+    fn run_at(&self, off: usize) -> Option<(u64, usize)> {
+        let (b, o) = self.find(off)?;
+        Some((b.iova_at(o)?, b.contiguous_len(o)))
+    }
 }
 
 impl<B: DeviceBacking> Drop for IoQueuePair<B> {

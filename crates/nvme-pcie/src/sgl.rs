@@ -274,11 +274,23 @@ fn segments_for(descriptors: usize) -> usize {
     }
 }
 
-/// Device-contiguous runs of `[pos, end)` of a source, adjacent runs merged.
+/// Device-contiguous runs of `[pos, end)` of a source, adjacent pieces
+/// merged (one source lookup per piece).
 struct Runs<'a, S: PrpSource + ?Sized> {
     buf: &'a S,
     pos: usize,
     end: usize,
+    /// The piece at `pos`, already looked up.
+    ahead: Option<(u64, usize)>,
+}
+
+impl<S: PrpSource + ?Sized> Runs<'_, S> {
+    /// The piece at `at` (an iova and its length, capped at `end`).
+    fn piece(&self, at: usize) -> Option<(u64, usize)> {
+        let (a, l) = self.buf.run_at(at)?;
+        let l = l.min(self.end - at);
+        (l > 0).then_some((a, l))
+    }
 }
 
 impl<S: PrpSource + ?Sized> Iterator for Runs<'_, S> {
@@ -288,26 +300,20 @@ impl<S: PrpSource + ?Sized> Iterator for Runs<'_, S> {
         if self.pos >= self.end {
             return None;
         }
-        let Some(start) = self.buf.iova_at(self.pos) else {
+        let Some((start, mut n)) = self.ahead.take().or_else(|| self.piece(self.pos)) else {
             self.pos = self.end;
             return Some(Err(SubmitError::TooLarge));
         };
         let max = u32::MAX as usize & !3;
-        let mut n = 0usize;
-        while self.pos + n < self.end {
-            let here = self.pos + n;
-            if n > 0 && self.buf.iova_at(here) != start.checked_add(n as u64) {
-                break;
+        n = n.min(max);
+        while self.pos + n < self.end && n < max {
+            match self.piece(self.pos + n) {
+                Some((a, l)) if start.checked_add(n as u64) == Some(a) => n += l.min(max - n),
+                other => {
+                    self.ahead = other;
+                    break;
+                }
             }
-            let step = self.buf.contiguous_len(here).min(self.end - here).min(max - n);
-            if step == 0 {
-                break;
-            }
-            n += step;
-        }
-        if n == 0 {
-            self.pos = self.end;
-            return Some(Err(SubmitError::TooLarge));
         }
         self.pos += n;
         Some(Ok((start, n as u32)))
@@ -330,53 +336,51 @@ pub fn build<S: PrpSource + ?Sized>(
     if len == 0 || end > buf.len() {
         return Err(SubmitError::TooLarge);
     }
-    let runs = || Runs { buf, pos: off, end };
     let mask = align.mask();
-    let mut count = 0usize;
-    let mut first = None;
-    for r in runs() {
-        let (a, n) = r?;
-        if a & mask != 0 || u64::from(n) & mask != 0 {
+    let data = |r: Result<(u64, u32), SubmitError>| -> Result<Descriptor, SubmitError> {
+        let (addr, len) = r?;
+        if addr & mask != 0 || u64::from(len) & mask != 0 {
             return Err(SubmitError::Misaligned);
         }
-        first.get_or_insert(Descriptor::DataBlock { addr: a, len: n });
-        count += 1;
-    }
-    match (count, first) {
-        (1, Some(d)) => return Ok(d.encode()),
-        (0, _) | (_, None) => return Err(SubmitError::TooLarge),
-        _ => {}
-    }
-    let segs = segments_for(count);
-    if segs > list.len() / PAGE_SIZE {
-        return Err(SubmitError::TooLarge);
-    }
-    let last_count = count - (DESCRIPTORS_PER_PAGE - 1) * (segs - 1);
-    let seg_bytes = |s: usize| -> u32 {
-        let n = if s + 1 == segs { last_count } else { DESCRIPTORS_PER_PAGE };
-        (n * DESCRIPTOR_BYTES) as u32
+        Ok(Descriptor::DataBlock { addr, len })
     };
-    let pointer = |s: usize| -> Result<Descriptor, SubmitError> {
-        let addr = list.iova_at(s * PAGE_SIZE).ok_or(SubmitError::TooLarge)?;
-        let len = seg_bytes(s);
-        Ok(if s + 1 == segs { Descriptor::LastSegment { addr, len } } else { Descriptor::Segment { addr, len } })
-    };
+    let mut runs = Runs { buf, pos: off, end, ahead: None }.peekable();
+    let first = data(runs.next().ok_or(SubmitError::TooLarge)?)?;
+    if runs.peek().is_none() {
+        return Ok(first.encode());
+    }
+    let pages = list.len() / PAGE_SIZE;
+    let page_iova = |p: usize| list.iova_at(p * PAGE_SIZE).ok_or(SubmitError::TooLarge);
     let put = |page: usize, slot: usize, d: Descriptor| {
         list.write_bytes(page * PAGE_SIZE + slot * DESCRIPTOR_BYTES, d.encode().as_bytes())
             .map_err(|_| SubmitError::TooLarge)
     };
-    let (mut page, mut slot) = (0usize, 0usize);
-    for r in runs() {
-        let (addr, n) = r?;
-        if slot == DESCRIPTORS_PER_PAGE - 1 && page + 1 < segs {
-            put(page, slot, pointer(page + 1)?)?;
+    if pages == 0 {
+        return Err(SubmitError::TooLarge);
+    }
+    put(0, 0, first)?;
+    let (mut page, mut slot) = (0usize, 1usize);
+    while let Some(r) = runs.next() {
+        let d = data(r)?;
+        if slot == DESCRIPTORS_PER_PAGE - 1 && runs.peek().is_some() {
+            // The page's last slot chains to the next page (a Segment of a
+            // full page; the one before the last page is fixed up below).
+            if page + 1 >= pages {
+                return Err(SubmitError::TooLarge);
+            }
+            put(page, slot, Descriptor::Segment { addr: page_iova(page + 1)?, len: PAGE_SIZE as u32 })?;
             page += 1;
             slot = 0;
         }
-        put(page, slot, Descriptor::DataBlock { addr, len: n })?;
+        put(page, slot, d)?;
         slot += 1;
     }
-    Ok(pointer(0)?.encode())
+    let last_len = (slot * DESCRIPTOR_BYTES) as u32;
+    if page == 0 {
+        return Ok(Descriptor::LastSegment { addr: page_iova(0)?, len: last_len }.encode());
+    }
+    put(page - 1, DESCRIPTORS_PER_PAGE - 1, Descriptor::LastSegment { addr: page_iova(page)?, len: last_len })?;
+    Ok(Descriptor::Segment { addr: page_iova(0)?, len: PAGE_SIZE as u32 }.encode())
 }
 
 #[cfg(test)]
