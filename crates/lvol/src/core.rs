@@ -382,15 +382,8 @@ impl Core {
         let geo = Geo::of(&st);
         let seq = st.seq;
         let device_zeroes = base.info().supported.contains(bdev::IoType::WriteZeroes);
-        let mut md = Md {
-            st,
-            pending: Vec::new(),
-            quarantine: Vec::new(),
-            views: HashMap::new(),
-            keys: HashMap::new(),
-            jr,
-            sb,
-        };
+        let mut md =
+            Md { st, pending: Vec::new(), quarantine: Vec::new(), views: HashMap::new(), keys: HashMap::new(), jr, sb };
         md.rebuild_views();
         let core = Arc::new(Core {
             name,

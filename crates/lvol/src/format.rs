@@ -221,8 +221,11 @@ impl SuperBlock {
     pub fn parse(bytes: &[u8]) -> Result<SuperBlock, FormatError> {
         let n = core::mem::size_of::<SuperBlock>();
         let raw = bytes.get(..n).ok_or(FormatError::Truncated { what: "super block", at: bytes.len(), need: n })?;
-        let sb = SuperBlock::read_from_bytes(raw)
-            .map_err(|_| FormatError::Truncated { what: "super block", at: 0, need: n })?;
+        let sb = SuperBlock::read_from_bytes(raw).map_err(|_| FormatError::Truncated {
+            what: "super block",
+            at: 0,
+            need: n,
+        })?;
         if sb.magic != SB_MAGIC {
             return Err(FormatError::BadMagic("super block"));
         }

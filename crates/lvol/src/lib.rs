@@ -5,8 +5,22 @@
 
 pub mod codec;
 pub mod core;
+pub mod ctl_io;
+mod dma;
+pub mod error;
 pub mod format;
+pub mod module;
 pub mod record;
 pub mod state;
+pub mod store;
 pub mod sync_io;
+pub mod vchan;
 pub mod view;
+
+pub use error::LvolError;
+pub use module::{Lvol, VolumeBdev};
+pub use store::{CreateOpts, Store, StoreInfo, VolumeInfo};
+pub mod check;
+pub mod crash;
+
+pub use check::{check, CheckError, CheckReport};

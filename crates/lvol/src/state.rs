@@ -511,7 +511,8 @@ impl MdState {
                 self.check_name(&d.name, d.id, what)?;
                 self.check_parent(d.id, d.parent, what)?;
                 if matches!(rec, Record::PutVolume(_)) {
-                    if d.id == 0 || self.vols.contains_key(&d.id) || self.vols.len() >= self.layout.max_volumes as usize {
+                    if d.id == 0 || self.vols.contains_key(&d.id) || self.vols.len() >= self.layout.max_volumes as usize
+                    {
                         return Err(bad(what, format!("volume id {} duplicated or too many volumes", d.id)));
                     }
                     self.next_id = self.next_id.max(d.id.saturating_add(1));
@@ -643,11 +644,8 @@ impl MdState {
                 let v = self.vol(*id, "set codec")?;
                 let old = v.ext.clone();
                 let want = *comp_level > 0;
-                let ext = if want && old.chunks.is_empty() {
-                    Arc::new(old.resized(old.nclusters(), gpc, true))
-                } else {
-                    old
-                };
+                let ext =
+                    if want && old.chunks.is_empty() { Arc::new(old.resized(old.nclusters(), gpc, true)) } else { old };
                 if let Some(v) = self.vols.get_mut(id) {
                     v.desc.comp_level = *comp_level;
                     v.desc.enc = *enc;
@@ -819,7 +817,10 @@ impl MdState {
             }
             Record::PutBitmap { nbits, bytes } => {
                 if *nbits != self.layout.total_clusters {
-                    return Err(bad("checkpoint bitmap", format!("{nbits} bits for {} clusters", self.layout.total_clusters)));
+                    return Err(bad(
+                        "checkpoint bitmap",
+                        format!("{nbits} bits for {} clusters", self.layout.total_clusters),
+                    ));
                 }
                 let m = Bitmap::from_bytes(*nbits, bytes).ok_or_else(|| bad("checkpoint bitmap", "bad length"))?;
                 for pc in 0..*nbits {
@@ -899,8 +900,7 @@ impl MdState {
         self.vols.remove(&snap);
         if let Some(v) = self.vols.get_mut(&child) {
             v.desc.parent = sdesc.parent;
-            v.desc.parent_limit =
-                if sdesc.parent == 0 { 0 } else { cdesc.parent_limit.min(sdesc.parent_limit) };
+            v.desc.parent_limit = if sdesc.parent == 0 { 0 } else { cdesc.parent_limit.min(sdesc.parent_limit) };
         }
         fx.structural = true;
         Ok(())

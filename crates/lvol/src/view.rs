@@ -136,7 +136,8 @@ pub fn resolve<'a>(view: &'a View, lba: u64, max: u64, geo: &Geo) -> (Src<'a>, u
                     let c_end = (lc + 1) * geo.cb;
                     let mut end = g_end;
                     let mut b = bit + 1;
-                    while end < lba + max && end < c_end && valid & (1 << b) != 0 && v.ext.chunk(lc * geo.gpc + b) == 0 {
+                    while end < lba + max && end < c_end && valid & (1 << b) != 0 && v.ext.chunk(lc * geo.gpc + b) == 0
+                    {
                         end += geo.gb;
                         b += 1;
                     }
