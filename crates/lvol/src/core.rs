@@ -216,7 +216,7 @@ fn read_txn(io: &mut SyncIo, l: &Layout, uuid: &[u8; 16], pos: u64, expect: u64)
     let total = h.total_len.get() as u64;
     let body_len = h.body_len.get() as u64;
     if h.first_seq.get() != expect
-        || total % MD_BLOCK != 0
+        || !total.is_multiple_of(MD_BLOCK)
         || total < MD_BLOCK
         || pos + total > l.journal_size
         || 64 + body_len > total

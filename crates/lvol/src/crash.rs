@@ -128,7 +128,7 @@ fn lock(m: &Mutex<CrashLog>) -> MutexGuard<'_, CrashLog> {
 impl CrashDisk {
     /// A disk named `name` starting as `image` (its length a multiple of `block_size`).
     pub fn new(name: &str, block_size: u32, image: Vec<u8>) -> Result<CrashDisk, BdevError> {
-        if !matches!(block_size, 512 | 4096) || image.is_empty() || image.len() % block_size as usize != 0 {
+        if !matches!(block_size, 512 | 4096) || image.is_empty() || !image.len().is_multiple_of(block_size as usize) {
             return Err(BdevError::param("image", "length must be a positive multiple of a 512 or 4096 block size"));
         }
         let supported = IoTypeSet::of(&[IoType::Read, IoType::Write, IoType::Flush, IoType::Reset]);
@@ -136,6 +136,20 @@ impl CrashDisk {
         info.volatile_cache = true;
         let log =
             CrashLog { bs: block_size as u64, current: image.clone(), base: image, events: Vec::new(), logging: true };
+        Ok(CrashDisk { info, log: Arc::new(Mutex::new(log)) })
+    }
+
+    /// A disk that does not log: reads and writes go straight to `image` (for loading crash
+    /// images without copying them twice).
+    pub fn plain(name: &str, block_size: u32, image: Vec<u8>) -> Result<CrashDisk, BdevError> {
+        let d = CrashDisk::new(name, block_size, Vec::from([0u8; 512]).repeat(block_size as usize / 512))?;
+        let mut info = d.info.clone();
+        info.num_blocks = (image.len() / block_size as usize) as u64;
+        if image.is_empty() || !image.len().is_multiple_of(block_size as usize) {
+            return Err(BdevError::param("image", "length must be a positive multiple of the block size"));
+        }
+        let log =
+            CrashLog { bs: block_size as u64, base: Vec::new(), events: Vec::new(), logging: false, current: image };
         Ok(CrashDisk { info, log: Arc::new(Mutex::new(log)) })
     }
 
@@ -200,9 +214,6 @@ impl IoChannel for CrashChannel {
                     drop(l);
                     self.done.push_back((io.tag, IoStatus::Success, Some(idx), false));
                 } else {
-                    if let Some(dst) = l.base.get_mut(off..off + len) {
-                        dst.copy_from_slice(&buf);
-                    }
                     drop(l);
                     self.done.push_back((io.tag, IoStatus::Success, None, false));
                 }

@@ -20,7 +20,7 @@ pub fn for_each_unit_mut(
     tmp: &mut [u8],
     mut f: impl FnMut(usize, &mut [u8]),
 ) -> bool {
-    if unit == 0 || len % unit != 0 || tmp.len() < unit {
+    if unit == 0 || !len.is_multiple_of(unit) || tmp.len() < unit {
         return false;
     }
     let Some(sub) = iovs.slice(off as u64, len as u64) else { return false };

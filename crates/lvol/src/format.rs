@@ -372,7 +372,10 @@ impl Layout {
         if !l.block_size.is_power_of_two() || !(512..=4096).contains(&l.block_size) {
             return bad("block_size", l.block_size as u64);
         }
-        if l.journal_size < 16 * MD_BLOCK || l.journal_size % MD_BLOCK != 0 || l.journal_offset != 2 * MD_BLOCK {
+        if l.journal_size < 16 * MD_BLOCK
+            || !l.journal_size.is_multiple_of(MD_BLOCK)
+            || l.journal_offset != 2 * MD_BLOCK
+        {
             return bad("journal", l.journal_size);
         }
         let jend = l.journal_offset.checked_add(l.journal_size);
@@ -385,13 +388,13 @@ impl Layout {
                 if l.ckpt_offset[0] >= j
                     && l.ckpt_offset[1] >= c0
                     && l.data_offset >= c1
-                    && l.data_offset % cluster_size == 0
+                    && l.data_offset.is_multiple_of(cluster_size)
                     && d <= base_bytes
-                    && l.ckpt_capacity % MD_BLOCK == 0 => {}
+                    && l.ckpt_capacity.is_multiple_of(MD_BLOCK) => {}
             _ => return bad("region layout", l.data_offset),
         }
         let ta = sb.journal_tail.get();
-        if ta % MD_BLOCK != 0 || ta >= l.journal_size {
+        if !ta.is_multiple_of(MD_BLOCK) || ta >= l.journal_size {
             return bad("journal_tail", ta);
         }
         if sb.active_ckpt.get() > 1 || sb.ckpt_len.get() > l.ckpt_capacity {

@@ -247,7 +247,7 @@ impl Lvol {
 
     /// `lvol_create`: a volume of `size_mb` MiB in store `lvs`, thin or thick.
     pub fn lvol_create(&self, lvs: &str, name: &str, size_mb: u64, thin: bool) -> Result<VolumeInfo, LvolError> {
-        self.lvol_create_bytes(lvs, name, size_mb.checked_mul(MIB).unwrap_or(u64::MAX), thin)
+        self.lvol_create_bytes(lvs, name, size_mb.saturating_mul(MIB), thin)
     }
 
     /// `lvol_create` with a size in bytes (rounded up to whole granules).
@@ -284,7 +284,7 @@ impl Lvol {
     /// `lvol_resize`: to `new_size_mb` MiB. The bdev is re-registered with its new size (open
     /// descriptors get a remove event and reopen).
     pub fn lvol_resize(&self, path: &str, new_size_mb: u64) -> Result<VolumeInfo, LvolError> {
-        self.lvol_resize_bytes(path, new_size_mb.checked_mul(MIB).unwrap_or(u64::MAX))
+        self.lvol_resize_bytes(path, new_size_mb.saturating_mul(MIB))
     }
 
     /// `lvol_resize` in bytes.

@@ -106,7 +106,7 @@ impl Bitmap {
             m.words[i / 8] |= (*b as u64) << ((i % 8) * 8);
         }
         // Bits past the end must be zero.
-        if bits % 64 != 0 {
+        if !bits.is_multiple_of(64) {
             if let Some(last) = m.words.last() {
                 if last >> (bits % 64) != 0 {
                     return None;

@@ -140,7 +140,7 @@ impl Store {
     pub fn create(base: Desc, name: &str, opts: &CreateOpts) -> Result<Arc<Store>, LvolError> {
         check_name(name)?;
         let cluster_size = opts.cluster_size;
-        if !cluster_size.is_power_of_two() || cluster_size < 4096 || cluster_size > (1 << 30) {
+        if !cluster_size.is_power_of_two() || !(4096..=(1 << 30)).contains(&cluster_size) {
             return Err(LvolError::InvalidParam {
                 param: "cluster_size",
                 reason: format!("{cluster_size} is not a power of two between 4 KiB and 1 GiB"),
@@ -752,12 +752,23 @@ impl Store {
             }
             let k = key.as_deref().ok_or_else(|| LvolError::Locked(format!("volume {id}")))?;
             let off = self.core.layout.cluster_offset(pc);
-            let mut data = io.read(off, geo.cluster_size).map_err(CoreError::from)?;
-            let first = (lc * geo.cb) as u128;
-            if enc {
-                k.encrypt(&mut data, geo.bs as usize, first);
-            } else {
-                k.decrypt(&mut data, geo.bs as usize, first);
+            let valid = view.ext.valid(lc);
+            let gbytes = geo.gb * geo.bs;
+            // Only valid granules carry data; the others are never read.
+            let mut data = vec![0u8; geo.cluster_size as usize];
+            for b in 0..geo.gpc {
+                if valid & (1 << b) == 0 {
+                    continue;
+                }
+                let r = (b * gbytes) as usize..((b + 1) * gbytes) as usize;
+                let mut d = io.read(off + b * gbytes, gbytes).map_err(CoreError::from)?;
+                let first = (lc * geo.cb + b * geo.gb) as u128;
+                if enc {
+                    k.encrypt(&mut d, geo.bs as usize, first);
+                } else {
+                    k.decrypt(&mut d, geo.bs as usize, first);
+                }
+                data[r].copy_from_slice(&d);
             }
             let runs = {
                 let mut md = self.core.lock_md();
@@ -765,7 +776,12 @@ impl Store {
                 md.st.reserve_clusters(1).ok_or(LvolError::NoSpace { lvs: self.core.name.clone(), need: 1, free })?
             };
             let npc = runs[0].0;
-            io.write(self.core.layout.cluster_offset(npc), &data).map_err(CoreError::from)?;
+            for b in 0..geo.gpc {
+                if valid & (1 << b) != 0 {
+                    let r = (b * gbytes) as usize..((b + 1) * gbytes) as usize;
+                    io.write(self.core.layout.cluster_offset(npc) + b * gbytes, &data[r]).map_err(CoreError::from)?;
+                }
+            }
             let rec =
                 Record::Remap { id, lc, pc: npc, flags: if enc { ENT_ENC } else { 0 }, valid: view.ext.valid(lc) };
             if let Err(e) = self.commit(&[rec]) {

@@ -107,7 +107,7 @@ impl SyncIo {
     }
 
     fn check(&self, op: &'static str, offset: u64, len: u64) -> Result<(), SyncIoError> {
-        if offset % self.bs != 0 || len % self.bs != 0 {
+        if !offset.is_multiple_of(self.bs) || !len.is_multiple_of(self.bs) {
             return Err(SyncIoError::Unaligned { op, offset, len, block: self.bs });
         }
         Ok(())
