@@ -4,7 +4,8 @@
 //!
 //! Commit protocol: a record is applied in memory and queued under the mutex, in groups that
 //! are always journaled together. The metadata thread writes queued groups as one transaction:
-//! `flush` (data written before the record was made becomes durable), `write transaction`,
+//! `flush` (only when a record points at data written just before it: valid bits, chunks,
+//! remaps, pre-zeroed thick clusters; that data becomes durable first), `write transaction`,
 //! `flush`, then publishes `durable`. Space a record frees is reused only once the record is
 //! durable. When half the journal is used, the thread writes a checkpoint of the whole state to
 //! the inactive checkpoint area, flushes, and then points the super block at it.
@@ -71,6 +72,18 @@ struct Pending {
     seq: u64,
     bytes: Vec<u8>,
     group_end: bool,
+    /// The record points at data written just before it: flush before journaling it.
+    data_dep: bool,
+}
+
+/// Whether a record makes data written before it reachable (so that data must be durable
+/// before the record is).
+fn data_dependent(r: &Record) -> bool {
+    match r {
+        Record::SetValid { .. } | Record::ChunkWrite { .. } | Record::Remap { .. } => true,
+        Record::AllocRuns { valid, .. } => *valid != 0,
+        _ => false,
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -456,7 +469,7 @@ impl Core {
             }
             let mut w = Writer::default();
             rec.encode(&mut w);
-            md.pending.push(Pending { seq, bytes: w.buf, group_end: i + 1 == n });
+            md.pending.push(Pending { seq, bytes: w.buf, group_end: i + 1 == n, data_dep: data_dependent(rec) });
         }
         if structural {
             md.rebuild_views();
@@ -579,6 +592,7 @@ impl Core {
                 } else {
                     let limit = (l.journal_size / 4) as usize;
                     let mut body = Vec::new();
+                    let mut dep = false;
                     let mut n = 0;
                     let mut last = 0;
                     let first = md.pending[0].seq;
@@ -587,6 +601,7 @@ impl Core {
                             break;
                         }
                         body.extend_from_slice(&p.bytes);
+                        dep |= p.data_dep;
                         n += 1;
                         last = p.seq;
                         if body.len() > limit && p.group_end {
@@ -595,22 +610,25 @@ impl Core {
                     }
                     while n < md.pending.len() && !md.pending[n - 1].group_end {
                         body.extend_from_slice(&md.pending[n].bytes);
+                        dep |= md.pending[n].data_dep;
                         last = md.pending[n].seq;
                         n += 1;
                     }
                     let txn = encode_txn(&self.uuid, first, n as u32, &body);
                     let len = txn.len() as u64;
                     let place = if len > l.journal_size / 2 { None } else { place(md.jr, len, l.journal_size) };
-                    Some((txn, n, last, place))
+                    Some((txn, n, last, place, dep))
                 }
             };
-            let Some((txn, n, last, place)) = plan else { return Ok(()) };
+            let Some((txn, n, last, place, dep)) = plan else { return Ok(()) };
             let Some((at, skipped)) = place else {
                 // No room (or too large): a checkpoint covers everything queued.
                 self.checkpoint(io)?;
                 continue;
             };
-            io.flush()?;
+            if dep {
+                io.flush()?;
+            }
             io.write(self.layout.journal_offset + at, &txn)?;
             io.flush()?;
             let mut md = self.lock_md();

@@ -506,8 +506,11 @@ fn verify_image(img: Vec<u8>, m_done: &Model, inflight: Option<&(Op, bool)>, g: 
 fn crash_at_every_write_point_of_a_random_workload() {
     let t0 = Instant::now();
     let mut total = 0;
-    for seed in [1u64, 2, 3] {
-        let o = run_workload(seed, 240, 1);
+    // LVOL_CRASH_SEEDS=n runs seeds 1..=n (default 3); LVOL_CRASH_OPS sets the ops per seed.
+    let seeds: u64 = std::env::var("LVOL_CRASH_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let nops: usize = std::env::var("LVOL_CRASH_OPS").ok().and_then(|v| v.parse().ok()).unwrap_or(240);
+    for seed in 1..=seeds {
+        let o = run_workload(seed, nops, 1);
         eprintln!(
             "seed {seed}: {} ops, {} write points, {} crash images, {} checkpoints",
             o.ops, o.crash_points, o.images, o.checkpoints
