@@ -338,7 +338,7 @@ fn compression(dir: &str) {
         let mut text = Vec::with_capacity(65536 + 16);
         while text.len() < 65536 {
             text.extend_from_slice(WORDS[(rng(&mut st) % 24) as usize].as_bytes());
-            text.push(if rng(&mut st) % 9 == 0 { b'\n' } else { b' ' });
+            text.push(if rng(&mut st).is_multiple_of(9) { b'\n' } else { b' ' });
         }
         text.truncate(65536);
         let run = |vol: &str| {
