@@ -401,3 +401,103 @@ impl Lvol {
         s.disable_encryption(&vol)
     }
 }
+
+/// One `lvol_stores` entry (seed 8.2).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// Store name.
+    pub name: String,
+    /// Base bdev.
+    pub base_bdev: String,
+    /// Cluster size in bytes.
+    pub cluster_size: u64,
+}
+
+/// One `lvol_volumes` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeConfig {
+    /// Volume name.
+    pub name: String,
+    /// Store name.
+    pub lvs_name: String,
+    /// Size in MiB (rounded up).
+    pub size_mb: u64,
+    /// Thin provisioned.
+    pub thin_provision: bool,
+    /// Compression level (0: off).
+    pub compression_level: u8,
+    /// Key reference when encrypted (never the key).
+    pub key_ref: Option<String>,
+}
+
+/// One `snapshots` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotConfig {
+    /// `lvs/vol` the snapshot was taken of.
+    pub source_vol: String,
+    /// Snapshot name.
+    pub name: String,
+}
+
+/// One `clones` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CloneConfig {
+    /// `lvs/snap` the clone was made from.
+    pub source_snap: String,
+    /// Clone name.
+    pub name: String,
+}
+
+/// The lvol sections of a saved configuration. Stores found by examine already hold their
+/// volumes, snapshots and clones; these sections describe them for `save_config`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LvolConfig {
+    /// `lvol_stores`.
+    pub lvol_stores: Vec<StoreConfig>,
+    /// `lvol_volumes` (volumes that are neither snapshots nor clones).
+    pub lvol_volumes: Vec<VolumeConfig>,
+    /// `snapshots`.
+    pub snapshots: Vec<SnapshotConfig>,
+    /// `clones` (writable volumes whose parent is a snapshot and that are not a snapshot's origin).
+    pub clones: Vec<CloneConfig>,
+}
+
+impl Lvol {
+    /// The lvol sections describing every loaded store.
+    pub fn save_config(&self) -> LvolConfig {
+        let mut c = LvolConfig::default();
+        let stores: Vec<(Arc<Store>, String)> = self.lock().iter().map(|l| (l.store.clone(), l.base.clone())).collect();
+        for (s, base) in stores {
+            let info = s.info();
+            c.lvol_stores.push(StoreConfig {
+                name: info.name.clone(),
+                base_bdev: base,
+                cluster_size: info.cluster_size,
+            });
+            let vols = s.volumes();
+            for v in &vols {
+                if v.snapshot {
+                    let src = v.origin.clone().unwrap_or_default();
+                    c.snapshots
+                        .push(SnapshotConfig { source_vol: format!("{}/{}", info.name, src), name: v.name.clone() });
+                    continue;
+                }
+                let is_origin = vols.iter().any(|s2| s2.snapshot && s2.origin.as_deref() == Some(&v.name));
+                match &v.parent {
+                    Some(p) if !is_origin => {
+                        c.clones.push(CloneConfig { source_snap: format!("{}/{p}", info.name), name: v.name.clone() })
+                    }
+                    _ => c.lvol_volumes.push(VolumeConfig {
+                        name: v.name.clone(),
+                        lvs_name: info.name.clone(),
+                        size_mb: v.size_bytes.div_ceil(MIB),
+                        thin_provision: v.thin,
+                        compression_level: v.compression_level,
+                        key_ref: v.key_ref.clone(),
+                    }),
+                }
+            }
+        }
+        c
+    }
+}

@@ -348,3 +348,25 @@ fn snapshot_during_concurrent_io_on_another_thread() {
     assert!(n > 0);
     check(&lvol.store("lvs").unwrap()).unwrap();
 }
+
+#[test]
+fn save_config_lists_stores_volumes_snapshots_and_clones_without_keys() {
+    let (_reg, lvol, _d) = setup(64 * MIB, 1 << 20);
+    lvol.lvol_create("lvs", "data", 4, true).unwrap();
+    lvol.lvol_create("lvs", "log", 2, false).unwrap();
+    lvol.snapshot_create("lvs/data", "snap1").unwrap();
+    lvol.clone_create("lvs/snap1", "clone1").unwrap();
+    lvol.encryption_enable("lvs/log", &KEY).unwrap();
+    let c = lvol.save_config();
+    assert_eq!(c.lvol_stores.len(), 1);
+    assert_eq!(c.lvol_stores[0].base_bdev, "m0");
+    assert_eq!(c.lvol_stores[0].cluster_size, 1 << 20);
+    let names: Vec<&str> = c.lvol_volumes.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(names, vec!["data", "log"]);
+    assert_eq!(c.snapshots, vec![lvol::module::SnapshotConfig { source_vol: "lvs/data".into(), name: "snap1".into() }]);
+    assert_eq!(c.clones, vec![lvol::module::CloneConfig { source_snap: "lvs/snap1".into(), name: "clone1".into() }]);
+    let dump = format!("{c:?}");
+    assert!(dump.contains("kcv:"));
+    let hex: String = KEY[..16].iter().map(|b| format!("{b:02x}")).collect();
+    assert!(!dump.contains(&hex), "key bytes in the config");
+}
