@@ -124,52 +124,65 @@ fn section(title: &str) {
 }
 
 fn write_iops(dir: &str) {
-    section("4 KiB random writes, QD32, one thread (aio file, O_DIRECT)");
-    for cluster in [4 * MIB, 256 << 10] {
-        let reg = Registry::new();
-        let lv = Lvol::new(&reg);
-        let raw = aio(&reg, dir, "raw", 4 * GIB);
-        let vol_size = GIB;
-        let span = vol_size / 512;
-        let mut rc = reg.open(&raw.info().name, true).unwrap().channel().unwrap();
-        let raw_iops = rand_writes(&mut rc, span, 100_000, 1);
-        drop(rc);
-        lv.lvs_create_opts("raw", "lvs", &CreateOpts { cluster_size: cluster, ..CreateOpts::default() }).unwrap();
-        let g = lv.stores()[0].granule_size;
-        lv.lvol_create("lvs", "thick", vol_size / MIB, false).unwrap();
-        let mut ch = reg.open("lvs/thick", true).unwrap().channel().unwrap();
-        let thick = rand_writes(&mut ch, span, 100_000, 2);
-        drop(ch);
-        lv.lvol_create("lvs", "thin", vol_size / MIB, true).unwrap();
-        let mut ch = reg.open("lvs/thin", true).unwrap().channel().unwrap();
-        // First writes: one 4 KiB write at the start of distinct, never written granules.
-        let ngran = vol_size / g;
-        let first_n = ngran.min(4096);
-        let mut order: Vec<u64> = (0..ngran).collect();
-        let mut s = 7;
-        for i in (1..order.len()).rev() {
-            order.swap(i, (rng(&mut s) % (i as u64 + 1)) as usize);
+    section("4 KiB random writes, QD32, one thread");
+    for backend in ["malloc", "aio"] {
+        for cluster in [4 * MIB, 256 << 10] {
+            let reg = Registry::new();
+            let lv = Lvol::new(&reg);
+            let dev = 2 * GIB;
+            let raw = if backend == "malloc" { malloc(&reg, "raw", dev) } else { aio(&reg, dir, "raw", dev) };
+            let vol_size = 512 * MIB;
+            let span = vol_size / 512;
+            let mut rc = reg.open(&raw.info().name, true).unwrap().channel().unwrap();
+            // Precondition: write the whole device once (no holes or unwritten extents in the
+            // file, no first-touch page faults in the RAM disk).
+            drive(&mut rc, 8, MIB as usize, 0, |i| (i < dev / MIB).then(|| (true, i * 2048)));
+            let raw_iops = rand_writes(&mut rc, span, 100_000, 1);
+            drop(rc);
+            lv.lvs_create_opts("raw", "lvs", &CreateOpts { cluster_size: cluster, ..CreateOpts::default() }).unwrap();
+            let g = lv.stores()[0].granule_size;
+            lv.lvol_create("lvs", "thick", vol_size / MIB, false).unwrap();
+            let mut ch = reg.open("lvs/thick", true).unwrap().channel().unwrap();
+            // The thick volume's clusters were zeroed with write-zeroes: write them once.
+            drive(&mut ch, 8, MIB as usize, 0, |i| (i < vol_size / MIB).then(|| (true, i * 2048)));
+            let thick = rand_writes(&mut ch, span, 100_000, 2);
+            drop(ch);
+            lv.lvol_create("lvs", "thin", vol_size / MIB, true).unwrap();
+            let mut ch = reg.open("lvs/thin", true).unwrap().channel().unwrap();
+            // First writes: one 4 KiB write at the start of distinct, never written granules.
+            let ngran = vol_size / g;
+            let first_n = ngran.min(if backend == "malloc" { 65536 } else { 4096 });
+            let mut order: Vec<u64> = (0..ngran).collect();
+            let mut s = 7;
+            for i in (1..order.len()).rev() {
+                order.swap(i, (rng(&mut s) % (i as u64 + 1)) as usize);
+            }
+            let gblk = g / 512;
+            let before = lv.stores()[0].clone();
+            let (n, t, _) = drive(&mut ch, 32, 4096, 0, |i| (i < first_n).then(|| (true, order[i as usize] * gblk)));
+            let first = iops(n, t);
+            let after = lv.stores()[0].clone();
+            let txns = after.journal_txns - before.journal_txns;
+            let recs = after.journal_records - before.journal_records;
+            // Overwrites of the granules just written.
+            let mut s = 9;
+            let (n, t, _) = drive(&mut ch, 32, 4096, 0, |i| {
+                (i < 100_000).then(|| (true, order[(rng(&mut s) % first_n) as usize] * gblk))
+            });
+            let over = iops(n, t);
+            println!(
+                "{backend:>6} cluster {:>5} KiB (granule {:>3} KiB): raw {:>8.0}  thick {:>8.0}  thin first-write {:>8.0} ({:.1} records/txn)  thin overwrite {:>8.0} IOPS",
+                cluster >> 10,
+                g >> 10,
+                raw_iops,
+                thick,
+                first,
+                recs as f64 / txns.max(1) as f64,
+                over
+            );
+            drop(ch);
+            lv.lvs_destroy("lvs").unwrap();
         }
-        let gblk = g / 512;
-        let (n, t, _) = drive(&mut ch, 32, 4096, 0, |i| (i < first_n).then(|| (true, order[i as usize] * gblk)));
-        let first = iops(n, t);
-        // Overwrites of the granules just written.
-        let mut s = 9;
-        let (n, t, _) = drive(&mut ch, 32, 4096, 0, |i| {
-            (i < 100_000).then(|| (true, order[(rng(&mut s) % first_n) as usize] * gblk))
-        });
-        let over = iops(n, t);
-        println!(
-            "cluster {:>5} KiB (granule {:>3} KiB): raw {:>8.0}  thick {:>8.0}  thin first-write {:>8.0}  thin overwrite {:>8.0} IOPS",
-            cluster >> 10,
-            g >> 10,
-            raw_iops,
-            thick,
-            first,
-            over
-        );
-        drop(ch);
-        lv.lvs_destroy("lvs").unwrap();
     }
 }
 

@@ -150,6 +150,10 @@ pub struct Core {
     pub device_zeroes: bool,
     /// Checkpoints written since load (for tests and statistics).
     pub checkpoints: AtomicU64,
+    /// Journal transactions written since load.
+    pub txns: AtomicU64,
+    /// Records journaled since load.
+    pub txn_records: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -420,6 +424,8 @@ impl Core {
             jwriter: Mutex::new(()),
             device_zeroes,
             checkpoints: AtomicU64::new(0),
+            txns: AtomicU64::new(0),
+            txn_records: AtomicU64::new(0),
         });
         let weak = Arc::downgrade(&core);
         let h = std::thread::Builder::new().name(format!("lvs-md-{}", core.name)).spawn(move || md_main(weak));
@@ -631,6 +637,8 @@ impl Core {
             }
             io.write(self.layout.journal_offset + at, &txn)?;
             io.flush()?;
+            self.txns.fetch_add(1, Ordering::Relaxed);
+            self.txn_records.fetch_add(n as u64, Ordering::Relaxed);
             let mut md = self.lock_md();
             md.pending.drain(..n);
             md.jr.head = (at + txn.len() as u64) % self.layout.journal_size;

@@ -63,6 +63,10 @@ pub struct StoreInfo {
     pub journal_size: u64,
     /// Checkpoints written since load.
     pub checkpoints: u64,
+    /// Journal transactions written since load.
+    pub journal_txns: u64,
+    /// Records journaled since load (records per transaction shows group commit at work).
+    pub journal_records: u64,
 }
 
 /// Description of a volume.
@@ -193,6 +197,8 @@ impl Store {
             packed_clusters: md.st.packed.len() as u64,
             journal_size: l.journal_size,
             checkpoints: self.core.checkpoints.load(std::sync::atomic::Ordering::Relaxed),
+            journal_txns: self.core.txns.load(std::sync::atomic::Ordering::Relaxed),
+            journal_records: self.core.txn_records.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 

@@ -156,6 +156,8 @@ pub struct VolChannel {
     free_sets: Vec<u16>,
     tmp: Box<[u8]>,
     stage_len: usize,
+    /// Records were queued: wake the metadata thread once, at the end of this submit or poll.
+    kick: bool,
 }
 
 fn mask_of(g0: u64, g1: u64) -> u64 {
@@ -211,8 +213,16 @@ impl VolChannel {
             free_sets: Vec::new(),
             tmp: vec![0u8; crate::format::MD_BLOCK as usize].into_boxed_slice(),
             stage_len: (128 << 10).max(4 * g),
+            kick: false,
             core,
         })
+    }
+
+    fn wake_md(&mut self) {
+        if self.kick {
+            self.kick = false;
+            self.core.kick();
+        }
     }
 
     fn set_busy(&mut self, delta: i64) {
@@ -872,7 +882,7 @@ impl VolChannel {
         match res {
             Ok(seq) => {
                 self.ops[i].seq = self.ops[i].seq.max(seq);
-                self.core.kick();
+                self.kick = true;
                 self.ops[i].st = St::Durable;
                 self.step(i);
             }
@@ -908,6 +918,7 @@ impl IoChannel for VolChannel {
         } else {
             self.held.push_back(idx);
         }
+        self.wake_md();
         Ok(())
     }
 
@@ -970,6 +981,7 @@ impl IoChannel for VolChannel {
             }
             self.step(i);
         }
+        self.wake_md();
         let mut n = 0;
         while let Some((tag, st)) = self.done.pop_front() {
             done(tag, st);

@@ -246,12 +246,12 @@ impl Rng {
     }
 }
 
-fn gen_op(r: &mut Rng, m: &Model, store: &Store, n: &mut u32) -> Option<Op> {
+fn gen_op(r: &mut Rng, m: &Model, store: &Store, n: &mut u32, prefix: &str) -> Option<Op> {
     let writable: Vec<String> = m.iter().filter(|(_, v)| !v.snapshot).map(|(k, _)| k.clone()).collect();
     let snaps: Vec<String> = m.iter().filter(|(_, v)| v.snapshot).map(|(k, _)| k.clone()).collect();
     let mut fresh = || {
         *n += 1;
-        format!("v{n}")
+        format!("{prefix}{n}")
     };
     let k = r.below(100);
     Some(match k {
@@ -339,49 +339,47 @@ struct Outcome {
     crash_points: usize,
     images: usize,
     checkpoints: u64,
+    /// Crash images recovered, worked on and crashed again at every write point.
+    second: usize,
 }
 
-fn run_workload(seed: u64, nops: usize, images_per_point: usize) -> Outcome {
-    let disk_bytes = 8u64 << 20;
-    let disk = Arc::new(CrashDisk::new("crash0", BS as u32, vec![0u8; disk_bytes as usize]).unwrap());
-    let log = disk.log();
-    let reg = Registry::new();
-    reg.register(disk.clone()).unwrap();
-    let desc = reg.open("crash0", true).unwrap();
-    let opts = CreateOpts { cluster_size: 512 << 10, journal_size: 64 << 10, max_volumes: 16 };
-    let store = Store::create(desc, "lvs", &opts).unwrap();
-    let g = store.info().granule_size;
-    // The workload starts from the freshly formatted store.
-    {
-        let mut l = log.lock().unwrap();
-        l.base = l.current.clone();
-        l.events.clear();
-    }
-    let t_work = Instant::now();
-    let mut r = Rng(seed);
-    let mut model = Model::new();
+/// Run `nops` random operations, marking their start and end in the disk's log.
+#[allow(clippy::too_many_arguments)]
+fn run_ops(
+    store: &Store,
+    log: &std::sync::Mutex<lvol::crash::CrashLog>,
+    model: &mut Model,
+    r: &mut Rng,
+    names: &mut u32,
+    prefix: &str,
+    nops: usize,
+    g: u64,
+) -> Vec<(Op, bool)> {
     let mut ops: Vec<(Op, bool)> = Vec::new();
-    let mut names = 0;
     while ops.len() < nops {
-        let Some(op) = gen_op(&mut r, &model, &store, &mut names) else { continue };
+        let Some(op) = gen_op(r, model, store, names, prefix) else { continue };
         let i = ops.len() as u64;
-        mark(&log, i << 1);
-        let ok = exec(&store, &op);
-        mark(&log, (i << 1) | 1);
-        apply(&mut model, &op, ok, g);
+        mark(log, i << 1);
+        let ok = exec(store, &op);
+        mark(log, (i << 1) | 1);
+        apply(model, &op, ok, g);
         ops.push((op, ok));
     }
-    let checkpoints = store.info().checkpoints;
-    timing(format!("workload done in {:?}", t_work.elapsed()));
-    // Sanity: the live store matches the model.
-    compare(&store, &model, None).expect("live store differs from the model");
-    check(&store).expect("live store fails check");
-    store.close(false).unwrap();
+    ops
+}
 
-    timing(format!("live checks done at {:?}", t_work.elapsed()));
-    let l = log.lock().unwrap();
+/// Verify the crash image of every write point of `l`. `start` is the model before the first
+/// op; `on_image` sees each verified image and the contents found in it.
+fn verify_log(
+    l: &lvol::crash::CrashLog,
+    ops: &[(Op, bool)],
+    start: &Model,
+    g: u64,
+    seed: u64,
+    every: usize,
+    mut on_image: impl FnMut(usize, &[u8], &Model),
+) -> (usize, usize) {
     let durable = l.durable_at();
-    timing(format!("durable_at done at {:?} ({} events)", t_work.elapsed(), l.events.len()));
     // For each flush completion, the writes it made durable.
     let mut made_durable: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for (w, &d) in durable.iter().enumerate() {
@@ -392,7 +390,7 @@ fn run_workload(seed: u64, nops: usize, images_per_point: usize) -> Outcome {
     let mut rng = seed ^ 0x5555;
     let mut done = 0usize; // ops acknowledged before the crash point
     let mut started = 0usize; // ops started before the crash point
-    let mut m_done = Model::new();
+    let mut m_done = start.clone();
     let mut dur_img = l.base.clone(); // writes durable by the current point, applied
     let mut volatile: Vec<usize> = Vec::new(); // writes submitted, not yet durable
     let mut points = 0;
@@ -432,73 +430,138 @@ fn run_workload(seed: u64, nops: usize, images_per_point: usize) -> Outcome {
             _ => continue,
         }
         points += 1;
-        for _ in 0..images_per_point {
-            let tb = Instant::now();
-            let mut img = dur_img.clone();
-            // Volatile writes: each block kept with probability 1/2, in log order.
-            for &w in &volatile {
-                if let Event::Write { lba, data } = &l.events[w] {
-                    let off = (*lba * BS) as usize;
-                    for (k, blk) in data.chunks(BS as usize).enumerate() {
-                        if bdev::rand::next(&mut rng) & 1 == 0 {
-                            img[off + k * BS as usize..off + (k + 1) * BS as usize].copy_from_slice(blk);
-                        }
+        let mut img = dur_img.clone();
+        // Volatile writes: each block kept with probability 1/2, in log order.
+        for &w in &volatile {
+            if let Event::Write { lba, data } = &l.events[w] {
+                let off = (*lba * BS) as usize;
+                for (k, blk) in data.chunks(BS as usize).enumerate() {
+                    if bdev::rand::next(&mut rng) & 1 == 0 {
+                        img[off + k * BS as usize..off + (k + 1) * BS as usize].copy_from_slice(blk);
                     }
                 }
             }
-            images += 1;
-            if std::env::var("CRASH_TIMING").is_ok() {
-                eprintln!("image {:?} volatile {}", tb.elapsed(), volatile.len());
-            }
-            let inflight = (started > done).then(|| &ops[done]);
-            verify_image(img, &m_done, inflight, g).unwrap_or_else(|e| {
+        }
+        images += 1;
+        let inflight = (started > done).then(|| &ops[done]);
+        let want = every != 0 && images % every == 0;
+        let keep = if want { img.clone() } else { Vec::new() };
+        match verify_image(img, &m_done, inflight, g, want) {
+            Ok(Some(found)) => on_image(p, &keep, &found),
+            Ok(None) => {}
+            Err(e) => {
                 for (i, o) in ops.iter().enumerate().take(done + 1) {
                     eprintln!("op {i}: {:?} ok={}", o.0, o.1);
                 }
                 panic!("seed {seed} crash after event {p} (ops done {done}, in flight {inflight:?}): {e}")
-            });
+            }
         }
     }
-    timing(format!("verification done at {:?}", t_work.elapsed()));
-    Outcome { ops: ops.len(), crash_points: points, images, checkpoints }
+    (points, images)
 }
 
-fn verify_image(img: Vec<u8>, m_done: &Model, inflight: Option<&(Op, bool)>, g: u64) -> Result<(), String> {
+fn new_store_on_crash_disk(image: Option<Vec<u8>>) -> (Arc<CrashDisk>, Arc<Registry>, Arc<Store>) {
+    let fresh = image.is_none();
+    let disk = Arc::new(CrashDisk::new("crash0", BS as u32, image.unwrap_or_else(|| vec![0u8; 8 << 20])).unwrap());
+    let reg = Registry::new();
+    reg.register(disk.clone()).unwrap();
+    let desc = reg.open("crash0", true).unwrap();
+    let store = if fresh {
+        let opts = CreateOpts { cluster_size: 512 << 10, journal_size: 64 << 10, max_volumes: 16 };
+        Store::create(desc, "lvs", &opts).unwrap()
+    } else {
+        let s = Store::load(desc).unwrap();
+        s.unlock(&KEY).unwrap();
+        s
+    };
+    // The workload starts from the disk as it is now.
+    let log = disk.log();
+    let mut l = log.lock().unwrap();
+    l.base = l.current.clone();
+    l.events.clear();
+    drop(l);
+    (disk, reg, store)
+}
+
+fn run_workload(seed: u64, nops: usize, second_every: usize) -> Outcome {
+    let (disk, _reg, store) = new_store_on_crash_disk(None);
+    let log = disk.log();
+    let g = store.info().granule_size;
+    let t_work = Instant::now();
+    let mut r = Rng(seed);
+    let mut model = Model::new();
+    let mut names = 0;
+    let ops = run_ops(&store, &log, &mut model, &mut r, &mut names, "v", nops, g);
+    let checkpoints = store.info().checkpoints;
+    timing(format!("workload done in {:?}", t_work.elapsed()));
+    // Sanity: the live store matches the model.
+    compare(&store, &model, None).expect("live store differs from the model");
+    check(&store).expect("live store fails check");
+    store.close(false).unwrap();
+    let l = log.lock().unwrap();
+    let mut second = 0usize;
+    let mut second_images = 0usize;
+    let (points, images) = verify_log(&l, &ops, &Model::new(), g, seed, second_every, |p, img, found| {
+        // Crash again: recover from this image, keep working, crash at every write point.
+        second += 1;
+        let (d2, _r2, s2) = new_store_on_crash_disk(Some(img.to_vec()));
+        let log2 = d2.log();
+        let mut m2 = found.clone();
+        let mut r2 = Rng(seed ^ (p as u64) << 8);
+        let mut n2 = 0;
+        let ops2 = run_ops(&s2, &log2, &mut m2, &mut r2, &mut n2, "w", 20, g);
+        compare(&s2, &m2, None).expect("second run differs from the model");
+        s2.close(false).unwrap();
+        let l2 = log2.lock().unwrap();
+        let (_, im2) = verify_log(&l2, &ops2, found, g, seed ^ p as u64, 0, |_, _, _| {});
+        second_images += im2;
+    });
+    timing(format!("verification done at {:?}", t_work.elapsed()));
+    Outcome { ops: ops.len(), crash_points: points, images: images + second_images, checkpoints, second }
+}
+
+/// Load a crash image, check it, compare it with the model before (and after) the op in
+/// flight; returns the volumes' contents as found (with the model's known-block masks).
+fn verify_image(
+    img: Vec<u8>,
+    m_done: &Model,
+    inflight: Option<&(Op, bool)>,
+    g: u64,
+    want_found: bool,
+) -> Result<Option<Model>, String> {
     let disk = Arc::new(CrashDisk::plain("img", BS as u32, img).map_err(|e| e.to_string())?);
     let reg = Registry::new();
     reg.register(disk).map_err(|e| e.to_string())?;
     let desc = reg.open("img", true).map_err(|e| e.to_string())?;
-    let t0 = Instant::now();
     let store = Store::load(desc)
         .map_err(|e| format!("load failed: {e} ({:?})", std::error::Error::source(&e).map(|s| s.to_string())))?;
     let res = (|| {
-        let t1 = Instant::now();
         store.unlock(&KEY).map_err(|e| e.to_string())?;
         check(&store).map_err(|e| e.to_string())?;
-        let t2 = Instant::now();
-        if std::env::var("CRASH_TIMING").is_ok() {
-            eprintln!("load {:?} check {:?}", t1 - t0, t2 - t1);
-        }
-        match inflight {
-            Some((Op::Write { vol, lba, data }, _)) => compare(&store, m_done, Some((vol, *lba, data))),
-            Some((op, ok)) => compare(&store, m_done, None).or_else(|e1| {
+        let matched = match inflight {
+            Some((Op::Write { vol, lba, data }, _)) => {
+                compare(&store, m_done, Some((vol, *lba, data))).map(|_| m_done.clone())
+            }
+            Some((op, ok)) => compare(&store, m_done, None).map(|_| m_done.clone()).or_else(|e1| {
                 let mut next = m_done.clone();
                 apply(&mut next, op, *ok, g);
-                compare(&store, &next, None).map_err(|e2| format!("neither before ({e1}) nor after ({e2})"))
+                compare(&store, &next, None)
+                    .map(|_| next)
+                    .map_err(|e2| format!("neither before ({e1}) nor after ({e2})"))
             }),
-            None => compare(&store, m_done, None),
+            None => compare(&store, m_done, None).map(|_| m_done.clone()),
+        }?;
+        if !want_found {
+            return Ok(None);
         }
+        let mut found = Model::new();
+        for (name, mv) in matched {
+            let data = read_volume(&store, &name, mv.data.len())?;
+            found.insert(name, MVol { data, ..mv });
+        }
+        Ok(Some(found))
     })();
-    if std::env::var("CRASH_TIMING").is_ok() {
-        eprintln!("verify total {:?}", t0.elapsed());
-    }
-    let tc = Instant::now();
     let _ = store.close(false);
-    drop(store);
-    drop(reg);
-    if std::env::var("CRASH_TIMING").is_ok() {
-        eprintln!("close {:?}", tc.elapsed());
-    }
     res
 }
 
@@ -510,10 +573,10 @@ fn crash_at_every_write_point_of_a_random_workload() {
     let seeds: u64 = std::env::var("LVOL_CRASH_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
     let nops: usize = std::env::var("LVOL_CRASH_OPS").ok().and_then(|v| v.parse().ok()).unwrap_or(240);
     for seed in 1..=seeds {
-        let o = run_workload(seed, nops, 1);
+        let o = run_workload(seed, nops, if seed % 4 == 1 { 50 } else { 0 });
         eprintln!(
-            "seed {seed}: {} ops, {} write points, {} crash images, {} checkpoints",
-            o.ops, o.crash_points, o.images, o.checkpoints
+            "seed {seed}: {} ops, {} write points, {} crash images ({} recovered and crashed again), {} checkpoints",
+            o.ops, o.crash_points, o.images, o.second, o.checkpoints
         );
         total += o.images;
     }
