@@ -17,9 +17,16 @@ pub struct VolumeBdev {
 
 impl VolumeBdev {
     fn new(store: Arc<Store>, v: &VolumeInfo) -> VolumeBdev {
-        let mut supported = IoTypeSet::of(&[IoType::Read, IoType::Write, IoType::Flush, IoType::Reset]);
+        let mut supported = IoTypeSet::of(&[
+            IoType::Read,
+            IoType::Write,
+            IoType::Flush,
+            IoType::Reset,
+            IoType::WriteZeroes,
+            IoType::Unmap,
+        ]);
         if v.snapshot {
-            supported = supported.without(IoType::Write);
+            supported = supported.without(IoType::Write).without(IoType::WriteZeroes).without(IoType::Unmap);
         }
         let base = store.core().base.info();
         let mut info = BdevInfo::new(&v.path(), "lvol", v.block_size, v.size_bytes / v.block_size as u64, supported);
@@ -28,7 +35,8 @@ impl VolumeBdev {
         info.aliases = vec![v.uuid.to_string()];
         info.required_alignment = base.required_alignment;
         info.volatile_cache = base.volatile_cache;
-        info.unmap_zeroes = false;
+        // Unmap writes zeroes (it does not release space: a clone would show its parent).
+        info.unmap_zeroes = true;
         VolumeBdev { info, store, id: v.id }
     }
 

@@ -107,6 +107,8 @@ struct Op {
     lba: u64,
     n: u64,
     iovs: IoVecs,
+    /// Write zeroes instead of the caller's data (write-zeroes and unmap).
+    zero: bool,
     pos: u64,
     st: St,
     resume: St,
@@ -158,6 +160,18 @@ pub struct VolChannel {
     stage_len: usize,
     /// Records were queued: wake the metadata thread once, at the end of this submit or poll.
     kick: bool,
+    /// Source of write-zeroes and unmap data (created on first use).
+    zeros: Option<DmaBuf>,
+}
+
+/// Fill `dst` with the op's data at byte `off` of the request (or zeroes).
+fn fill_src(op: &Op, off: usize, dst: &mut [u8]) -> bool {
+    if op.zero {
+        dst.fill(0);
+        true
+    } else {
+        dma::copy_out(&op.iovs, off, dst)
+    }
 }
 
 fn mask_of(g0: u64, g1: u64) -> u64 {
@@ -183,6 +197,7 @@ impl VolChannel {
             lba: 0,
             n: 0,
             iovs: IoVecs::new(),
+            zero: false,
             pos: 0,
             st: St::Idle,
             resume: St::Idle,
@@ -214,8 +229,24 @@ impl VolChannel {
             tmp: vec![0u8; crate::format::MD_BLOCK as usize].into_boxed_slice(),
             stage_len: (128 << 10).max(4 * g),
             kick: false,
+            zeros: None,
             core,
         })
+    }
+
+    /// The op's data for `k` blocks at its current position, as segments (the zero buffer for
+    /// write-zeroes; `k` is at most the zero buffer's length then).
+    fn src_iov(&mut self, i: usize, k: u64) -> Option<IoVecs> {
+        let op = self.ops[i];
+        let bs = self.geo.bs;
+        if op.zero {
+            if self.zeros.is_none() {
+                self.zeros = DmaBuf::zeroed(self.stage_len).ok();
+            }
+            let z = self.zeros.as_mut()?;
+            return z.iovec_range(0, (k * bs) as usize).map(IoVecs::single);
+        }
+        op.iovs.slice(op.pos * bs, k * bs)
     }
 
     fn wake_md(&mut self) {
@@ -322,15 +353,16 @@ impl VolChannel {
                 self.ops[i].rd = Rd { lba: op.lba, n: op.n, dest: Dest::User(0), then: Then::Finish, ..RD0 };
                 self.ops[i].st = St::Read;
             }
-            IoType::Write if self.view.snapshot => return self.finish(i, IoStatus::Invalid),
-            IoType::Write => self.ops[i].st = St::Next,
+            IoType::Write | IoType::WriteZeroes | IoType::Unmap if self.view.snapshot => {
+                return self.finish(i, IoStatus::Invalid)
+            }
+            IoType::Write | IoType::WriteZeroes | IoType::Unmap => self.ops[i].st = St::Next,
             IoType::Flush => {
                 self.ops[i].st = St::FlushIo;
                 self.submit_base(i, IoRequest::no_data(IoType::Flush, 0, 0, 0));
                 return;
             }
             IoType::Reset => return self.finish(i, IoStatus::Success),
-            _ => return self.finish(i, IoStatus::Invalid),
         }
         self.step(i);
     }
@@ -580,6 +612,9 @@ impl VolChannel {
         let lc = lba / geo.cb;
         let c_end = (lc + 1) * geo.cb;
         let mut k = (op.n - op.pos).min(c_end - lba);
+        if op.zero {
+            k = k.min(self.stage_len as u64 / geo.bs);
+        }
         let mut e = view.ext.ent(lc);
         let valid = view.ext.valid(lc);
         let g0 = (lba % geo.cb) / geo.gb;
@@ -590,7 +625,7 @@ impl VolChannel {
             // Overwrite.
             let pc = ent_pc(e).unwrap_or(0);
             if e & ENT_ENC == 0 {
-                let Some(iov) = op.iovs.slice(op.pos * geo.bs, k * geo.bs) else {
+                let Some(iov) = self.src_iov(i, k) else {
                     self.finish(i, IoStatus::Invalid);
                     return false;
                 };
@@ -611,7 +646,7 @@ impl VolChannel {
             let n = (k * geo.bs) as usize;
             let Some(set) = self.sets.get_mut(s) else { return false };
             let stage = &mut set.stage.as_mut_slice()[..n];
-            if !dma::copy_out(&op.iovs, (op.pos * geo.bs) as usize, stage) {
+            if !fill_src(&op, (op.pos * geo.bs) as usize, stage) {
                 self.finish(i, IoStatus::Invalid);
                 return false;
             }
@@ -641,7 +676,7 @@ impl VolChannel {
         };
         let (mut head, mut tail, mut m) = direct(k);
         if head == lba && tail == lba + k && !enc {
-            let Some(iov) = op.iovs.slice(op.pos * geo.bs, k * geo.bs) else {
+            let Some(iov) = self.src_iov(i, k) else {
                 self.finish(i, IoStatus::Invalid);
                 return false;
             };
@@ -716,7 +751,7 @@ impl VolChannel {
         let Some(set) = self.sets.get_mut(s) else { return false };
         let at = ((lba - w.head) * geo.bs) as usize;
         let n = (w.k * geo.bs) as usize;
-        if !dma::copy_out(&op.iovs, (op.pos * geo.bs) as usize, &mut set.stage.as_mut_slice()[at..at + n]) {
+        if !fill_src(&op, (op.pos * geo.bs) as usize, &mut set.stage.as_mut_slice()[at..at + n]) {
             self.finish(i, IoStatus::Invalid);
             return false;
         }
@@ -760,7 +795,7 @@ impl VolChannel {
         let Some(set) = self.sets.get_mut(s) else { return false };
         let at = ((lba - w.head) * geo.bs) as usize;
         let n = (w.k * geo.bs) as usize;
-        if !dma::copy_out(&op.iovs, (op.pos * geo.bs) as usize, &mut set.stage.as_mut_slice()[at..at + n]) {
+        if !fill_src(&op, (op.pos * geo.bs) as usize, &mut set.stage.as_mut_slice()[at..at + n]) {
             self.finish(i, IoStatus::Invalid);
             return false;
         }
@@ -904,6 +939,7 @@ impl IoChannel for VolChannel {
             lba: io.offset_blocks,
             n: io.num_blocks,
             iovs: io.iovs,
+            zero: matches!(io.io_type, IoType::WriteZeroes | IoType::Unmap),
             pos: 0,
             st: St::Idle,
             resume: St::Idle,

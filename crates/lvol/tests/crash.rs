@@ -33,26 +33,66 @@ type Model = BTreeMap<String, MVol>;
 
 #[derive(Clone)]
 enum Op {
-    Create { name: String, bytes: u64, thin: bool },
-    Write { vol: String, lba: u64, data: Vec<u8> },
-    Snapshot { vol: String, snap: String },
-    Clone { snap: String, name: String },
-    Resize { vol: String, bytes: u64 },
-    Destroy { vol: String },
-    DestroySnap { snap: String },
-    Restore { snap: String, origin: String },
-    Rename { vol: String, to: String },
-    Inflate { vol: String },
-    Decouple { vol: String },
-    Compress { vol: String, level: u8 },
-    Encrypt { vol: String },
-    Decrypt { vol: String },
+    Create {
+        name: String,
+        bytes: u64,
+        thin: bool,
+    },
+    /// A write (of zeroes through write-zeroes when `zeroes`), then a flush.
+    Write {
+        vol: String,
+        lba: u64,
+        data: Vec<u8>,
+        zeroes: bool,
+    },
+    Snapshot {
+        vol: String,
+        snap: String,
+    },
+    Clone {
+        snap: String,
+        name: String,
+    },
+    Resize {
+        vol: String,
+        bytes: u64,
+    },
+    Destroy {
+        vol: String,
+    },
+    DestroySnap {
+        snap: String,
+    },
+    Restore {
+        snap: String,
+        origin: String,
+    },
+    Rename {
+        vol: String,
+        to: String,
+    },
+    Inflate {
+        vol: String,
+    },
+    Decouple {
+        vol: String,
+    },
+    Compress {
+        vol: String,
+        level: u8,
+    },
+    Encrypt {
+        vol: String,
+    },
+    Decrypt {
+        vol: String,
+    },
 }
 
 impl std::fmt::Debug for Op {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Op::Write { vol, lba, data } => {
+            Op::Write { vol, lba, data, .. } => {
                 write!(f, "Write({vol}, lba {lba}, {} blocks, first byte {})", data.len() / 512, data[0])
             }
             Op::Create { name, bytes, thin } => write!(f, "Create({name}, {bytes}, thin {thin})"),
@@ -79,7 +119,7 @@ fn granule_round(bytes: u64, g: u64) -> u64 {
 /// Apply a successful op (or a write that failed: its blocks become unknown).
 fn apply(m: &mut Model, op: &Op, ok: bool, g: u64) {
     match op {
-        Op::Write { vol, lba, data } => {
+        Op::Write { vol, lba, data, .. } => {
             let Some(v) = m.get_mut(vol) else { return };
             let off = (*lba * BS) as usize;
             let nb = data.len() / BS as usize;
@@ -269,10 +309,17 @@ fn gen_op(r: &mut Rng, m: &Model, store: &Store, n: &mut u32, prefix: &str) -> O
             let lba = r.below(size / BS - nb + 1);
             let mut data = vec![0u8; (nb * BS) as usize];
             let compressible = r.below(2) == 0;
+            let zeroes = r.below(10) == 0;
             for (i, x) in data.iter_mut().enumerate() {
-                *x = if compressible { (i / 64) as u8 ^ (lba as u8) } else { r.next() as u8 };
+                *x = if zeroes {
+                    0
+                } else if compressible {
+                    (i / 64) as u8 ^ (lba as u8)
+                } else {
+                    r.next() as u8
+                };
             }
-            Op::Write { vol, lba, data }
+            Op::Write { vol, lba, data, zeroes }
         }
         55..=61 => {
             if m.len() >= 8 {
@@ -310,11 +357,17 @@ fn gen_op(r: &mut Rng, m: &Model, store: &Store, n: &mut u32, prefix: &str) -> O
 fn exec(store: &Store, op: &Op) -> bool {
     match op {
         Op::Create { name, bytes, thin } => store.create_volume(name, *bytes, *thin).is_ok(),
-        Op::Write { vol, lba, data } => {
+        Op::Write { vol, lba, data, zeroes } => {
             let Ok(mut ch) = store.channel(vol) else { return false };
             let mut b = DmaBuf::alloc(data.len()).unwrap();
             b.as_mut_slice().copy_from_slice(data);
-            let st = sync_io(&mut ch, IoRequest::write(*lba, data.len() as u64 / BS, IoVecs::single(b.iovec()), 0));
+            let n = data.len() as u64 / BS;
+            let req = if *zeroes {
+                IoRequest::no_data(bdev::IoType::WriteZeroes, *lba, n, 0)
+            } else {
+                IoRequest::write(*lba, n, IoVecs::single(b.iovec()), 0)
+            };
+            let st = sync_io(&mut ch, req);
             // A write is durable once a flush after it completes: the op is write + flush.
             st == IoStatus::Success
                 && sync_io(&mut ch, IoRequest::no_data(bdev::IoType::Flush, 0, 0, 1)) == IoStatus::Success
@@ -539,7 +592,7 @@ fn verify_image(
         store.unlock(&KEY).map_err(|e| e.to_string())?;
         check(&store).map_err(|e| e.to_string())?;
         let matched = match inflight {
-            Some((Op::Write { vol, lba, data }, _)) => {
+            Some((Op::Write { vol, lba, data, .. }, _)) => {
                 compare(&store, m_done, Some((vol, *lba, data))).map(|_| m_done.clone())
             }
             Some((op, ok)) => compare(&store, m_done, None).map(|_| m_done.clone()).or_else(|e1| {

@@ -110,3 +110,29 @@ fn snapshot_freezes_contents_and_clone_diverges() {
     assert_eq!(read(&mut ch, 0, 8192), expect);
     check(&l2.store("lvs").unwrap()).unwrap();
 }
+
+#[test]
+fn write_zeroes_and_unmap_read_back_as_zeroes() {
+    let (reg, lvol, _disk) = setup(64 * MIB, 512, 1 << 20);
+    lvol.lvol_create("lvs", "v", 4, true).unwrap();
+    let mut ch = chan(&reg, "lvs/v");
+    let d = pattern(3 * MIB as usize, 8);
+    write(&mut ch, 0, &d);
+    lvol.snapshot_create("lvs/v", "s").unwrap();
+    lvol.clone_create("lvs/s", "c").unwrap();
+    let mut cc = chan(&reg, "lvs/c");
+    // Unaligned ranges over the parent's data, across a cluster boundary, bigger than a stage.
+    for (c, ty, lba, n) in
+        [(&mut ch, bdev::IoType::WriteZeroes, 7u64, 900u64), (&mut cc, bdev::IoType::Unmap, 1800, 2000)]
+    {
+        assert_eq!(run(c, bdev::IoRequest::no_data(ty, lba, n, 9)), IoStatus::Success);
+        let got = read(c, 0, d.len());
+        let (a, b) = ((lba * 512) as usize, ((lba + n) * 512) as usize);
+        assert_eq!(&got[..a], &d[..a]);
+        assert!(got[a..b].iter().all(|&x| x == 0));
+        assert_eq!(&got[b..], &d[b..]);
+    }
+    let mut sc = reg.open("lvs/s", false).unwrap().channel().unwrap();
+    assert_eq!(read(&mut sc, 0, d.len()), d, "the snapshot is untouched");
+    check(&lvol.store("lvs").unwrap()).unwrap();
+}
