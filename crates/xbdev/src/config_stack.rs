@@ -188,3 +188,133 @@ pub(crate) fn parse_nvmf(p: &mut Obj) -> Result<crate::config::NvmfParams, Confi
     }
     Ok(crate::config::NvmfParams { name, opts: o })
 }
+
+fn array<'a>(top: &mut Obj<'a>, key: &'static str) -> Result<&'a [Value], ConfigError> {
+    match top.get(key) {
+        None => Ok(&[]),
+        Some(Value::Array(a)) => Ok(a),
+        Some(other) => Err(invalid(key, format!("expected an array, found {}", kind(other)))),
+    }
+}
+
+fn lvs_path(path: &str, p: &str) -> Result<(), ConfigError> {
+    match p.split_once('/') {
+        Some((a, b)) if !a.is_empty() && !b.is_empty() && !b.contains('/') => Ok(()),
+        _ => Err(invalid(path, format!("'{p}' is not of the form lvs/name"))),
+    }
+}
+
+/// Parse `lvol_stores`, `lvol_volumes`, `snapshots` and `clones` (seed 8.2).
+pub(crate) fn parse_lvol(top: &mut Obj, c: &mut lvol::module::LvolConfig) -> Result<(), ConfigError> {
+    use lvol::module::{CloneConfig, SnapshotConfig, StoreConfig, VolumeConfig};
+    for (i, v) in array(top, "lvol_stores")?.iter().enumerate() {
+        let path = format!("lvol_stores[{i}]");
+        let mut o = Obj::new(&path, v)?;
+        let name = o.string("name")?;
+        let base_bdev = o.string("base_bdev")?;
+        let csp = o.field_path("cluster_size");
+        let cluster_size = match o.opt_u64("cluster_size")? {
+            None => 4 << 20,
+            Some(n) if n.is_power_of_two() && n >= 4096 => n,
+            Some(n) => return Err(invalid(&csp, format!("{n} is not a power of two of at least 4096"))),
+        };
+        o.finish()?;
+        if let Some(j) = c.lvol_stores.iter().position(|s| s.name == name) {
+            return Err(invalid(
+                &format!("{path}.name"),
+                format!("duplicate store name '{name}' (also lvol_stores[{j}])"),
+            ));
+        }
+        c.lvol_stores.push(StoreConfig { name, base_bdev, cluster_size });
+    }
+    for (i, v) in array(top, "lvol_volumes")?.iter().enumerate() {
+        let path = format!("lvol_volumes[{i}]");
+        let mut o = Obj::new(&path, v)?;
+        let name = o.string("name")?;
+        let lvs_name = o.string("lvs_name")?;
+        let szp = o.field_path("size_mb");
+        let size_mb = match o.opt_u64("size_mb")? {
+            Some(n) if n > 0 => n,
+            _ => return Err(invalid(&szp, "expected a size in MiB of at least 1")),
+        };
+        let thin_provision = o.opt_bool("thin_provision")?.unwrap_or(false);
+        let clp = o.field_path("compression_level");
+        let compression_level = match o.opt_u64("compression_level")? {
+            None => 0,
+            Some(n @ 0..=9) => n as u8,
+            Some(n) => return Err(invalid(&clp, format!("{n} is not in 0..=9"))),
+        };
+        let key_ref = match o.get("key_ref") {
+            Some(Value::String(k)) => Some(k.clone()),
+            _ => None,
+        };
+        o.finish()?;
+        if let Some(j) = c.lvol_volumes.iter().position(|x| x.name == name && x.lvs_name == lvs_name) {
+            return Err(invalid(
+                &format!("{path}.name"),
+                format!("duplicate volume '{lvs_name}/{name}' (also lvol_volumes[{j}])"),
+            ));
+        }
+        c.lvol_volumes.push(VolumeConfig { name, lvs_name, size_mb, thin_provision, compression_level, key_ref });
+    }
+    for (i, v) in array(top, "snapshots")?.iter().enumerate() {
+        let path = format!("snapshots[{i}]");
+        let mut o = Obj::new(&path, v)?;
+        let source_vol = o.string("source_vol")?;
+        lvs_path(&o.field_path("source_vol"), &source_vol)?;
+        let name = o.string("name")?;
+        o.finish()?;
+        c.snapshots.push(SnapshotConfig { source_vol, name });
+    }
+    for (i, v) in array(top, "clones")?.iter().enumerate() {
+        let path = format!("clones[{i}]");
+        let mut o = Obj::new(&path, v)?;
+        let source_snap = o.string("source_snap")?;
+        lvs_path(&o.field_path("source_snap"), &source_snap)?;
+        let name = o.string("name")?;
+        o.finish()?;
+        c.clones.push(CloneConfig { source_snap, name });
+    }
+    Ok(())
+}
+
+fn volume_exists(lv: &lvol::Lvol, lvs: &str, name: &str) -> bool {
+    lv.store(lvs).map(|s| s.volumes().iter().any(|v| v.name == name)).unwrap_or(false)
+}
+
+/// Create what the lvol sections describe. Stores and volumes already loaded from disk (by the
+/// examine hook) are kept as they are, so a saved config loads again over the same disks.
+pub(crate) fn apply_lvol(lv: &lvol::Lvol, c: &lvol::module::LvolConfig) -> Result<(), ConfigError> {
+    let at = |path: String, e: lvol::LvolError| invalid(&path, e.to_string());
+    for (i, s) in c.lvol_stores.iter().enumerate() {
+        if lv.store(&s.name).is_err() {
+            lv.lvs_create(&s.base_bdev, &s.name, s.cluster_size).map_err(|e| at(format!("lvol_stores[{i}]"), e))?;
+        }
+    }
+    for (i, v) in c.lvol_volumes.iter().enumerate() {
+        let path = format!("lvol_volumes[{i}]");
+        if lv.store(&v.lvs_name).is_err() {
+            return Err(invalid(&format!("{path}.lvs_name"), format!("no lvol store named '{}'", v.lvs_name)));
+        }
+        if !volume_exists(lv, &v.lvs_name, &v.name) {
+            lv.lvol_create(&v.lvs_name, &v.name, v.size_mb, v.thin_provision).map_err(|e| at(path.clone(), e))?;
+            if v.compression_level > 0 {
+                lv.compression_enable(&format!("{}/{}", v.lvs_name, v.name), v.compression_level)
+                    .map_err(|e| at(path.clone(), e))?;
+            }
+        }
+    }
+    for (i, s) in c.snapshots.iter().enumerate() {
+        let lvs = s.source_vol.split('/').next().unwrap_or_default();
+        if !volume_exists(lv, lvs, &s.name) {
+            lv.snapshot_create(&s.source_vol, &s.name).map_err(|e| at(format!("snapshots[{i}]"), e))?;
+        }
+    }
+    for (i, cl) in c.clones.iter().enumerate() {
+        let lvs = cl.source_snap.split('/').next().unwrap_or_default();
+        if !volume_exists(lv, lvs, &cl.name) {
+            lv.clone_create(&cl.source_snap, &cl.name).map_err(|e| at(format!("clones[{i}]"), e))?;
+        }
+    }
+    Ok(())
+}

@@ -90,6 +90,7 @@ pub(crate) struct Inner {
     pub id: u64,
     pub registry: Arc<Registry>,
     multipath: Arc<multipath::MultipathModule>,
+    lvol: Arc<lvol::Lvol>,
     reactors: Mutex<Option<Reactors>>,
     pub handles: Vec<ReactorHandle>,
     pub table: Arc<HandleTable>,
@@ -144,8 +145,11 @@ impl Xbdev {
             ..Default::default()
         });
         registry.add_examiner(multipath.clone());
+        // Logical volume stores found on any bdev load by themselves.
+        let lvol = lvol::Lvol::new(&registry);
         let inner = Arc::new(Inner {
             id,
+            lvol,
             multipath,
             registry,
             handles: reactors.handles().to_vec(),
@@ -160,6 +164,7 @@ impl Xbdev {
             for d in &cfg.base_devices {
                 xb.create_base_device(d)?;
             }
+            crate::config_stack::apply_lvol(&xb.inner.lvol, &cfg.lvol)?;
             for m in &cfg.multipath_devices {
                 xb.inner.multipath.create(&xb.inner.registry, m.clone())?;
             }
@@ -206,6 +211,11 @@ impl Xbdev {
         &self.inner.multipath
     }
 
+    /// The logical volume module: stores, volumes, snapshots, clones, compression, encryption.
+    pub fn lvol(&self) -> &Arc<lvol::Lvol> {
+        &self.inner.lvol
+    }
+
     /// The reactors.
     pub fn reactors(&self) -> &[ReactorHandle] {
         &self.inner.handles
@@ -244,7 +254,8 @@ impl Xbdev {
                 Some((info.product.clone(), b.config_params()?))
             })
             .collect();
-        let v = crate::config::save_value(&self.inner.settings, &devs);
+        let mut v = crate::config::save_value(&self.inner.settings, &devs);
+        crate::config::save_lvol(&mut v, &self.inner.lvol.save_config());
         serde_json::to_string_pretty(&v).unwrap_or_default()
     }
 
