@@ -1,0 +1,15 @@
+//! md-compatible software RAID for xbdev.
+//!
+//! Arrays use the Linux md on-disk format: a version-1.2 superblock on
+//! every member ([`superblock`]), an optional internal write-intent bitmap
+//! ([`superblock::bitmap`]) and data laid out exactly as md lays it out
+//! ([`geometry`]), so arrays move freely between xbdev and `mdadm`.
+//! [`parity`] has the XOR and RAID6 P/Q kernels (SIMD with a portable
+//! fallback).
+
+pub mod geometry;
+pub mod parity;
+pub mod superblock;
+
+pub use geometry::{Geometry, GeometryError, Level};
+pub use superblock::{Superblock, SuperblockError};
