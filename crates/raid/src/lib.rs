@@ -5,9 +5,14 @@
 //! ([`superblock::bitmap`]) and data laid out exactly as md lays it out
 //! ([`geometry`]), so arrays move freely between xbdev and `mdadm`.
 //! [`parity`] has the XOR and RAID6 P/Q kernels (SIMD with a portable
-//! fallback).
+//! fallback). [`create`] and [`assemble`] are the metadata halves of
+//! md_create and md_assemble; [`offline`] reads, writes and rebuilds
+//! arrays on plain files synchronously.
 
+pub mod assemble;
+pub mod create;
 pub mod geometry;
+pub mod offline;
 pub mod parity;
 pub mod superblock;
 
