@@ -228,12 +228,15 @@ impl MdTime {
         MdTime((seconds & Self::SEC_MASK) | (micros << 40))
     }
 
-    /// The current wall-clock time.
+    /// The current wall-clock time in whole seconds. Linux and mdadm both
+    /// write zero microseconds, and the kernel takes the whole 64-bit
+    /// field as seconds when it reports the array's times (mdadm then
+    /// sees a ctime mismatch), so the microsecond part stays zero.
     pub fn now() -> MdTime {
         let d = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
-        MdTime::new(d.as_secs(), d.subsec_micros())
+        MdTime::new(d.as_secs(), 0)
     }
 
     /// Seconds since the Unix epoch.
