@@ -1,0 +1,32 @@
+//! Builds tests/c/abi_test.c against include/xbdev.h and the cdylib, and runs it.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+#[test]
+fn c_program_uses_the_abi() {
+    // target/<profile>/deps/c_abi-xxxx -> target/<profile>/libxbdev.so
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(|d| d.parent()).unwrap().to_path_buf();
+    let lib = profile_dir.join("libxbdev.so");
+    assert!(lib.exists(), "cdylib not built at {}", lib.display());
+    let crate_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let out = tempfile::tempdir().unwrap();
+    let bin = out.path().join("abi_test");
+    let cc = Command::new("cc")
+        .arg("-Wall")
+        .arg("-Werror")
+        .arg("-I")
+        .arg(crate_dir.join("include"))
+        .arg(crate_dir.join("tests/c/abi_test.c"))
+        .arg("-o")
+        .arg(&bin)
+        .arg(format!("-L{}", profile_dir.display()))
+        .arg("-lxbdev")
+        .arg(format!("-Wl,-rpath,{}", profile_dir.display()))
+        .output()
+        .unwrap();
+    assert!(cc.status.success(), "cc failed: {}", String::from_utf8_lossy(&cc.stderr));
+    let run = Command::new(&bin).output().unwrap();
+    assert!(run.status.success(), "{}\n{}", String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
+}
