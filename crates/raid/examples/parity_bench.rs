@@ -47,27 +47,16 @@ fn rate(bytes: usize, min: Duration, mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
-    let sizes: Vec<usize> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse::<usize>().ok())
-        .map(|kib| kib * 1024)
-        .collect();
-    let sizes = if sizes.is_empty() {
-        vec![64 * 1024, 4 * 1024 * 1024]
-    } else {
-        sizes
-    };
+    let sizes: Vec<usize> =
+        std::env::args().skip(1).filter_map(|a| a.parse::<usize>().ok()).map(|kib| kib * 1024).collect();
+    let sizes = if sizes.is_empty() { vec![64 * 1024, 4 * 1024 * 1024] } else { sizes };
     let min = Duration::from_millis(400);
     println!("best backend: {}", Backend::best().name());
     for &len in &sizes {
         let data: Vec<Vec<u8>> = (0..DATA as u64).map(|s| fill(s + 1, len)).collect();
         let refs: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
         let bytes = DATA * len;
-        println!(
-            "\nblock {} KiB, {} data blocks, GB/s of data per core",
-            len / 1024,
-            DATA
-        );
+        println!("\nblock {} KiB, {} data blocks, GB/s of data per core", len / 1024, DATA);
         let mut copies: Vec<Vec<u8>> = vec![vec![0u8; len]; DATA];
         let memcpy = rate(bytes, min, || {
             for (d, s) in copies.iter_mut().zip(&refs) {
@@ -75,10 +64,7 @@ fn main() {
             }
             black_box(&mut copies);
         });
-        println!(
-            "{:>10} {:>9} {:>9} {:>10} {:>11}",
-            "backend", "xor 4+1", "pq 4+2", "rec 2data", "rec data+p"
-        );
+        println!("{:>10} {:>9} {:>9} {:>10} {:>11}", "backend", "xor 4+1", "pq 4+2", "rec 2data", "rec data+p");
         for backend in Backend::supported() {
             let Ok(e) = Parity::with_backend(backend) else {
                 continue;
@@ -95,14 +81,12 @@ fn main() {
             let mut dx = vec![0u8; len];
             let mut dy = vec![0u8; len];
             let rec2 = rate(bytes, min, || {
-                e.recover_two_data(black_box(&refs), 1, 3, &p, &q, &mut dx, &mut dy)
-                    .unwrap_or(());
+                e.recover_two_data(black_box(&refs), 1, 3, &p, &q, &mut dx, &mut dy).unwrap_or(());
             });
             let ok2 = dx == data[1] && dy == data[3];
             let mut pp = vec![0u8; len];
             let recq = rate(bytes, min, || {
-                e.recover_data_from_q(black_box(&refs), 2, &q, &mut dx, &mut pp)
-                    .unwrap_or(());
+                e.recover_data_from_q(black_box(&refs), 2, &q, &mut dx, &mut pp).unwrap_or(());
             });
             let okq = dx == data[2] && pp == p;
             println!(
@@ -112,11 +96,7 @@ fn main() {
                 pq,
                 rec2,
                 recq,
-                if ok2 && okq {
-                    ""
-                } else {
-                    "  RECOVERY MISMATCH"
-                }
+                if ok2 && okq { "" } else { "  RECOVERY MISMATCH" }
             );
         }
         println!("{:>10} {:>9.2}", "memcpy", memcpy);

@@ -13,10 +13,8 @@ use crate::geometry::{ArrayParams, Geometry, GeometryError, Level, MemberContent
 use crate::superblock::{DevRole, FeatureMap, Superblock, MAX_SECTOR};
 
 /// Features an array may use and still be assembled here.
-pub const SUPPORTED_FEATURES: u32 = FeatureMap::BITMAP_OFFSET
-    | FeatureMap::RECOVERY_OFFSET
-    | FeatureMap::BAD_BLOCKS
-    | FeatureMap::RAID0_LAYOUT;
+pub const SUPPORTED_FEATURES: u32 =
+    FeatureMap::BITMAP_OFFSET | FeatureMap::RECOVERY_OFFSET | FeatureMap::BAD_BLOCKS | FeatureMap::RAID0_LAYOUT;
 
 /// Why a set of members does not form a usable array.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -112,10 +110,7 @@ pub struct AssemblyPlan {
 impl AssemblyPlan {
     /// Slots without a fully in-sync member.
     pub fn degraded(&self) -> usize {
-        self.slots
-            .iter()
-            .filter(|s| !matches!(s, Some(m) if m.recovered_to.is_none()))
-            .count()
+        self.slots.iter().filter(|s| !matches!(s, Some(m) if m.recovered_to.is_none())).count()
     }
 
     /// Whether the array was shut down cleanly.
@@ -162,18 +157,11 @@ pub fn plan(candidates: &[Superblock]) -> Result<AssemblyPlan, AssembleError> {
     let first = candidates.first().ok_or(AssembleError::NoMembers)?;
     for (index, sb) in candidates.iter().enumerate() {
         if sb.set_uuid != first.set_uuid {
-            return Err(AssembleError::UuidMismatch {
-                index,
-                expected: first.uuid_string(),
-                found: sb.uuid_string(),
-            });
+            return Err(AssembleError::UuidMismatch { index, expected: first.uuid_string(), found: sb.uuid_string() });
         }
     }
     let events = candidates.iter().map(|s| s.events).max().unwrap_or(0);
-    let fresh_index = candidates
-        .iter()
-        .position(|s| s.events == events)
-        .unwrap_or(0);
+    let fresh_index = candidates.iter().position(|s| s.events == events).unwrap_or(0);
     let auth = candidates.get(fresh_index).unwrap_or(first);
     let unsupported = auth.feature_map.0 & !SUPPORTED_FEATURES;
     if unsupported != 0 {
@@ -200,30 +188,22 @@ pub fn plan(candidates: &[Superblock]) -> Result<AssemblyPlan, AssembleError> {
                 return Err(AssembleError::ParamMismatch { index, field });
             }
         }
-        let role = auth.dev_roles.get(sb.dev_number as usize).copied().ok_or(
-            AssembleError::UnknownDevice {
-                index,
-                dev_number: sb.dev_number,
-            },
-        )?;
+        let role = auth
+            .dev_roles
+            .get(sb.dev_number as usize)
+            .copied()
+            .ok_or(AssembleError::UnknownDevice { index, dev_number: sb.dev_number })?;
         match role {
             DevRole::Active(r) if (r as usize) < raid_disks => {
                 let slot = r as usize;
                 if let Some(Some(prev)) = slots.get(slot) {
-                    return Err(AssembleError::DuplicateRole {
-                        slot,
-                        first: prev.index,
-                        second: index,
-                    });
+                    return Err(AssembleError::DuplicateRole { slot, first: prev.index, second: index });
                 }
                 let recovered_to = (sb.feature_map.contains(FeatureMap::RECOVERY_OFFSET)
                     && sb.recovery_offset != MAX_SECTOR)
                     .then_some(sb.recovery_offset);
                 if let Some(s) = slots.get_mut(slot) {
-                    *s = Some(SlotMember {
-                        index,
-                        recovered_to,
-                    });
+                    *s = Some(SlotMember { index, recovered_to });
                 }
             }
             // Active roles beyond raid_disks (after a shrink) act as spares.
@@ -235,19 +215,10 @@ pub fn plan(candidates: &[Superblock]) -> Result<AssemblyPlan, AssembleError> {
         }
     }
     // Linear and raid0 need each member's own data size.
-    let member_sectors: Vec<u64> = slots
-        .iter()
-        .map(|s| {
-            s.and_then(|m| candidates.get(m.index))
-                .map_or(0, |sb| sb.data_size)
-        })
-        .collect();
+    let member_sectors: Vec<u64> =
+        slots.iter().map(|s| s.and_then(|m| candidates.get(m.index)).map_or(0, |sb| sb.data_size)).collect();
     let missing = slots.iter().filter(|s| s.is_none()).count();
-    let not_enough = AssembleError::NotEnoughMembers {
-        level: auth.level,
-        missing,
-        raid_disks,
-    };
+    let not_enough = AssembleError::NotEnoughMembers { level: auth.level, missing, raid_disks };
     if matches!(auth.level, Level::Linear | Level::Raid0) && missing > 0 {
         return Err(not_enough);
     }
@@ -255,31 +226,17 @@ pub fn plan(candidates: &[Superblock]) -> Result<AssemblyPlan, AssembleError> {
     let geometry = Geometry::new(&params).map_err(AssembleError::Geometry)?;
     // A member in recovery counts as present only for what it holds; for
     // the run decision md counts it as missing.
-    let present: Vec<bool> = slots
-        .iter()
-        .map(|s| matches!(s, Some(m) if m.recovered_to.is_none()))
-        .collect();
+    let present: Vec<bool> = slots.iter().map(|s| matches!(s, Some(m) if m.recovered_to.is_none())).collect();
     if !can_run(&geometry, &present) {
         return Err(not_enough);
     }
-    Ok(AssemblyPlan {
-        superblock: auth.clone(),
-        params,
-        geometry,
-        slots,
-        spares,
-        faulty,
-        stale,
-        events,
-    })
+    Ok(AssemblyPlan { superblock: auth.clone(), params, geometry, slots, spares, faulty, stale, events })
 }
 
 /// Whether member sector `sector` of slot `member` holds data that the
 /// array needs (used to skip slack during rebuilds).
 pub fn sector_in_use(geometry: &Geometry, member: usize, sector: u64) -> bool {
-    geometry
-        .member_extent(member, sector)
-        .is_ok_and(|e| e.content != MemberContent::Unused)
+    geometry.member_extent(member, sector).is_ok_and(|e| e.content != MemberContent::Unused)
 }
 
 #[cfg(test)]
@@ -290,9 +247,7 @@ mod tests {
     fn array(level: Level, disks: u32, spares: u32) -> Vec<Superblock> {
         let mut p = CreateParams::new(level, disks);
         p.spares = spares;
-        create(&p, &vec![32 * 2048; (disks + spares) as usize])
-            .unwrap()
-            .superblocks
+        create(&p, &vec![32 * 2048; (disks + spares) as usize]).unwrap().superblocks
     }
 
     #[test]
@@ -316,10 +271,7 @@ mod tests {
         let plan1 = plan(&sbs[1..]).unwrap();
         assert_eq!(plan1.degraded(), 1);
         assert!(plan1.slots[0].is_none());
-        assert!(matches!(
-            plan(&sbs[2..]),
-            Err(AssembleError::NotEnoughMembers { missing: 2, .. })
-        ));
+        assert!(matches!(plan(&sbs[2..]), Err(AssembleError::NotEnoughMembers { missing: 2, .. })));
         let sbs = array(Level::Raid6, 5, 0);
         assert_eq!(plan(&sbs[2..]).unwrap().degraded(), 2);
         assert!(plan(&sbs[3..]).is_err());
@@ -353,33 +305,18 @@ mod tests {
     fn rejects_mixed_and_conflicting_members() {
         let a = array(Level::Raid5, 3, 0);
         let b = array(Level::Raid5, 3, 0);
-        assert!(matches!(
-            plan(&[a[0].clone(), b[1].clone()]),
-            Err(AssembleError::UuidMismatch { index: 1, .. })
-        ));
+        assert!(matches!(plan(&[a[0].clone(), b[1].clone()]), Err(AssembleError::UuidMismatch { index: 1, .. })));
         let mut c = a.clone();
         c[1].chunk_sectors *= 2;
-        assert!(matches!(
-            plan(&c),
-            Err(AssembleError::ParamMismatch {
-                field: "chunk size",
-                ..
-            })
-        ));
+        assert!(matches!(plan(&c), Err(AssembleError::ParamMismatch { field: "chunk size", .. })));
         let mut d = a.clone();
         d[2].dev_number = 0;
-        assert!(matches!(
-            plan(&d),
-            Err(AssembleError::DuplicateRole { slot: 0, .. })
-        ));
+        assert!(matches!(plan(&d), Err(AssembleError::DuplicateRole { slot: 0, .. })));
         let mut e = a.clone();
         e[0].feature_map.insert(FeatureMap::RESHAPE_ACTIVE);
         e[1].feature_map.insert(FeatureMap::RESHAPE_ACTIVE);
         e[2].feature_map.insert(FeatureMap::RESHAPE_ACTIVE);
-        assert!(matches!(
-            plan(&e),
-            Err(AssembleError::UnsupportedFeatures(4))
-        ));
+        assert!(matches!(plan(&e), Err(AssembleError::UnsupportedFeatures(4))));
         assert_eq!(plan(&[]), Err(AssembleError::NoMembers));
     }
 

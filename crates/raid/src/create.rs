@@ -16,8 +16,8 @@ use thiserror::Error;
 use crate::geometry::{ArrayParams, Geometry, GeometryError, Level, Raid10Layout};
 use crate::superblock::bitmap::{BitmapLayout, BitmapSuper};
 use crate::superblock::{
-    DevFlags, DevRole, FeatureMap, MdTime, ReshapeInfo, Superblock, SuperblockError,
-    SuperblockVersion, DEFAULT_MAX_DEV, MAX_DEV_LIMIT, MAX_SECTOR,
+    DevFlags, DevRole, FeatureMap, MdTime, ReshapeInfo, Superblock, SuperblockError, SuperblockVersion,
+    DEFAULT_MAX_DEV, MAX_DEV_LIMIT, MAX_SECTOR,
 };
 
 /// Sector of the v1.2 superblock.
@@ -181,11 +181,7 @@ pub fn random_uuid() -> [u8; 16] {
     for (i, half) in out.chunks_mut(8).enumerate() {
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
         h.write_u64(i as u64);
-        h.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos()),
-        );
+        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
         half.copy_from_slice(&h.finish().to_le_bytes());
     }
     out[6] = (out[6] & 0x0f) | 0x40;
@@ -211,16 +207,10 @@ fn default_bitmap_space(size: u64) -> u64 {
 pub fn create(p: &CreateParams, device_sectors: &[u64]) -> Result<CreatedArray, CreateError> {
     let devices = (p.raid_disks + p.spares) as usize;
     if device_sectors.len() != devices {
-        return Err(CreateError::DeviceCount {
-            expected: devices,
-            got: device_sectors.len(),
-        });
+        return Err(CreateError::DeviceCount { expected: devices, got: device_sectors.len() });
     }
     if p.max_dev > MAX_DEV_LIMIT || (p.max_dev as usize) < devices {
-        return Err(CreateError::MaxDev {
-            max_dev: p.max_dev,
-            devices,
-        });
+        return Err(CreateError::MaxDev { max_dev: p.max_dev, devices });
     }
     let layout = p.layout.unwrap_or_else(|| default_layout(p.level));
     let data_sizes: Vec<u64> = device_sectors
@@ -241,20 +231,11 @@ pub fn create(p: &CreateParams, device_sectors: &[u64]) -> Result<CreatedArray, 
     };
     let available = round(min_data);
     let size = match p.size {
-        Some(s) if s > available => {
-            return Err(CreateError::SizeTooLarge {
-                requested: s,
-                available,
-            })
-        }
+        Some(s) if s > available => return Err(CreateError::SizeTooLarge { requested: s, available }),
         Some(s) => round(s),
         None => available,
     };
-    let active_sizes: Vec<u64> = data_sizes
-        .iter()
-        .take(p.raid_disks as usize)
-        .copied()
-        .collect();
+    let active_sizes: Vec<u64> = data_sizes.iter().take(p.raid_disks as usize).copied().collect();
     let params = ArrayParams {
         level: p.level,
         layout,
@@ -274,10 +255,8 @@ pub fn create(p: &CreateParams, device_sectors: &[u64]) -> Result<CreatedArray, 
             let sync = geometry.resync_sectors();
             // Room between the bitmap start and the data, less the bad-block
             // log, at most 128 KiB (mdadm's limit).
-            let room_sectors = p
-                .data_offset
-                .saturating_sub(SUPER_OFFSET + BITMAP_OFFSET as u64 + u64::from(BBLOG_SECTORS))
-                .min(256);
+            let room_sectors =
+                p.data_offset.saturating_sub(SUPER_OFFSET + BITMAP_OFFSET as u64 + u64::from(BBLOG_SECTORS)).min(256);
             let max_bits = (room_sectors * 512).saturating_sub(256) * 8;
             let mut chunk_bytes: u64 = 4096;
             while sync.div_ceil(chunk_bytes / 512) > max_bits {
@@ -287,27 +266,18 @@ pub fn create(p: &CreateParams, device_sectors: &[u64]) -> Result<CreatedArray, 
             if wanted < 4096 || !wanted.is_power_of_two() {
                 return Err(CreateError::BadBitmapChunk(req));
             }
-            let chunk_bytes = u32::try_from(chunk_bytes.max(u64::from(wanted)))
-                .map_err(|_| CreateError::BadBitmapChunk(req))?;
-            Some(BitmapSuper::new(
-                p.uuid.unwrap_or([0; 16]),
-                sync,
-                chunk_bytes,
-                0,
-            ))
+            let chunk_bytes =
+                u32::try_from(chunk_bytes.max(u64::from(wanted))).map_err(|_| CreateError::BadBitmapChunk(req))?;
+            Some(BitmapSuper::new(p.uuid.unwrap_or([0; 16]), sync, chunk_bytes, 0))
         }
     };
-    let bitmap_sectors = bitmap.as_ref().map_or(0, |b| {
-        BitmapLayout::new(b.sync_size, b.chunk_bytes).total_bytes(4096) / 512
-    });
+    let bitmap_sectors =
+        bitmap.as_ref().map_or(0, |b| BitmapLayout::new(b.sync_size, b.chunk_bytes).total_bytes(4096) / 512);
     let reserved = bitmap_sectors.max(default_bitmap_space(size));
     let bblog_offset = BITMAP_OFFSET as u64 + reserved;
     let needed = SUPER_OFFSET + bblog_offset + u64::from(BBLOG_SECTORS);
     if p.data_offset < needed {
-        return Err(CreateError::DataOffsetTooSmall {
-            data_offset: p.data_offset,
-            needed,
-        });
+        return Err(CreateError::DataOffsetTooSmall { data_offset: p.data_offset, needed });
     }
 
     let uuid = p.uuid.unwrap_or_else(random_uuid);
@@ -336,11 +306,7 @@ pub fn create(p: &CreateParams, device_sectors: &[u64]) -> Result<CreatedArray, 
         level: p.level,
         layout,
         size,
-        chunk_sectors: if p.level == Level::Raid1 {
-            0
-        } else {
-            p.chunk_sectors
-        },
+        chunk_sectors: if p.level == Level::Raid1 { 0 } else { p.chunk_sectors },
         raid_disks: p.raid_disks,
         bitmap_offset: if bitmap.is_some() { BITMAP_OFFSET } else { 0 },
         reshape: ReshapeInfo::default(),
@@ -360,27 +326,18 @@ pub fn create(p: &CreateParams, device_sectors: &[u64]) -> Result<CreatedArray, 
         resync_offset: MAX_SECTOR,
         dev_roles,
     };
-    template
-        .set_name_str(&p.name)
-        .map_err(CreateError::Superblock)?;
+    template.set_name_str(&p.name).map_err(CreateError::Superblock)?;
     let mut superblocks = Vec::with_capacity(devices);
     for (i, (&data_size, &dev)) in data_sizes.iter().zip(device_sectors).enumerate() {
         let mut sb = template.clone();
         sb.dev_number = i as u32;
         sb.data_size = data_size;
         sb.device_uuid = random_uuid();
-        let at = SuperblockVersion::V1_2
-            .super_offset(dev)
-            .unwrap_or(SUPER_OFFSET);
-        sb.validate_on_member(at, dev)
-            .map_err(CreateError::Superblock)?;
+        let at = SuperblockVersion::V1_2.super_offset(dev).unwrap_or(SUPER_OFFSET);
+        sb.validate_on_member(at, dev).map_err(CreateError::Superblock)?;
         superblocks.push(sb);
     }
-    Ok(CreatedArray {
-        superblocks,
-        bitmap,
-        geometry,
-    })
+    Ok(CreatedArray { superblocks, bitmap, geometry })
 }
 
 #[cfg(test)]
@@ -418,9 +375,7 @@ mod tests {
         assert_eq!(b.uuid, [9; 16]);
         assert_eq!(b.sync_size, c.superblocks[0].size);
         assert_eq!(b.chunk_bytes, DEFAULT_BITMAP_CHUNK);
-        assert!(c.superblocks[0]
-            .feature_map
-            .contains(FeatureMap::BITMAP_OFFSET));
+        assert!(c.superblocks[0].feature_map.contains(FeatureMap::BITMAP_OFFSET));
         assert_eq!(c.superblocks[0].bitmap_offset, 8);
         assert_eq!(c.bitmap_image().unwrap().len(), 4096);
         // Small chunks grow until the bits fit in 128 KiB.
@@ -430,68 +385,40 @@ mod tests {
         assert!(b.layout().total_bytes(4096) <= 128 * 1024);
         assert!(b.chunk_bytes > 4096);
         p.bitmap_chunk = Some(1000);
-        assert_eq!(
-            create(&p, &[65536; 2]),
-            Err(CreateError::BadBitmapChunk(1000))
-        );
+        assert_eq!(create(&p, &[65536; 2]), Err(CreateError::BadBitmapChunk(1000)));
         let mut p0 = CreateParams::new(Level::Raid0, 2);
         p0.bitmap_chunk = Some(0);
-        assert_eq!(
-            create(&p0, &[65536; 2]),
-            Err(CreateError::NoBitmapForLevel(Level::Raid0))
-        );
+        assert_eq!(create(&p0, &[65536; 2]), Err(CreateError::NoBitmapForLevel(Level::Raid0)));
     }
 
     #[test]
     fn parameter_errors() {
         let p = CreateParams::new(Level::Raid5, 3);
-        assert!(matches!(
-            create(&p, &[65536; 2]),
-            Err(CreateError::DeviceCount { .. })
-        ));
-        assert!(matches!(
-            create(&p, &[65536, 65536, 2000]),
-            Err(CreateError::DeviceTooSmall { index: 2, .. })
-        ));
+        assert!(matches!(create(&p, &[65536; 2]), Err(CreateError::DeviceCount { .. })));
+        assert!(matches!(create(&p, &[65536, 65536, 2000]), Err(CreateError::DeviceTooSmall { index: 2, .. })));
         let mut q = p.clone();
         q.data_offset = 20;
-        assert!(matches!(
-            create(&q, &[65536; 3]),
-            Err(CreateError::DataOffsetTooSmall { .. })
-        ));
+        assert!(matches!(create(&q, &[65536; 3]), Err(CreateError::DataOffsetTooSmall { .. })));
         let mut q = p.clone();
         q.size = Some(1 << 40);
-        assert!(matches!(
-            create(&q, &[65536; 3]),
-            Err(CreateError::SizeTooLarge { .. })
-        ));
+        assert!(matches!(create(&q, &[65536; 3]), Err(CreateError::SizeTooLarge { .. })));
         let mut q = p.clone();
         q.name = "x".repeat(40);
-        assert!(matches!(
-            create(&q, &[65536; 3]),
-            Err(CreateError::Superblock(_))
-        ));
+        assert!(matches!(create(&q, &[65536; 3]), Err(CreateError::Superblock(_))));
         let mut q = p;
         q.chunk_sectors = 3;
-        assert!(matches!(
-            create(&q, &[65536; 3]),
-            Err(CreateError::Geometry(_))
-        ));
+        assert!(matches!(create(&q, &[65536; 3]), Err(CreateError::Geometry(_))));
     }
 
     #[test]
     fn raid0_zones_get_a_layout() {
         let mut p = CreateParams::new(Level::Raid0, 2);
         let c = create(&p, &[65536, 65536]).unwrap();
-        assert!(!c.superblocks[0]
-            .feature_map
-            .contains(FeatureMap::RAID0_LAYOUT));
+        assert!(!c.superblocks[0].feature_map.contains(FeatureMap::RAID0_LAYOUT));
         assert!(create(&p, &[65536, 100000]).is_err());
         p.layout = Some(2);
         let c = create(&p, &[65536, 100000]).unwrap();
-        assert!(c.superblocks[0]
-            .feature_map
-            .contains(FeatureMap::RAID0_LAYOUT));
+        assert!(c.superblocks[0].feature_map.contains(FeatureMap::RAID0_LAYOUT));
     }
 
     #[test]

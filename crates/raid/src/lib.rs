@@ -7,8 +7,11 @@
 //! [`parity`] has the XOR and RAID6 P/Q kernels (SIMD with a portable
 //! fallback). [`create`] and [`assemble`] are the metadata halves of
 //! md_create and md_assemble; [`offline`] reads, writes and rebuilds
-//! arrays on plain files synchronously.
+//! arrays on plain files synchronously. [`array`] runs arrays as xbdev
+//! block devices with the md-style management API (`md_create`,
+//! `md_assemble`, `md_stop`, `md_detail`, `md_manage`, ...).
 
+pub mod array;
 pub mod assemble;
 pub mod create;
 pub mod geometry;

@@ -48,10 +48,8 @@ impl MemberIo for Vec<u8> {
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         let start = usize::try_from(offset).map_err(|_| io::ErrorKind::InvalidInput)?;
-        let src = start
-            .checked_add(buf.len())
-            .and_then(|end| self.get(start..end))
-            .ok_or(io::ErrorKind::UnexpectedEof)?;
+        let src =
+            start.checked_add(buf.len()).and_then(|end| self.get(start..end)).ok_or(io::ErrorKind::UnexpectedEof)?;
         buf.copy_from_slice(src);
         Ok(())
     }
@@ -148,25 +146,16 @@ fn io_err(member: usize) -> impl FnOnce(io::Error) -> OfflineError {
 pub fn examine<M: MemberIo>(index: usize, dev: &M) -> Result<Examined, OfflineError> {
     let sectors = dev.sectors();
     let mut first_err = None;
-    for version in [
-        SuperblockVersion::V1_2,
-        SuperblockVersion::V1_1,
-        SuperblockVersion::V1_0,
-    ] {
+    for version in [SuperblockVersion::V1_2, SuperblockVersion::V1_1, SuperblockVersion::V1_0] {
         let Some(at) = version.super_offset(sectors) else {
             continue;
         };
         let mut buf = vec![0u8; 4096.min((sectors - at) as usize * SECTOR)];
-        dev.read_at(at * SECTOR_BYTES, &mut buf)
-            .map_err(io_err(index))?;
+        dev.read_at(at * SECTOR_BYTES, &mut buf).map_err(io_err(index))?;
         match Superblock::parse_on_member(&buf, at, sectors) {
             Ok(superblock) => {
                 let bitmap = read_bitmap(index, dev, &superblock)?;
-                return Ok(Examined {
-                    version,
-                    superblock,
-                    bitmap,
-                });
+                return Ok(Examined { version, superblock, bitmap });
             }
             Err(SuperblockError::BadMagic(_)) => {}
             Err(e) => {
@@ -175,38 +164,22 @@ pub fn examine<M: MemberIo>(index: usize, dev: &M) -> Result<Examined, OfflineEr
         }
     }
     match first_err {
-        Some(source) => Err(OfflineError::Superblock {
-            member: index,
-            source,
-        }),
+        Some(source) => Err(OfflineError::Superblock { member: index, source }),
         None => Err(OfflineError::NoSuperblock(index)),
     }
 }
 
-fn read_bitmap<M: MemberIo>(
-    index: usize,
-    dev: &M,
-    sb: &Superblock,
-) -> Result<Option<BitmapSuper>, OfflineError> {
-    if !sb.feature_map.contains(FeatureMap::BITMAP_OFFSET)
-        || sb.feature_map.contains(FeatureMap::PPL)
-    {
+fn read_bitmap<M: MemberIo>(index: usize, dev: &M, sb: &Superblock) -> Result<Option<BitmapSuper>, OfflineError> {
+    if !sb.feature_map.contains(FeatureMap::BITMAP_OFFSET) || sb.feature_map.contains(FeatureMap::PPL) {
         return Ok(None);
     }
     // validate_on_member checked the bitmap's first sector is on the device.
-    let at = sb
-        .super_offset
-        .checked_add_signed(i64::from(sb.bitmap_offset))
-        .unwrap_or(0);
+    let at = sb.super_offset.checked_add_signed(i64::from(sb.bitmap_offset)).unwrap_or(0);
     let mut buf = [0u8; BITMAP_SB_BYTES];
-    dev.read_at(at * SECTOR_BYTES, &mut buf)
-        .map_err(io_err(index))?;
+    dev.read_at(at * SECTOR_BYTES, &mut buf).map_err(io_err(index))?;
     BitmapSuper::parse_for(&buf, &sb.set_uuid)
         .map(Some)
-        .map_err(|source| OfflineError::Bitmap {
-            member: index,
-            source,
-        })
+        .map_err(|source| OfflineError::Bitmap { member: index, source })
 }
 
 /// Writes a superblock (and the bitmap image, if any) to a device.
@@ -216,19 +189,11 @@ pub fn write_metadata<M: MemberIo>(
     sb: &Superblock,
     bitmap_image: Option<&[u8]>,
 ) -> Result<(), OfflineError> {
-    let bytes = sb.encode(4096).map_err(|source| OfflineError::Superblock {
-        member: index,
-        source,
-    })?;
-    dev.write_at(sb.super_offset * SECTOR_BYTES, &bytes)
-        .map_err(io_err(index))?;
+    let bytes = sb.encode(4096).map_err(|source| OfflineError::Superblock { member: index, source })?;
+    dev.write_at(sb.super_offset * SECTOR_BYTES, &bytes).map_err(io_err(index))?;
     if let Some(img) = bitmap_image {
-        let at = sb
-            .super_offset
-            .checked_add_signed(i64::from(sb.bitmap_offset))
-            .unwrap_or(0);
-        dev.write_at(at * SECTOR_BYTES, img)
-            .map_err(io_err(index))?;
+        let at = sb.super_offset.checked_add_signed(i64::from(sb.bitmap_offset)).unwrap_or(0);
+        dev.write_at(at * SECTOR_BYTES, img).map_err(io_err(index))?;
     }
     Ok(())
 }
@@ -264,22 +229,13 @@ impl<M: MemberIo> OfflineArray<M> {
     /// An array over `members` (by slot: device and its data offset).
     pub fn new(geometry: Geometry, members: Vec<Option<(M, u64)>>) -> Result<Self, OfflineError> {
         if members.len() != geometry.raid_disks() {
-            return Err(OfflineError::MemberCount {
-                expected: geometry.raid_disks(),
-                got: members.len(),
-            });
+            return Err(OfflineError::MemberCount { expected: geometry.raid_disks(), got: members.len() });
         }
         Ok(OfflineArray {
             geometry,
             members: members
                 .into_iter()
-                .map(|m| {
-                    m.map(|(io, data_offset)| Member {
-                        io,
-                        data_offset,
-                        valid_to: None,
-                    })
-                })
+                .map(|m| m.map(|(io, data_offset)| Member { io, data_offset, valid_to: None }))
                 .collect(),
             parity: Parity::new(),
         })
@@ -310,25 +266,13 @@ impl<M: MemberIo> OfflineArray<M> {
                 let dev_index = *candidate_dev.get(s.index)?;
                 let io = devs.get_mut(dev_index)?.take()?;
                 let data_offset = candidates.get(s.index)?.data_offset;
-                Some(Member {
-                    io,
-                    data_offset,
-                    valid_to: s.recovered_to,
-                })
+                Some(Member { io, data_offset, valid_to: s.recovered_to })
             });
             members.push(m);
         }
-        let unused = devs
-            .into_iter()
-            .enumerate()
-            .filter_map(|(i, d)| d.map(|d| (i, d)))
-            .collect();
+        let unused = devs.into_iter().enumerate().filter_map(|(i, d)| d.map(|d| (i, d))).collect();
         Ok(Assembled {
-            array: OfflineArray {
-                geometry: plan.geometry.clone(),
-                members,
-                parity: Parity::new(),
-            },
+            array: OfflineArray { geometry: plan.geometry.clone(), members, parity: Parity::new() },
             plan,
             examined,
             unused,
@@ -348,11 +292,7 @@ impl<M: MemberIo> OfflineArray<M> {
             write_metadata(i, dev, sb, image.as_deref())?;
         }
         let spares = devices.split_off(params.raid_disks as usize);
-        let members = devices
-            .into_iter()
-            .zip(&created.superblocks)
-            .map(|(d, sb)| Some((d, sb.data_offset)))
-            .collect();
+        let members = devices.into_iter().zip(&created.superblocks).map(|(d, sb)| Some((d, sb.data_offset))).collect();
         let array = OfflineArray::new(created.geometry.clone(), members)?;
         Ok((array, created, spares))
     }
@@ -389,8 +329,7 @@ impl<M: MemberIo> OfflineArray<M> {
         let Some(Some(m)) = self.members.get(slot) else {
             return Ok(false);
         };
-        m.io.read_at((m.data_offset + sector) * SECTOR_BYTES, buf)
-            .map_err(io_err(slot))?;
+        m.io.read_at((m.data_offset + sector) * SECTOR_BYTES, buf).map_err(io_err(slot))?;
         Ok(true)
     }
 
@@ -398,20 +337,13 @@ impl<M: MemberIo> OfflineArray<M> {
         let Some(Some(m)) = self.members.get_mut(slot) else {
             return Ok(false);
         };
-        m.io.write_at((m.data_offset + sector) * SECTOR_BYTES, buf)
-            .map_err(io_err(slot))?;
+        m.io.write_at((m.data_offset + sector) * SECTOR_BYTES, buf).map_err(io_err(slot))?;
         Ok(true)
     }
 
     /// Reads the rows `[sector, sector + n)` of every member of a stripe,
     /// rebuilding what is missing. Returns the blocks by member.
-    fn read_stripe(
-        &self,
-        layout: &StripeLayout,
-        sector: u64,
-        n: u64,
-        lba: u64,
-    ) -> Result<Vec<Vec<u8>>, OfflineError> {
+    fn read_stripe(&self, layout: &StripeLayout, sector: u64, n: u64, lba: u64) -> Result<Vec<Vec<u8>>, OfflineError> {
         let len = n as usize * SECTOR;
         let mut blocks: Vec<Option<Vec<u8>>> = Vec::with_capacity(layout.raid_disks());
         for m in 0..layout.raid_disks() {
@@ -431,9 +363,7 @@ impl<M: MemberIo> OfflineArray<M> {
         for piece in self.geometry.split(lba, (buf.len() / SECTOR) as u64)? {
             let off = piece.io_offset as usize * SECTOR;
             let len = piece.sectors as usize * SECTOR;
-            let out = buf
-                .get_mut(off..off + len)
-                .ok_or(OfflineError::BufferSize(len))?;
+            let out = buf.get_mut(off..off + len).ok_or(OfflineError::BufferSize(len))?;
             let ok = match piece.target {
                 Target::Single(ms) => self.read_member(ms.member, ms.sector, out)?,
                 Target::Mirrored => {
@@ -450,8 +380,7 @@ impl<M: MemberIo> OfflineArray<M> {
                     if self.read_member(c.data.member, c.data.sector, out)? {
                         true
                     } else {
-                        let blocks =
-                            self.read_stripe(&c.layout, c.data.sector, piece.sectors, piece.lba)?;
+                        let blocks = self.read_stripe(&c.layout, c.data.sector, piece.sectors, piece.lba)?;
                         match blocks.get(c.data.member) {
                             Some(b) if b.len() == out.len() => {
                                 out.copy_from_slice(b);
@@ -476,16 +405,11 @@ impl<M: MemberIo> OfflineArray<M> {
         if !buf.len().is_multiple_of(SECTOR) {
             return Err(OfflineError::BufferSize(buf.len()));
         }
-        let pieces: Vec<_> = self
-            .geometry
-            .split(lba, (buf.len() / SECTOR) as u64)?
-            .collect();
+        let pieces: Vec<_> = self.geometry.split(lba, (buf.len() / SECTOR) as u64)?.collect();
         for piece in pieces {
             let off = piece.io_offset as usize * SECTOR;
             let len = piece.sectors as usize * SECTOR;
-            let data = buf
-                .get(off..off + len)
-                .ok_or(OfflineError::BufferSize(len))?;
+            let data = buf.get(off..off + len).ok_or(OfflineError::BufferSize(len))?;
             let wrote = match piece.target {
                 Target::Single(ms) => self.write_member(ms.member, ms.sector, data)?,
                 Target::Mirrored => {
@@ -497,20 +421,13 @@ impl<M: MemberIo> OfflineArray<M> {
                     any
                 }
                 Target::Stripe(c) => {
-                    let mut blocks =
-                        self.read_stripe(&c.layout, c.data.sector, piece.sectors, piece.lba)?;
+                    let mut blocks = self.read_stripe(&c.layout, c.data.sector, piece.sectors, piece.lba)?;
                     if let Some(b) = blocks.get_mut(c.data.member) {
                         b.copy_from_slice(data);
                     }
                     regenerate_parity(&self.parity, &c.layout, &mut blocks)?;
                     let mut any = false;
-                    for m in [
-                        Some(c.data.member),
-                        Some(c.layout.p_member()),
-                        c.layout.q_member(),
-                    ]
-                    .into_iter()
-                    .flatten()
+                    for m in [Some(c.data.member), Some(c.layout.p_member()), c.layout.q_member()].into_iter().flatten()
                     {
                         if let Some(b) = blocks.get(m) {
                             any |= self.write_member(m, c.data.sector, b)?;
@@ -552,8 +469,7 @@ impl<M: MemberIo> OfflineArray<M> {
                 MemberContent::Unused => {}
             }
             if let Some(Some(m)) = self.members.get_mut(slot) {
-                m.io.write_at((m.data_offset + sector) * SECTOR_BYTES, &buf)
-                    .map_err(io_err(slot))?;
+                m.io.write_at((m.data_offset + sector) * SECTOR_BYTES, &buf).map_err(io_err(slot))?;
                 m.valid_to = Some(sector + n);
             }
             sector += n;
@@ -567,63 +483,44 @@ impl<M: MemberIo> OfflineArray<M> {
     /// Puts a device in slot `slot` whose contents are not yet valid
     /// (reads avoid it until [`OfflineArray::rebuild`] has run).
     pub fn replace_member(&mut self, slot: usize, io: M, data_offset: u64) -> Option<M> {
-        let old = self.members.get_mut(slot)?.replace(Member {
-            io,
-            data_offset,
-            valid_to: Some(0),
-        });
+        let old = self.members.get_mut(slot)?.replace(Member { io, data_offset, valid_to: Some(0) });
         old.map(|m| m.io)
     }
 }
 
 /// Fills in the missing blocks (`None`) of one stripe row range from the
 /// others; returns `None` when too many are missing.
-pub fn solve_stripe(
-    parity: &Parity,
-    layout: &StripeLayout,
-    blocks: &mut [Option<Vec<u8>>],
-) -> Option<()> {
+pub fn solve_stripe(parity: &Parity, layout: &StripeLayout, blocks: &mut [Option<Vec<u8>>]) -> Option<()> {
     let len = blocks.iter().flatten().map(Vec::len).next()?;
-    let missing: Vec<usize> = (0..layout.raid_disks())
-        .filter(|&m| blocks.get(m).is_none_or(Option::is_none))
-        .collect();
+    let missing: Vec<usize> = (0..layout.raid_disks()).filter(|&m| blocks.get(m).is_none_or(Option::is_none)).collect();
     if missing.is_empty() {
         return Some(());
     }
     let p_member = layout.p_member();
     let q_member = layout.q_member();
     let order: Vec<usize> = layout.syndrome_members().collect();
-    let lost_data: Vec<usize> = missing
-        .iter()
-        .filter(|&&m| matches!(layout.role_of(m), Some(StripeRole::Data(_))))
-        .copied()
-        .collect();
+    let lost_data: Vec<usize> =
+        missing.iter().filter(|&&m| matches!(layout.role_of(m), Some(StripeRole::Data(_)))).copied().collect();
     let p_lost = missing.contains(&p_member);
     let q_lost = q_member.is_some_and(|q| missing.contains(&q));
     let slot_of = |m: usize| order.iter().position(|&x| x == m);
     let mut out: Vec<(usize, Vec<u8>)> = Vec::new();
     {
         let empty: &[u8] = &[];
-        let data: Vec<&[u8]> = order
-            .iter()
-            .map(|&m| blocks.get(m).and_then(|b| b.as_deref()).unwrap_or(empty))
-            .collect();
+        let data: Vec<&[u8]> =
+            order.iter().map(|&m| blocks.get(m).and_then(|b| b.as_deref()).unwrap_or(empty)).collect();
         let get = |m: usize| blocks.get(m).and_then(|b| b.as_deref());
         match (lost_data.as_slice(), p_lost, q_lost) {
             ([], _, _) => {}
             ([x], false, _) => {
                 let mut dx = vec![0u8; len];
-                parity
-                    .recover_data_from_p(&data, slot_of(*x)?, get(p_member)?, &mut dx)
-                    .ok()?;
+                parity.recover_data_from_p(&data, slot_of(*x)?, get(p_member)?, &mut dx).ok()?;
                 out.push((*x, dx));
             }
             ([x], true, false) => {
                 let mut dx = vec![0u8; len];
                 let mut p = vec![0u8; len];
-                parity
-                    .recover_data_from_q(&data, slot_of(*x)?, get(q_member?)?, &mut dx, &mut p)
-                    .ok()?;
+                parity.recover_data_from_q(&data, slot_of(*x)?, get(q_member?)?, &mut dx, &mut p).ok()?;
                 out.push((*x, dx));
             }
             ([x, y], false, false) => {
@@ -651,10 +548,7 @@ pub fn solve_stripe(
     }
     // Every data block is present now; regenerate lost parity.
     if p_lost || q_lost {
-        let mut full: Vec<Vec<u8>> = blocks
-            .iter()
-            .map(|b| b.clone().unwrap_or_default())
-            .collect();
+        let mut full: Vec<Vec<u8>> = blocks.iter().map(|b| b.clone().unwrap_or_default()).collect();
         regenerate_parity(parity, layout, &mut full).ok()?;
         for m in [Some(p_member), q_member].into_iter().flatten() {
             if let (Some(slot), Some(b)) = (blocks.get_mut(m), full.get_mut(m)) {
@@ -666,16 +560,9 @@ pub fn solve_stripe(
 }
 
 /// Recomputes P (and Q) of a stripe from its data blocks (by member).
-pub fn regenerate_parity(
-    parity: &Parity,
-    layout: &StripeLayout,
-    blocks: &mut [Vec<u8>],
-) -> Result<(), OfflineError> {
+pub fn regenerate_parity(parity: &Parity, layout: &StripeLayout, blocks: &mut [Vec<u8>]) -> Result<(), OfflineError> {
     let (p, q) = {
-        let data: Vec<&[u8]> = layout
-            .syndrome_members()
-            .filter_map(|m| blocks.get(m).map(Vec::as_slice))
-            .collect();
+        let data: Vec<&[u8]> = layout.syndrome_members().filter_map(|m| blocks.get(m).map(Vec::as_slice)).collect();
         let len = data.first().map_or(0, |d| d.len());
         let mut p = vec![0u8; len];
         let mut q = vec![0u8; len];

@@ -155,11 +155,7 @@ fn vm_run(share: &Path, disks: &[PathBuf], script: &str) -> String {
     }
     cmd.arg(script);
     let out = cmd.output().expect("run vm-run.sh");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "guest failed ({}):\n{text}", out.status);
     text
 }
@@ -192,10 +188,7 @@ fn section(out: &str, name: &str) -> HashMap<String, String> {
 }
 
 fn first_number(s: &str) -> u64 {
-    s.split(|c: char| !c.is_ascii_digit())
-        .find(|t| !t.is_empty())
-        .and_then(|t| t.parse().ok())
-        .unwrap_or(u64::MAX)
+    s.split(|c: char| !c.is_ascii_digit()).find(|t| !t.is_empty()).and_then(|t| t.parse().ok()).unwrap_or(u64::MAX)
 }
 
 fn mdadm_level_args(c: &Case) -> String {
@@ -210,33 +203,35 @@ fn mdadm_level_args(c: &Case) -> String {
 }
 
 fn dev_list(n: u32) -> String {
-    (0..n)
-        .map(|i| format!("/dev/vd{}", (b'a' + i as u8) as char))
-        .collect::<Vec<_>>()
-        .join(" ")
+    (0..n).map(|i| format!("/dev/vd{}", (b'a' + i as u8) as char)).collect::<Vec<_>>().join(" ")
 }
 
 fn open_images(paths: &[PathBuf]) -> Vec<File> {
-    paths
-        .iter()
-        .map(|p| OpenOptions::new().read(true).write(true).open(p).expect("open image"))
-        .collect()
+    paths.iter().map(|p| OpenOptions::new().read(true).write(true).open(p).expect("open image")).collect()
 }
 
 fn read_array(array: &OfflineArray<File>) -> Vec<u8> {
     let mut out = vec![0u8; array.sectors() as usize * SECTOR];
     for (i, piece) in out.chunks_mut(1 << 20).enumerate() {
-        array
-            .read((i as u64) << 11, piece)
-            .unwrap_or_else(|e| panic!("read array at MiB {i}: {e}"));
+        array.read((i as u64) << 11, piece).unwrap_or_else(|e| panic!("read array at MiB {i}: {e}"));
     }
     out
 }
 
 /// Checks what `mdadm --examine` printed against our decoding.
 fn compare_examine(c: &Case, ex: &HashMap<String, String>, sb: &Superblock) {
-    for key in ["Version", "Array UUID", "Raid Level", "Raid Devices", "Data Offset", "Super Offset",
-                "Avail Dev Size", "Events", "Name", "Device Role"] {
+    for key in [
+        "Version",
+        "Array UUID",
+        "Raid Level",
+        "Raid Devices",
+        "Data Offset",
+        "Super Offset",
+        "Avail Dev Size",
+        "Events",
+        "Name",
+        "Device Role",
+    ] {
         assert!(ex.contains_key(key), "mdadm --examine has no {key}: {ex:#?}");
     }
     assert_eq!(ex["Version"], "1.2");
@@ -249,10 +244,13 @@ fn compare_examine(c: &Case, ex: &HashMap<String, String>, sb: &Superblock) {
     assert_eq!(first_number(&ex["Events"]), sb.events);
     assert_eq!(ex["Name"].split_whitespace().next().unwrap_or(""), sb.name());
     let role = sb.role().expect("role");
-    assert_eq!(ex["Device Role"], match role {
-        raid::superblock::DevRole::Active(r) => format!("Active device {r}"),
-        other => panic!("member 0 is {other:?}"),
-    });
+    assert_eq!(
+        ex["Device Role"],
+        match role {
+            raid::superblock::DevRole::Active(r) => format!("Active device {r}"),
+            other => panic!("member 0 is {other:?}"),
+        }
+    );
     if c.level.uses_size_field() {
         // mdadm prints the used size only when it differs from the avail size.
         let used = ex.get("Used Dev Size").map_or(sb.data_size, |v| first_number(v));
@@ -378,10 +376,7 @@ fn xbdev_to_md(c: Case) {
     }
     drop(array);
     fs::write(s.share.join("pattern.bin"), &pat).expect("pattern");
-    let sha = Command::new("sha256sum")
-        .arg(s.share.join("pattern.bin"))
-        .output()
-        .expect("sha256sum");
+    let sha = Command::new("sha256sum").arg(s.share.join("pattern.bin")).output().expect("sha256sum");
     let sha = String::from_utf8_lossy(&sha.stdout).split_whitespace().next().unwrap_or("").to_string();
     let redundant = c.level.redundancy() > 0;
     let script = format!(

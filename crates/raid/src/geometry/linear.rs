@@ -38,11 +38,7 @@ impl LinearGeometry {
         if total == 0 {
             return Err(GeometryError::Empty);
         }
-        Ok(LinearGeometry {
-            chunk_sectors: chunk,
-            sizes,
-            ends,
-        })
+        Ok(LinearGeometry { chunk_sectors: chunk, sizes, ends })
     }
 
     /// Members.
@@ -79,21 +75,13 @@ impl LinearGeometry {
         let member = self.ends.partition_point(|&e| e <= lba);
         let start = self.start_of(member);
         let end = self.ends.get(member).copied().unwrap_or(start);
-        (
-            MemberSector {
-                member,
-                sector: lba - start,
-            },
-            end.saturating_sub(lba),
-        )
+        (MemberSector { member, sector: lba - start }, end.saturating_sub(lba))
     }
 
     pub(super) fn member_extent(&self, member: usize, sector: u64) -> MemberExtent {
         let size = self.member_sectors(member);
         MemberExtent {
-            content: MemberContent::Data {
-                lba: self.start_of(member) + sector,
-            },
+            content: MemberContent::Data { lba: self.start_of(member) + sector },
             sectors: size.saturating_sub(sector),
         }
     }

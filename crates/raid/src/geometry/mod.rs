@@ -311,17 +311,10 @@ pub enum Geometry {
 
 fn check_disks(level: Level, raid_disks: u32, min: u32) -> Result<(), GeometryError> {
     if raid_disks < min {
-        return Err(GeometryError::TooFewDisks {
-            level,
-            raid_disks,
-            min,
-        });
+        return Err(GeometryError::TooFewDisks { level, raid_disks, min });
     }
     if raid_disks > MAX_RAID_DISKS {
-        return Err(GeometryError::TooManyDisks {
-            raid_disks,
-            max: MAX_RAID_DISKS,
-        });
+        return Err(GeometryError::TooManyDisks { raid_disks, max: MAX_RAID_DISKS });
     }
     Ok(())
 }
@@ -329,10 +322,7 @@ fn check_disks(level: Level, raid_disks: u32, min: u32) -> Result<(), GeometryEr
 /// md's chunk rule for striped levels: a power of two of at least 4 KiB.
 fn check_pow2_chunk(level: Level, chunk_sectors: u32) -> Result<(), GeometryError> {
     if chunk_sectors < 8 || !chunk_sectors.is_power_of_two() {
-        return Err(GeometryError::BadChunk {
-            level,
-            chunk_sectors,
-        });
+        return Err(GeometryError::BadChunk { level, chunk_sectors });
     }
     Ok(())
 }
@@ -343,31 +333,19 @@ impl Geometry {
         match p.level {
             Level::Linear => {
                 check_disks(p.level, p.raid_disks, 1)?;
-                Ok(Geometry::Linear(LinearGeometry::new(
-                    p.raid_disks,
-                    p.chunk_sectors,
-                    &p.member_sectors,
-                )?))
+                Ok(Geometry::Linear(LinearGeometry::new(p.raid_disks, p.chunk_sectors, &p.member_sectors)?))
             }
             Level::Raid0 => {
                 check_disks(p.level, p.raid_disks, 1)?;
                 check_pow2_chunk(p.level, p.chunk_sectors)?;
-                Ok(Geometry::Raid0(Raid0Geometry::new(
-                    p.raid_disks,
-                    p.chunk_sectors,
-                    p.layout,
-                    &p.member_sectors,
-                )?))
+                Ok(Geometry::Raid0(Raid0Geometry::new(p.raid_disks, p.chunk_sectors, p.layout, &p.member_sectors)?))
             }
             Level::Raid1 => {
                 check_disks(p.level, p.raid_disks, 1)?;
                 if p.dev_sectors == 0 {
                     return Err(GeometryError::Empty);
                 }
-                Ok(Geometry::Raid1 {
-                    raid_disks: p.raid_disks as usize,
-                    dev_sectors: p.dev_sectors,
-                })
+                Ok(Geometry::Raid1 { raid_disks: p.raid_disks as usize, dev_sectors: p.dev_sectors })
             }
             Level::Raid4 | Level::Raid5 | Level::Raid6 => {
                 let min = if p.level == Level::Raid6 { 4 } else { 2 };
@@ -384,12 +362,7 @@ impl Geometry {
             Level::Raid10 => {
                 check_disks(p.level, p.raid_disks, 2)?;
                 check_pow2_chunk(p.level, p.chunk_sectors)?;
-                Ok(Geometry::Raid10(Raid10Geometry::new(
-                    p.layout,
-                    p.raid_disks,
-                    p.chunk_sectors,
-                    p.dev_sectors,
-                )?))
+                Ok(Geometry::Raid10(Raid10Geometry::new(p.layout, p.raid_disks, p.chunk_sectors, p.dev_sectors)?))
             }
         }
     }
@@ -444,10 +417,7 @@ impl Geometry {
         match self {
             Geometry::Linear(g) => g.member_sectors(member),
             Geometry::Raid0(g) => g.member_sectors(member),
-            Geometry::Raid1 {
-                dev_sectors,
-                raid_disks,
-            } => {
+            Geometry::Raid1 { dev_sectors, raid_disks } => {
                 if member < *raid_disks {
                     *dev_sectors
                 } else {
@@ -488,11 +458,7 @@ impl Geometry {
         let array_sectors = self.array_sectors();
         match lba.checked_add(sectors) {
             Some(end) if end <= array_sectors => Ok(()),
-            _ => Err(GeometryError::OutOfRange {
-                lba,
-                sectors,
-                array_sectors,
-            }),
+            _ => Err(GeometryError::OutOfRange { lba, sectors, array_sectors }),
         }
     }
 
@@ -523,11 +489,7 @@ impl Geometry {
     /// it cannot balance.
     pub fn copies(&self, lba: u64) -> Copies<'_> {
         match self {
-            Geometry::Raid1 { raid_disks, .. } => Copies::Raid1 {
-                next: 0,
-                raid_disks: *raid_disks,
-                sector: lba,
-            },
+            Geometry::Raid1 { raid_disks, .. } => Copies::Raid1 { next: 0, raid_disks: *raid_disks, sector: lba },
             Geometry::Raid10(g) => Copies::Raid10(g.copies(lba)),
             _ => Copies::None,
         }
@@ -536,12 +498,7 @@ impl Geometry {
     /// Cuts `[lba, lba + sectors)` into pieces with one [`Target`] each.
     pub fn split(&self, lba: u64, sectors: u64) -> Result<Split<'_>, GeometryError> {
         self.check_range(lba, sectors)?;
-        Ok(Split {
-            geo: self,
-            lba,
-            end: lba + sectors,
-            start: lba,
-        })
+        Ok(Split { geo: self, lba, end: lba + sectors, start: lba })
     }
 
     /// What member `member` holds at `sector` (from its data offset), and
@@ -553,18 +510,14 @@ impl Geometry {
         }
         let used = self.member_used_sectors(member);
         if sector >= used {
-            return Ok(MemberExtent {
-                content: MemberContent::Unused,
-                sectors: u64::MAX - sector,
-            });
+            return Ok(MemberExtent { content: MemberContent::Unused, sectors: u64::MAX - sector });
         }
         Ok(match self {
             Geometry::Linear(g) => g.member_extent(member, sector),
             Geometry::Raid0(g) => g.member_extent(member, sector),
-            Geometry::Raid1 { dev_sectors, .. } => MemberExtent {
-                content: MemberContent::Data { lba: sector },
-                sectors: dev_sectors - sector,
-            },
+            Geometry::Raid1 { dev_sectors, .. } => {
+                MemberExtent { content: MemberContent::Data { lba: sector }, sectors: dev_sectors - sector }
+            }
             Geometry::Striped(g) => g.member_extent(member, sector),
             Geometry::Raid10(g) => g.member_extent(member, sector),
         })
@@ -595,18 +548,11 @@ impl Iterator for Copies<'_> {
     fn next(&mut self) -> Option<MemberSector> {
         match self {
             Copies::None => None,
-            Copies::Raid1 {
-                next,
-                raid_disks,
-                sector,
-            } => {
+            Copies::Raid1 { next, raid_disks, sector } => {
                 if *next >= *raid_disks {
                     return None;
                 }
-                let m = MemberSector {
-                    member: *next,
-                    sector: *sector,
-                };
+                let m = MemberSector { member: *next, sector: *sector };
                 *next += 1;
                 Some(m)
             }
@@ -634,12 +580,7 @@ impl Iterator for Split<'_> {
         // The range was checked when the iterator was made.
         let (target, run) = self.geo.locate(self.lba).ok()?;
         let sectors = run.min(self.end - self.lba).max(1);
-        let piece = Piece {
-            lba: self.lba,
-            sectors,
-            io_offset: self.lba - self.start,
-            target,
-        };
+        let piece = Piece { lba: self.lba, sectors, io_offset: self.lba - self.start, target };
         self.lba += sectors;
         Some(piece)
     }

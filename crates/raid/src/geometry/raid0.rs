@@ -73,16 +73,9 @@ impl Raid0Geometry {
         let mut start = 0u64;
         for &s in &distinct {
             let members: Vec<usize> = (0..sizes.len()).filter(|&m| sizes[m] > prev).collect();
-            let len = (s - prev)
-                .checked_mul(members.len() as u64)
-                .ok_or(GeometryError::Overflow)?;
+            let len = (s - prev).checked_mul(members.len() as u64).ok_or(GeometryError::Overflow)?;
             let end = start.checked_add(len).ok_or(GeometryError::Overflow)?;
-            zones.push(StripZone {
-                start,
-                end,
-                dev_start: prev,
-                members,
-            });
+            zones.push(StripZone { start, end, dev_start: prev, members });
             start = end;
             prev = s;
         }
@@ -90,23 +83,12 @@ impl Raid0Geometry {
             0 => Raid0Layout::Unspecified,
             1 => Raid0Layout::Original,
             2 => Raid0Layout::Alternate,
-            _ => {
-                return Err(GeometryError::UnsupportedLayout {
-                    level: Level::Raid0,
-                    layout,
-                })
-            }
+            _ => return Err(GeometryError::UnsupportedLayout { level: Level::Raid0, layout }),
         };
         if zones.len() > 1 && layout == Raid0Layout::Unspecified {
             return Err(GeometryError::Raid0LayoutRequired);
         }
-        Ok(Raid0Geometry {
-            chunk_sectors: chunk,
-            chunk_shift: chunk_sectors.trailing_zeros(),
-            layout,
-            sizes,
-            zones,
-        })
+        Ok(Raid0Geometry { chunk_sectors: chunk, chunk_shift: chunk_sectors.trailing_zeros(), layout, sizes, zones })
     }
 
     /// Members.
@@ -146,50 +128,28 @@ impl Raid0Geometry {
     /// Maps an in-range `lba`; returns the place and the sectors left in
     /// its chunk.
     pub fn map(&self, lba: u64) -> (MemberSector, u64) {
-        let zi = self
-            .zones
-            .partition_point(|z| z.end <= lba)
-            .min(self.zones.len().saturating_sub(1));
+        let zi = self.zones.partition_point(|z| z.end <= lba).min(self.zones.len().saturating_sub(1));
         let Some(zone) = self.zones.get(zi) else {
-            return (
-                MemberSector {
-                    member: 0,
-                    sector: 0,
-                },
-                0,
-            );
+            return (MemberSector { member: 0, sector: 0 }, 0);
         };
         let nb = zone.members.len() as u64;
         let zone_off = lba - zone.start;
-        let select = if self.counts_from_array_start(zi) {
-            lba
-        } else {
-            zone_off
-        };
+        let select = if self.counts_from_array_start(zi) { lba } else { zone_off };
         let in_chunk = select & (self.chunk_sectors - 1);
         let idx = ((select >> self.chunk_shift) % nb) as usize;
         let row = zone_off / (nb << self.chunk_shift);
         let member = zone.members.get(idx).copied().unwrap_or(0);
         (
-            MemberSector {
-                member,
-                sector: zone.dev_start + (row << self.chunk_shift) + in_chunk,
-            },
+            MemberSector { member, sector: zone.dev_start + (row << self.chunk_shift) + in_chunk },
             self.chunk_sectors - in_chunk,
         )
     }
 
     pub(super) fn member_extent(&self, member: usize, sector: u64) -> MemberExtent {
-        let unused = MemberExtent {
-            content: MemberContent::Unused,
-            sectors: 1,
-        };
+        let unused = MemberExtent { content: MemberContent::Unused, sectors: 1 };
         // The zone holding this member sector: the last zone starting at or
         // before it on the member.
-        let zi = self
-            .zones
-            .partition_point(|z| z.dev_start <= sector)
-            .saturating_sub(1);
+        let zi = self.zones.partition_point(|z| z.dev_start <= sector).saturating_sub(1);
         let Some(zone) = self.zones.get(zi) else {
             return unused;
         };
@@ -207,9 +167,7 @@ impl Raid0Geometry {
             (zone.start >> self.chunk_shift) + row * nb + j as u64
         };
         MemberExtent {
-            content: MemberContent::Data {
-                lba: (lba_chunk << self.chunk_shift) + in_chunk,
-            },
+            content: MemberContent::Data { lba: (lba_chunk << self.chunk_shift) + in_chunk },
             sectors: self.chunk_sectors - in_chunk,
         }
     }

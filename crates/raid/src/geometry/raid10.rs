@@ -36,12 +36,7 @@ pub struct Raid10Layout {
 
 impl Raid10Layout {
     /// The md default, `n2`.
-    pub const NEAR2: Raid10Layout = Raid10Layout {
-        near: 2,
-        far: 1,
-        offset: false,
-        far_sets: FarSets::Whole,
-    };
+    pub const NEAR2: Raid10Layout = Raid10Layout { near: 2, far: 1, offset: false, far_sets: FarSets::Whole };
 
     /// Decodes md's layout number.
     pub fn from_md(layout: u32) -> Option<Raid10Layout> {
@@ -59,12 +54,7 @@ impl Raid10Layout {
             2 => FarSets::NearTimesFar,
             _ => return None,
         };
-        Some(Raid10Layout {
-            near,
-            far,
-            offset: layout & (1 << 16) != 0,
-            far_sets,
-        })
+        Some(Raid10Layout { near, far, offset: layout & (1 << 16) != 0, far_sets })
     }
 
     /// md's layout number.
@@ -74,10 +64,7 @@ impl Raid10Layout {
             FarSets::DivFar => 1,
             FarSets::NearTimesFar => 2,
         };
-        (self.near & 0xff)
-            | ((self.far & 0xff) << 8)
-            | (u32::from(self.offset) << 16)
-            | (sets << 17)
+        (self.near & 0xff) | ((self.far & 0xff) << 8) | (u32::from(self.offset) << 16) | (sets << 17)
     }
 
     /// Copies of each chunk.
@@ -108,10 +95,7 @@ impl Raid10Geometry {
         chunk_sectors: u32,
         size: u64,
     ) -> Result<Raid10Geometry, GeometryError> {
-        let unsupported = GeometryError::UnsupportedLayout {
-            level: Level::Raid10,
-            layout,
-        };
+        let unsupported = GeometryError::UnsupportedLayout { level: Level::Raid10, layout };
         let l = Raid10Layout::from_md(layout).ok_or(unsupported.clone())?;
         let copies = l.copies();
         if copies < 2 || copies > raid_disks {
@@ -143,14 +127,9 @@ impl Raid10Geometry {
         let array_chunks = wide(size >> shift) / wide(far) * wide(disks) / wide(near);
         let used = narrow((array_chunks * u128::from(copies)).div_ceil(wide(disks)))?;
         let dev_sectors = narrow(wide(used) << shift)?;
-        let stride = if l.offset {
-            chunk
-        } else {
-            (used / far) << shift
-        };
+        let stride = if l.offset { chunk } else { (used / far) << shift };
         // md's raid10_size() on the resulting dev_sectors.
-        let array_sectors =
-            narrow((wide(dev_sectors >> shift) / wide(far) * wide(disks) / wide(near)) << shift)?;
+        let array_sectors = narrow((wide(dev_sectors >> shift) / wide(far) * wide(disks) / wide(near)) << shift)?;
         if array_sectors == 0 {
             return Err(GeometryError::Empty);
         }
@@ -218,15 +197,7 @@ impl Raid10Geometry {
             stripe *= self.far;
         }
         let sector = in_chunk + (stripe << self.chunk_shift);
-        Raid10Copies {
-            geo: self,
-            n: 0,
-            f: 0,
-            dev,
-            sector,
-            d: dev,
-            s: sector,
-        }
+        Raid10Copies { geo: self, n: 0, f: 0, dev, sector, d: dev, s: sector }
     }
 
     fn next_far(&self, d: u64) -> u64 {
@@ -297,19 +268,12 @@ impl Raid10Geometry {
         let content = match self.find_virt(member, sector) {
             // Near copies share a device chunk row; confirm this member
             // really holds a copy (it always does unless the row is slack).
-            Some(lba)
-                if self
-                    .copies(lba)
-                    .any(|c| c.member == member && c.sector == sector) =>
-            {
+            Some(lba) if self.copies(lba).any(|c| c.member == member && c.sector == sector) => {
                 MemberContent::Data { lba }
             }
             _ => MemberContent::Unused,
         };
-        MemberExtent {
-            content,
-            sectors: run,
-        }
+        MemberExtent { content, sectors: run }
     }
 }
 
@@ -341,10 +305,7 @@ impl Iterator for Raid10Copies<'_> {
             self.d = g.next_far(self.d);
             self.s += g.stride;
         }
-        let out = MemberSector {
-            member: self.d as usize,
-            sector: self.s,
-        };
+        let out = MemberSector { member: self.d as usize, sector: self.s };
         self.f += 1;
         if self.f == g.far {
             self.f = 0;

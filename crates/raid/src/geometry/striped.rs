@@ -174,9 +174,7 @@ impl StripeLayout {
     pub fn syndrome_members(&self) -> impl Iterator<Item = usize> + '_ {
         let n = self.raid_disks;
         let start = self.syndrome_start();
-        (0..n)
-            .map(move |i| (start + i) % n)
-            .filter(move |&m| m != self.p && Some(m) != self.q)
+        (0..n).map(move |i| (start + i) % n).filter(move |&m| m != self.p && Some(m) != self.q)
     }
 
     /// Q-coefficient slot of a data member.
@@ -188,11 +186,7 @@ impl StripeLayout {
         let start = self.syndrome_start();
         let dist = (member + n - start) % n;
         // Count P/Q members walked over before reaching `member`.
-        let passed = [Some(self.p), self.q]
-            .iter()
-            .flatten()
-            .filter(|&&x| (x + n - start) % n < dist)
-            .count();
+        let passed = [Some(self.p), self.q].iter().flatten().filter(|&&x| (x + n - start) % n < dist).count();
         Some(dist - passed)
     }
 }
@@ -222,8 +216,7 @@ impl StripedGeometry {
             // md ignores the layout of raid4: parity is always last.
             ParityAlgorithm::ParityN
         } else {
-            ParityAlgorithm::from_md(layout)
-                .ok_or(GeometryError::UnsupportedLayout { level, layout })?
+            ParityAlgorithm::from_md(layout).ok_or(GeometryError::UnsupportedLayout { level, layout })?
         };
         let parity = if level == Level::Raid6 { 2 } else { 1 };
         let raid_disks = raid_disks as usize;
@@ -233,9 +226,7 @@ impl StripedGeometry {
             return Err(GeometryError::Empty);
         }
         let data_disks = raid_disks - parity;
-        (member_sectors)
-            .checked_mul(data_disks as u64)
-            .ok_or(GeometryError::Overflow)?;
+        (member_sectors).checked_mul(data_disks as u64).ok_or(GeometryError::Overflow)?;
         Ok(StripedGeometry {
             level,
             algorithm,
@@ -302,11 +293,7 @@ impl StripedGeometry {
         let (p, q, data_rule) = if self.level == Level::Raid6 {
             match self.algorithm {
                 ParityAlgorithm::LeftAsymmetric | ParityAlgorithm::RightAsymmetric => {
-                    let p = if self.algorithm == ParityAlgorithm::LeftAsymmetric {
-                        n - 1 - rot
-                    } else {
-                        rot
-                    };
+                    let p = if self.algorithm == ParityAlgorithm::LeftAsymmetric { n - 1 - rot } else { rot };
                     if p == n - 1 {
                         // Q D D .. D P
                         (p, Some(0), asym(0, 1))
@@ -315,16 +302,8 @@ impl StripedGeometry {
                     }
                 }
                 ParityAlgorithm::LeftSymmetric | ParityAlgorithm::RightSymmetric => {
-                    let p = if self.algorithm == ParityAlgorithm::LeftSymmetric {
-                        n - 1 - rot
-                    } else {
-                        rot
-                    };
-                    (
-                        p,
-                        Some((p + 1) % n),
-                        DataRule::Rotated { start: (p + 2) % n },
-                    )
+                    let p = if self.algorithm == ParityAlgorithm::LeftSymmetric { n - 1 - rot } else { rot };
+                    (p, Some((p + 1) % n), DataRule::Rotated { start: (p + 2) % n })
                 }
                 ParityAlgorithm::Parity0 => (0, Some(1), asym(0, 2)),
                 ParityAlgorithm::ParityN => (d, Some(d + 1), asym(n, 0)),
@@ -337,24 +316,12 @@ impl StripedGeometry {
                     let p = d - rot;
                     (p, None, DataRule::Rotated { start: (p + 1) % n })
                 }
-                ParityAlgorithm::RightSymmetric => (
-                    rot,
-                    None,
-                    DataRule::Rotated {
-                        start: (rot + 1) % n,
-                    },
-                ),
+                ParityAlgorithm::RightSymmetric => (rot, None, DataRule::Rotated { start: (rot + 1) % n }),
                 ParityAlgorithm::Parity0 => (0, None, asym(0, 1)),
                 ParityAlgorithm::ParityN => (d, None, asym(n, 0)),
             }
         };
-        StripeLayout {
-            raid_disks: n,
-            data_disks: d,
-            p,
-            q,
-            data_rule,
-        }
+        StripeLayout { raid_disks: n, data_disks: d, p, q, data_rule }
     }
 
     /// Maps an in-range `lba`; returns its chunk and the sectors left in it.
@@ -368,10 +335,7 @@ impl StripedGeometry {
             StripeChunk {
                 stripe,
                 data_index: k,
-                data: MemberSector {
-                    member: layout.data_member(k),
-                    sector: (stripe << self.chunk_shift) + offset,
-                },
+                data: MemberSector { member: layout.data_member(k), sector: (stripe << self.chunk_shift) + offset },
                 layout,
             },
             self.chunk_sectors - offset,
@@ -388,16 +352,11 @@ impl StripedGeometry {
         let offset = sector & (self.chunk_sectors - 1);
         let layout = self.stripe_layout(stripe);
         let content = match layout.role_of(member) {
-            Some(StripeRole::Data(k)) => MemberContent::Data {
-                lba: self.lba_of(stripe, k, offset),
-            },
+            Some(StripeRole::Data(k)) => MemberContent::Data { lba: self.lba_of(stripe, k, offset) },
             Some(StripeRole::P) => MemberContent::Parity { stripe },
             Some(StripeRole::Q) => MemberContent::Syndrome { stripe },
             None => MemberContent::Unused,
         };
-        MemberExtent {
-            content,
-            sectors: self.chunk_sectors - offset,
-        }
+        MemberExtent { content, sectors: self.chunk_sectors - offset }
     }
 }

@@ -14,9 +14,7 @@ fn params(level: Level, layout: u32, chunk: u32, disks: u32, dev: u64) -> ArrayP
 
 /// Renders stripe rows as md documentation draws them: "D0 D1 P" etc.
 fn rows(g: &Geometry, stripes: u64) -> Vec<String> {
-    let Geometry::Striped(s) = g else {
-        panic!("not striped")
-    };
+    let Geometry::Striped(s) = g else { panic!("not striped") };
     (0..stripes)
         .map(|st| {
             let l = s.stripe_layout(st);
@@ -35,22 +33,10 @@ fn rows(g: &Geometry, stripes: u64) -> Vec<String> {
 #[test]
 fn raid5_layout_tables() {
     let g = |alg| Geometry::new(&params(Level::Raid5, alg, 8, 4, 64)).unwrap();
-    assert_eq!(
-        rows(&g(0), 4),
-        ["D0 D1 D2 P", "D3 D4 P D5", "D6 P D7 D8", "P D9 D10 D11"]
-    );
-    assert_eq!(
-        rows(&g(1), 4),
-        ["P D0 D1 D2", "D3 P D4 D5", "D6 D7 P D8", "D9 D10 D11 P"]
-    );
-    assert_eq!(
-        rows(&g(2), 4),
-        ["D0 D1 D2 P", "D4 D5 P D3", "D8 P D6 D7", "P D9 D10 D11"]
-    );
-    assert_eq!(
-        rows(&g(3), 4),
-        ["P D0 D1 D2", "D5 P D3 D4", "D7 D8 P D6", "D9 D10 D11 P"]
-    );
+    assert_eq!(rows(&g(0), 4), ["D0 D1 D2 P", "D3 D4 P D5", "D6 P D7 D8", "P D9 D10 D11"]);
+    assert_eq!(rows(&g(1), 4), ["P D0 D1 D2", "D3 P D4 D5", "D6 D7 P D8", "D9 D10 D11 P"]);
+    assert_eq!(rows(&g(2), 4), ["D0 D1 D2 P", "D4 D5 P D3", "D8 P D6 D7", "P D9 D10 D11"]);
+    assert_eq!(rows(&g(3), 4), ["P D0 D1 D2", "D5 P D3 D4", "D7 D8 P D6", "D9 D10 D11 P"]);
     assert_eq!(rows(&g(4), 2), ["P D0 D1 D2", "P D3 D4 D5"]);
     assert_eq!(rows(&g(5), 2), ["D0 D1 D2 P", "D3 D4 D5 P"]);
     // raid4 ignores the layout: parity always last.
@@ -61,20 +47,8 @@ fn raid5_layout_tables() {
 #[test]
 fn raid6_layout_tables() {
     let g = |alg| Geometry::new(&params(Level::Raid6, alg, 8, 5, 64)).unwrap();
-    assert_eq!(
-        rows(&g(2), 5),
-        [
-            "Q D0 D1 D2 P",
-            "D3 D4 D5 P Q",
-            "D7 D8 P Q D6",
-            "D11 P Q D9 D10",
-            "P Q D12 D13 D14"
-        ]
-    );
-    assert_eq!(
-        rows(&g(0), 3),
-        ["Q D0 D1 D2 P", "D3 D4 D5 P Q", "D6 D7 P Q D8"]
-    );
+    assert_eq!(rows(&g(2), 5), ["Q D0 D1 D2 P", "D3 D4 D5 P Q", "D7 D8 P Q D6", "D11 P Q D9 D10", "P Q D12 D13 D14"]);
+    assert_eq!(rows(&g(0), 3), ["Q D0 D1 D2 P", "D3 D4 D5 P Q", "D6 D7 P Q D8"]);
     assert_eq!(rows(&g(1), 2), ["P Q D0 D1 D2", "D3 P Q D4 D5"]);
     assert_eq!(rows(&g(3), 2), ["P Q D0 D1 D2", "D5 P Q D3 D4"]);
     assert_eq!(rows(&g(4), 1), ["P Q D0 D1 D2"]);
@@ -84,9 +58,7 @@ fn raid6_layout_tables() {
 #[test]
 fn raid6_syndrome_order() {
     // Symmetric layouts: slot == logical data index.
-    let Geometry::Striped(s) = Geometry::new(&params(Level::Raid6, 2, 8, 6, 64)).unwrap() else {
-        unreachable!()
-    };
+    let Geometry::Striped(s) = Geometry::new(&params(Level::Raid6, 2, 8, 6, 64)).unwrap() else { unreachable!() };
     for st in 0..12 {
         let l = s.stripe_layout(st);
         let order: Vec<usize> = l.syndrome_members().collect();
@@ -97,9 +69,7 @@ fn raid6_syndrome_order() {
     // walk starts at member 0: slots follow the logical order.
     // Stripe 2: "D6 D7 P Q D8": walk starts after Q at member 4: D8 gets
     // slot 0, D6 slot 1, D7 slot 2.
-    let Geometry::Striped(s) = Geometry::new(&params(Level::Raid6, 0, 8, 5, 64)).unwrap() else {
-        unreachable!()
-    };
+    let Geometry::Striped(s) = Geometry::new(&params(Level::Raid6, 0, 8, 5, 64)).unwrap() else { unreachable!() };
     let l = s.stripe_layout(2);
     assert_eq!(l.syndrome_members().collect::<Vec<_>>(), vec![4, 0, 1]);
     assert_eq!(l.syndrome_slot(4), Some(0));
@@ -108,10 +78,7 @@ fn raid6_syndrome_order() {
     assert_eq!(l.syndrome_slot(2), None);
     assert_eq!(l.syndrome_slot(3), None);
     for alg in 0..6 {
-        let Geometry::Striped(s) = Geometry::new(&params(Level::Raid6, alg, 8, 7, 64)).unwrap()
-        else {
-            unreachable!()
-        };
+        let Geometry::Striped(s) = Geometry::new(&params(Level::Raid6, alg, 8, 7, 64)).unwrap() else { unreachable!() };
         for st in 0..14 {
             let l = s.stripe_layout(st);
             for (i, m) in l.syndrome_members().enumerate() {
@@ -131,21 +98,14 @@ fn check_bijection(g: &Geometry) {
         let places: Vec<MemberSector> = match target {
             Target::Single(ms) => vec![ms],
             Target::Stripe(c) => {
-                assert_eq!(
-                    c.layout.role_of(c.data.member),
-                    Some(StripeRole::Data(c.data_index))
-                );
+                assert_eq!(c.layout.role_of(c.data.member), Some(StripeRole::Data(c.data_index)));
                 vec![c.data]
             }
             Target::Mirrored => g.copies(lba).collect(),
         };
         assert!(!places.is_empty());
         let members: HashSet<usize> = places.iter().map(|p| p.member).collect();
-        assert_eq!(
-            members.len(),
-            places.len(),
-            "copies of {lba} share a member"
-        );
+        assert_eq!(members.len(), places.len(), "copies of {lba} share a member");
         for p in places {
             assert!(p.sector < g.member_used_sectors(p.member), "{lba} -> {p:?}");
             assert!(seen.insert(p), "{p:?} used twice (lba {lba}, {g:?})");
@@ -160,10 +120,7 @@ fn check_bijection(g: &Geometry) {
         while s < g.member_used_sectors(m) {
             let e = g.member_extent(m, s).unwrap();
             if let MemberContent::Data { .. } = e.content {
-                assert!(seen.contains(&MemberSector {
-                    member: m,
-                    sector: s
-                }));
+                assert!(seen.contains(&MemberSector { member: m, sector: s }));
                 data += 1;
             }
             s += 1;
@@ -179,10 +136,7 @@ fn striped_bijection_all_layouts() {
             let min = if level == Level::Raid6 { 4 } else { 2 };
             for disks in min..=7 {
                 let g = Geometry::new(&params(level, alg, 8, disks, 8 * 9 + 5)).unwrap();
-                assert_eq!(
-                    g.array_sectors(),
-                    72 * (disks as u64 - level.redundancy() as u64)
-                );
+                assert_eq!(g.array_sectors(), 72 * (disks as u64 - level.redundancy() as u64));
                 check_bijection(&g);
             }
         }
@@ -191,11 +145,7 @@ fn striped_bijection_all_layouts() {
 
 #[test]
 fn raid10_tables() {
-    let copies = |g: &Geometry, lba| {
-        g.copies(lba)
-            .map(|c| (c.member, c.sector))
-            .collect::<Vec<_>>()
-    };
+    let copies = |g: &Geometry, lba| g.copies(lba).map(|c| (c.member, c.sector)).collect::<Vec<_>>();
     // n2 on 4 disks.
     let g = Geometry::new(&params(Level::Raid10, 0x102, 8, 4, 64)).unwrap();
     assert_eq!(g.array_sectors(), 128);
@@ -222,9 +172,7 @@ fn raid10_tables() {
 
 #[test]
 fn raid10_bijection() {
-    let layouts = [
-        0x102, 0x103, 0x201, 0x301, 0x202, 0x10201, 0x10301, 0x10202, 0x40201, 0x40202,
-    ];
+    let layouts = [0x102, 0x103, 0x201, 0x301, 0x202, 0x10201, 0x10301, 0x10202, 0x40201, 0x40202];
     for layout in layouts {
         let l = Raid10Layout::from_md(layout).unwrap();
         assert_eq!(l.to_md(), layout);
@@ -246,24 +194,10 @@ fn raid10_bijection() {
 fn raid0_single_and_multi_zone() {
     let g = Geometry::new(&params(Level::Raid0, 0, 8, 3, 40)).unwrap();
     assert_eq!(g.array_sectors(), 120);
-    let Geometry::Raid0(r) = &g else {
-        unreachable!()
-    };
+    let Geometry::Raid0(r) = &g else { unreachable!() };
     assert_eq!(r.zones().len(), 1);
-    assert_eq!(
-        g.locate(8).unwrap().0,
-        Target::Single(MemberSector {
-            member: 1,
-            sector: 0
-        })
-    );
-    assert_eq!(
-        g.locate(27).unwrap().0,
-        Target::Single(MemberSector {
-            member: 0,
-            sector: 11
-        })
-    );
+    assert_eq!(g.locate(8).unwrap().0, Target::Single(MemberSector { member: 1, sector: 0 }));
+    assert_eq!(g.locate(27).unwrap().0, Target::Single(MemberSector { member: 0, sector: 11 }));
     check_bijection(&g);
 
     // Sizes 4, 8 and 6 chunks (plus slack rounded away).
@@ -273,9 +207,7 @@ fn raid0_single_and_multi_zone() {
     for layout in [1, 2] {
         p.layout = layout;
         let g = Geometry::new(&p).unwrap();
-        let Geometry::Raid0(r) = &g else {
-            unreachable!()
-        };
+        let Geometry::Raid0(r) = &g else { unreachable!() };
         assert_eq!(r.zones().len(), 3);
         assert_eq!(r.zones()[1].members, vec![1, 2]);
         assert_eq!(r.zones()[1].dev_start, 32);
@@ -296,20 +228,8 @@ fn raid0_single_and_multi_zone() {
         Target::Single(ms) => ms,
         t => panic!("{t:?}"),
     };
-    assert_eq!(
-        at(&alt, 72),
-        MemberSector {
-            member: 1,
-            sector: 24
-        }
-    );
-    assert_eq!(
-        at(&orig, 72),
-        MemberSector {
-            member: 2,
-            sector: 24
-        }
-    );
+    assert_eq!(at(&alt, 72), MemberSector { member: 1, sector: 24 });
+    assert_eq!(at(&orig, 72), MemberSector { member: 2, sector: 24 });
 }
 
 #[test]
@@ -318,26 +238,8 @@ fn linear_mapping() {
     p.member_sectors = vec![10, 0, 7];
     let g = Geometry::new(&p).unwrap();
     assert_eq!(g.array_sectors(), 17);
-    assert_eq!(
-        g.locate(9).unwrap(),
-        (
-            Target::Single(MemberSector {
-                member: 0,
-                sector: 9
-            }),
-            1
-        )
-    );
-    assert_eq!(
-        g.locate(10).unwrap(),
-        (
-            Target::Single(MemberSector {
-                member: 2,
-                sector: 0
-            }),
-            7
-        )
-    );
+    assert_eq!(g.locate(9).unwrap(), (Target::Single(MemberSector { member: 0, sector: 9 }), 1));
+    assert_eq!(g.locate(10).unwrap(), (Target::Single(MemberSector { member: 2, sector: 0 }), 7));
     check_bijection(&g);
     p.chunk_sectors = 4;
     assert_eq!(Geometry::new(&p).unwrap().array_sectors(), 8 + 4);
@@ -366,35 +268,17 @@ fn split_pieces_cover_the_io() {
         next += p.sectors;
     }
     assert_eq!(next, 105);
-    assert!(matches!(
-        g.split(g.array_sectors() - 1, 2),
-        Err(GeometryError::OutOfRange { .. })
-    ));
-    assert!(matches!(
-        g.split(u64::MAX, 2),
-        Err(GeometryError::OutOfRange { .. })
-    ));
+    assert!(matches!(g.split(g.array_sectors() - 1, 2), Err(GeometryError::OutOfRange { .. })));
+    assert!(matches!(g.split(u64::MAX, 2), Err(GeometryError::OutOfRange { .. })));
     assert_eq!(g.split(0, 0).unwrap().count(), 0);
 }
 
 #[test]
 fn parameter_errors() {
-    assert!(matches!(
-        Geometry::new(&params(Level::Raid5, 2, 12, 4, 64)),
-        Err(GeometryError::BadChunk { .. })
-    ));
-    assert!(matches!(
-        Geometry::new(&params(Level::Raid5, 2, 4, 4, 64)),
-        Err(GeometryError::BadChunk { .. })
-    ));
-    assert!(matches!(
-        Geometry::new(&params(Level::Raid6, 2, 8, 3, 64)),
-        Err(GeometryError::TooFewDisks { .. })
-    ));
-    assert!(matches!(
-        Geometry::new(&params(Level::Raid5, 9, 8, 4, 64)),
-        Err(GeometryError::UnsupportedLayout { .. })
-    ));
+    assert!(matches!(Geometry::new(&params(Level::Raid5, 2, 12, 4, 64)), Err(GeometryError::BadChunk { .. })));
+    assert!(matches!(Geometry::new(&params(Level::Raid5, 2, 4, 4, 64)), Err(GeometryError::BadChunk { .. })));
+    assert!(matches!(Geometry::new(&params(Level::Raid6, 2, 8, 3, 64)), Err(GeometryError::TooFewDisks { .. })));
+    assert!(matches!(Geometry::new(&params(Level::Raid5, 9, 8, 4, 64)), Err(GeometryError::UnsupportedLayout { .. })));
     assert!(matches!(
         Geometry::new(&params(Level::Raid10, 0x103, 8, 2, 64)),
         Err(GeometryError::UnsupportedLayout { .. })
@@ -403,36 +287,18 @@ fn parameter_errors() {
         Geometry::new(&params(Level::Raid10, 0x80102, 8, 4, 64)),
         Err(GeometryError::UnsupportedLayout { .. })
     ));
-    assert!(matches!(
-        Geometry::new(&params(Level::Raid5, 2, 8, 4, 7)),
-        Err(GeometryError::Empty)
-    ));
+    assert!(matches!(Geometry::new(&params(Level::Raid5, 2, 8, 4, 7)), Err(GeometryError::Empty)));
     let mut p = params(Level::Raid0, 0, 8, 3, 64);
     p.member_sectors.pop();
-    assert!(matches!(
-        Geometry::new(&p),
-        Err(GeometryError::MemberCountMismatch { .. })
-    ));
+    assert!(matches!(Geometry::new(&p), Err(GeometryError::MemberCountMismatch { .. })));
     let g = Geometry::new(&params(Level::Raid1, 0, 0, 2, 64)).unwrap();
-    assert!(matches!(
-        g.member_extent(2, 0),
-        Err(GeometryError::NoSuchMember { .. })
-    ));
-    assert_eq!(
-        g.member_extent(1, 64).unwrap().content,
-        MemberContent::Unused
-    );
+    assert!(matches!(g.member_extent(2, 0), Err(GeometryError::NoSuchMember { .. })));
+    assert_eq!(g.member_extent(1, 64).unwrap().content, MemberContent::Unused);
     // Absurd sizes do not overflow.
     let huge = params(Level::Raid10, 0x102, 8, 1920, u64::MAX);
-    assert!(matches!(
-        Geometry::new(&huge),
-        Err(GeometryError::Overflow) | Ok(_)
-    ));
+    assert!(matches!(Geometry::new(&huge), Err(GeometryError::Overflow) | Ok(_)));
     let huge = params(Level::Raid6, 2, 8, 1920, u64::MAX);
-    assert!(matches!(
-        Geometry::new(&huge),
-        Err(GeometryError::Overflow) | Ok(_)
-    ));
+    assert!(matches!(Geometry::new(&huge), Err(GeometryError::Overflow) | Ok(_)));
 }
 
 mod prop {
@@ -440,25 +306,19 @@ mod prop {
     use proptest::prelude::*;
 
     fn any_geometry() -> impl Strategy<Value = Geometry> {
-        (0usize..6, 0u32..6, 1u32..9, 1u64..40, 0u32..4).prop_filter_map(
-            "valid",
-            |(lv, alg, disks, chunks, shift)| {
-                let chunk = 8u32 << shift;
-                let dev = chunks * u64::from(chunk) + u64::from(alg);
-                let (level, layout) = match lv {
-                    0 => (Level::Raid0, 0),
-                    1 => (Level::Raid1, 0),
-                    2 => (Level::Raid4, 0),
-                    3 => (Level::Raid5, alg),
-                    4 => (Level::Raid6, alg),
-                    _ => (
-                        Level::Raid10,
-                        [0x102, 0x201, 0x10201, 0x103][alg as usize % 4],
-                    ),
-                };
-                Geometry::new(&params(level, layout, chunk, disks, dev)).ok()
-            },
-        )
+        (0usize..6, 0u32..6, 1u32..9, 1u64..40, 0u32..4).prop_filter_map("valid", |(lv, alg, disks, chunks, shift)| {
+            let chunk = 8u32 << shift;
+            let dev = chunks * u64::from(chunk) + u64::from(alg);
+            let (level, layout) = match lv {
+                0 => (Level::Raid0, 0),
+                1 => (Level::Raid1, 0),
+                2 => (Level::Raid4, 0),
+                3 => (Level::Raid5, alg),
+                4 => (Level::Raid6, alg),
+                _ => (Level::Raid10, [0x102, 0x201, 0x10201, 0x103][alg as usize % 4]),
+            };
+            Geometry::new(&params(level, layout, chunk, disks, dev)).ok()
+        })
     }
 
     proptest! {

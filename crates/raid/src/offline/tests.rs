@@ -36,17 +36,10 @@ fn configs() -> Vec<(Level, u32, u32)> {
 fn build(level: Level, layout: u32, disks: u32) -> (OfflineArray<Vec<u8>>, Vec<u8>) {
     let mut p = CreateParams::new(level, disks);
     p.layout = Some(layout);
-    p.chunk_sectors = if matches!(level, Level::Raid1 | Level::Linear) {
-        0
-    } else {
-        16
-    };
+    p.chunk_sectors = if matches!(level, Level::Raid1 | Level::Linear) { 0 } else { 16 };
     let devs = vec![vec![0u8; DEV as usize * SECTOR]; disks as usize];
     let (mut array, _, _) = OfflineArray::create(&p, devs).unwrap();
-    let data = pattern(
-        array.sectors() as usize * SECTOR,
-        u64::from(disks) + layout as u64,
-    );
+    let data = pattern(array.sectors() as usize * SECTOR, u64::from(disks) + layout as u64);
     // Unaligned pieces exercise partial-stripe writes.
     let mut lba = 0u64;
     for (i, step) in [7u64, 1, 40, 13, 300].iter().cycle().enumerate() {
@@ -80,14 +73,8 @@ fn write_read_assemble_every_level() {
         let asm = OfflineArray::assemble(shuffled).unwrap();
         assert_eq!(asm.plan.degraded(), 0);
         assert!(asm.unused.is_empty());
-        assert_eq!(
-            asm.examined[0].as_ref().unwrap().version,
-            SuperblockVersion::V1_2
-        );
-        assert!(
-            read_all(&asm.array) == data,
-            "{level} {layout:#x} assembled"
-        );
+        assert_eq!(asm.examined[0].as_ref().unwrap().version, SuperblockVersion::V1_2);
+        assert!(read_all(&asm.array) == data, "{level} {layout:#x} assembled");
     }
 }
 
@@ -102,11 +89,7 @@ fn degraded_reads_and_writes() {
         let devs: Vec<Vec<u8>> = array.into_members().into_iter().flatten().collect();
         // Lose `redundancy` members (for raid10 n2: members 0 and 2 hold
         // different pairs' first copies... keep it to one for raid10).
-        let lose = if level == Level::Raid10 {
-            1
-        } else {
-            redundancy
-        };
+        let lose = if level == Level::Raid10 { 1 } else { redundancy };
         for first in 0..disks as usize {
             let mut d = devs.clone();
             for k in 0..lose {
@@ -116,19 +99,13 @@ fn degraded_reads_and_writes() {
             let mut data = orig.clone();
             let mut asm = OfflineArray::assemble(d).unwrap();
             assert_eq!(asm.plan.degraded(), lose, "{level} {layout:#x}");
-            assert!(
-                read_all(&asm.array) == data,
-                "{level} {layout:#x} lost {first}+{lose}"
-            );
+            assert!(read_all(&asm.array) == data, "{level} {layout:#x} lost {first}+{lose}");
             // A degraded write, then read back.
             let lba = 11;
             let new = pattern(37 * SECTOR, 99);
             asm.array.write(lba, &new).unwrap();
             data[lba as usize * SECTOR..(lba as usize + 37) * SECTOR].copy_from_slice(&new);
-            assert!(
-                read_all(&asm.array) == data,
-                "{level} {layout:#x} degraded write"
-            );
+            assert!(read_all(&asm.array) == data, "{level} {layout:#x} degraded write");
         }
     }
 }
@@ -144,26 +121,16 @@ fn rebuild_restores_member_bytes() {
         for victim in 0..disks as usize {
             let asm = OfflineArray::assemble(devs.clone()).unwrap();
             let mut array = asm.array;
-            let slot = asm
-                .plan
-                .slots
-                .iter()
-                .position(|s| s.unwrap().index == victim)
-                .unwrap();
+            let slot = asm.plan.slots.iter().position(|s| s.unwrap().index == victim).unwrap();
             let mut blank = vec![0u8; DEV as usize * SECTOR];
             blank[..2048 * SECTOR].copy_from_slice(&devs[victim][..2048 * SECTOR]);
             let old = array.replace_member(slot, blank, 2048).unwrap();
-            array
-                .rebuild(slot)
-                .unwrap_or_else(|e| panic!("{level} {layout:#x} slot {slot}: {e}"));
+            array.rebuild(slot).unwrap_or_else(|e| panic!("{level} {layout:#x} slot {slot}: {e}"));
             assert!(read_all(&array) == data);
             let rebuilt = array.take_member(slot).unwrap();
             let used = array.geometry().member_used_sectors(slot) as usize;
             let range = 2048 * SECTOR..(2048 + used) * SECTOR;
-            assert!(
-                rebuilt[range.clone()] == old[range],
-                "{level} {layout:#x} slot {slot}"
-            );
+            assert!(rebuilt[range.clone()] == old[range], "{level} {layout:#x} slot {slot}");
         }
     }
 }
@@ -177,21 +144,13 @@ fn too_many_failures_are_reported() {
     a.take_member(0);
     a.take_member(1);
     let mut buf = vec![0u8; 64 * SECTOR];
-    assert!(matches!(
-        a.read(0, &mut buf),
-        Err(OfflineError::Unavailable(_))
-    ));
-    assert!(matches!(
-        a.read(0, &mut buf[..100]),
-        Err(OfflineError::BufferSize(100))
-    ));
+    assert!(matches!(a.read(0, &mut buf), Err(OfflineError::Unavailable(_))));
+    assert!(matches!(a.read(0, &mut buf[..100]), Err(OfflineError::BufferSize(100))));
     devs[0].fill(0);
     devs[1].fill(0);
     assert!(matches!(
         OfflineArray::assemble(devs),
-        Err(OfflineError::Assemble(
-            AssembleError::NotEnoughMembers { .. }
-        ))
+        Err(OfflineError::Assemble(AssembleError::NotEnoughMembers { .. }))
     ));
 }
 
@@ -208,13 +167,7 @@ fn examine_reports_bitmap_and_bad_superblocks() {
     devs[1][8 * SECTOR + 100] ^= 1;
     assert!(matches!(
         examine(1, &devs[1]),
-        Err(OfflineError::Superblock {
-            member: 1,
-            source: SuperblockError::BadChecksum { .. }
-        })
+        Err(OfflineError::Superblock { member: 1, source: SuperblockError::BadChecksum { .. } })
     ));
-    assert!(matches!(
-        examine(2, &vec![0u8; 8192]),
-        Err(OfflineError::NoSuperblock(2))
-    ));
+    assert!(matches!(examine(2, &vec![0u8; 8192]), Err(OfflineError::NoSuperblock(2))));
 }

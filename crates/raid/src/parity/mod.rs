@@ -41,12 +41,7 @@ pub enum Backend {
 
 impl Backend {
     /// Every backend, slowest first.
-    pub const ALL: [Backend; 4] = [
-        Backend::Portable,
-        Backend::Sse2,
-        Backend::Ssse3,
-        Backend::Avx2,
-    ];
+    pub const ALL: [Backend; 4] = [Backend::Portable, Backend::Sse2, Backend::Ssse3, Backend::Avx2];
 
     /// Whether this CPU can run the backend.
     pub fn is_supported(self) -> bool {
@@ -56,8 +51,7 @@ impl Backend {
             Backend::Sse2 => std::arch::is_x86_feature_detected!("sse2"),
             #[cfg(target_arch = "x86_64")]
             Backend::Ssse3 => {
-                std::arch::is_x86_feature_detected!("sse2")
-                    && std::arch::is_x86_feature_detected!("ssse3")
+                std::arch::is_x86_feature_detected!("sse2") && std::arch::is_x86_feature_detected!("ssse3")
             }
             #[cfg(target_arch = "x86_64")]
             Backend::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
@@ -139,11 +133,7 @@ fn check_len(index: usize, expected: usize, got: usize) -> Result<(), ParityErro
     if got == expected {
         Ok(())
     } else {
-        Err(ParityError::LengthMismatch {
-            index,
-            expected,
-            got,
-        })
+        Err(ParityError::LengthMismatch { index, expected, got })
     }
 }
 
@@ -173,9 +163,7 @@ const NONE: usize = usize::MAX;
 impl Parity {
     /// Engine on the fastest backend.
     pub fn new() -> Parity {
-        Parity {
-            backend: Backend::best(),
-        }
+        Parity { backend: Backend::best() }
     }
 
     /// Engine on a given backend.
@@ -303,13 +291,7 @@ impl Parity {
 
     /// Read-modify-write update: data slot `slot` changed by `delta`
     /// (old ^ new), so `p ^= delta` and `q ^= g^slot * delta`.
-    pub fn update_pq(
-        &self,
-        slot: usize,
-        delta: &[u8],
-        p: &mut [u8],
-        q: &mut [u8],
-    ) -> Result<(), ParityError> {
+    pub fn update_pq(&self, slot: usize, delta: &[u8], p: &mut [u8], q: &mut [u8]) -> Result<(), ParityError> {
         check_slot(slot, MAX_SYNDROME_DATA)?;
         check_len(1, delta.len(), p.len())?;
         check_len(2, delta.len(), q.len())?;
@@ -320,13 +302,7 @@ impl Parity {
 
     /// Rebuilds lost data slot `x` from P: `dx = p ^ XOR(data except x)`.
     /// `data[x]` is ignored (it may be empty).
-    pub fn recover_data_from_p(
-        &self,
-        data: &[&[u8]],
-        x: usize,
-        p: &[u8],
-        dx: &mut [u8],
-    ) -> Result<(), ParityError> {
+    pub fn recover_data_from_p(&self, data: &[&[u8]], x: usize, p: &[u8], dx: &mut [u8]) -> Result<(), ParityError> {
         check_slot(x, data.len())?;
         check_len(data.len(), dx.len(), p.len())?;
         check_data(data, [x, NONE], dx.len())?;
@@ -378,11 +354,7 @@ impl Parity {
         check_len(data.len() + 1, n, p.len())?;
         check_len(data.len() + 2, n, q.len())?;
         check_data(data, [x, y], n)?;
-        let (lo, hi, dlo, dhi) = if x < y {
-            (x, y, dx, dy)
-        } else {
-            (y, x, dy, dx)
-        };
+        let (lo, hi, dlo, dhi) = if x < y { (x, y, dx, dy) } else { (y, x, dy, dx) };
         // dlo = partial P, dhi = partial Q.
         self.k_gen_pq(data, [lo, hi], dlo, dhi);
         let (a, b) = gf::two_data_coefficients(lo, hi);

@@ -22,9 +22,7 @@ fn mul2_byte(x: u8) -> u8 {
 
 #[inline(always)]
 fn word(s: &[u8], off: usize) -> u64 {
-    s.get(off..off + 8)
-        .and_then(|b| <[u8; 8]>::try_from(b).ok())
-        .map_or(0, u64::from_ne_bytes)
+    s.get(off..off + 8).and_then(|b| <[u8; 8]>::try_from(b).ok()).map_or(0, u64::from_ne_bytes)
 }
 
 #[inline(always)]
@@ -151,15 +149,7 @@ pub(super) fn mul_acc(dst: &mut [u8], src: &[u8], c: u8, start: usize) {
 /// Two-data recovery, second step: on entry `dx` holds the partial P and
 /// `dy` the partial Q (both computed with the lost slots as zero); on exit
 /// they hold the lost data.
-pub(super) fn combine2(
-    p: &[u8],
-    q: &[u8],
-    dx: &mut [u8],
-    dy: &mut [u8],
-    a: u8,
-    b: u8,
-    start: usize,
-) {
+pub(super) fn combine2(p: &[u8], q: &[u8], dx: &mut [u8], dy: &mut [u8], a: u8, b: u8, start: usize) {
     let ra = &MUL[a as usize];
     let rb = &MUL[b as usize];
     let n = p.len().min(q.len()).min(dx.len()).min(dy.len());
@@ -184,8 +174,7 @@ pub(super) fn combine2(
 pub(super) fn combine_q(q: &[u8], dx: &mut [u8], p: &mut [u8], c: u8, start: usize) {
     let rc = &MUL[c as usize];
     let n = q.len().min(dx.len()).min(p.len());
-    let (Some(dx), Some(p), Some(q)) = (dx.get_mut(start..n), p.get_mut(start..n), q.get(start..n))
-    else {
+    let (Some(dx), Some(p), Some(q)) = (dx.get_mut(start..n), p.get_mut(start..n), q.get(start..n)) else {
         return;
     };
     for ((x, pv), &qv) in dx.iter_mut().zip(p.iter_mut()).zip(q) {

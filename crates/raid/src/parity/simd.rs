@@ -32,16 +32,8 @@ fn mul2_256(v: __m256i) -> __m256i {
 fn tables_256(c: u8) -> (__m256i, __m256i) {
     let (lo, hi) = nibble_tables(c);
     // SAFETY: `lo` and `hi` are 16-byte arrays; unaligned 16-byte loads.
-    let (lo, hi) = unsafe {
-        (
-            _mm_loadu_si128(lo.as_ptr().cast()),
-            _mm_loadu_si128(hi.as_ptr().cast()),
-        )
-    };
-    (
-        _mm256_broadcastsi128_si256(lo),
-        _mm256_broadcastsi128_si256(hi),
-    )
+    let (lo, hi) = unsafe { (_mm_loadu_si128(lo.as_ptr().cast()), _mm_loadu_si128(hi.as_ptr().cast())) };
+    (_mm256_broadcastsi128_si256(lo), _mm256_broadcastsi128_si256(hi))
 }
 
 #[inline]
@@ -134,10 +126,7 @@ pub(super) unsafe fn gen_pq_avx2(data: &[&[u8]], skip: [usize; 2], p: &mut [u8],
             }
             // SAFETY: off + 64 <= n <= d.len().
             let (d0, d1) = unsafe {
-                (
-                    _mm256_loadu_si256(d.as_ptr().add(off).cast()),
-                    _mm256_loadu_si256(d.as_ptr().add(off + 32).cast()),
-                )
+                (_mm256_loadu_si256(d.as_ptr().add(off).cast()), _mm256_loadu_si256(d.as_ptr().add(off + 32).cast()))
             };
             p0 = _mm256_xor_si256(p0, d0);
             p1 = _mm256_xor_si256(p1, d1);
@@ -253,12 +242,7 @@ fn mul2_128(v: __m128i) -> __m128i {
 fn tables_128(c: u8) -> (__m128i, __m128i) {
     let (lo, hi) = nibble_tables(c);
     // SAFETY: `lo` and `hi` are 16-byte arrays; unaligned 16-byte loads.
-    unsafe {
-        (
-            _mm_loadu_si128(lo.as_ptr().cast()),
-            _mm_loadu_si128(hi.as_ptr().cast()),
-        )
-    }
+    unsafe { (_mm_loadu_si128(lo.as_ptr().cast()), _mm_loadu_si128(hi.as_ptr().cast())) }
 }
 
 #[inline]
@@ -351,10 +335,7 @@ pub(super) unsafe fn gen_pq_sse2(data: &[&[u8]], skip: [usize; 2], p: &mut [u8],
             }
             // SAFETY: off + 32 <= n <= d.len().
             let (d0, d1) = unsafe {
-                (
-                    _mm_loadu_si128(d.as_ptr().add(off).cast()),
-                    _mm_loadu_si128(d.as_ptr().add(off + 16).cast()),
-                )
+                (_mm_loadu_si128(d.as_ptr().add(off).cast()), _mm_loadu_si128(d.as_ptr().add(off + 16).cast()))
             };
             p0 = _mm_xor_si128(p0, d0);
             p1 = _mm_xor_si128(p1, d1);
@@ -401,14 +382,7 @@ pub(super) unsafe fn mul_acc_ssse3(dst: &mut [u8], src: &[u8], c: u8) {
 /// # Safety
 /// The CPU must support SSSE3.
 #[target_feature(enable = "ssse3")]
-pub(super) unsafe fn combine2_ssse3(
-    p: &[u8],
-    q: &[u8],
-    dx: &mut [u8],
-    dy: &mut [u8],
-    a: u8,
-    b: u8,
-) {
+pub(super) unsafe fn combine2_ssse3(p: &[u8], q: &[u8], dx: &mut [u8], dy: &mut [u8], a: u8, b: u8) {
     let (ta, tb) = (tables_128(a), tables_128(b));
     let n = p.len().min(q.len()).min(dx.len()).min(dy.len());
     let end = n - n % 16;
@@ -417,14 +391,8 @@ pub(super) unsafe fn combine2_ssse3(
     while off < end {
         // SAFETY: off + 16 <= n <= len of p, q, dx and dy.
         unsafe {
-            let px = _mm_xor_si128(
-                _mm_loadu_si128(p.as_ptr().add(off).cast()),
-                _mm_loadu_si128(xp.add(off).cast()),
-            );
-            let qx = _mm_xor_si128(
-                _mm_loadu_si128(q.as_ptr().add(off).cast()),
-                _mm_loadu_si128(yp.add(off).cast()),
-            );
+            let px = _mm_xor_si128(_mm_loadu_si128(p.as_ptr().add(off).cast()), _mm_loadu_si128(xp.add(off).cast()));
+            let qx = _mm_xor_si128(_mm_loadu_si128(q.as_ptr().add(off).cast()), _mm_loadu_si128(yp.add(off).cast()));
             let d = _mm_xor_si128(mulc_128(px, ta), mulc_128(qx, tb));
             _mm_storeu_si128(xp.add(off).cast(), d);
             _mm_storeu_si128(yp.add(off).cast(), _mm_xor_si128(px, d));
@@ -448,10 +416,7 @@ pub(super) unsafe fn combine_q_ssse3(q: &[u8], dx: &mut [u8], p: &mut [u8], c: u
     while off < end {
         // SAFETY: off + 16 <= n <= len of q, dx and p.
         unsafe {
-            let v = _mm_xor_si128(
-                _mm_loadu_si128(q.as_ptr().add(off).cast()),
-                _mm_loadu_si128(xp.add(off).cast()),
-            );
+            let v = _mm_xor_si128(_mm_loadu_si128(q.as_ptr().add(off).cast()), _mm_loadu_si128(xp.add(off).cast()));
             let d = mulc_128(v, t);
             _mm_storeu_si128(xp.add(off).cast(), d);
             let pv = _mm_loadu_si128(pp.add(off).cast());

@@ -37,9 +37,7 @@ fn refs(v: &[Vec<u8>]) -> Vec<&[u8]> {
 }
 
 fn engines() -> Vec<Parity> {
-    Backend::supported()
-        .map(|b| Parity::with_backend(b).unwrap())
-        .collect()
+    Backend::supported().map(|b| Parity::with_backend(b).unwrap()).collect()
 }
 
 #[test]
@@ -57,39 +55,20 @@ fn argument_errors() {
     let b = [0u8; 65];
     let mut d = [0u8; 64];
     let mut d2 = [0u8; 64];
-    assert!(matches!(
-        e.xor_into(&mut d, &b),
-        Err(ParityError::LengthMismatch { .. })
-    ));
+    assert!(matches!(e.xor_into(&mut d, &b), Err(ParityError::LengthMismatch { .. })));
     assert_eq!(e.xor(&mut d, &[]), Err(ParityError::NoSources));
-    assert!(matches!(
-        e.xor(&mut d, &[&a, &b]),
-        Err(ParityError::LengthMismatch { index: 1, .. })
-    ));
-    assert!(matches!(
-        e.gen_pq(&[&a, &b], &mut d, &mut d2),
-        Err(ParityError::LengthMismatch { .. })
-    ));
+    assert!(matches!(e.xor(&mut d, &[&a, &b]), Err(ParityError::LengthMismatch { index: 1, .. })));
+    assert!(matches!(e.gen_pq(&[&a, &b], &mut d, &mut d2), Err(ParityError::LengthMismatch { .. })));
     let many: Vec<&[u8]> = vec![&a; 256];
-    assert_eq!(
-        e.gen_pq(&many, &mut d, &mut d2),
-        Err(ParityError::TooManySlots(256))
-    );
-    assert_eq!(
-        e.recover_data_from_p(&[&a, &a], 2, &a, &mut d),
-        Err(ParityError::BadSlot { slot: 2, slots: 2 })
-    );
-    assert_eq!(
-        e.recover_two_data(&[&a, &a], 1, 1, &a, &a, &mut d, &mut d2),
-        Err(ParityError::SameSlot)
-    );
+    assert_eq!(e.gen_pq(&many, &mut d, &mut d2), Err(ParityError::TooManySlots(256)));
+    assert_eq!(e.recover_data_from_p(&[&a, &a], 2, &a, &mut d), Err(ParityError::BadSlot { slot: 2, slots: 2 }));
+    assert_eq!(e.recover_two_data(&[&a, &a], 1, 1, &a, &a, &mut d, &mut d2), Err(ParityError::SameSlot));
     // Lost slots may be empty placeholders.
     let (x, y, z) = ([0x5au8; 64], [0x13u8; 64], [0xc4u8; 64]);
     let mut p = [0u8; 64];
     let mut q = [0u8; 64];
     e.gen_pq(&[&x, &y, &z], &mut p, &mut q).unwrap();
-    e.recover_two_data(&[&[], &y, &[]], 2, 0, &p, &q, &mut d, &mut d2)
-        .unwrap();
+    e.recover_two_data(&[&[], &y, &[]], 2, 0, &p, &q, &mut d, &mut d2).unwrap();
     assert_eq!(d, z);
     assert_eq!(d2, x);
 }

@@ -163,11 +163,8 @@ impl BitmapSuper {
 
     /// Decodes and checks a header (magic, version, chunk size).
     pub fn parse(bytes: &[u8]) -> Result<BitmapSuper, BitmapError> {
-        let (raw, _) =
-            RawBitmapSuper::read_from_prefix(bytes).map_err(|_| BitmapError::TooShort {
-                needed: BITMAP_SB_BYTES,
-                got: bytes.len(),
-            })?;
+        let (raw, _) = RawBitmapSuper::read_from_prefix(bytes)
+            .map_err(|_| BitmapError::TooShort { needed: BITMAP_SB_BYTES, got: bytes.len() })?;
         if raw.magic.get() != BITMAP_MAGIC {
             return Err(BitmapError::BadMagic(raw.magic.get()));
         }
@@ -227,12 +224,7 @@ impl BitmapSuper {
     /// Writes the header into the first 256 bytes of `buf`.
     pub fn encode_into(&self, buf: &mut [u8]) -> Result<(), BitmapError> {
         let got = buf.len();
-        let out = buf
-            .get_mut(..BITMAP_SB_BYTES)
-            .ok_or(BitmapError::TooShort {
-                needed: BITMAP_SB_BYTES,
-                got,
-            })?;
+        let out = buf.get_mut(..BITMAP_SB_BYTES).ok_or(BitmapError::TooShort { needed: BITMAP_SB_BYTES, got })?;
         out.copy_from_slice(self.to_raw().as_bytes());
         Ok(())
     }
@@ -256,10 +248,7 @@ impl BitmapLayout {
     /// Layout for a sync range of `sync_sectors` with `chunk_bytes` per bit
     /// (rounded up to at least one sector).
     pub fn new(sync_sectors: u64, chunk_bytes: u32) -> BitmapLayout {
-        BitmapLayout {
-            sync_sectors,
-            chunk_sectors: (u64::from(chunk_bytes) / 512).max(1),
-        }
+        BitmapLayout { sync_sectors, chunk_sectors: (u64::from(chunk_bytes) / 512).max(1) }
     }
 
     /// Number of bits.
@@ -295,31 +284,18 @@ impl BitmapLayout {
 
     /// Sync-range sectors covered by `bit`.
     pub fn sectors_of(&self, bit: u64) -> core::ops::Range<u64> {
-        let start = bit
-            .saturating_mul(self.chunk_sectors)
-            .min(self.sync_sectors);
-        let end = start
-            .saturating_add(self.chunk_sectors)
-            .min(self.sync_sectors);
+        let start = bit.saturating_mul(self.chunk_sectors).min(self.sync_sectors);
+        let end = start.saturating_add(self.chunk_sectors).min(self.sync_sectors);
         start..end
     }
 
     fn locate(&self, bits: &[u8], bit: u64) -> Result<(usize, u8), BitmapError> {
         if bit >= self.bits() {
-            return Err(BitmapError::BitOutOfRange {
-                bit,
-                bits: self.bits(),
-            });
+            return Err(BitmapError::BitOutOfRange { bit, bits: self.bits() });
         }
-        let byte = usize::try_from(bit / 8).map_err(|_| BitmapError::BitOutOfRange {
-            bit,
-            bits: self.bits(),
-        })?;
+        let byte = usize::try_from(bit / 8).map_err(|_| BitmapError::BitOutOfRange { bit, bits: self.bits() })?;
         if byte >= bits.len() {
-            return Err(BitmapError::TooShort {
-                needed: byte + 1,
-                got: bits.len(),
-            });
+            return Err(BitmapError::TooShort { needed: byte + 1, got: bits.len() });
         }
         Ok((byte, 1u8 << (bit % 8)))
     }
@@ -368,10 +344,7 @@ mod tests {
         assert_eq!(&buf[0..4], b"bitm");
         let back = BitmapSuper::parse_for(&buf, &[7; 16]).unwrap();
         assert_eq!(back, sb);
-        assert_eq!(
-            BitmapSuper::parse_for(&buf, &[8; 16]),
-            Err(BitmapError::UuidMismatch)
-        );
+        assert_eq!(BitmapSuper::parse_for(&buf, &[8; 16]), Err(BitmapError::UuidMismatch));
     }
 
     #[test]
@@ -379,28 +352,16 @@ mod tests {
         let sb = BitmapSuper::new([1; 16], 100, 4096, 0);
         let mut buf = [0u8; 256];
         sb.encode_into(&mut buf).unwrap();
-        assert!(matches!(
-            BitmapSuper::parse(&buf[..100]),
-            Err(BitmapError::TooShort { .. })
-        ));
+        assert!(matches!(BitmapSuper::parse(&buf[..100]), Err(BitmapError::TooShort { .. })));
         let mut bad = buf;
         bad[0] ^= 1;
-        assert!(matches!(
-            BitmapSuper::parse(&bad),
-            Err(BitmapError::BadMagic(_))
-        ));
+        assert!(matches!(BitmapSuper::parse(&bad), Err(BitmapError::BadMagic(_))));
         let mut bad = buf;
         bad[4] = 9;
-        assert_eq!(
-            BitmapSuper::parse(&bad),
-            Err(BitmapError::UnsupportedVersion(9))
-        );
+        assert_eq!(BitmapSuper::parse(&bad), Err(BitmapError::UnsupportedVersion(9)));
         let mut bad = buf;
         bad[52..56].copy_from_slice(&3000u32.to_le_bytes());
-        assert_eq!(
-            BitmapSuper::parse(&bad),
-            Err(BitmapError::BadChunkSize(3000))
-        );
+        assert_eq!(BitmapSuper::parse(&bad), Err(BitmapError::BadChunkSize(3000)));
     }
 
     #[test]
@@ -424,10 +385,7 @@ mod tests {
         assert_eq!(l.set_bits(&bits).collect::<Vec<_>>(), vec![3, 7]);
         l.set(&mut bits, 3, false).unwrap();
         assert_eq!(bits[0], 0b1000_0000);
-        assert!(matches!(
-            l.test(&bits, 8),
-            Err(BitmapError::BitOutOfRange { .. })
-        ));
+        assert!(matches!(l.test(&bits, 8), Err(BitmapError::BitOutOfRange { .. })));
         assert!(matches!(l.test(&[], 1), Err(BitmapError::TooShort { .. })));
     }
 }

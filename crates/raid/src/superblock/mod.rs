@@ -233,9 +233,7 @@ impl MdTime {
     /// field as seconds when it reports the array's times (mdadm then
     /// sees a ctime mismatch), so the microsecond part stays zero.
     pub fn now() -> MdTime {
-        let d = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
+        let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         MdTime::new(d.as_secs(), 0)
     }
 
@@ -476,10 +474,7 @@ pub fn checksum(bytes: &[u8]) -> Result<u32, SuperblockError> {
         return Err(SuperblockError::MaxDevOutOfRange(max_dev));
     }
     let len = SB_FIXED_BYTES + 2 * max_dev as usize;
-    let region = bytes.get(..len).ok_or(SuperblockError::TooShort {
-        needed: len,
-        got: bytes.len(),
-    })?;
+    let region = bytes.get(..len).ok_or(SuperblockError::TooShort { needed: len, got: bytes.len() })?;
     Ok(checksum_region(region))
 }
 
@@ -503,10 +498,7 @@ fn checksum_region(region: &[u8]) -> u32 {
 fn raw_prefix(bytes: &[u8]) -> Result<RawSuperblock1, SuperblockError> {
     RawSuperblock1::read_from_prefix(bytes)
         .map(|(raw, _)| raw)
-        .map_err(|_| SuperblockError::TooShort {
-            needed: SB_FIXED_BYTES,
-            got: bytes.len(),
-        })
+        .map_err(|_| SuperblockError::TooShort { needed: SB_FIXED_BYTES, got: bytes.len() })
 }
 
 impl Superblock {
@@ -528,40 +520,26 @@ impl Superblock {
         }
         let computed = checksum(bytes)?;
         if computed != raw.sb_csum.get() {
-            return Err(SuperblockError::BadChecksum {
-                stored: raw.sb_csum.get(),
-                computed,
-            });
+            return Err(SuperblockError::BadChecksum { stored: raw.sb_csum.get(), computed });
         }
         let features = raw.feature_map.get();
         if features & !FeatureMap::ALL != 0 {
-            return Err(SuperblockError::UnknownFeatures(
-                features & !FeatureMap::ALL,
-            ));
+            return Err(SuperblockError::UnknownFeatures(features & !FeatureMap::ALL));
         }
         if raw.pad0.get() != 0 || raw.pad3.iter().any(|&b| b != 0) {
             return Err(SuperblockError::NonZeroPadding);
         }
-        let level = Level::from_md(raw.level.get())
-            .ok_or(SuperblockError::UnknownLevel(raw.level.get()))?;
+        let level = Level::from_md(raw.level.get()).ok_or(SuperblockError::UnknownLevel(raw.level.get()))?;
         if raw.dev_number.get() >= max_dev {
-            return Err(SuperblockError::DevNumberOutOfRange {
-                dev_number: raw.dev_number.get(),
-                max_dev,
-            });
+            return Err(SuperblockError::DevNumberOutOfRange { dev_number: raw.dev_number.get(), max_dev });
         }
         let roles_bytes = bytes
             .get(SB_FIXED_BYTES..SB_FIXED_BYTES + 2 * max_dev as usize)
-            .ok_or(SuperblockError::TooShort {
-                needed: SB_FIXED_BYTES + 2 * max_dev as usize,
-                got: bytes.len(),
-            })?;
+            .ok_or(SuperblockError::TooShort { needed: SB_FIXED_BYTES + 2 * max_dev as usize, got: bytes.len() })?;
         let mut dev_roles = Vec::with_capacity(max_dev as usize);
         for (index, pair) in roles_bytes.chunks_exact(2).enumerate() {
             let value = u16::from_le_bytes([pair[0], pair[1]]);
-            dev_roles.push(
-                DevRole::from_raw(value).ok_or(SuperblockError::InvalidRole { index, value })?,
-            );
+            dev_roles.push(DevRole::from_raw(value).ok_or(SuperblockError::InvalidRole { index, value })?);
         }
         Ok(Superblock {
             feature_map: FeatureMap(features),
@@ -604,11 +582,7 @@ impl Superblock {
     /// superblock was read at sector `read_at`, and every region it
     /// describes lies within a member of `device_sectors` sectors without
     /// overlapping the data area.
-    pub fn parse_on_member(
-        bytes: &[u8],
-        read_at: u64,
-        device_sectors: u64,
-    ) -> Result<Superblock, SuperblockError> {
+    pub fn parse_on_member(bytes: &[u8], read_at: u64, device_sectors: u64) -> Result<Superblock, SuperblockError> {
         let sb = Superblock::parse(bytes)?;
         sb.validate_on_member(read_at, device_sectors)?;
         Ok(sb)
@@ -616,84 +590,42 @@ impl Superblock {
 
     /// Checks the regions this superblock describes against a member of
     /// `device_sectors` sectors where it was found at sector `read_at`.
-    pub fn validate_on_member(
-        &self,
-        read_at: u64,
-        device_sectors: u64,
-    ) -> Result<(), SuperblockError> {
+    pub fn validate_on_member(&self, read_at: u64, device_sectors: u64) -> Result<(), SuperblockError> {
         if self.super_offset != read_at {
-            return Err(SuperblockError::SuperOffsetMismatch {
-                recorded: self.super_offset,
-                actual: read_at,
-            });
+            return Err(SuperblockError::SuperOffsetMismatch { recorded: self.super_offset, actual: read_at });
         }
         let sb_sectors = self.encoded_sectors();
         let sb_end = end_of("superblock", self.super_offset, sb_sectors, device_sectors)?;
-        let data_end = end_of(
-            "data area",
-            self.data_offset,
-            self.data_size,
-            device_sectors,
-        )?;
+        let data_end = end_of("data area", self.data_offset, self.data_size, device_sectors)?;
         let overlaps = |start: u64, end: u64, s2: u64, e2: u64| start < e2 && s2 < end;
         if self.data_size > 0 && overlaps(self.super_offset, sb_end, self.data_offset, data_end) {
-            return Err(SuperblockError::Overlap {
-                region: "superblock",
-                other: "data area",
-            });
+            return Err(SuperblockError::Overlap { region: "superblock", other: "data area" });
         }
         if self.level.uses_size_field() && self.size > self.data_size {
-            return Err(SuperblockError::SizeExceedsData {
-                size: self.size,
-                data_size: self.data_size,
-            });
+            return Err(SuperblockError::SizeExceedsData { size: self.size, data_size: self.data_size });
         }
-        if self.feature_map.contains(FeatureMap::BITMAP_OFFSET)
-            && !self.feature_map.contains(FeatureMap::PPL)
-        {
+        if self.feature_map.contains(FeatureMap::BITMAP_OFFSET) && !self.feature_map.contains(FeatureMap::PPL) {
             let start = self
                 .super_offset
                 .checked_add_signed(i64::from(self.bitmap_offset))
-                .ok_or(SuperblockError::PastDevice {
-                    region: "bitmap",
-                    end: 0,
-                    device_sectors,
-                })?;
+                .ok_or(SuperblockError::PastDevice { region: "bitmap", end: 0, device_sectors })?;
             // At least the bitmap superblock must fit.
             let end = end_of("bitmap", start, 1, device_sectors)?;
             if overlaps(start, end, self.data_offset, data_end) {
-                return Err(SuperblockError::Overlap {
-                    region: "bitmap",
-                    other: "data area",
-                });
+                return Err(SuperblockError::Overlap { region: "bitmap", other: "data area" });
             }
             if overlaps(start, end, self.super_offset, sb_end) {
-                return Err(SuperblockError::Overlap {
-                    region: "bitmap",
-                    other: "superblock",
-                });
+                return Err(SuperblockError::Overlap { region: "bitmap", other: "superblock" });
             }
         }
         if self.bblog_size > 0 {
             let start = self
                 .super_offset
                 .checked_add_signed(i64::from(self.bblog_offset))
-                .ok_or(SuperblockError::PastDevice {
-                    region: "bad-block log",
-                    end: 0,
-                    device_sectors,
-                })?;
-            let end = end_of(
-                "bad-block log",
-                start,
-                u64::from(self.bblog_size),
-                device_sectors,
-            )?;
+                .ok_or(SuperblockError::PastDevice { region: "bad-block log", end: 0, device_sectors })?;
+            let end = end_of("bad-block log", start, u64::from(self.bblog_size), device_sectors)?;
             if overlaps(start, end, self.data_offset, data_end) {
-                return Err(SuperblockError::Overlap {
-                    region: "bad-block log",
-                    other: "data area",
-                });
+                return Err(SuperblockError::Overlap { region: "bad-block log", other: "data area" });
             }
         }
         Ok(())
@@ -802,9 +734,7 @@ impl Superblock {
         }
         let len = self.encoded_len();
         let got = buf.len();
-        let out = buf
-            .get_mut(..len)
-            .ok_or(SuperblockError::TooShort { needed: len, got })?;
+        let out = buf.get_mut(..len).ok_or(SuperblockError::TooShort { needed: len, got })?;
         let (fixed, roles) = out.split_at_mut(SB_FIXED_BYTES);
         fixed.copy_from_slice(self.to_raw().as_bytes());
         for (dst, r) in roles.chunks_exact_mut(2).zip(&self.dev_roles) {
@@ -844,19 +774,10 @@ pub fn format_uuid(u: &[u8; 16]) -> String {
     s
 }
 
-fn end_of(
-    region: &'static str,
-    start: u64,
-    len: u64,
-    device_sectors: u64,
-) -> Result<u64, SuperblockError> {
+fn end_of(region: &'static str, start: u64, len: u64, device_sectors: u64) -> Result<u64, SuperblockError> {
     match start.checked_add(len) {
         Some(end) if end <= device_sectors => Ok(end),
-        end => Err(SuperblockError::PastDevice {
-            region,
-            end: end.unwrap_or(u64::MAX),
-            device_sectors,
-        }),
+        end => Err(SuperblockError::PastDevice { region, end: end.unwrap_or(u64::MAX), device_sectors }),
     }
 }
 

@@ -26,15 +26,7 @@ fn parses_mdadm_superblock() {
     assert_eq!(sb.bblog_size, 8);
     assert_eq!(sb.bblog_offset, 16);
     assert_eq!(sb.role(), Some(DevRole::Active(0)));
-    assert_eq!(
-        &sb.dev_roles[..4],
-        &[
-            DevRole::Active(0),
-            DevRole::Active(1),
-            DevRole::Active(2),
-            DevRole::Spare
-        ]
-    );
+    assert_eq!(&sb.dev_roles[..4], &[DevRole::Active(0), DevRole::Active(1), DevRole::Active(2), DevRole::Spare]);
     let sb2 = Superblock::parse_on_member(MDADM_DEV2, 8, DEV_SECTORS).unwrap();
     assert_eq!(sb2.dev_number, 2);
     assert_eq!(sb2.role(), Some(DevRole::Active(2)));
@@ -56,41 +48,23 @@ fn reencodes_mdadm_superblock_bit_for_bit() {
 fn rejects_bad_magic_version_and_checksum() {
     let mut b = MDADM_DEV0.to_vec();
     b[0] = 0;
-    assert!(matches!(
-        Superblock::parse(&b),
-        Err(SuperblockError::BadMagic(_))
-    ));
+    assert!(matches!(Superblock::parse(&b), Err(SuperblockError::BadMagic(_))));
 
     let mut b = MDADM_DEV0.to_vec();
     b[4] = 2;
-    assert_eq!(
-        Superblock::parse(&b),
-        Err(SuperblockError::BadMajorVersion(2))
-    );
+    assert_eq!(Superblock::parse(&b), Err(SuperblockError::BadMajorVersion(2)));
 
     let mut b = MDADM_DEV0.to_vec();
     b[200] ^= 0x10; // events
-    assert!(matches!(
-        Superblock::parse(&b),
-        Err(SuperblockError::BadChecksum { .. })
-    ));
+    assert!(matches!(Superblock::parse(&b), Err(SuperblockError::BadChecksum { .. })));
 
     // A role byte is covered by the checksum too.
     let mut b = MDADM_DEV0.to_vec();
     b[256 + 2 * 100] = 0x12;
-    assert!(matches!(
-        Superblock::parse(&b),
-        Err(SuperblockError::BadChecksum { .. })
-    ));
+    assert!(matches!(Superblock::parse(&b), Err(SuperblockError::BadChecksum { .. })));
 
-    assert!(matches!(
-        Superblock::parse(&MDADM_DEV0[..200]),
-        Err(SuperblockError::TooShort { .. })
-    ));
-    assert!(matches!(
-        Superblock::parse(&MDADM_DEV0[..300]),
-        Err(SuperblockError::TooShort { .. })
-    ));
+    assert!(matches!(Superblock::parse(&MDADM_DEV0[..200]), Err(SuperblockError::TooShort { .. })));
+    assert!(matches!(Superblock::parse(&MDADM_DEV0[..300]), Err(SuperblockError::TooShort { .. })));
 }
 
 fn reseal(sb: &Superblock) -> Vec<u8> {
@@ -101,10 +75,7 @@ fn reseal(sb: &Superblock) -> Vec<u8> {
 fn rejects_max_dev_out_of_range() {
     let mut b = MDADM_DEV0.to_vec();
     b[220..224].copy_from_slice(&5000u32.to_le_bytes());
-    assert_eq!(
-        Superblock::parse(&b),
-        Err(SuperblockError::MaxDevOutOfRange(5000))
-    );
+    assert_eq!(Superblock::parse(&b), Err(SuperblockError::MaxDevOutOfRange(5000)));
 }
 
 #[test]
@@ -113,10 +84,7 @@ fn rejects_unknown_features_padding_level_roles() {
 
     let mut sb = base.clone();
     sb.feature_map = FeatureMap(1 << 20);
-    assert_eq!(
-        Superblock::parse(&reseal(&sb)),
-        Err(SuperblockError::UnknownFeatures(1 << 20))
-    );
+    assert_eq!(Superblock::parse(&reseal(&sb)), Err(SuperblockError::UnknownFeatures(1 << 20)));
 
     // Padding and level are not representable in `Superblock`; patch the
     // bytes and fix the checksum by hand.
@@ -127,31 +95,16 @@ fn rejects_unknown_features_padding_level_roles() {
         b[CSUM_OFFSET..CSUM_OFFSET + 4].copy_from_slice(&c.to_le_bytes());
         b
     };
-    assert_eq!(
-        Superblock::parse(&patch(12, &[1])),
-        Err(SuperblockError::NonZeroPadding)
-    );
-    assert_eq!(
-        Superblock::parse(&patch(240, &[1])),
-        Err(SuperblockError::NonZeroPadding)
-    );
-    assert_eq!(
-        Superblock::parse(&patch(72, &7i32.to_le_bytes())),
-        Err(SuperblockError::UnknownLevel(7))
-    );
+    assert_eq!(Superblock::parse(&patch(12, &[1])), Err(SuperblockError::NonZeroPadding));
+    assert_eq!(Superblock::parse(&patch(240, &[1])), Err(SuperblockError::NonZeroPadding));
+    assert_eq!(Superblock::parse(&patch(72, &7i32.to_le_bytes())), Err(SuperblockError::UnknownLevel(7)));
     assert_eq!(
         Superblock::parse(&patch(256 + 6, &0xff10u16.to_le_bytes())),
-        Err(SuperblockError::InvalidRole {
-            index: 3,
-            value: 0xff10
-        })
+        Err(SuperblockError::InvalidRole { index: 3, value: 0xff10 })
     );
     assert_eq!(
         Superblock::parse(&patch(160, &200u32.to_le_bytes())),
-        Err(SuperblockError::DevNumberOutOfRange {
-            dev_number: 200,
-            max_dev: 128
-        })
+        Err(SuperblockError::DevNumberOutOfRange { dev_number: 200, max_dev: 128 })
     );
 }
 
@@ -160,48 +113,26 @@ fn member_checks() {
     let sb = Superblock::parse(MDADM_DEV0).unwrap();
     assert_eq!(
         sb.validate_on_member(0, DEV_SECTORS),
-        Err(SuperblockError::SuperOffsetMismatch {
-            recorded: 8,
-            actual: 0
-        })
+        Err(SuperblockError::SuperOffsetMismatch { recorded: 8, actual: 0 })
     );
     assert_eq!(
         sb.validate_on_member(8, DEV_SECTORS - 1),
-        Err(SuperblockError::PastDevice {
-            region: "data area",
-            end: DEV_SECTORS,
-            device_sectors: DEV_SECTORS - 1
-        })
+        Err(SuperblockError::PastDevice { region: "data area", end: DEV_SECTORS, device_sectors: DEV_SECTORS - 1 })
     );
     let mut s = sb.clone();
     s.data_offset = 8;
-    assert!(matches!(
-        s.validate_on_member(8, DEV_SECTORS * 2),
-        Err(SuperblockError::Overlap { .. })
-    ));
+    assert!(matches!(s.validate_on_member(8, DEV_SECTORS * 2), Err(SuperblockError::Overlap { .. })));
     let mut s = sb.clone();
     s.size = s.data_size + 1;
-    assert!(matches!(
-        s.validate_on_member(8, DEV_SECTORS),
-        Err(SuperblockError::SizeExceedsData { .. })
-    ));
+    assert!(matches!(s.validate_on_member(8, DEV_SECTORS), Err(SuperblockError::SizeExceedsData { .. })));
     let mut s = sb.clone();
     s.feature_map.insert(FeatureMap::BITMAP_OFFSET);
     s.bitmap_offset = 8;
     assert_eq!(s.validate_on_member(8, DEV_SECTORS), Ok(()));
     s.bitmap_offset = 4096;
-    assert!(matches!(
-        s.validate_on_member(8, DEV_SECTORS),
-        Err(SuperblockError::Overlap {
-            region: "bitmap",
-            ..
-        })
-    ));
+    assert!(matches!(s.validate_on_member(8, DEV_SECTORS), Err(SuperblockError::Overlap { region: "bitmap", .. })));
     s.bitmap_offset = -100;
-    assert!(matches!(
-        s.validate_on_member(8, DEV_SECTORS),
-        Err(SuperblockError::PastDevice { .. })
-    ));
+    assert!(matches!(s.validate_on_member(8, DEV_SECTORS), Err(SuperblockError::PastDevice { .. })));
 }
 
 #[test]
@@ -214,10 +145,7 @@ fn versions_and_times() {
     let t = MdTime::new(1_700_000_000, 123_456);
     assert_eq!(t.seconds(), 1_700_000_000);
     assert_eq!(t.micros(), 123_456);
-    assert_eq!(
-        format_uuid(&[0xab; 16]),
-        "abababab:abababab:abababab:abababab"
-    );
+    assert_eq!(format_uuid(&[0xab; 16]), "abababab:abababab:abababab:abababab");
 }
 
 #[test]
@@ -228,10 +156,7 @@ fn odd_max_dev_checksum_includes_half_word() {
     assert_eq!(Superblock::parse(&b).unwrap(), sb);
     let mut bad = b.clone();
     bad[256 + 8] ^= 1; // last (fifth) role
-    assert!(matches!(
-        Superblock::parse(&bad),
-        Err(SuperblockError::BadChecksum { .. })
-    ));
+    assert!(matches!(Superblock::parse(&bad), Err(SuperblockError::BadChecksum { .. })));
     // Bytes after max_dev roles are not covered.
     let mut ok = b;
     ok[256 + 10] ^= 1;
