@@ -401,8 +401,11 @@ impl RaidChannel {
                 let row = c.data.sector - c.stripe * self.sh.geometry.chunk_sectors();
                 n = n.min(w - row % w);
             }
+            // Mirrored writes lock their region, so recovery and resync
+            // (which copy region by region under the same lock) never copy
+            // data a write is changing.
             let mirrored_write = io_type == IoType::Write && matches!(target, Target::Mirrored);
-            let lock = if mirrored_write && self.sh.recovering.load(std::sync::atomic::Ordering::Acquire) {
+            let lock = if mirrored_write {
                 let w = self.sh.window_sectors;
                 n = n.min(w - at % w);
                 Some(self.sh.region_key(at))

@@ -280,7 +280,6 @@ pub(crate) fn start_recovery_if_possible(sh: &Arc<Shared>) {
     if let Some(t) = (0..sh.slots.len()).find(|&i| sh.slot(i).is_some_and(|s| s.state() == SlotState::Recovering)) {
         let from = sh.slot(t).map_or(0, |s| s.recovered());
         sh.sync.begin(SyncKind::Recovery, t as u64, from, sh.geometry.member_used_sectors(t));
-        sh.recovering.store(true, Ordering::Release);
         super::emit(sh, &MdEvent::RecoveryStarted { slot: t });
         return;
     }
@@ -308,7 +307,6 @@ pub(crate) fn start_recovery_if_possible(sh: &Arc<Shared>) {
         slot.set_state(SlotState::Recovering);
         slot.replace_device(Some(dev.clone()));
     }
-    sh.recovering.store(true, Ordering::Release);
     sh.bump_generation();
     meta.write_superblocks(sh);
     drop(meta);
@@ -388,7 +386,6 @@ fn finish(sh: &Arc<Shared>, kind: SyncKind) {
                 slot.set_state(SlotState::InSync);
             }
             sh.sync.set_idle();
-            sh.recovering.store(sh.slots.iter().any(|s| s.state() == SlotState::Recovering), Ordering::Release);
             sh.bump_generation();
             lock(&sh.meta).write_superblocks(sh);
             super::emit(sh, &MdEvent::RecoveryFinished { slot: t });

@@ -16,6 +16,7 @@
 
 mod channel;
 mod control;
+mod examine;
 mod locks;
 mod meta;
 mod shared;
@@ -27,6 +28,8 @@ mod tests;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+
+pub use self::examine::MdExaminer;
 
 use bdev::{Bdev, BdevError, BdevInfo, IoChannel, IoType, IoTypeSet, Registry, Uuid};
 use thiserror::Error;
@@ -377,7 +380,6 @@ fn build(name: &str, geometry: Geometry, slots: Vec<Slot>, meta: Meta, block_siz
         failed: AtomicBool::new(false),
         parity: Parity::new(),
         window_sectors: window,
-        recovering: AtomicBool::new(false),
         meta: Mutex::new(meta),
         control: Mutex::new(None),
         sync: SyncState::new(),

@@ -209,8 +209,6 @@ pub(crate) struct Shared {
     /// Rows per stripe operation (sectors), a power of two dividing the
     /// chunk.
     pub window_sectors: u64,
-    /// Whether any slot is recovering (writes to mirrors then lock regions).
-    pub recovering: AtomicBool,
     pub meta: Mutex<Meta>,
     pub control: Mutex<Option<std::sync::mpsc::Sender<ControlMsg>>>,
     pub sync: SyncState,

@@ -440,3 +440,30 @@ proptest! {
         r.check_on_disk();
     }
 }
+
+#[test]
+fn examiner_assembles_when_all_members_appear() {
+    let mut r = rig(Level::Raid5, Some(2), 4, 16, 512);
+    r.batch(&[Op::Write { at: 0, blocks: 333, seed: 5 }]);
+    let Rig { reg, array, ch, model, .. } = r;
+    drop(ch);
+    array.stop().unwrap();
+    drop(array);
+    // Take the members away, then let them reappear one by one.
+    let bdevs: Vec<_> = (0..4).map(|i| reg.unregister(&format!("f{i}")).unwrap()).collect();
+    let ex = MdExaminer::new(&reg);
+    reg.add_examiner(ex.clone());
+    for (i, b) in bdevs.into_iter().enumerate() {
+        assert!(reg.lookup("md0").is_none(), "started after {i} members");
+        reg.register(b).unwrap();
+    }
+    assert!(reg.lookup("md0").is_some());
+    assert_eq!(ex.arrays().len(), 1);
+    let mut ch = reg.open("md0", false).unwrap().channel().unwrap();
+    let mut b = DmaBuf::zeroed(333 * 512).unwrap();
+    ch.submit(&IoRequest::read(0, 333, IoVecs::single(b.iovec()), 1)).unwrap();
+    assert_eq!(wait(&mut ch, &[1]), vec![IoStatus::Success]);
+    assert!(b.as_slice() == &model[..333 * 512]);
+    drop(ch);
+    ex.arrays()[0].stop().unwrap();
+}
