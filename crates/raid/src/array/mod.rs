@@ -20,6 +20,7 @@ mod examine;
 mod locks;
 mod meta;
 mod shared;
+mod shortcuts;
 mod slab;
 mod stripe;
 #[cfg(test)]
@@ -30,6 +31,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 pub use self::examine::MdExaminer;
+pub use self::shortcuts::{
+    md_create_linear, md_create_raid0, md_create_raid1, md_create_raid10, md_create_raid5, md_detail, md_manage,
+    md_monitor, md_run, md_stop,
+};
 
 use bdev::{Bdev, BdevError, BdevInfo, IoChannel, IoType, IoTypeSet, Registry, Uuid};
 use thiserror::Error;
@@ -312,6 +317,21 @@ pub struct MdDetail {
     pub disks: Vec<DiskDetail>,
 }
 
+/// How the stripe operations of a raid4/5/6 array were carried out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StripeStats {
+    /// Full-stripe writes (no reads).
+    pub full: u64,
+    /// Read-modify-write writes.
+    pub rmw: u64,
+    /// Reconstruct-writes.
+    pub rcw: u64,
+    /// Writes that rebuilt missing data first (degraded).
+    pub reconstruct: u64,
+    /// Reads rebuilt from parity.
+    pub degraded_reads: u64,
+}
+
 /// The RAID bdev.
 pub struct RaidBdev {
     info: BdevInfo,
@@ -384,6 +404,7 @@ fn build(name: &str, geometry: Geometry, slots: Vec<Slot>, meta: Meta, block_siz
         control: Mutex::new(None),
         sync: SyncState::new(),
         monitors: Mutex::new(Vec::new()),
+        stats: shared::OpStats::default(),
     });
     Ok(Built { shared, block_size, num_blocks })
 }
@@ -650,6 +671,18 @@ impl MdArray {
         match errors.into_iter().next() {
             Some((device, status)) => Err(MdError::SuperblockWrite { device, status }),
             None => Ok(()),
+        }
+    }
+
+    /// Stripe operation counters (raid4/5/6).
+    pub fn stripe_stats(&self) -> StripeStats {
+        let s = &self.sh.stats;
+        StripeStats {
+            full: s.full.load(Ordering::Relaxed),
+            rmw: s.rmw.load(Ordering::Relaxed),
+            rcw: s.rcw.load(Ordering::Relaxed),
+            reconstruct: s.reconstruct.load(Ordering::Relaxed),
+            degraded_reads: s.degraded_reads.load(Ordering::Relaxed),
         }
     }
 

@@ -179,6 +179,16 @@ impl SyncState {
     }
 }
 
+/// How stripe operations were carried out (counters).
+#[derive(Default)]
+pub(crate) struct OpStats {
+    pub full: AtomicU64,
+    pub rmw: AtomicU64,
+    pub rcw: AtomicU64,
+    pub reconstruct: AtomicU64,
+    pub degraded_reads: AtomicU64,
+}
+
 /// Messages to the control thread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ControlMsg {
@@ -213,6 +223,7 @@ pub(crate) struct Shared {
     pub control: Mutex<Option<std::sync::mpsc::Sender<ControlMsg>>>,
     pub sync: SyncState,
     pub monitors: Mutex<Vec<super::Monitor>>,
+    pub stats: OpStats,
 }
 
 impl Shared {

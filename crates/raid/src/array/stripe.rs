@@ -473,6 +473,14 @@ impl RaidChannel {
                 _ => {}
             }
         }
+        let counter = match mode {
+            Mode::Full => &sh.stats.full,
+            Mode::Rmw => &sh.stats.rmw,
+            Mode::Rcw => &sh.stats.rcw,
+            Mode::Reconstruct => &sh.stats.reconstruct,
+            Mode::Read => &sh.stats.degraded_reads,
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Some(op) = self.ops.get_mut(o) {
             op.mode = mode;
             op.layout = Some(layout);

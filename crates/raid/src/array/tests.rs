@@ -467,3 +467,44 @@ fn examiner_assembles_when_all_members_appear() {
     drop(ch);
     ex.arrays()[0].stop().unwrap();
 }
+
+#[test]
+fn write_modes_follow_the_cost() {
+    // raid5 over 5 members, 16 KiB chunks (32 sectors), 4 data chunks.
+    let mut r = rig(Level::Raid5, Some(2), 5, 16, 512);
+    r.batch(&[Op::Write { at: 0, blocks: 1, seed: 1 }]);
+    assert_eq!(r.array.stripe_stats(), StripeStats { rmw: 1, ..StripeStats::default() });
+    // Three of four chunks over the same rows: reconstruct-write is cheaper.
+    r.batch(&[Op::Write { at: 32, blocks: 96, seed: 2 }]);
+    assert_eq!(r.array.stripe_stats().rcw, 1);
+    // A whole stripe: no reads at all.
+    r.batch(&[Op::Write { at: 128, blocks: 128, seed: 3 }]);
+    assert_eq!(r.array.stripe_stats().full, 1);
+    // Degraded: a write whose old data sits on the failed member.
+    r.batch(&[Op::Fail { member: 0 }]);
+    r.read_all();
+    let before = r.array.stripe_stats();
+    assert!(before.degraded_reads > 0);
+    r.batch(&[Op::Write { at: 256 + 1, blocks: 1, seed: 4 }, Op::Write { at: 0, blocks: 1, seed: 5 }]);
+    let after = r.array.stripe_stats();
+    assert!(after.reconstruct + after.rcw + after.rmw > before.reconstruct + before.rcw + before.rmw);
+    r.read_all();
+    r.check_on_disk();
+}
+
+#[test]
+fn shortcut_constructors() {
+    let reg = Registry::new();
+    for i in 0..4 {
+        add_member(&reg, i, 512);
+    }
+    let a = md_create_raid10(&reg, "r10", &["f0", "f1", "f2", "f3"], 64).unwrap();
+    let d = md_detail(&a);
+    assert_eq!((d.level, d.chunk_kib, d.raid_disks), (Level::Raid10, 64, 4));
+    md_manage(&a, ManageCmd::SetSyncSpeed(1000)).unwrap();
+    md_stop(&a).unwrap();
+    assert_eq!(md_detail(&a).state, ArrayState::Clean);
+    let a = md_create_linear(&reg, "lin", &["f0", "f1"]).unwrap();
+    assert_eq!(md_detail(&a).size_kib, 2 * (MEMBER_BLOCKS / 2 - 1024));
+    md_stop(&a).unwrap();
+}
