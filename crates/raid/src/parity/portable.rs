@@ -20,30 +20,6 @@ fn mul2_byte(x: u8) -> u8 {
     (x << 1) ^ if x & 0x80 != 0 { 0x1d } else { 0 }
 }
 
-#[inline(always)]
-fn word(s: &[u8], off: usize) -> u64 {
-    s.get(off..off + 8).and_then(|b| <[u8; 8]>::try_from(b).ok()).map_or(0, u64::from_ne_bytes)
-}
-
-#[inline(always)]
-fn put(s: &mut [u8], off: usize, v: u64) {
-    if let Some(b) = s.get_mut(off..off + 8) {
-        b.copy_from_slice(&v.to_ne_bytes());
-    }
-}
-
-#[inline(always)]
-fn byte(s: &[u8], off: usize) -> u8 {
-    s.get(off).copied().unwrap_or(0)
-}
-
-#[inline(always)]
-fn set(s: &mut [u8], off: usize, v: u8) {
-    if let Some(b) = s.get_mut(off) {
-        *b = v;
-    }
-}
-
 /// Shortest of `first` and the buffers not in `skip`.
 pub(super) fn min_len(bufs: &[&[u8]], skip: [usize; 2], first: usize) -> usize {
     bufs.iter()
@@ -56,9 +32,13 @@ pub(super) fn min_len(bufs: &[&[u8]], skip: [usize; 2], first: usize) -> usize {
 /// `dst ^= src`.
 pub(super) fn xor_into(dst: &mut [u8], src: &[u8], start: usize) {
     let n = dst.len().min(src.len());
-    let (Some(d), Some(s)) = (dst.get_mut(start..n), src.get(start..n)) else {
-        return;
-    };
+    if let (Some(d), Some(s)) = (dst.get_mut(start..n), src.get(start..n)) {
+        xor_slices(d, s);
+    }
+}
+
+/// `d ^= s` over equal-length slices.
+fn xor_slices(d: &mut [u8], s: &[u8]) {
     let mut dw = d.chunks_exact_mut(8);
     let mut sw = s.chunks_exact(8);
     for (a, b) in (&mut dw).zip(&mut sw) {
@@ -71,66 +51,56 @@ pub(super) fn xor_into(dst: &mut [u8], src: &[u8], start: usize) {
     }
 }
 
-/// `dst = XOR of srcs` except `srcs[skip]`.
-pub(super) fn xor_gen(dst: &mut [u8], srcs: &[&[u8]], skip: usize, start: usize) {
-    let n = min_len(srcs, [skip, usize::MAX], dst.len());
-    let mut off = start;
-    while off + 8 <= n {
-        let mut acc = 0u64;
-        for (i, s) in srcs.iter().enumerate() {
-            if i != skip {
-                acc ^= word(s, off);
-            }
-        }
-        put(dst, off, acc);
-        off += 8;
+/// Multiplies every byte of `q` by {02}.
+fn mul2_slice(q: &mut [u8]) {
+    let mut qw = q.chunks_exact_mut(8);
+    for a in &mut qw {
+        let v = mul2(u64::from_ne_bytes(<[u8; 8]>::try_from(&*a).unwrap_or_default()));
+        a.copy_from_slice(&v.to_ne_bytes());
     }
-    while off < n {
-        let mut acc = 0u8;
-        for (i, s) in srcs.iter().enumerate() {
-            if i != skip {
-                acc ^= byte(s, off);
-            }
-        }
-        set(dst, off, acc);
-        off += 1;
+    for b in qw.into_remainder() {
+        *b = mul2_byte(*b);
     }
 }
 
-/// `p = XOR of data`, `q = sum of g^i * data[i]`, data slots in `skip`
-/// taken as zero.
+/// `dst = XOR of srcs` except `srcs[skip]` (one streaming pass per source).
+pub(super) fn xor_gen(dst: &mut [u8], srcs: &[&[u8]], skip: usize, start: usize) {
+    let n = min_len(srcs, [skip, usize::MAX], dst.len());
+    let Some(d) = dst.get_mut(start..n) else {
+        return;
+    };
+    d.fill(0);
+    for (i, s) in srcs.iter().enumerate() {
+        if i != skip {
+            if let Some(s) = s.get(start..n) {
+                xor_slices(d, s);
+            }
+        }
+    }
+}
+
+/// `p = XOR of data`, `q = sum of g^i * data[i]` (Horner, highest slot
+/// first), data slots in `skip` taken as zero.
 pub(super) fn gen_pq(data: &[&[u8]], skip: [usize; 2], p: &mut [u8], q: &mut [u8], start: usize) {
     let n = min_len(data, skip, p.len().min(q.len()));
-    let mut off = start;
-    while off + 8 <= n {
-        let mut pw = 0u64;
-        let mut qw = 0u64;
-        for (i, d) in data.iter().enumerate().rev() {
-            qw = mul2(qw);
-            if i != skip[0] && i != skip[1] {
-                let v = word(d, off);
-                pw ^= v;
-                qw ^= v;
-            }
+    let (Some(p), Some(q)) = (p.get_mut(start..n), q.get_mut(start..n)) else {
+        return;
+    };
+    p.fill(0);
+    q.fill(0);
+    let mut first = true;
+    for (i, d) in data.iter().enumerate().rev() {
+        if !first {
+            mul2_slice(q);
         }
-        put(p, off, pw);
-        put(q, off, qw);
-        off += 8;
-    }
-    while off < n {
-        let mut pb = 0u8;
-        let mut qb = 0u8;
-        for (i, d) in data.iter().enumerate().rev() {
-            qb = mul2_byte(qb);
-            if i != skip[0] && i != skip[1] {
-                let v = byte(d, off);
-                pb ^= v;
-                qb ^= v;
-            }
+        if i == skip[0] || i == skip[1] {
+            continue;
         }
-        set(p, off, pb);
-        set(q, off, qb);
-        off += 1;
+        if let Some(d) = d.get(start..n) {
+            xor_slices(p, d);
+            xor_slices(q, d);
+            first = false;
+        }
     }
 }
 
