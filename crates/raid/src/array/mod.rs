@@ -350,6 +350,33 @@ impl Bdev for RaidBdev {
     fn open_channel(&self) -> Result<Box<dyn IoChannel>, BdevError> {
         Ok(Box::new(channel::RaidChannel::new(self.sh.clone(), CHANNEL_DEPTH, self.stripe_cache)?))
     }
+
+    /// `{"name", "level", "members", "chunk_kib", "layout"}`: enough to
+    /// assemble the array again (`md_assemble` with these members).
+    fn config_params(&self) -> Option<String> {
+        let meta = lock(&self.sh.meta);
+        let members: Vec<String> = self
+            .sh
+            .slots
+            .iter()
+            .filter_map(|s| s.device())
+            .map(|d| format!("{:?}", d.name()))
+            .chain(
+                meta.devices
+                    .iter()
+                    .filter(|r| meta.sb.dev_roles.get(r.sb.dev_number as usize) == Some(&DevRole::Spare))
+                    .map(|r| format!("{:?}", r.dev.name())),
+            )
+            .collect();
+        Some(format!(
+            r#"{{"name":{:?},"level":{:?},"members":[{}],"chunk_kib":{},"layout":{}}}"#,
+            self.sh.name,
+            self.sh.geometry.level().name(),
+            members.join(","),
+            self.sh.geometry.chunk_sectors() / 2,
+            meta.sb.layout
+        ))
+    }
 }
 
 /// A running (or assembled) md array.

@@ -501,6 +501,10 @@ fn shortcut_constructors() {
     let a = md_create_raid10(&reg, "r10", &["f0", "f1", "f2", "f3"], 64).unwrap();
     let d = md_detail(&a);
     assert_eq!((d.level, d.chunk_kib, d.raid_disks), (Level::Raid10, 64, 4));
+    assert_eq!(
+        a.bdev().config_params().unwrap(),
+        r#"{"name":"r10","level":"raid10","members":["f0","f1","f2","f3"],"chunk_kib":64,"layout":258}"#
+    );
     md_manage(&a, ManageCmd::SetSyncSpeed(1000)).unwrap();
     md_stop(&a).unwrap();
     assert_eq!(md_detail(&a).state, ArrayState::Clean);
