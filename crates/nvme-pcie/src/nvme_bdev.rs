@@ -108,6 +108,7 @@ pub struct NvmeBdev<B: DeviceBacking> {
     nsid: u32,
     depth: u16,
     traddr: String,
+    prefix: String,
     ctrl: Arc<Controller<B>>,
     guard: Arc<BridgeGuard>,
 }
@@ -190,6 +191,7 @@ pub fn attach<B: DeviceBacking>(
             nsid: ns.nsid,
             depth,
             traddr: params.traddr.clone(),
+            prefix: params.prefix.clone(),
             ctrl: ctrl.clone(),
             guard: guard.clone(),
         }));
@@ -235,10 +237,7 @@ impl<B: DeviceBacking> Bdev for NvmeBdev<B> {
     fn shutdown(&self) {}
 
     fn config_params(&self) -> Option<String> {
-        Some(format!(
-            r#"{{"name":{:?},"traddr":{:?},"nsid":{},"queue_depth":{}}}"#,
-            self.info.name, self.traddr, self.nsid, self.depth
-        ))
+        Some(format!(r#"{{"name":{:?},"pci_addr":{:?},"queue_depth":{}}}"#, self.prefix, self.traddr, self.depth))
     }
 }
 

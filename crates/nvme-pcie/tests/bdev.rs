@@ -56,7 +56,7 @@ fn one_bdev_per_namespace_with_identity() {
     assert_eq!(i.uuid.0, want.uuid.unwrap());
     assert!(i.supported.contains(IoType::Unmap) && i.supported.contains(IoType::WriteZeroes));
     assert!(!i.supported.contains(IoType::Reset));
-    assert!(b.config_params().unwrap().contains(r#""nsid":1"#));
+    assert!(b.config_params().unwrap().contains(r#""name":"nvmeA""#), "config names the controller prefix");
     assert_eq!(reg.lookup("nvmeAn2").unwrap().info().block_size, 4096);
 }
 

@@ -36,7 +36,7 @@ pub enum ConfigError {
     },
 }
 
-fn invalid(path: &str, message: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(path: &str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { path: path.to_string(), message: message.into() }
 }
 
@@ -73,6 +73,34 @@ pub enum BaseDevice {
     Null(NullParams),
     /// `aio`: a file or block device through io_uring.
     Aio(AioParams),
+    /// `nvme`: a local NVMe controller driven from user space (one bdev per namespace).
+    Nvme(NvmePciParams),
+    /// `nvmf`: a remote NVMe/TCP subsystem (one bdev per namespace).
+    Nvmf(NvmfParams),
+}
+
+/// Parameters of the `nvmf` method (seed `xbdev_config_nvmf`).
+#[derive(Clone, Debug)]
+pub struct NvmfParams {
+    /// Controller name: its namespaces become `<name>n<nsid>`.
+    pub name: String,
+    /// Connection options (address, NQNs, digests, queues, timeouts).
+    pub opts: nvme_tcp::initiator::ConnectOpts,
+}
+
+/// Parameters of the `nvme` method (seed `xbdev_config_nvme`).
+#[derive(Clone, Debug)]
+pub struct NvmePciParams {
+    /// Controller name: its namespaces become `<name>n<nsid>`.
+    pub name: String,
+    /// PCI address, `dddd:bb:dd.f`.
+    pub pci_addr: String,
+    /// `vfio` (IOMMU, default) or `uio` (no IOMMU: no DMA isolation).
+    pub mode: nvme_pcie::vfio::AccessMode,
+    /// Queue depth of each reactor's queue pair.
+    pub queue_depth: u16,
+    /// IO queue pairs to ask the controller for.
+    pub io_queues: u16,
 }
 
 impl BaseDevice {
@@ -82,6 +110,8 @@ impl BaseDevice {
             BaseDevice::Malloc(p) => &p.name,
             BaseDevice::Null(p) => &p.name,
             BaseDevice::Aio(p) => &p.name,
+            BaseDevice::Nvme(p) => &p.name,
+            BaseDevice::Nvmf(p) => &p.name,
         }
     }
 }
@@ -93,6 +123,8 @@ pub struct Config {
     pub reactor: ReactorSettings,
     /// Base devices, created in order.
     pub base_devices: Vec<BaseDevice>,
+    /// Multipath devices over base devices (`multipath_devices`).
+    pub multipath_devices: Vec<multipath::MultipathParams>,
 }
 
 /// Sections of the seed's format that later modules implement.
@@ -102,28 +134,29 @@ const LATER_SECTIONS: &[(&str, &str)] = &[
     ("lvol_volumes", "the lvol module"),
     ("snapshots", "the lvol module"),
     ("clones", "the lvol module"),
-    ("multipath_devices", "the multipath module"),
 ];
 
-const LATER_METHODS: &[(&str, &str)] =
-    &[("nvme", "the NVMe PCIe driver"), ("nvmf", "the NVMe/TCP initiator"), ("rbd", "the Ceph RBD backend")];
+const LATER_METHODS: &[(&str, &str)] = &[("rbd", "the Ceph RBD backend")];
+
+/// The base-device methods this build knows.
+const METHODS: &str = "malloc, null, aio, nvme, nvmf";
 
 /// Typed access to one JSON object, tracking its path and which keys were used.
-struct Obj<'a> {
-    path: String,
+pub(crate) struct Obj<'a> {
+    pub(crate) path: String,
     map: &'a Map<String, Value>,
     used: Vec<&'static str>,
 }
 
 impl<'a> Obj<'a> {
-    fn new(path: &str, v: &'a Value) -> Result<Obj<'a>, ConfigError> {
+    pub(crate) fn new(path: &str, v: &'a Value) -> Result<Obj<'a>, ConfigError> {
         match v {
             Value::Object(map) => Ok(Obj { path: path.to_string(), map, used: Vec::new() }),
             other => Err(invalid(path, format!("expected an object, found {}", kind(other)))),
         }
     }
 
-    fn field_path(&self, key: &str) -> String {
+    pub(crate) fn field_path(&self, key: &str) -> String {
         if self.path.is_empty() {
             key.to_string()
         } else {
@@ -131,17 +164,23 @@ impl<'a> Obj<'a> {
         }
     }
 
-    fn get(&mut self, key: &'static str) -> Option<&'a Value> {
+    /// The raw value of `key`, null included (marks the key used).
+    pub(crate) fn map_get(&mut self, key: &'static str) -> Option<&'a Value> {
+        self.used.push(key);
+        self.map.get(key)
+    }
+
+    pub(crate) fn get(&mut self, key: &'static str) -> Option<&'a Value> {
         self.used.push(key);
         self.map.get(key).filter(|v| !v.is_null())
     }
 
-    fn req(&mut self, key: &'static str) -> Result<&'a Value, ConfigError> {
+    pub(crate) fn req(&mut self, key: &'static str) -> Result<&'a Value, ConfigError> {
         let p = self.field_path(key);
         self.get(key).ok_or_else(|| invalid(&p, "missing required field"))
     }
 
-    fn string(&mut self, key: &'static str) -> Result<String, ConfigError> {
+    pub(crate) fn string(&mut self, key: &'static str) -> Result<String, ConfigError> {
         let p = self.field_path(key);
         match self.req(key)? {
             Value::String(s) if !s.is_empty() => Ok(s.clone()),
@@ -150,7 +189,7 @@ impl<'a> Obj<'a> {
         }
     }
 
-    fn opt_u64(&mut self, key: &'static str) -> Result<Option<u64>, ConfigError> {
+    pub(crate) fn opt_u64(&mut self, key: &'static str) -> Result<Option<u64>, ConfigError> {
         let p = self.field_path(key);
         match self.get(key) {
             None => Ok(None),
@@ -161,7 +200,7 @@ impl<'a> Obj<'a> {
         }
     }
 
-    fn opt_bool(&mut self, key: &'static str) -> Result<Option<bool>, ConfigError> {
+    pub(crate) fn opt_bool(&mut self, key: &'static str) -> Result<Option<bool>, ConfigError> {
         let p = self.field_path(key);
         match self.get(key) {
             None => Ok(None),
@@ -171,7 +210,7 @@ impl<'a> Obj<'a> {
     }
 
     /// Refuse keys nobody asked for.
-    fn finish(self) -> Result<(), ConfigError> {
+    pub(crate) fn finish(self) -> Result<(), ConfigError> {
         for k in self.map.keys() {
             if !self.used.iter().any(|u| u == k) {
                 let mut known: Vec<&str> = self.used.clone();
@@ -187,7 +226,7 @@ impl<'a> Obj<'a> {
     }
 }
 
-fn kind(v: &Value) -> &'static str {
+pub(crate) fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -267,6 +306,41 @@ fn parse_base_device(path: &str, v: &Value) -> Result<BaseDevice, ConfigError> {
             }
             BaseDevice::Aio(a)
         }
+        "nvme" => {
+            let name = p.string("name")?;
+            let addr_path = p.field_path("pci_addr");
+            let pci_addr = p.string("pci_addr")?;
+            let ok = pci_addr.len() == 12
+                && pci_addr.bytes().enumerate().all(|(i, c)| match i {
+                    4 | 7 => c == b':',
+                    10 => c == b'.',
+                    _ => c.is_ascii_hexdigit(),
+                });
+            if !ok {
+                return Err(invalid(&addr_path, format!("'{pci_addr}' is not a PCI address like 0000:01:00.0")));
+            }
+            let mode_path = p.field_path("mode");
+            let mode = match p.get("mode") {
+                None => nvme_pcie::vfio::AccessMode::Vfio,
+                Some(Value::String(m)) => nvme_pcie::vfio::AccessMode::parse(m)
+                    .ok_or_else(|| invalid(&mode_path, format!("'{m}' is not vfio or uio")))?,
+                Some(o) => return Err(invalid(&mode_path, format!("expected \"vfio\" or \"uio\", found {}", kind(o)))),
+            };
+            let qd_path = p.field_path("queue_depth");
+            let queue_depth = match p.opt_u64("queue_depth")? {
+                None => 256,
+                Some(q @ 2..=65536) => q.min(65535) as u16,
+                Some(q) => return Err(invalid(&qd_path, format!("{q} is not in 2..=65536"))),
+            };
+            let iq_path = p.field_path("io_queues");
+            let io_queues = match p.opt_u64("io_queues")? {
+                None => 8,
+                Some(q @ 1..=65535) => q as u16,
+                Some(q) => return Err(invalid(&iq_path, format!("{q} is not in 1..=65535"))),
+            };
+            BaseDevice::Nvme(NvmePciParams { name, pci_addr, mode, queue_depth, io_queues })
+        }
+        "nvmf" => BaseDevice::Nvmf(crate::config_stack::parse_nvmf(&mut p)?),
         m => {
             if let Some((_, module)) = LATER_METHODS.iter().find(|(n, _)| *n == m) {
                 return Err(invalid(
@@ -274,7 +348,7 @@ fn parse_base_device(path: &str, v: &Value) -> Result<BaseDevice, ConfigError> {
                     format!("method '{m}' needs {module}, which this build does not include yet"),
                 ));
             }
-            return Err(invalid(&method_path, format!("unknown method '{m}' (expected one of: malloc, null, aio)")));
+            return Err(invalid(&method_path, format!("unknown method '{m}' (expected one of: {METHODS})")));
         }
     };
     p.finish()?;
@@ -385,6 +459,9 @@ impl Config {
                 cfg.base_devices.push(dev);
             }
         }
+        if let Some(m) = top.get("multipath_devices") {
+            cfg.multipath_devices = crate::config_stack::parse_multipath(m)?;
+        }
         for (section, module) in LATER_SECTIONS {
             if let Some(v) = top.get(section) {
                 if v.as_array().is_some_and(|a| !a.is_empty()) {
@@ -408,11 +485,13 @@ impl Config {
                 num_blocks: (1 << 30) / 4096,
                 block_size: 4096,
             })],
+            ..Default::default()
         }
     }
 }
 
-/// Build the JSON of a running instance's devices, in a form [`Config::from_json_str`] accepts.
+/// Build the JSON of a running instance's devices, in a form [`Config::from_json_str`] accepts:
+/// `devices` holds `(product, params JSON)` of every bdev that came from the config.
 pub(crate) fn save_value(reactor: &ReactorSettings, devices: &[(String, String)]) -> Value {
     let mut top = Map::new();
     let mut r = Map::new();
@@ -426,16 +505,24 @@ pub(crate) fn save_value(reactor: &ReactorSettings, devices: &[(String, String)]
     );
     r.insert("pin".into(), Value::from(reactor.pin));
     top.insert("reactor".into(), Value::Object(r));
-    let devs: Vec<Value> = devices
-        .iter()
-        .filter_map(|(method, params)| {
-            let params: Value = serde_json::from_str(params).ok()?;
-            let mut m = Map::new();
-            m.insert("method".into(), Value::from(method.as_str()));
-            m.insert("params".into(), params);
-            Some(Value::Object(m))
-        })
-        .collect();
-    top.insert("base_devices".into(), Value::Array(devs));
+    let mut seen: Vec<&(String, String)> = Vec::new();
+    let mut sections: Vec<(&'static str, Vec<Value>)> = vec![("base_devices", Vec::new())];
+    for d in devices {
+        // A controller with several namespaces appears once.
+        if seen.contains(&d) {
+            continue;
+        }
+        seen.push(d);
+        let (product, params) = d;
+        let Ok(params) = serde_json::from_str::<Value>(params) else { continue };
+        let (section, entry) = crate::config_stack::section_entry(product, params);
+        match sections.iter_mut().find(|(n, _)| *n == section) {
+            Some((_, v)) => v.push(entry),
+            None => sections.push((section, vec![entry])),
+        }
+    }
+    for (name, entries) in sections {
+        top.insert(name.into(), Value::Array(entries));
+    }
     Value::Object(top)
 }

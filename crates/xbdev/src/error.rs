@@ -76,6 +76,9 @@ pub enum XbdevError {
     /// An async queue has no free slot; poll completions first.
     #[error("io queue is full ({0} requests in flight)")]
     QueueFull(usize),
+    /// A multipath error.
+    #[error(transparent)]
+    Multipath(#[from] multipath::MultipathError),
     /// A block-layer control-plane error.
     #[error(transparent)]
     Bdev(#[from] BdevError),

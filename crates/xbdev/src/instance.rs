@@ -89,6 +89,7 @@ impl HandleTable {
 pub(crate) struct Inner {
     pub id: u64,
     pub registry: Arc<Registry>,
+    multipath: Arc<multipath::MultipathModule>,
     reactors: Mutex<Option<Reactors>>,
     pub handles: Vec<ReactorHandle>,
     pub table: Arc<HandleTable>,
@@ -137,8 +138,15 @@ impl Xbdev {
             SERVERS.with(|s| s.borrow_mut().push((id, srv.clone())));
             ctx.add_poller("xbdev-clients", move |_| srv.borrow_mut().poll());
         })?;
+        // NVMe namespaces (local or remote) reached over several paths group automatically.
+        let multipath = multipath::MultipathModule::new(multipath::AutoAssemble {
+            products: vec!["nvme".into(), "nvmf".into(), "rbd".into()],
+            ..Default::default()
+        });
+        registry.add_examiner(multipath.clone());
         let inner = Arc::new(Inner {
             id,
+            multipath,
             registry,
             handles: reactors.handles().to_vec(),
             reactors: Mutex::new(Some(reactors)),
@@ -148,11 +156,18 @@ impl Xbdev {
             stopped: AtomicBool::new(false),
         });
         let xb = Xbdev { inner };
-        for d in &cfg.base_devices {
-            if let Err(e) = xb.create_base_device(d) {
-                xb.stop();
-                return Err(e);
+        let created = (|| {
+            for d in &cfg.base_devices {
+                xb.create_base_device(d)?;
             }
+            for m in &cfg.multipath_devices {
+                xb.inner.multipath.create(&xb.inner.registry, m.clone())?;
+            }
+            Ok::<(), XbdevError>(())
+        })();
+        if let Err(e) = created {
+            xb.stop();
+            return Err(e);
         }
         Ok(xb)
     }
@@ -160,18 +175,35 @@ impl Xbdev {
     /// Create one base device and register it.
     pub fn create_base_device(&self, d: &BaseDevice) -> Result<(), XbdevError> {
         self.inner.check_running()?;
-        let b: Arc<dyn Bdev> = match d {
-            BaseDevice::Malloc(p) => Arc::new(MallocBdev::new(p.clone())?),
-            BaseDevice::Null(p) => Arc::new(NullBdev::new(p.clone())?),
-            BaseDevice::Aio(p) => Arc::new(AioBdev::new(p.clone())?),
+        let bdevs: Vec<Arc<dyn Bdev>> = match d {
+            BaseDevice::Malloc(p) => vec![Arc::new(MallocBdev::new(p.clone())?)],
+            BaseDevice::Null(p) => vec![Arc::new(NullBdev::new(p.clone())?)],
+            BaseDevice::Aio(p) => vec![Arc::new(AioBdev::new(p.clone())?)],
+            BaseDevice::Nvme(p) => {
+                let cfg = nvme_pcie::ControllerConfig { io_queues: p.io_queues, ..Default::default() };
+                nvme_pcie::nvme_bdev::attach_pci(&p.pci_addr, p.mode, &p.name, p.queue_depth, cfg)?
+            }
+            BaseDevice::Nvmf(p) => {
+                let c = nvme_tcp::nvmf::NvmfController::connect(&p.name, p.opts.clone()).map_err(|e| {
+                    XbdevError::Bdev(bdev::BdevError::param("nvmf", format!("cannot attach '{}': {e}", p.name)))
+                })?;
+                c.bdevs().into_iter().map(|b| b as Arc<dyn Bdev>).collect()
+            }
         };
-        self.inner.registry.register(b)?;
+        for b in bdevs {
+            self.inner.registry.register(b)?;
+        }
         Ok(())
     }
 
     /// The device registry (for modules stacking new bdevs, and for listing).
     pub fn registry(&self) -> &Arc<Registry> {
         &self.inner.registry
+    }
+
+    /// The multipath module: devices, paths, policies, events.
+    pub fn multipath(&self) -> &Arc<multipath::MultipathModule> {
+        &self.inner.multipath
     }
 
     /// The reactors.

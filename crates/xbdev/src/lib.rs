@@ -14,6 +14,7 @@
 
 mod client;
 pub mod config;
+mod config_stack;
 mod dma;
 mod error;
 pub mod global;

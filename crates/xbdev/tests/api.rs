@@ -175,7 +175,7 @@ fn config_errors_name_the_json_path() {
         ),
         (
             r#"{"base_devices": [{"method": "floppy", "params": {}}]}"#,
-            "base_devices[0].method: unknown method 'floppy' (expected one of: malloc, null, aio)",
+            "base_devices[0].method: unknown method 'floppy' (expected one of: malloc, null, aio, nvme, nvmf)",
         ),
         (
             r#"{"base_devices": [{"method": "malloc", "params": {"name": "a", "size_mb": 1, "colour": "red"}}]}"#,
@@ -201,8 +201,26 @@ fn config_errors_name_the_json_path() {
         assert!(e.starts_with(want), "for {json}\n got: {e}\nwant: {want}");
     }
     assert!(Config::from_json_str("{").unwrap_err().to_string().starts_with("config is not valid JSON"));
-    let e = Config::from_json_str(r#"{"base_devices": [{"method": "nvme", "params": {}}]}"#).unwrap_err();
-    assert!(e.to_string().contains("needs the NVMe PCIe driver"), "{e}");
+    let e = Config::from_json_str(r#"{"base_devices": [{"method": "rbd", "params": {}}]}"#).unwrap_err();
+    assert!(e.to_string().contains("needs the Ceph RBD backend"), "{e}");
+    let e = Config::from_json_str(
+        r#"{"base_devices": [{"method": "nvme", "params": {"name": "n", "pci_addr": "01:00.0"}}]}"#,
+    )
+    .unwrap_err();
+    assert_eq!(e.to_string(), "base_devices[0].params.pci_addr: '01:00.0' is not a PCI address like 0000:01:00.0");
+    let e = Config::from_json_str(
+        r#"{"base_devices": [{"method": "nvme", "params": {"name": "n", "pci_addr": "0000:01:00.0", "mode": "dma"}}]}"#,
+    )
+    .unwrap_err();
+    assert_eq!(e.to_string(), "base_devices[0].params.mode: 'dma' is not vfio or uio");
+    let xb = Xbdev::start(
+        &Config::from_json_str(
+            r#"{"reactor": {"cores": [0], "pin": false}, "base_devices": [{"method": "nvme", "params": {"name": "n", "pci_addr": "0000:7f:1f.7"}}]}"#,
+        )
+        .unwrap(),
+    );
+    let e = xb.err().unwrap().to_string();
+    assert!(e.contains("0000:7f:1f.7"), "a missing device is named: {e}");
 }
 
 #[test]

@@ -6,7 +6,7 @@
 //! re-reads the configuration at its next IO, so the IO path takes no lock.
 
 use super::DoneQueue;
-use crate::bdev::{Bdev, BdevInfo, IoChannel};
+use crate::bdev::{AnaState, Bdev, BdevInfo, IoChannel};
 use crate::channel::BdevChannel;
 use crate::clock;
 use crate::io::{IoRequest, IoStatus, IoTypeSet, QueueFull};
@@ -153,6 +153,11 @@ impl Bdev for FaultBdev {
         };
         ch.refresh();
         Ok(Box::new(ch))
+    }
+
+    /// The base's ANA state: fault injection is transparent to it.
+    fn ana_state(&self) -> Option<AnaState> {
+        self.base.bdev().ana_state()
     }
 }
 

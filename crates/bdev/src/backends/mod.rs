@@ -1,9 +1,11 @@
-//! Base backends: RAM disk, null, io_uring files/devices, and fault injection.
+//! Base backends: RAM disk, null, io_uring files/devices, fault injection, and ports (several
+//! paths to one namespace).
 
 pub mod aio;
 pub mod fault;
 pub mod malloc;
 pub mod null;
+pub mod port;
 
 use crate::io::IoStatus;
 use std::collections::VecDeque;

@@ -1,0 +1,128 @@
+//! NVMe/TCP initiator: connections over non-blocking sockets, controller
+//! bring-up (Connect, Property Get/Set, enable, Identify, number of queues),
+//! Keep Alive, Discovery, and I/O queue connections.
+
+mod admin;
+mod conn;
+
+pub use admin::{connect_io_queue, discover, AdminQueue, NamespaceData};
+pub use conn::{Connection, SyncData};
+
+use crate::host::{HostError, SubmitError};
+use nvme_spec::status::Status;
+use std::net::SocketAddr;
+use std::time::Duration;
+use thiserror::Error;
+
+/// Errors of the initiator's control path.
+#[derive(Debug, Error)]
+pub enum InitError {
+    /// A socket operation failed.
+    #[error("{context}")]
+    Io {
+        /// What was being done.
+        context: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The queue failed (protocol error, termination, socket).
+    #[error("queue failed")]
+    Queue(#[from] HostError),
+    /// A command could not be submitted.
+    #[error("cannot submit")]
+    Submit(#[from] SubmitError),
+    /// The controller did not answer in time.
+    #[error("timed out waiting for {0}")]
+    Timeout(&'static str),
+    /// A command failed.
+    #[error("{what} failed: {status}")]
+    Status {
+        /// Which command.
+        what: &'static str,
+        /// Its status.
+        status: Status,
+    },
+    /// The controller reported something unusable.
+    #[error("controller: {0}")]
+    Controller(String),
+    /// An argument is invalid.
+    #[error("invalid argument: {0}")]
+    Invalid(&'static str),
+}
+
+impl InitError {
+    pub(crate) fn io(context: &'static str, source: std::io::Error) -> Self {
+        InitError::Io { context, source }
+    }
+}
+
+/// The host's identity: NQN and 128-bit host ID.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostId {
+    /// Host NQN.
+    pub nqn: String,
+    /// Host identifier.
+    pub id: [u8; 16],
+}
+
+impl HostId {
+    /// A generated identity: a random UUID as host ID and the
+    /// `nqn.2014-08.org.nvmexpress:uuid:<uuid>` NQN made from it.
+    pub fn generate() -> Self {
+        let u = bdev::Uuid::random();
+        Self { nqn: format!("nqn.2014-08.org.nvmexpress:uuid:{u}"), id: u.0 }
+    }
+}
+
+/// How to reach and treat a controller.
+#[derive(Clone, Debug)]
+pub struct ConnectOpts {
+    /// Target address.
+    pub addr: SocketAddr,
+    /// Subsystem NQN.
+    pub subnqn: String,
+    /// Host identity.
+    pub host: HostId,
+    /// Keep alive timeout in milliseconds (0: none).
+    pub kato_ms: u32,
+    /// Request header digests.
+    pub hdgst: bool,
+    /// Request data digests.
+    pub ddgst: bool,
+    /// Commands in flight per I/O queue.
+    pub io_queue_depth: u16,
+    /// Number of I/O queues to ask for.
+    pub io_queues: u16,
+    /// Timeout of connects and admin commands.
+    pub admin_timeout: Duration,
+    /// Delay between reconnect attempts.
+    pub reconnect_delay: Duration,
+    /// Give up reconnecting after this long (the bdev then fails all IO).
+    pub ctrl_loss_timeout: Duration,
+    /// IO submitted while disconnected waits this long for a reconnect
+    /// before failing with a path error (zero: fail at once).
+    pub fast_io_fail_timeout: Duration,
+}
+
+impl ConnectOpts {
+    /// Options with defaults: generated host identity, KATO 10 s, no
+    /// digests, 128 commands per queue, 4 I/O queues, 10 s admin timeout,
+    /// reconnect every 1 s for up to 60 s, fail IO after 5 s disconnected.
+    pub fn new(addr: SocketAddr, subnqn: &str) -> Self {
+        Self {
+            addr,
+            subnqn: subnqn.to_string(),
+            host: HostId::generate(),
+            kato_ms: 10_000,
+            hdgst: false,
+            ddgst: false,
+            io_queue_depth: 128,
+            io_queues: 4,
+            admin_timeout: Duration::from_secs(10),
+            reconnect_delay: Duration::from_secs(1),
+            ctrl_loss_timeout: Duration::from_secs(60),
+            fast_io_fail_timeout: Duration::from_secs(5),
+        }
+    }
+}

@@ -1,0 +1,356 @@
+//! Poll groups and target connections.
+
+use super::io::IoState;
+use super::{admin, Ctrl, Shared};
+use crate::ctrl::{bad_sgl_status, CmdData, CtrlBuffers, CtrlConfig, CtrlEvent, CtrlQueue};
+use bdev::DmaBuf;
+use nvme_spec::command::{Command, FabricsCommand, QueueType};
+use nvme_spec::status::{GenericStatus, Status, StatusCode};
+use nvme_spec::{Cqe, Sqe};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Per-slot data buffers of a connection.
+pub(crate) struct SlotBufs {
+    bufs: Vec<Option<DmaBuf>>,
+    pub(crate) lens: Vec<u32>,
+    /// Buffers smaller than this are allocated at this size (I/O queues:
+    /// the maximum transfer, so buffers are allocated once per slot).
+    pub(crate) min_alloc: usize,
+}
+
+impl SlotBufs {
+    fn new(depth: usize, min_alloc: usize) -> Self {
+        Self { bufs: (0..depth).map(|_| None).collect(), lens: vec![0; depth], min_alloc }
+    }
+
+    /// Makes the buffer of `slot` at least `len` bytes and sets its data
+    /// length; returns it.
+    pub(crate) fn ensure(&mut self, slot: u16, len: u32) -> Option<&mut DmaBuf> {
+        let i = usize::from(slot);
+        let b = self.bufs.get_mut(i)?;
+        let need = (len as usize).max(1);
+        if b.as_ref().is_none_or(|d| d.len() < need) {
+            *b = Some(DmaBuf::alloc(need.max(self.min_alloc)).ok()?);
+        }
+        *self.lens.get_mut(i)? = len;
+        b.as_mut()
+    }
+
+    /// The first `len` bytes of the buffer of `slot` (set by `ensure`).
+    pub(crate) fn data(&self, slot: u16) -> Option<&[u8]> {
+        let i = usize::from(slot);
+        let len = *self.lens.get(i)? as usize;
+        self.bufs.get(i)?.as_ref()?.as_slice().get(..len)
+    }
+}
+
+impl CtrlBuffers for SlotBufs {
+    fn dest(&mut self, slot: u16, len: u32, at: u32) -> Option<&mut [u8]> {
+        let cur = self.lens.get(usize::from(slot)).copied().unwrap_or(0);
+        let have = self.bufs.get(usize::from(slot)).and_then(|b| b.as_ref()).map_or(0, |b| b.len());
+        if at == 0 || cur != len || have < len as usize {
+            self.ensure(slot, len)?;
+        }
+        let b = self.bufs.get_mut(usize::from(slot))?.as_mut()?;
+        b.as_mut_slice().get_mut(at as usize..len as usize).filter(|s| !s.is_empty())
+    }
+
+    fn src(&self, slot: u16, at: u32) -> Option<&[u8]> {
+        self.data(slot)?.get(at as usize..).filter(|s| !s.is_empty())
+    }
+}
+
+/// What a connection is.
+pub(crate) enum ConnRole {
+    /// Waiting for Connect.
+    New,
+    /// The admin queue of a controller.
+    Admin(Arc<Ctrl>),
+    /// An I/O queue.
+    Io {
+        /// Its controller.
+        ctrl: Arc<Ctrl>,
+        /// Queue ID.
+        qid: u16,
+    },
+}
+
+/// One accepted connection.
+pub(crate) struct TgtConn {
+    // Field order matters: the bdev channels (in `io`) are dropped, which
+    // answers their IO in flight, before the buffers they point into.
+    pub(crate) io: Option<IoState>,
+    pub(crate) bufs: SlotBufs,
+    pub(crate) stream: TcpStream,
+    pub(crate) q: CtrlQueue,
+    pub(crate) role: ConnRole,
+    pub(crate) listener: usize,
+    pub(crate) local: SocketAddr,
+    pub(crate) sqes: Vec<Sqe>,
+    pub(crate) aers: Vec<u16>,
+    pub(crate) closed: bool,
+    pub(crate) accepted: Instant,
+    events: Vec<CtrlEvent>,
+}
+
+impl TgtConn {
+    fn new(stream: TcpStream, listener: usize, shared: &Shared) -> std::io::Result<Self> {
+        stream.set_nonblocking(true)?;
+        stream.set_nodelay(true)?;
+        let local = stream.local_addr()?;
+        let depth = shared.cfg.queue_depth;
+        let q = CtrlQueue::new(CtrlConfig {
+            depth,
+            allow_hdgst: shared.cfg.allow_digests,
+            allow_ddgst: shared.cfg.allow_digests,
+            cpda: 0,
+            maxh2cdata: shared.cfg.max_transfer.max(4096),
+            incapsule_max: shared.cfg.incapsule.max(crate::host::FABRICS_INCAPSULE),
+            max_c2h_pdu: shared.cfg.max_transfer.max(4096),
+            stage_len: 64 << 10,
+        });
+        Ok(Self {
+            io: None,
+            bufs: SlotBufs::new(usize::from(depth), 0),
+            stream,
+            q,
+            role: ConnRole::New,
+            listener,
+            local,
+            sqes: vec![Sqe::new(0, 0); usize::from(depth)],
+            aers: Vec::new(),
+            closed: false,
+            accepted: Instant::now(),
+            events: Vec::with_capacity(usize::from(depth)),
+        })
+    }
+
+    pub(crate) fn ctrl(&self) -> Option<&Arc<Ctrl>> {
+        match &self.role {
+            ConnRole::New => None,
+            ConnRole::Admin(c) | ConnRole::Io { ctrl: c, .. } => Some(c),
+        }
+    }
+
+    /// Completes the command in `slot`.
+    pub(crate) fn complete(&mut self, slot: u16, status: Status, dw0: u32, data_len: u32) {
+        self.complete_full(slot, status, dw0, 0, data_len);
+    }
+
+    /// Completes the command in `slot` with both result dwords.
+    pub(crate) fn complete_full(&mut self, slot: u16, status: Status, dw0: u32, dw1: u32, data_len: u32) {
+        let mut cqe = Cqe::new(0, status);
+        cqe.dw0 = dw0.into();
+        cqe.dw1 = dw1.into();
+        if let Err(e) = self.q.complete(slot, cqe, data_len) {
+            log::warn!("nvmf target: completing slot {slot}: {e}");
+            self.closed = true;
+        }
+    }
+
+    fn queue_type(&self) -> QueueType {
+        match self.role {
+            ConnRole::Io { .. } => QueueType::Io,
+            _ => QueueType::Admin,
+        }
+    }
+
+    /// One pass over the connection; returns whether anything happened.
+    fn poll(&mut self, shared: &Shared) -> bool {
+        let mut work = false;
+        let mut events = std::mem::take(&mut self.events);
+        match self.q.poll_receive(&mut self.stream, &mut self.bufs, &mut |e| events.push(e)) {
+            Ok(n) => work |= n > 0,
+            Err(e) => {
+                log::debug!("nvmf target: connection from listener {}: {e}", self.listener);
+                self.closed = true;
+            }
+        }
+        for ev in events.drain(..) {
+            work = true;
+            self.on_event(ev, shared);
+        }
+        self.events = events;
+        if let Some(mut io) = self.io.take() {
+            work |= io.poll(self);
+            self.io = Some(io);
+        }
+        if self.q.wants_transmit() {
+            let mut released = 0usize;
+            match self.q.transmit(&mut self.stream, &self.bufs, &mut |_| released += 1) {
+                Ok(n) => work |= n > 0,
+                Err(e) => {
+                    log::debug!("nvmf target: transmit: {e}");
+                    self.closed = true;
+                }
+            }
+        }
+        // Controller liveness: keep-alive expiry on the admin queue, and
+        // I/O queues of dead controllers.
+        match &self.role {
+            ConnRole::Admin(c) => {
+                let r = c.regs();
+                let kato = Duration::from_millis(u64::from(r.kato_ms));
+                if !kato.is_zero() && r.last_contact.elapsed() > kato * 2 {
+                    log::warn!("nvmf target: controller {} keep-alive expired", c.cntlid);
+                    drop(r);
+                    self.closed = true;
+                }
+            }
+            ConnRole::Io { ctrl, .. } if ctrl.dead.load(Ordering::Acquire) => self.closed = true,
+            ConnRole::New if self.accepted.elapsed() > Duration::from_secs(30) => self.closed = true,
+            _ => {}
+        }
+        work
+    }
+
+    fn on_event(&mut self, ev: CtrlEvent, shared: &Shared) {
+        match ev {
+            CtrlEvent::Command { slot, sqe, data } => {
+                if let Some(s) = self.sqes.get_mut(usize::from(slot)) {
+                    *s = sqe;
+                }
+                if data == CmdData::BadSgl {
+                    self.complete(slot, bad_sgl_status(), 0, 0);
+                    return;
+                }
+                if let CmdData::ToController(_) = data {
+                    // Fetch the data first; the command runs on DataReady.
+                    if let Err(e) = self.q.request_data(slot) {
+                        log::warn!("nvmf target: r2t: {e}");
+                        self.closed = true;
+                    }
+                    return;
+                }
+                self.execute(slot, sqe, data, shared);
+            }
+            CtrlEvent::DataReady { slot } => {
+                let sqe = self.sqes.get(usize::from(slot)).copied().unwrap_or(Sqe::new(0, 0));
+                let len = self.bufs.lens.get(usize::from(slot)).copied().unwrap_or(0);
+                self.execute(slot, sqe, CmdData::InCapsule(len), shared);
+            }
+        }
+    }
+
+    /// Runs a command whose data (if any) has arrived.
+    fn execute(&mut self, slot: u16, sqe: Sqe, data: CmdData, shared: &Shared) {
+        let cmd = match Command::parse(&sqe, self.queue_type()) {
+            Ok(c) => c,
+            Err(e) => {
+                self.complete(slot, e.status(), 0, 0);
+                return;
+            }
+        };
+        match (&self.role, cmd) {
+            (ConnRole::New, Command::Fabrics(FabricsCommand::Connect { qid, sqsize, kato, .. })) => {
+                admin::connect(self, shared, slot, qid, sqsize, kato, data);
+            }
+            (ConnRole::New, _) => self.complete(slot, seq_error(), 0, 0),
+            (_, Command::Fabrics(FabricsCommand::Connect { .. })) => self.complete(slot, seq_error(), 0, 0),
+            (ConnRole::Io { .. }, Command::Fabrics(FabricsCommand::Disconnect { .. })) => {
+                self.complete(slot, Status::SUCCESS, 0, 0);
+            }
+            (ConnRole::Io { .. }, Command::Io(io)) => {
+                if let Some(mut st) = self.io.take() {
+                    st.submit(self, slot, io, data);
+                    self.io = Some(st);
+                } else {
+                    self.complete(slot, seq_error(), 0, 0);
+                }
+            }
+            (ConnRole::Admin(_), cmd) => admin::execute(self, shared, slot, cmd, data),
+            (ConnRole::Io { .. }, _) => {
+                self.complete(slot, Status::new(StatusCode::Generic(GenericStatus::InvalidOpcode), true), 0, 0);
+            }
+        }
+    }
+
+    fn teardown(&mut self) {
+        self.io = None;
+        if let ConnRole::Io { ctrl, qid } = &self.role {
+            ctrl.regs().io_qids.retain(|q| q != qid);
+        }
+        if let ConnRole::Admin(c) = &self.role {
+            c.dead.store(true, Ordering::Release);
+            c.subsys.ctrls().remove(&c.cntlid);
+            log::info!("nvmf target: controller {} of {} gone", c.cntlid, c.subsys.nqn);
+        }
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+pub(crate) fn seq_error() -> Status {
+    Status::new(StatusCode::Generic(GenericStatus::CommandSequenceError), true)
+}
+
+/// A set of connections served by one thread.
+pub struct PollGroup {
+    shared: Arc<Shared>,
+    conns: Vec<TgtConn>,
+}
+
+impl std::fmt::Debug for PollGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PollGroup").field("connections", &self.conns.len()).finish()
+    }
+}
+
+impl PollGroup {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self { shared, conns: Vec::new() }
+    }
+
+    /// Number of connections served.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Accepts new connections and serves the existing ones once. Returns
+    /// whether any work was done.
+    pub fn poll(&mut self) -> bool {
+        let mut work = false;
+        for (i, l) in self.shared.listeners.iter().enumerate() {
+            while let Ok((s, peer)) = l.accept() {
+                match TgtConn::new(s, i, &self.shared) {
+                    Ok(c) => {
+                        log::debug!("nvmf target: connection from {peer} on listener {i}");
+                        self.conns.push(c);
+                        work = true;
+                    }
+                    Err(e) => log::warn!("nvmf target: accepting {peer}: {e}"),
+                }
+            }
+        }
+        let shared = self.shared.clone();
+        for c in &mut self.conns {
+            work |= c.poll(&shared);
+        }
+        let mut i = 0;
+        while i < self.conns.len() {
+            if self.conns[i].closed {
+                let mut c = self.conns.swap_remove(i);
+                c.teardown();
+                work = true;
+            } else {
+                i += 1;
+            }
+        }
+        work
+    }
+
+    /// Closes every connection.
+    pub fn shutdown(&mut self) {
+        for mut c in self.conns.drain(..) {
+            c.teardown();
+        }
+    }
+}
+
+impl Drop for PollGroup {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

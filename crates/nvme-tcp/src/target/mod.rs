@@ -1,0 +1,376 @@
+//! NVMe/TCP target: exports bdevs as namespaces of NVM subsystems over one
+//! or more TCP listeners, with a discovery subsystem and per-subsystem
+//! allowed hosts.
+//!
+//! Connections are served by poll groups ([`PollGroup`]): each owns the
+//! connections it accepted, their queue state machines and the bdev
+//! channels of their I/O queues. [`Target::start`] runs poll groups on
+//! threads; [`Target::poll_group`] gives one to run on a reactor instead.
+
+mod admin;
+mod conn;
+mod io;
+
+pub use conn::PollGroup;
+
+use bdev::Bdev;
+use nvme_spec::fabrics::DISCOVERY_NQN;
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// Errors setting up a target.
+#[derive(Debug, Error)]
+pub enum TargetError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}")]
+    Listen {
+        /// Address.
+        addr: SocketAddr,
+        /// OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The configuration is invalid.
+    #[error("invalid target configuration: {0}")]
+    Config(String),
+    /// A thread could not be started.
+    #[error("cannot start poll group thread")]
+    Thread(#[source] std::io::Error),
+}
+
+/// An NVM subsystem to export.
+#[derive(Clone)]
+pub struct SubsystemConfig {
+    /// Subsystem NQN.
+    pub nqn: String,
+    /// Serial number reported by its controllers.
+    pub serial: String,
+    /// Model number reported by its controllers.
+    pub model: String,
+    /// Namespaces, NSID = position + 1.
+    pub namespaces: Vec<Arc<dyn Bdev>>,
+    /// Host NQNs allowed to connect (`None`: any host).
+    pub allowed_hosts: Option<Vec<String>>,
+    /// Indexes of the listeners it is reachable on (`None`: all).
+    pub listeners: Option<Vec<usize>>,
+}
+
+impl std::fmt::Debug for SubsystemConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubsystemConfig")
+            .field("nqn", &self.nqn)
+            .field("namespaces", &self.namespaces.iter().map(|b| b.info().name.clone()).collect::<Vec<_>>())
+            .field("allowed_hosts", &self.allowed_hosts)
+            .finish()
+    }
+}
+
+impl SubsystemConfig {
+    /// A subsystem open to any host on every listener.
+    pub fn new(nqn: &str, namespaces: Vec<Arc<dyn Bdev>>) -> Self {
+        Self {
+            nqn: nqn.to_string(),
+            serial: format!("XB{:018x}", crate::target::hash(nqn) & 0xff_ffff_ffff_ffff),
+            model: "xbdev nvme-tcp target".to_string(),
+            namespaces,
+            allowed_hosts: None,
+            listeners: None,
+        }
+    }
+}
+
+/// Target settings.
+#[derive(Clone, Debug)]
+pub struct TargetConfig {
+    /// Addresses to listen on (port 0 picks a free port).
+    pub listeners: Vec<SocketAddr>,
+    /// Subsystems.
+    pub subsystems: Vec<SubsystemConfig>,
+    /// Poll group threads started by [`Target::start`].
+    pub poll_groups: usize,
+    /// Grant header / data digests when hosts ask.
+    pub allow_digests: bool,
+    /// Commands per queue (MQES + 1).
+    pub queue_depth: u16,
+    /// Maximum data transfer per command, in bytes (a power of two, at
+    /// least 4096): MDTS.
+    pub max_transfer: u32,
+    /// In-capsule data accepted on I/O queues.
+    pub incapsule: u32,
+    /// Number of I/O queues per controller.
+    pub max_io_queues: u16,
+}
+
+impl TargetConfig {
+    /// Defaults: one poll group, digests allowed, depth 128, 128 KiB
+    /// transfers, 8 KiB in-capsule data, 16 I/O queues.
+    pub fn new(listeners: Vec<SocketAddr>, subsystems: Vec<SubsystemConfig>) -> Self {
+        Self {
+            listeners,
+            subsystems,
+            poll_groups: 1,
+            allow_digests: true,
+            queue_depth: 128,
+            max_transfer: 128 << 10,
+            incapsule: 8192,
+            max_io_queues: 16,
+        }
+    }
+}
+
+fn hash(s: &str) -> u64 {
+    // FNV-1a: stable serial numbers from NQNs.
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+}
+
+/// Mutable controller state shared by its queues.
+#[derive(Debug)]
+pub(crate) struct CtrlRegs {
+    pub(crate) cc: u32,
+    pub(crate) csts: u32,
+    pub(crate) kato_ms: u32,
+    pub(crate) io_queues: u16,
+    pub(crate) last_contact: Instant,
+    pub(crate) aen_config: u32,
+    pub(crate) wce: bool,
+    /// I/O queue IDs connected.
+    pub(crate) io_qids: Vec<u16>,
+}
+
+/// One controller (association) of a subsystem.
+#[derive(Debug)]
+pub(crate) struct Ctrl {
+    pub(crate) cntlid: u16,
+    pub(crate) subsys: Arc<Subsys>,
+    pub(crate) hostnqn: String,
+    pub(crate) hostid: [u8; 16],
+    pub(crate) regs: Mutex<CtrlRegs>,
+    /// Torn down (keep-alive expiry or admin queue gone).
+    pub(crate) dead: AtomicBool,
+}
+
+impl Ctrl {
+    pub(crate) fn regs(&self) -> std::sync::MutexGuard<'_, CtrlRegs> {
+        self.regs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn touch(&self) {
+        self.regs().last_contact = Instant::now();
+    }
+}
+
+/// A subsystem at run time.
+pub(crate) struct Subsys {
+    pub(crate) nqn: String,
+    pub(crate) serial: String,
+    pub(crate) model: String,
+    pub(crate) namespaces: Vec<Arc<dyn Bdev>>,
+    pub(crate) allowed_hosts: Option<Vec<String>>,
+    pub(crate) listeners: Option<Vec<usize>>,
+    pub(crate) discovery: bool,
+    pub(crate) ctrls: Mutex<HashMap<u16, Arc<Ctrl>>>,
+    next_cntlid: AtomicU16,
+}
+
+impl std::fmt::Debug for Subsys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subsys").field("nqn", &self.nqn).finish()
+    }
+}
+
+impl Subsys {
+    fn new(c: &SubsystemConfig, discovery: bool) -> Self {
+        Self {
+            nqn: c.nqn.clone(),
+            serial: c.serial.clone(),
+            model: c.model.clone(),
+            namespaces: c.namespaces.clone(),
+            allowed_hosts: c.allowed_hosts.clone(),
+            listeners: c.listeners.clone(),
+            discovery,
+            ctrls: Mutex::new(HashMap::new()),
+            next_cntlid: AtomicU16::new(1),
+        }
+    }
+
+    pub(crate) fn host_allowed(&self, hostnqn: &str) -> bool {
+        self.allowed_hosts.as_ref().is_none_or(|h| h.iter().any(|x| x == hostnqn))
+    }
+
+    pub(crate) fn on_listener(&self, idx: usize) -> bool {
+        self.listeners.as_ref().is_none_or(|l| l.contains(&idx))
+    }
+
+    pub(crate) fn ctrls(&self) -> std::sync::MutexGuard<'_, HashMap<u16, Arc<Ctrl>>> {
+        self.ctrls.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A new controller ID not in use.
+    pub(crate) fn alloc_cntlid(&self) -> Option<u16> {
+        let ctrls = self.ctrls();
+        for _ in 0..0xffef {
+            let id = self.next_cntlid.fetch_add(1, Ordering::Relaxed);
+            let id = (id % 0xffef).max(1);
+            if !ctrls.contains_key(&id) {
+                return Some(id);
+            }
+        }
+        None
+    }
+}
+
+/// Everything the poll groups share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) cfg: TargetConfigRt,
+    pub(crate) listeners: Vec<TcpListener>,
+    pub(crate) addrs: Vec<SocketAddr>,
+    pub(crate) subsystems: Vec<Arc<Subsys>>,
+    pub(crate) stop: AtomicBool,
+    /// Discovery log generation counter.
+    pub(crate) genctr: u64,
+}
+
+/// The run-time part of the configuration.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TargetConfigRt {
+    pub(crate) allow_digests: bool,
+    pub(crate) queue_depth: u16,
+    pub(crate) max_transfer: u32,
+    pub(crate) incapsule: u32,
+    pub(crate) max_io_queues: u16,
+}
+
+impl Shared {
+    pub(crate) fn subsystem(&self, nqn: &str) -> Option<&Arc<Subsys>> {
+        self.subsystems.iter().find(|s| s.nqn == nqn)
+    }
+}
+
+/// A running target.
+#[derive(Debug)]
+pub struct Target {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Target {
+    /// Binds the listeners and prepares the subsystems without starting
+    /// threads; drive it with [`Target::poll_group`]s.
+    pub fn new(cfg: TargetConfig) -> Result<Self, TargetError> {
+        if cfg.listeners.is_empty() {
+            return Err(TargetError::Config("no listener".into()));
+        }
+        if !cfg.max_transfer.is_power_of_two() || cfg.max_transfer < 4096 {
+            return Err(TargetError::Config(format!(
+                "max_transfer {} is not a power of two >= 4096",
+                cfg.max_transfer
+            )));
+        }
+        if cfg.queue_depth < 2 {
+            return Err(TargetError::Config("queue depth below 2".into()));
+        }
+        let mut names = std::collections::HashSet::new();
+        for s in &cfg.subsystems {
+            if s.nqn.len() > nvme_spec::fabrics::NQN_MAX_LEN || s.nqn.is_empty() || s.nqn == DISCOVERY_NQN {
+                return Err(TargetError::Config(format!("bad subsystem nqn '{}'", s.nqn)));
+            }
+            if !names.insert(s.nqn.clone()) {
+                return Err(TargetError::Config(format!("duplicate subsystem '{}'", s.nqn)));
+            }
+            if s.namespaces.len() > 1024 {
+                return Err(TargetError::Config(format!("subsystem '{}' has more than 1024 namespaces", s.nqn)));
+            }
+        }
+        let mut listeners = Vec::new();
+        let mut addrs = Vec::new();
+        for a in &cfg.listeners {
+            let l = TcpListener::bind(a).map_err(|e| TargetError::Listen { addr: *a, source: e })?;
+            l.set_nonblocking(true).map_err(|e| TargetError::Listen { addr: *a, source: e })?;
+            addrs.push(l.local_addr().map_err(|e| TargetError::Listen { addr: *a, source: e })?);
+            listeners.push(l);
+        }
+        let mut subsystems: Vec<Arc<Subsys>> = cfg.subsystems.iter().map(|s| Arc::new(Subsys::new(s, false))).collect();
+        let disc = SubsystemConfig {
+            nqn: DISCOVERY_NQN.to_string(),
+            serial: "XBDISCOVERY".into(),
+            model: "xbdev discovery".into(),
+            namespaces: Vec::new(),
+            allowed_hosts: None,
+            listeners: None,
+        };
+        subsystems.push(Arc::new(Subsys::new(&disc, true)));
+        let rt = TargetConfigRt {
+            allow_digests: cfg.allow_digests,
+            queue_depth: cfg.queue_depth,
+            max_transfer: cfg.max_transfer,
+            incapsule: cfg.incapsule,
+            max_io_queues: cfg.max_io_queues.max(1),
+        };
+        Ok(Self {
+            shared: Arc::new(Shared { cfg: rt, listeners, addrs, subsystems, stop: AtomicBool::new(false), genctr: 1 }),
+            threads: Vec::new(),
+        })
+    }
+
+    /// Binds the listeners and starts `cfg.poll_groups` threads.
+    pub fn start(cfg: TargetConfig) -> Result<Self, TargetError> {
+        let n = cfg.poll_groups.max(1);
+        let mut t = Self::new(cfg)?;
+        for i in 0..n {
+            let shared = t.shared.clone();
+            let h = std::thread::Builder::new()
+                .name(format!("nvmf-tgt-{i}"))
+                .spawn(move || {
+                    let mut pg = PollGroup::new(shared.clone());
+                    let mut idle = 0u32;
+                    while !shared.stop.load(Ordering::Acquire) {
+                        if pg.poll() {
+                            idle = 0;
+                        } else {
+                            idle = idle.saturating_add(1);
+                            if idle > 64 {
+                                std::thread::sleep(Duration::from_micros(if idle > 10_000 { 500 } else { 50 }));
+                            }
+                        }
+                    }
+                    pg.shutdown();
+                })
+                .map_err(TargetError::Thread)?;
+            t.threads.push(h);
+        }
+        Ok(t)
+    }
+
+    /// A poll group to run on the caller's thread (e.g. a reactor poller).
+    pub fn poll_group(&self) -> PollGroup {
+        PollGroup::new(self.shared.clone())
+    }
+
+    /// The bound listener addresses, in configuration order.
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.shared.addrs
+    }
+
+    /// Stops the poll group threads (connections are closed).
+    pub fn stop(mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
