@@ -260,9 +260,17 @@ fn hot_spare_rebuild_restores_redundancy() {
         let d = r.array.detail();
         assert_eq!(d.state, ArrayState::Active, "{d:?}");
         assert!(d.disks.iter().any(|x| x.name == format!("f{disks}") && x.state == DiskState::Active));
-        let ev = events.lock().unwrap().clone();
+        // The control thread reports the end right after switching states.
+        let t0 = Instant::now();
+        let ev = loop {
+            let ev = events.lock().unwrap().clone();
+            if ev.iter().any(|e| matches!(e, MdEvent::RecoveryFinished { slot: 0 })) {
+                break ev;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(10), "{ev:?}");
+            std::thread::sleep(Duration::from_millis(5));
+        };
         assert!(ev.iter().any(|e| matches!(e, MdEvent::DeviceFailed { slot: 0, .. })), "{ev:?}");
-        assert!(ev.iter().any(|e| matches!(e, MdEvent::RecoveryFinished { slot: 0 })), "{ev:?}");
         // The rebuilt member now carries data: lose another one.
         r.batch(&[Op::Fail { member: 1 }]);
         r.read_all();
