@@ -388,10 +388,25 @@ pub struct MdArray {
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
+/// Callback receiving every array's events with the array name (the
+/// seed's process-wide `xbdev_md_monitor`).
+pub type GlobalMonitor = Arc<dyn Fn(&str, &MdEvent) + Send + Sync>;
+
+static GLOBAL_MONITORS: Mutex<Vec<GlobalMonitor>> = Mutex::new(Vec::new());
+
+/// Adds a callback for the events of every array of the process.
+pub fn md_monitor_all(cb: GlobalMonitor) {
+    lock(&GLOBAL_MONITORS).push(cb);
+}
+
 pub(crate) fn emit(sh: &Shared, ev: &MdEvent) {
     let monitors: Vec<Monitor> = lock(&sh.monitors).clone();
     for m in monitors {
         m(ev);
+    }
+    let global: Vec<GlobalMonitor> = lock(&GLOBAL_MONITORS).clone();
+    for m in global {
+        m(&sh.name, ev);
     }
 }
 

@@ -237,6 +237,9 @@ fn hot_spare_rebuild_restores_redundancy() {
         let events = Arc::new(Mutex::new(Vec::new()));
         let ev = events.clone();
         r.array.monitor(Arc::new(move |e: &MdEvent| ev.lock().unwrap().push(e.clone())));
+        let global = Arc::new(Mutex::new(Vec::new()));
+        let g = global.clone();
+        md_monitor_all(Arc::new(move |name: &str, e: &MdEvent| g.lock().unwrap().push((name.to_string(), e.clone()))));
         r.batch(&[Op::Write { at: 0, blocks: r.blocks(), seed: 21 }]);
         let spare = add_member(&r.reg, disks, 512);
         r.array.manage(ManageCmd::AddSpare(format!("f{disks}"))).unwrap();
@@ -271,6 +274,7 @@ fn hot_spare_rebuild_restores_redundancy() {
             std::thread::sleep(Duration::from_millis(5));
         };
         assert!(ev.iter().any(|e| matches!(e, MdEvent::DeviceFailed { slot: 0, .. })), "{ev:?}");
+        assert!(global.lock().unwrap().iter().any(|(n, e)| n == "md0" && matches!(e, MdEvent::SpareActivated { .. })));
         // The rebuilt member now carries data: lose another one.
         r.batch(&[Op::Fail { member: 1 }]);
         r.read_all();
