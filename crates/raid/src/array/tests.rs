@@ -592,3 +592,17 @@ fn concurrent_channels_keep_parity_consistent() {
         }
     }
 }
+
+/// Mirrored reads spread over the copies: the least busy copy, ties
+/// round-robin.
+#[test]
+fn raid1_reads_are_balanced() {
+    let mut r = rig(Level::Raid1, None, 2, 0, 512);
+    let before: Vec<u64> = (0..2).map(|i| r.reg.stats(&format!("f{i}")).unwrap().ops_of(bdev::IoType::Read)).collect();
+    let ops: Vec<Op> = (0..32).map(|i| Op::Read { at: i * 8, blocks: 8 }).collect();
+    r.batch(&ops);
+    let reads: Vec<u64> =
+        (0..2).map(|i| r.reg.stats(&format!("f{i}")).unwrap().ops_of(bdev::IoType::Read) - before[i]).collect();
+    assert_eq!(reads.iter().sum::<u64>(), 32);
+    assert!(reads.iter().all(|&n| n >= 8), "unbalanced: {reads:?}");
+}
