@@ -1,0 +1,794 @@
+//! The RAID channel: one per reactor, over one channel per member.
+//!
+//! A request becomes a *parent*; the parent issues *children* (member IOs)
+//! piece by piece as resources allow: linear and raid0 pieces go to one
+//! member, mirrored reads to the least busy in-sync copy, mirrored writes
+//! to every writable copy (a *group*), parity-level writes and degraded
+//! reads through *stripe operations* ([`super::stripe`]). Everything lives
+//! in fixed slabs allocated when the channel opens; a request that finds no
+//! free entry waits in a queue and continues from the next poll.
+//!
+//! Errors: a path error is retried once on the same member; a media error,
+//! or a path error that persists, fails the member (unless the array needs
+//! it to run, as md keeps its last devices) and the piece is redone from
+//! redundancy.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bdev::{BdevChannel, IoChannel, IoRequest, IoStatus, IoType, IoVecs, QueueFull};
+
+use super::shared::Shared;
+use super::slab::Slab;
+use super::stripe::StripeOp;
+use crate::geometry::{Geometry, MemberSector, Target};
+
+/// Children per channel.
+const CHILDREN: usize = 4096;
+/// Mirror write groups per channel.
+const GROUPS: usize = 2048;
+
+pub(super) struct MemberCh {
+    dev_id: u64,
+    pub ch: BdevChannel,
+    data_offset: u64,
+    /// Member sectors per member block.
+    spb: u64,
+    pub outstanding: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Owner {
+    Parent(u32),
+    Group(u32),
+    Op(u32),
+}
+
+#[derive(Clone, Copy)]
+pub(super) struct Child {
+    pub owner: Owner,
+    pub slot: usize,
+    pub io_type: IoType,
+    pub sector: u64,
+    pub sectors: u64,
+    pub iovs: IoVecs,
+    pub retries: u8,
+    /// Device the child went to (slots may change devices meanwhile).
+    pub dev_id: u64,
+    /// Array position of the piece (to redo it elsewhere) and its offset
+    /// in the parent, in sectors.
+    pub lba: u64,
+    pub io_offset: u64,
+}
+
+impl Child {
+    fn empty() -> Child {
+        Child {
+            owner: Owner::Parent(0),
+            slot: 0,
+            io_type: IoType::Read,
+            sector: 0,
+            sectors: 0,
+            iovs: IoVecs::new(),
+            retries: 0,
+            dev_id: 0,
+            lba: 0,
+            io_offset: 0,
+        }
+    }
+}
+
+/// A read to redo from redundancy.
+#[derive(Clone, Copy)]
+struct Redo {
+    parent: u32,
+    lba: u64,
+    sectors: u64,
+    io_offset: u64,
+    iovs: IoVecs,
+    not: usize,
+    status: IoStatus,
+}
+
+pub(super) struct Group {
+    parent: u32,
+    pending: u32,
+    ok: u32,
+    status: IoStatus,
+    lock: Option<u64>,
+}
+
+pub(super) struct Parent {
+    pub tag: u64,
+    pub io_type: IoType,
+    pub lba: u64,
+    pub sectors: u64,
+    pub iovs: IoVecs,
+    /// Sectors issued so far (non-parity writes), or stripe/window cursor.
+    pub next: u64,
+    pub next_window: u64,
+    pub outstanding: u32,
+    pub status: IoStatus,
+    pub issued: bool,
+}
+
+impl Parent {
+    fn empty() -> Parent {
+        Parent {
+            tag: 0,
+            io_type: IoType::Read,
+            lba: 0,
+            sectors: 0,
+            iovs: IoVecs::new(),
+            next: 0,
+            next_window: 0,
+            outstanding: 0,
+            status: IoStatus::Success,
+            issued: false,
+        }
+    }
+
+    /// Records a failure (the first one wins).
+    pub fn fail(&mut self, st: IoStatus) {
+        if self.status.is_ok() {
+            self.status = st;
+        }
+    }
+}
+
+/// Outcome of trying to issue more of a parent.
+#[derive(PartialEq, Eq)]
+pub(super) enum Progress {
+    Done,
+    Blocked,
+}
+
+pub(crate) struct RaidChannel {
+    pub sh: Arc<Shared>,
+    gen: u64,
+    pub members: Vec<Option<MemberCh>>,
+    retired: Vec<MemberCh>,
+    pub parents: Slab<Parent>,
+    pub children: Slab<Child>,
+    groups: Slab<Group>,
+    pub ops: Slab<StripeOp>,
+    work: VecDeque<u32>,
+    resubmit: VecDeque<u32>,
+    pub op_wait: VecDeque<u32>,
+    done: VecDeque<(u64, IoStatus)>,
+    completions: Vec<(u64, IoStatus)>,
+    batch: Vec<(u64, IoStatus)>,
+    /// Reads planned by a stripe operation (reused).
+    pub plan_buf: Vec<(usize, u64, u64)>,
+    /// Round-robin position for mirrored reads.
+    rr: usize,
+    redo: VecDeque<Redo>,
+}
+
+impl RaidChannel {
+    pub(crate) fn new(sh: Arc<Shared>, depth: usize, stripe_ops: usize) -> Result<RaidChannel, bdev::BdevError> {
+        let n = sh.slots.len();
+        let parity = matches!(sh.geometry, Geometry::Striped(_));
+        let window_bytes = (sh.window_sectors * 512) as usize;
+        let mut op_err = None;
+        let ops = Slab::new(if parity { stripe_ops.max(1) } else { 1 }, || {
+            StripeOp::new(n, if parity { window_bytes } else { 0 }).unwrap_or_else(|e| {
+                op_err = Some(e);
+                StripeOp::placeholder(n)
+            })
+        });
+        if let Some(e) = op_err {
+            return Err(e.into());
+        }
+        let mut ch = RaidChannel {
+            gen: u64::MAX,
+            members: (0..n).map(|_| None).collect(),
+            retired: Vec::new(),
+            parents: Slab::new(depth, Parent::empty),
+            children: Slab::new(CHILDREN, Child::empty),
+            groups: Slab::new(GROUPS, || Group { parent: 0, pending: 0, ok: 0, status: IoStatus::Success, lock: None }),
+            ops,
+            work: VecDeque::with_capacity(depth),
+            resubmit: VecDeque::with_capacity(CHILDREN),
+            op_wait: VecDeque::with_capacity(stripe_ops.max(1)),
+            done: VecDeque::with_capacity(depth),
+            completions: Vec::with_capacity(CHILDREN),
+            batch: Vec::with_capacity(CHILDREN),
+            plan_buf: Vec::with_capacity(n + 2),
+            rr: 0,
+            redo: VecDeque::with_capacity(CHILDREN),
+            sh,
+        };
+        ch.refresh();
+        Ok(ch)
+    }
+
+    /// Follows device changes of the slots.
+    fn refresh(&mut self) {
+        let g = self.sh.generation();
+        if g == self.gen {
+            return;
+        }
+        self.gen = g;
+        for i in 0..self.members.len() {
+            let dev = self.sh.slot(i).and_then(|s| s.device());
+            let cur = self.members.get(i).and_then(|m| m.as_ref()).map(|m| m.dev_id);
+            if dev.as_ref().map(|d| d.id) == cur {
+                continue;
+            }
+            let new = dev.and_then(|d| match d.desc.channel() {
+                Ok(ch) => {
+                    let mspb = (u64::from(d.block_size) / 512).max(1);
+                    Some(MemberCh { dev_id: d.id, ch, data_offset: d.data_offset, spb: mspb, outstanding: 0 })
+                }
+                Err(e) => {
+                    log::error!("raid {}: cannot open a channel to {}: {e}", self.sh.name, d.name());
+                    None
+                }
+            });
+            if let Some(slot) = self.members.get_mut(i) {
+                if let Some(old) = std::mem::replace(slot, new) {
+                    if old.ch.in_flight() > 0 {
+                        self.retired.push(old);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether slot `m` has a channel and can serve `[sector, sector+n)`.
+    pub(super) fn readable(&self, m: usize, sector: u64, n: u64) -> bool {
+        matches!(self.members.get(m), Some(Some(_))) && self.sh.slot(m).is_some_and(|s| s.readable(sector, n))
+    }
+
+    pub(super) fn writable(&self, m: usize) -> bool {
+        matches!(self.members.get(m), Some(Some(_))) && self.sh.slot(m).is_some_and(|s| s.writable())
+    }
+
+    /// Allocates and submits a child IO; `None` when no child entry is free.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn issue(
+        &mut self,
+        owner: Owner,
+        slot: usize,
+        io_type: IoType,
+        sector: u64,
+        sectors: u64,
+        iovs: IoVecs,
+        lba: u64,
+        io_offset: u64,
+    ) -> Option<u32> {
+        let c = self.children.alloc()?;
+        let dev_id = self.members.get(slot).and_then(|m| m.as_ref()).map_or(0, |m| m.dev_id);
+        if let Some(ch) = self.children.get_mut(c) {
+            *ch = Child { owner, slot, io_type, sector, sectors, iovs, retries: 0, dev_id, lba, io_offset };
+        }
+        self.submit_child(c);
+        Some(c)
+    }
+
+    fn submit_child(&mut self, c: u32) {
+        let Some(child) = self.children.get(c).copied() else {
+            return;
+        };
+        let Some(Some(m)) = self.members.get_mut(child.slot) else {
+            // The member went away: answer as a path error.
+            self.completions.push((u64::from(c), IoStatus::PathError));
+            return;
+        };
+        let start = m.data_offset + child.sector;
+        if start % m.spb != 0 || child.sectors % m.spb != 0 {
+            self.completions.push((u64::from(c), IoStatus::Invalid));
+            return;
+        }
+        let io = IoRequest {
+            io_type: child.io_type,
+            offset_blocks: start / m.spb,
+            num_blocks: child.sectors / m.spb,
+            iovs: child.iovs,
+            tag: u64::from(c),
+        };
+        let io =
+            if child.io_type == IoType::Flush { IoRequest::no_data(IoType::Flush, 0, 0, u64::from(c)) } else { io };
+        match m.ch.submit(&io) {
+            Ok(()) => m.outstanding += 1,
+            Err(QueueFull) => self.resubmit.push_back(c),
+        }
+    }
+
+    pub(super) fn finish_parent_part(&mut self, p: u32, st: IoStatus) {
+        let complete = match self.parents.get_mut(p) {
+            Some(par) => {
+                if !st.is_ok() {
+                    par.fail(st);
+                }
+                par.outstanding = par.outstanding.saturating_sub(1);
+                par.issued && par.outstanding == 0
+            }
+            None => false,
+        };
+        if complete {
+            self.complete_parent(p);
+        }
+    }
+
+    fn complete_parent(&mut self, p: u32) {
+        if let Some(par) = self.parents.get(p) {
+            self.done.push_back((par.tag, par.status));
+        }
+        self.parents.release(p);
+    }
+
+    /// Issues as much of parent `p` as resources allow.
+    fn advance(&mut self, p: u32) -> Progress {
+        let Some(par) = self.parents.get(p) else {
+            return Progress::Done;
+        };
+        let (io_type, lba, sectors) = (par.io_type, par.lba, par.sectors);
+        let progress = match (io_type, &self.sh.geometry) {
+            (IoType::Flush, _) => self.advance_flush(p),
+            (IoType::Write, Geometry::Striped(_)) => self.advance_parity_write(p),
+            _ => self.advance_pieces(p, io_type, lba, sectors),
+        };
+        if progress == Progress::Done {
+            let complete = match self.parents.get_mut(p) {
+                Some(par) => {
+                    par.issued = true;
+                    par.outstanding == 0
+                }
+                None => false,
+            };
+            if complete {
+                self.complete_parent(p);
+            }
+        }
+        progress
+    }
+
+    fn advance_flush(&mut self, p: u32) -> Progress {
+        if self.children.available() < self.members.len() {
+            return Progress::Blocked;
+        }
+        let Some(g) = self.groups.alloc() else {
+            return Progress::Blocked;
+        };
+        if let Some(grp) = self.groups.get_mut(g) {
+            *grp = Group { parent: p, pending: 0, ok: 0, status: IoStatus::Success, lock: None };
+        }
+        if let Some(par) = self.parents.get_mut(p) {
+            par.outstanding += 1;
+        }
+        let mut n = 0;
+        for m in 0..self.members.len() {
+            if !self.writable(m) {
+                continue;
+            }
+            if let Some(grp) = self.groups.get_mut(g) {
+                grp.pending += 1;
+            }
+            self.issue(Owner::Group(g), m, IoType::Flush, 0, 0, IoVecs::new(), 0, 0);
+            n += 1;
+        }
+        if n == 0 {
+            self.groups.release(g);
+            self.finish_parent_part(p, IoStatus::Success);
+        }
+        Progress::Done
+    }
+
+    /// Reads (every level) and writes of the levels without parity.
+    fn advance_pieces(&mut self, p: u32, io_type: IoType, lba: u64, sectors: u64) -> Progress {
+        loop {
+            let Some(par) = self.parents.get(p) else {
+                return Progress::Done;
+            };
+            let next = par.next;
+            if next >= sectors {
+                return Progress::Done;
+            }
+            let at = lba + next;
+            let Ok((target, run)) = self.sh.geometry.locate(at) else {
+                if let Some(par) = self.parents.get_mut(p) {
+                    par.fail(IoStatus::Invalid);
+                    par.next = sectors;
+                }
+                return Progress::Done;
+            };
+            let mut n = run.min(sectors - next);
+            if let Target::Stripe(c) = &target {
+                // Parity-level pieces stay inside one stripe window.
+                let w = self.sh.window_sectors;
+                let row = c.data.sector - c.stripe * self.sh.geometry.chunk_sectors();
+                n = n.min(w - row % w);
+            }
+            // Mirrored writes lock their region, so recovery and resync
+            // (which copy region by region under the same lock) never copy
+            // data a write is changing.
+            let mirrored_write = io_type == IoType::Write && matches!(target, Target::Mirrored);
+            let lock = if mirrored_write {
+                let w = self.sh.window_sectors;
+                n = n.min(w - at % w);
+                Some(self.sh.region_key(at))
+            } else {
+                None
+            };
+            if self.children.available() < self.sh.slots.len() + 1 {
+                return Progress::Blocked;
+            }
+            let iovs = match par.iovs.slice(next * 512, n * 512) {
+                Some(v) => v,
+                None => {
+                    if let Some(par) = self.parents.get_mut(p) {
+                        par.fail(IoStatus::Invalid);
+                        par.next = sectors;
+                    }
+                    return Progress::Done;
+                }
+            };
+            let issued = match target {
+                Target::Single(ms) => {
+                    self.add_outstanding(p);
+                    self.issue(Owner::Parent(p), ms.member, io_type, ms.sector, n, iovs, at, next);
+                    true
+                }
+                Target::Stripe(c) => {
+                    // Only reads get here.
+                    if self.readable(c.data.member, c.data.sector, n) {
+                        self.add_outstanding(p);
+                        self.issue(Owner::Parent(p), c.data.member, io_type, c.data.sector, n, iovs, at, next);
+                        true
+                    } else {
+                        self.start_degraded_read(p, at, n, next)
+                    }
+                }
+                Target::Mirrored if io_type == IoType::Read => {
+                    match self.pick_copy(at, n, None) {
+                        Some(ms) => {
+                            self.add_outstanding(p);
+                            self.issue(Owner::Parent(p), ms.member, io_type, ms.sector, n, iovs, at, next);
+                        }
+                        None => {
+                            if let Some(par) = self.parents.get_mut(p) {
+                                par.fail(IoStatus::MediaError);
+                            }
+                        }
+                    }
+                    true
+                }
+                Target::Mirrored => self.start_mirror_write(p, at, n, iovs, next, lock),
+            };
+            if !issued {
+                return Progress::Blocked;
+            }
+            if let Some(par) = self.parents.get_mut(p) {
+                par.next = next + n;
+            }
+        }
+    }
+
+    pub(super) fn add_outstanding(&mut self, p: u32) {
+        if let Some(par) = self.parents.get_mut(p) {
+            par.outstanding += 1;
+        }
+    }
+
+    /// The readable copy of `[lba, lba+n)` with the fewest IOs in flight,
+    /// skipping slot `not`.
+    /// Ties go round-robin, so an idle array spreads reads too.
+    fn pick_copy(&mut self, lba: u64, n: u64, not: Option<usize>) -> Option<MemberSector> {
+        let members = self.members.len().max(1);
+        self.rr = self.rr.wrapping_add(1);
+        let mut best: Option<((u32, usize), MemberSector)> = None;
+        for c in self.sh.geometry.copies(lba) {
+            if Some(c.member) == not || !self.readable(c.member, c.sector, n) {
+                continue;
+            }
+            let load = self.members.get(c.member).and_then(|m| m.as_ref()).map_or(u32::MAX, |m| m.outstanding);
+            let key = (load, (c.member + members - self.rr % members) % members);
+            if best.is_none_or(|(k, _)| key < k) {
+                best = Some((key, c));
+            }
+        }
+        best.map(|(_, c)| c)
+    }
+
+    fn start_mirror_write(
+        &mut self,
+        p: u32,
+        lba: u64,
+        n: u64,
+        iovs: IoVecs,
+        io_offset: u64,
+        lock: Option<u64>,
+    ) -> bool {
+        if let Some(key) = lock {
+            if !self.sh.locks.try_lock(key) {
+                return false;
+            }
+        }
+        let Some(g) = self.groups.alloc() else {
+            if let Some(key) = lock {
+                self.sh.locks.unlock(key);
+            }
+            return false;
+        };
+        if let Some(grp) = self.groups.get_mut(g) {
+            *grp = Group { parent: p, pending: 0, ok: 0, status: IoStatus::Success, lock };
+        }
+        self.add_outstanding(p);
+        let mut any = false;
+        let sh = self.sh.clone();
+        for c in sh.geometry.copies(lba) {
+            if !self.writable(c.member) {
+                continue;
+            }
+            if let Some(grp) = self.groups.get_mut(g) {
+                grp.pending += 1;
+            }
+            self.issue(Owner::Group(g), c.member, IoType::Write, c.sector, n, iovs, lba, io_offset);
+            any = true;
+        }
+        if !any {
+            self.finish_group(g);
+        }
+        true
+    }
+
+    fn finish_group(&mut self, g: u32) {
+        let Some(grp) = self.groups.get(g) else {
+            return;
+        };
+        let (parent, lock) = (grp.parent, grp.lock);
+        let status = if !grp.status.is_ok() {
+            grp.status
+        } else if grp.ok > 0 {
+            IoStatus::Success
+        } else {
+            IoStatus::MediaError
+        };
+        if let Some(key) = lock {
+            self.sh.locks.unlock(key);
+        }
+        self.groups.release(g);
+        self.finish_parent_part(parent, status);
+    }
+
+    fn child_done(&mut self, c: u32, st: IoStatus) {
+        let Some(child) = self.children.get(c).copied() else {
+            return;
+        };
+        if let Some(Some(m)) = self.members.get_mut(child.slot) {
+            m.outstanding = m.outstanding.saturating_sub(1);
+        }
+        let same_dev = self.members.get(child.slot).and_then(|m| m.as_ref()).is_some_and(|m| m.dev_id == child.dev_id);
+        if st.is_path_failure() && child.retries == 0 && same_dev && self.writable(child.slot) {
+            if let Some(ch) = self.children.get_mut(c) {
+                ch.retries = 1;
+            }
+            self.submit_child(c);
+            return;
+        }
+        self.children.release(c);
+        let failed = st == IoStatus::MediaError || st.is_path_failure();
+        // A failing member is taken out unless the array needs it.
+        // A device that already left its slot is out.
+        let member_out = failed && {
+            let current = self.sh.slot(child.slot).and_then(|s| s.device()).map(|d| d.id);
+            current != Some(child.dev_id) || self.sh.fail_member(child.slot)
+        };
+        match child.owner {
+            Owner::Parent(p) => {
+                if !failed || !member_out {
+                    self.finish_parent_part(p, st);
+                    return;
+                }
+                self.redo_read(p, &child, st);
+            }
+            Owner::Group(g) => {
+                let done = match self.groups.get_mut(g) {
+                    Some(grp) => {
+                        if st.is_ok() {
+                            grp.ok += 1;
+                        } else if !member_out && grp.status.is_ok() {
+                            // A copy that failed and left the array does not
+                            // fail the write while other copies hold it.
+                            grp.status = st;
+                        }
+                        grp.pending = grp.pending.saturating_sub(1);
+                        grp.pending == 0
+                    }
+                    None => false,
+                };
+                if done {
+                    self.finish_group(g);
+                }
+            }
+            Owner::Op(o) => self.op_child_done(o, child.slot, child.io_type, st, member_out),
+        }
+    }
+
+    /// A read child failed and its member left the array: read the piece
+    /// from redundancy instead (queued while resources are short; the
+    /// parent keeps the piece counted as outstanding meanwhile).
+    fn redo_read(&mut self, p: u32, child: &Child, st: IoStatus) {
+        let redo = Redo {
+            parent: p,
+            lba: child.lba,
+            sectors: child.sectors,
+            io_offset: child.io_offset,
+            iovs: child.iovs,
+            not: child.slot,
+            status: st,
+        };
+        if !self.try_redo(&redo) {
+            self.redo.push_back(redo);
+        }
+    }
+
+    /// Returns false when it must wait for resources.
+    fn try_redo(&mut self, r: &Redo) -> bool {
+        match self.sh.geometry.locate(r.lba) {
+            Ok((Target::Mirrored, _)) => match self.pick_copy(r.lba, r.sectors, Some(r.not)) {
+                Some(ms) => {
+                    if self.children.available() == 0 {
+                        return false;
+                    }
+                    self.issue(
+                        Owner::Parent(r.parent),
+                        ms.member,
+                        IoType::Read,
+                        ms.sector,
+                        r.sectors,
+                        r.iovs,
+                        r.lba,
+                        r.io_offset,
+                    );
+                    true
+                }
+                None => {
+                    self.finish_parent_part(r.parent, r.status);
+                    true
+                }
+            },
+            Ok((Target::Stripe(_), _)) => {
+                if !self.start_degraded_read(r.parent, r.lba, r.sectors, r.io_offset) {
+                    return false;
+                }
+                // The operation holds the parent now.
+                if let Some(par) = self.parents.get_mut(r.parent) {
+                    par.outstanding = par.outstanding.saturating_sub(1);
+                }
+                true
+            }
+            _ => {
+                self.finish_parent_part(r.parent, r.status);
+                true
+            }
+        }
+    }
+
+    fn pump(&mut self) {
+        // Pieces to read again from redundancy.
+        for _ in 0..self.redo.len() {
+            let Some(r) = self.redo.pop_front() else { break };
+            if !self.try_redo(&r) {
+                self.redo.push_front(r);
+                break;
+            }
+        }
+        // Children that found a member queue full.
+        for _ in 0..self.resubmit.len() {
+            let Some(c) = self.resubmit.pop_front() else { break };
+            self.submit_child(c);
+        }
+        // Stripe operations waiting for their lock.
+        for _ in 0..self.op_wait.len() {
+            let Some(o) = self.op_wait.pop_front() else { break };
+            self.op_try_start(o);
+        }
+        // Parents with more to issue, in order.
+        while let Some(&p) = self.work.front() {
+            if self.advance(p) == Progress::Blocked {
+                break;
+            }
+            self.work.pop_front();
+        }
+    }
+
+    fn collect(&mut self) -> usize {
+        let RaidChannel { members, retired, completions, .. } = self;
+        let mut n = 0;
+        for m in members.iter_mut().flatten() {
+            n += m.ch.poll(&mut |tag, st| completions.push((tag, st)));
+        }
+        for m in retired.iter_mut() {
+            n += m.ch.poll(&mut |tag, st| completions.push((tag, st)));
+        }
+        retired.retain(|m| m.ch.in_flight() > 0);
+        n
+    }
+}
+
+impl IoChannel for RaidChannel {
+    fn submit(&mut self, io: &IoRequest) -> Result<(), QueueFull> {
+        self.refresh();
+        let spb = self.sh.spb;
+        let early = match io.io_type {
+            IoType::Read | IoType::Write | IoType::Flush => None,
+            IoType::Reset => Some(IoStatus::Success),
+            _ => Some(IoStatus::Invalid),
+        };
+        let early = early.or_else(|| {
+            if io.io_type.is_write_like() && self.sh.readonly.load(std::sync::atomic::Ordering::Acquire) {
+                Some(IoStatus::Invalid)
+            } else if self.sh.failed.load(std::sync::atomic::Ordering::Acquire) {
+                Some(IoStatus::MediaError)
+            } else {
+                None
+            }
+        });
+        if let Some(st) = early {
+            if self.done.len() >= self.done.capacity() {
+                return Err(QueueFull);
+            }
+            self.done.push_back((io.tag, st));
+            return Ok(());
+        }
+        let Some(p) = self.parents.alloc() else {
+            return Err(QueueFull);
+        };
+        if let Some(par) = self.parents.get_mut(p) {
+            *par = Parent {
+                tag: io.tag,
+                io_type: io.io_type,
+                lba: io.offset_blocks * spb,
+                sectors: io.num_blocks * spb,
+                iovs: io.iovs,
+                next: 0,
+                next_window: 0,
+                outstanding: 0,
+                status: IoStatus::Success,
+                issued: false,
+            };
+        }
+        if self.work.is_empty() {
+            if self.advance(p) == Progress::Blocked {
+                self.work.push_back(p);
+            }
+        } else {
+            self.work.push_back(p);
+        }
+        Ok(())
+    }
+
+    fn poll(&mut self, done: &mut dyn FnMut(u64, IoStatus)) -> usize {
+        self.refresh();
+        self.collect();
+        // Handling completions may queue more (members that went away
+        // answer at once); loop until quiet.
+        for _ in 0..64 {
+            if self.completions.is_empty() {
+                break;
+            }
+            std::mem::swap(&mut self.completions, &mut self.batch);
+            for i in 0..self.batch.len() {
+                let Some(&(tag, st)) = self.batch.get(i) else { break };
+                if let Ok(c) = u32::try_from(tag) {
+                    self.child_done(c, st);
+                }
+            }
+            self.batch.clear();
+        }
+        self.pump();
+        let mut n = 0;
+        while let Some((tag, st)) = self.done.pop_front() {
+            done(tag, st);
+            n += 1;
+        }
+        n
+    }
+
+    fn in_flight(&self) -> usize {
+        self.parents.in_use() + self.done.len()
+    }
+}

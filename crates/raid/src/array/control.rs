@@ -1,0 +1,400 @@
+//! The array's control thread (md's `mdX_raidN` thread plus
+//! `md_check_recovery`): superblock updates when members fail, hot-spare
+//! activation, recovery onto a spare and resync, paced by the sync speed
+//! limit and pausable.
+//!
+//! Recovery and resync work window by window under the same stripe/region
+//! locks the channels take for writes, so a window is never rebuilt from
+//! data a concurrent write is changing.
+
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bdev::IoStatus;
+
+use crate::geometry::{Geometry, MemberContent, StripeRole};
+use crate::offline::{regenerate_parity, solve_stripe};
+use crate::superblock::{DevRole, MAX_SECTOR};
+
+use super::meta::SyncIo;
+use super::shared::{lock, ControlMsg, Shared, SlotState};
+use super::{MdEvent, SyncKind};
+
+/// Sectors handled per control step (bounded by the window for locking).
+const STEP_SECTORS: u64 = 1024;
+
+pub(crate) struct Worker {
+    sh: Arc<Shared>,
+    ios: Vec<Option<(u64, SyncIo)>>,
+}
+
+impl Worker {
+    pub(crate) fn new(sh: Arc<Shared>) -> Worker {
+        let n = sh.slots.len();
+        Worker { sh, ios: (0..n).map(|_| None).collect() }
+    }
+
+    fn io(&mut self, m: usize) -> Option<(&mut SyncIo, u64)> {
+        let dev = self.sh.slot(m)?.device()?;
+        let entry = self.ios.get_mut(m)?;
+        if entry.as_ref().is_none_or(|(id, _)| *id != dev.id) {
+            *entry = SyncIo::open(&dev.desc).ok().map(|io| (dev.id, io));
+        }
+        entry.as_mut().map(|(_, io)| (io, dev.data_offset))
+    }
+
+    fn read(&mut self, m: usize, sector: u64, buf: &mut [u8]) -> Result<(), IoStatus> {
+        let (io, off) = self.io(m).ok_or(IoStatus::PathError)?;
+        io.read_at((off + sector) * 512, buf)
+    }
+
+    fn write(&mut self, m: usize, sector: u64, buf: &[u8]) -> Result<(), IoStatus> {
+        let (io, off) = self.io(m).ok_or(IoStatus::PathError)?;
+        io.write_at((off + sector) * 512, buf)
+    }
+
+    fn readable(&self, m: usize, sector: u64, n: u64) -> bool {
+        self.sh.slot(m).is_some_and(|s| s.readable(sector, n))
+    }
+
+    /// Rebuilds `[sector, sector + n)` of slot `t` (n inside one window).
+    /// Returns false when the data cannot be rebuilt.
+    fn recover_range(&mut self, t: usize, sector: u64, n: u64) -> Result<bool, IoStatus> {
+        let sh = self.sh.clone();
+        let ext = sh.geometry.member_extent(t, sector).map_err(|_| IoStatus::Invalid)?;
+        let n = n.min(ext.sectors);
+        let bytes = (n * 512) as usize;
+        match (&sh.geometry, ext.content) {
+            (_, MemberContent::Unused) => Ok(true),
+            (Geometry::Striped(g), content) => {
+                let stripe = match content {
+                    MemberContent::Data { lba } => g.map(lba).0.stripe,
+                    MemberContent::Parity { stripe } | MemberContent::Syndrome { stripe } => stripe,
+                    MemberContent::Unused => return Ok(true),
+                };
+                let layout = g.stripe_layout(stripe);
+                let row = sector - stripe * g.chunk_sectors();
+                let key = sh.stripe_key(stripe, row - row % sh.window_sectors);
+                sh.locks.lock_blocking(key);
+                let result = (|| {
+                    let mut blocks: Vec<Option<Vec<u8>>> = Vec::with_capacity(layout.raid_disks());
+                    for m in 0..layout.raid_disks() {
+                        if m != t && self.readable(m, sector, n) {
+                            let mut b = vec![0u8; bytes];
+                            match self.read(m, sector, &mut b) {
+                                Ok(()) => blocks.push(Some(b)),
+                                Err(_) => {
+                                    sh.fail_member(m);
+                                    blocks.push(None);
+                                }
+                            }
+                        } else {
+                            blocks.push(None);
+                        }
+                    }
+                    if solve_stripe(&sh.parity, &layout, &mut blocks).is_none() {
+                        return Ok(false);
+                    }
+                    let data = blocks.get(t).and_then(|b| b.as_deref()).ok_or(IoStatus::Invalid)?;
+                    self.write(t, sector, data)?;
+                    Ok(true)
+                })();
+                sh.locks.unlock(key);
+                result
+            }
+            (_, MemberContent::Data { lba }) => {
+                let w = sh.window_sectors;
+                let n = n.min(w - lba % w);
+                let bytes = (n * 512) as usize;
+                let key = sh.region_key(lba);
+                sh.locks.lock_blocking(key);
+                let result = (|| {
+                    let mut buf = vec![0u8; bytes];
+                    let sources: Vec<_> = sh.geometry.copies(lba).filter(|c| c.member != t).collect();
+                    let mut got = false;
+                    for c in sources {
+                        if !self.readable(c.member, c.sector, n) {
+                            continue;
+                        }
+                        match self.read(c.member, c.sector, &mut buf) {
+                            Ok(()) => {
+                                got = true;
+                                break;
+                            }
+                            Err(_) => {
+                                sh.fail_member(c.member);
+                            }
+                        }
+                    }
+                    if !got {
+                        return Ok(false);
+                    }
+                    self.write(t, sector, &buf)?;
+                    Ok(true)
+                })();
+                sh.locks.unlock(key);
+                result.map(|ok| ok && n > 0)
+            }
+            _ => Ok(true),
+        }
+    }
+
+    /// Makes `[lba.., n)` (parity: stripe rows of member sectors) consistent.
+    fn resync_range(&mut self, cursor: u64, n: u64) -> Result<u64, IoStatus> {
+        let sh = self.sh.clone();
+        match &sh.geometry {
+            Geometry::Striped(g) => {
+                // `cursor` counts member sectors.
+                let chunk = g.chunk_sectors();
+                let stripe = cursor / chunk;
+                let row = cursor % chunk;
+                let w = sh.window_sectors;
+                let n = n.min(w - row % w).min(chunk - row);
+                let bytes = (n * 512) as usize;
+                let layout = g.stripe_layout(stripe);
+                let key = sh.stripe_key(stripe, row - row % w);
+                sh.locks.lock_blocking(key);
+                let result = (|| {
+                    let mut blocks: Vec<Vec<u8>> = Vec::with_capacity(layout.raid_disks());
+                    for m in 0..layout.raid_disks() {
+                        let mut b = vec![0u8; bytes];
+                        if matches!(layout.role_of(m), Some(StripeRole::Data(_))) {
+                            if !self.readable(m, cursor, n) {
+                                // Degraded: nothing to make consistent here.
+                                return Ok(());
+                            }
+                            self.read(m, cursor, &mut b)?;
+                        }
+                        blocks.push(b);
+                    }
+                    regenerate_parity(&sh.parity, &layout, &mut blocks).map_err(|_| IoStatus::Invalid)?;
+                    for m in [Some(layout.p_member()), layout.q_member()].into_iter().flatten() {
+                        if sh.slot(m).is_some_and(|s| s.writable()) {
+                            if let Some(b) = blocks.get(m) {
+                                self.write(m, cursor, b)?;
+                            }
+                        }
+                    }
+                    Ok(())
+                })();
+                sh.locks.unlock(key);
+                result.map(|()| n)
+            }
+            Geometry::Raid1 { .. } | Geometry::Raid10(_) => {
+                // `cursor` is an array sector.
+                let w = sh.window_sectors;
+                let chunk = sh.geometry.chunk_sectors();
+                let mut n = n.min(w - cursor % w);
+                if chunk > 0 {
+                    n = n.min(chunk - cursor % chunk);
+                }
+                let bytes = (n * 512) as usize;
+                let key = sh.region_key(cursor);
+                sh.locks.lock_blocking(key);
+                let result = (|| {
+                    let copies: Vec<_> = sh.geometry.copies(cursor).collect();
+                    let Some(src) = copies.iter().find(|c| self.readable(c.member, c.sector, n)).copied() else {
+                        return Ok(());
+                    };
+                    let mut buf = vec![0u8; bytes];
+                    self.read(src.member, src.sector, &mut buf)?;
+                    for c in copies {
+                        if c != src && sh.slot(c.member).is_some_and(|s| s.writable()) {
+                            self.write(c.member, c.sector, &buf)?;
+                        }
+                    }
+                    Ok(())
+                })();
+                sh.locks.unlock(key);
+                result.map(|()| n)
+            }
+            _ => Ok(n),
+        }
+    }
+}
+
+/// The thread body.
+pub(crate) fn run(sh: Arc<Shared>, rx: Receiver<ControlMsg>) {
+    let mut w = Worker::new(sh.clone());
+    let mut last_sb_write = Instant::now();
+    loop {
+        let busy = sh.sync.kind() != SyncKind::Idle && !sh.sync.paused.load(Ordering::Acquire);
+        let wait = if busy { Duration::ZERO } else { Duration::from_millis(200) };
+        match rx.recv_timeout(wait) {
+            Ok(ControlMsg::Stop) | Err(RecvTimeoutError::Disconnected) => break,
+            Ok(ControlMsg::MemberFailed(i)) => member_failed(&sh, i),
+            Ok(ControlMsg::Kick) | Err(RecvTimeoutError::Timeout) => {}
+        }
+        if sh.sync.kind() == SyncKind::Idle {
+            start_recovery_if_possible(&sh);
+        }
+        if busy {
+            step(&sh, &mut w);
+            // Record recovery progress now and then, as md does.
+            if last_sb_write.elapsed() > Duration::from_secs(5) {
+                let mut meta = lock(&sh.meta);
+                meta.write_superblocks(&sh);
+                last_sb_write = Instant::now();
+            }
+        }
+    }
+}
+
+fn member_failed(sh: &Arc<Shared>, slot: usize) {
+    let name = {
+        let mut meta = lock(&sh.meta);
+        let rec = meta.slot_device(slot).map(|r| (r.sb.dev_number, r.dev.name().to_string()));
+        let Some((dev_number, name)) = rec else {
+            return;
+        };
+        if let Some(r) = meta.sb.dev_roles.get_mut(dev_number as usize) {
+            *r = DevRole::Faulty;
+        }
+        for (dev, st) in meta.write_superblocks(sh) {
+            log::error!("raid {}: cannot write the superblock of {dev}: {st}", sh.name);
+        }
+        name
+    };
+    if sh.sync.kind() == SyncKind::Recovery && sh.sync.slot.load(Ordering::Acquire) == slot as u64 {
+        sh.sync.set_idle();
+    }
+    super::emit(sh, &MdEvent::DeviceFailed { slot, device: name });
+    let present = sh.in_sync();
+    if !crate::assemble::can_run(&sh.geometry, &present) {
+        sh.failed.store(true, Ordering::Release);
+        super::emit(sh, &MdEvent::ArrayFailed);
+    } else {
+        super::emit(sh, &MdEvent::Degraded);
+    }
+}
+
+/// Puts a spare into the first slot without a working device and starts
+/// recovery.
+pub(crate) fn start_recovery_if_possible(sh: &Arc<Shared>) {
+    if !sh.sync.auto.load(Ordering::Acquire) || sh.failed.load(Ordering::Acquire) {
+        return;
+    }
+    // A slot already recovering resumes.
+    if let Some(t) = (0..sh.slots.len()).find(|&i| sh.slot(i).is_some_and(|s| s.state() == SlotState::Recovering)) {
+        let from = sh.slot(t).map_or(0, |s| s.recovered());
+        sh.sync.begin(SyncKind::Recovery, t as u64, from, sh.geometry.member_used_sectors(t));
+        super::emit(sh, &MdEvent::RecoveryStarted { slot: t });
+        return;
+    }
+    let Some(t) = (0..sh.slots.len())
+        .find(|&i| sh.slot(i).is_some_and(|s| matches!(s.state(), SlotState::Faulty | SlotState::Empty)))
+    else {
+        return;
+    };
+    let mut meta = lock(&sh.meta);
+    let spare =
+        meta.devices.iter().position(|d| meta.sb.dev_roles.get(d.sb.dev_number as usize) == Some(&DevRole::Spare));
+    let Some(si) = spare else {
+        return;
+    };
+    let (dev, dev_number) = match meta.devices.get(si) {
+        Some(r) => (r.dev.clone(), r.sb.dev_number),
+        None => return,
+    };
+    // The failed device stays listed as faulty until removed.
+    if let Some(r) = meta.sb.dev_roles.get_mut(dev_number as usize) {
+        *r = DevRole::Active(t as u16);
+    }
+    if let Some(slot) = sh.slot(t) {
+        slot.set_recovered(0);
+        slot.set_state(SlotState::Recovering);
+        slot.replace_device(Some(dev.clone()));
+    }
+    sh.bump_generation();
+    meta.write_superblocks(sh);
+    drop(meta);
+    sh.sync.begin(SyncKind::Recovery, t as u64, 0, sh.geometry.member_used_sectors(t));
+    super::emit(sh, &MdEvent::SpareActivated { slot: t, device: dev.name().to_string() });
+    super::emit(sh, &MdEvent::RecoveryStarted { slot: t });
+}
+
+fn step(sh: &Arc<Shared>, w: &mut Worker) {
+    let t0 = Instant::now();
+    let kind = sh.sync.kind();
+    let pos = sh.sync.position.load(Ordering::Acquire);
+    let end = sh.sync.end.load(Ordering::Acquire);
+    if pos >= end {
+        finish(sh, kind);
+        return;
+    }
+    let n = STEP_SECTORS.min(end - pos);
+    let advanced = match kind {
+        SyncKind::Recovery => {
+            let t = sh.sync.slot.load(Ordering::Acquire) as usize;
+            let ext = sh.geometry.member_extent(t, pos).map(|e| e.sectors).unwrap_or(n);
+            let n = n.min(ext).min(sh.window_sectors - pos % sh.window_sectors).max(1);
+            match w.recover_range(t, pos, n) {
+                Ok(true) => {
+                    if let Some(slot) = sh.slot(t) {
+                        slot.set_recovered(pos + n);
+                    }
+                    Some(n)
+                }
+                Ok(false) => {
+                    log::error!("raid {}: recovery of slot {t} impossible at sector {pos}", sh.name);
+                    sh.sync.set_idle();
+                    None
+                }
+                Err(st) => {
+                    log::error!("raid {}: recovery write to slot {t} failed: {st}", sh.name);
+                    sh.fail_member(t);
+                    sh.sync.set_idle();
+                    None
+                }
+            }
+        }
+        SyncKind::Resync => match w.resync_range(pos, n) {
+            Ok(done) => Some(done.max(1)),
+            Err(st) => {
+                log::error!("raid {}: resync failed at {pos}: {st}", sh.name);
+                sh.sync.set_idle();
+                None
+            }
+        },
+        SyncKind::Idle => None,
+    };
+    if let Some(n) = advanced {
+        sh.sync.position.store(pos + n, Ordering::Release);
+        sh.sync.done_sectors.fetch_add(n, Ordering::AcqRel);
+        // Pace to the speed limit.
+        let limit = sh.sync.speed_kib.load(Ordering::Acquire);
+        if limit > 0 {
+            let want = Duration::from_secs_f64((n as f64 / 2.0) / limit as f64);
+            if let Some(rest) = want.checked_sub(t0.elapsed()) {
+                std::thread::sleep(rest);
+            }
+        }
+        if pos + n >= end {
+            finish(sh, kind);
+        }
+    }
+}
+
+fn finish(sh: &Arc<Shared>, kind: SyncKind) {
+    match kind {
+        SyncKind::Recovery => {
+            let t = sh.sync.slot.load(Ordering::Acquire) as usize;
+            if let Some(slot) = sh.slot(t) {
+                slot.set_recovered(MAX_SECTOR);
+                slot.set_state(SlotState::InSync);
+            }
+            sh.sync.set_idle();
+            sh.bump_generation();
+            lock(&sh.meta).write_superblocks(sh);
+            super::emit(sh, &MdEvent::RecoveryFinished { slot: t });
+        }
+        SyncKind::Resync => {
+            sh.sync.set_idle();
+            lock(&sh.meta).write_superblocks(sh);
+            super::emit(sh, &MdEvent::ResyncFinished);
+        }
+        SyncKind::Idle => {}
+    }
+}

@@ -1,0 +1,964 @@
+//! md arrays as xbdev block devices, with the md-style management API:
+//! [`md_create`], [`md_assemble`], [`MdArray::run`], [`MdArray::stop`],
+//! [`md_examine`], [`MdArray::detail`], [`MdArray::monitor`] and
+//! [`MdArray::manage`] with [`ManageCmd`].
+//!
+//! An array is registered in the bdev registry under its name; its members
+//! are opened and claimed (`raid:<name>`). The IO path
+//! ([`channel`](self) per reactor) uses one channel per member and no
+//! locks besides the per-stripe atomic locks; a control thread per array
+//! writes superblocks, activates spares and runs recovery and resync.
+//!
+//! Dirty tracking is conservative: while an array runs its superblocks say
+//! "dirty" (and an internal bitmap has every bit set); a clean stop
+//! records it clean. After a crash md (or this module) resyncs the whole
+//! array.
+
+mod channel;
+mod control;
+mod examine;
+mod locks;
+mod meta;
+mod shared;
+mod shortcuts;
+mod slab;
+mod stripe;
+#[cfg(test)]
+mod tests;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+pub use self::examine::MdExaminer;
+pub use self::shortcuts::{
+    md_create_linear, md_create_raid0, md_create_raid1, md_create_raid10, md_create_raid5, md_detail, md_manage,
+    md_monitor, md_run, md_stop,
+};
+
+use bdev::{Bdev, BdevError, BdevInfo, IoChannel, IoType, IoTypeSet, Registry, Uuid};
+use thiserror::Error;
+
+use crate::assemble::{self, AssembleError};
+use crate::create::{self, CreateError, CreateParams};
+use crate::geometry::{Geometry, Level};
+use crate::offline::{self, Examined, OfflineError};
+use crate::parity::Parity;
+use crate::superblock::{format_uuid, DevRole, MAX_SECTOR};
+
+use self::locks::StripeLocks;
+use self::meta::{BdevMember, DevRecord, Meta};
+use self::shared::{lock, ControlMsg, MemberDev, Shared, Slot, SlotState, SyncState};
+
+/// Callback receiving [`MdEvent`]s (md_monitor).
+pub type Monitor = Arc<dyn Fn(&MdEvent) + Send + Sync>;
+
+/// What the monitor reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MdEvent {
+    /// A member failed and left the array.
+    DeviceFailed {
+        /// Its slot.
+        slot: usize,
+        /// Its bdev.
+        device: String,
+    },
+    /// The array runs without full redundancy.
+    Degraded,
+    /// Too many members failed: IO fails.
+    ArrayFailed,
+    /// A hot spare took over a slot.
+    SpareActivated {
+        /// The slot.
+        slot: usize,
+        /// The spare's bdev.
+        device: String,
+    },
+    /// Recovery of a slot started.
+    RecoveryStarted {
+        /// The slot.
+        slot: usize,
+    },
+    /// Recovery of a slot finished: the array is whole again.
+    RecoveryFinished {
+        /// The slot.
+        slot: usize,
+    },
+    /// A resync started.
+    ResyncStarted,
+    /// The resync finished.
+    ResyncFinished,
+    /// A device was added (as a spare).
+    DeviceAdded {
+        /// Its bdev.
+        device: String,
+    },
+    /// A device was removed.
+    DeviceRemoved {
+        /// Its bdev.
+        device: String,
+    },
+}
+
+/// Background synchronisation in progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncKind {
+    /// None.
+    Idle,
+    /// Making parity/mirrors consistent (after creation or a crash).
+    Resync,
+    /// Rebuilding a slot onto a new device.
+    Recovery,
+}
+
+/// Array state (md_detail).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArrayState {
+    /// Stopped cleanly.
+    Clean,
+    /// Running with full redundancy.
+    Active,
+    /// Running with members missing.
+    Degraded,
+    /// Resync in progress.
+    Resyncing,
+    /// Recovery in progress.
+    Recovering,
+    /// Writes refused.
+    Readonly,
+    /// Too many members failed.
+    Failed,
+}
+
+/// Member state (md_detail).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskState {
+    /// In sync in its slot.
+    Active,
+    /// Failed.
+    Faulty,
+    /// Hot spare.
+    Spare,
+    /// Being rebuilt.
+    Sync,
+    /// Slot without a device.
+    Removed,
+}
+
+/// Management commands (md_manage).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ManageCmd {
+    /// Add a device; it becomes a spare and, if the array is degraded, is
+    /// rebuilt into the missing slot.
+    AddDisk(String),
+    /// Remove a failed device or a spare.
+    RemoveDisk(String),
+    /// Add a hot spare.
+    AddSpare(String),
+    /// Remove a hot spare.
+    RemoveSpare(String),
+    /// Replace a member: the new device is added and rebuilt, the old one
+    /// is failed (redundancy is reduced while the rebuild runs).
+    ReplaceDisk {
+        /// Member to replace.
+        old: String,
+        /// New device.
+        new: String,
+    },
+    /// Fail a member.
+    SetFaulty(String),
+    /// Refuse writes.
+    SetReadonly,
+    /// Accept writes again.
+    SetReadwrite,
+    /// Start (or resume) recovery/resync and automatic spare activation.
+    StartRebuild,
+    /// Pause recovery/resync.
+    StopRebuild,
+    /// Limit recovery/resync to this many KiB/s (0: unlimited).
+    SetSyncSpeed(u64),
+}
+
+/// Errors of the md API.
+#[derive(Debug, Error)]
+pub enum MdError {
+    /// The block layer refused.
+    #[error("bdev")]
+    Bdev(#[from] BdevError),
+    /// Creating the metadata failed.
+    #[error("create")]
+    Create(#[from] CreateError),
+    /// The members do not form a runnable array.
+    #[error("assemble")]
+    Assemble(#[from] AssembleError),
+    /// Reading a member failed.
+    #[error("examine")]
+    Offline(#[from] OfflineError),
+    /// No such device in the array.
+    #[error("no device '{0}' in the array")]
+    NoSuchDevice(String),
+    /// The operation is not possible in the current state.
+    #[error("{0}")]
+    Busy(String),
+    /// Members with different block sizes or unaligned offsets.
+    #[error("member '{0}' has a block size the array layout does not fit")]
+    BlockSize(String),
+    /// A metadata write failed.
+    #[error("cannot write the superblock of '{device}': {status}")]
+    SuperblockWrite {
+        /// Device.
+        device: String,
+        /// IO status.
+        status: bdev::IoStatus,
+    },
+    /// A degraded array was assembled without `run_degraded`.
+    #[error("array is degraded; run it explicitly")]
+    NotStarted,
+}
+
+/// Options of [`md_create`] (the seed's `xbdev_md_config_t`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MdConfig {
+    /// Chunk size in KiB (0: 512 KiB).
+    pub chunk_kib: u32,
+    /// Layout number (`None`: md's default for the level).
+    pub layout: Option<u32>,
+    /// Skip the initial resync (members' contents are already consistent,
+    /// e.g. zeroed).
+    pub assume_clean: bool,
+    /// Internal write-intent bitmap with this chunk in KiB (0: default).
+    pub bitmap_chunk_kib: Option<u32>,
+    /// How many of the members (the last ones) are hot spares.
+    pub spares: usize,
+    /// Data offset in KiB (`None`: 1 MiB).
+    pub data_offset_kib: Option<u64>,
+    /// Stripe operations per channel (the stripe cache; raid4/5/6).
+    pub stripe_cache: usize,
+}
+
+impl Default for MdConfig {
+    fn default() -> Self {
+        MdConfig {
+            chunk_kib: 0,
+            layout: None,
+            assume_clean: false,
+            bitmap_chunk_kib: None,
+            spares: 0,
+            data_offset_kib: None,
+            stripe_cache: 16,
+        }
+    }
+}
+
+/// Options of [`md_assemble`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssembleOptions {
+    /// Start the array even when degraded (mdadm `--run`).
+    pub run_degraded: bool,
+    /// Stripe operations per channel.
+    pub stripe_cache: usize,
+}
+
+impl Default for AssembleOptions {
+    fn default() -> Self {
+        AssembleOptions { run_degraded: false, stripe_cache: 16 }
+    }
+}
+
+/// A member in [`MdDetail`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskDetail {
+    /// Device number (index into the superblock's role table).
+    pub number: u32,
+    /// Bdev name.
+    pub name: String,
+    /// State.
+    pub state: DiskState,
+    /// Data size in KiB.
+    pub size_kib: u64,
+    /// "active 2", "spare", "faulty", "rebuilding 1".
+    pub role: String,
+}
+
+/// md_detail.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MdDetail {
+    /// Level.
+    pub level: Level,
+    /// Slots.
+    pub raid_disks: usize,
+    /// Slots in sync.
+    pub active_disks: usize,
+    /// Devices working (in sync, rebuilding or spare).
+    pub working_disks: usize,
+    /// Failed devices still listed.
+    pub failed_disks: usize,
+    /// Spares.
+    pub spare_disks: usize,
+    /// Array size in KiB.
+    pub size_kib: u64,
+    /// Chunk in KiB.
+    pub chunk_kib: u64,
+    /// State.
+    pub state: ArrayState,
+    /// Array UUID (mdadm format).
+    pub uuid: String,
+    /// Slots without an in-sync device.
+    pub degraded: bool,
+    /// "idle", "resync" or "recovery" (paused ones end in " (paused)").
+    pub resync_status: String,
+    /// Progress of the resync/recovery in percent.
+    pub resync_progress: f32,
+    /// Its speed in KiB/s.
+    pub resync_speed: u64,
+    /// Event count.
+    pub events: u64,
+    /// Devices.
+    pub disks: Vec<DiskDetail>,
+}
+
+/// How the stripe operations of a raid4/5/6 array were carried out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StripeStats {
+    /// Full-stripe writes (no reads).
+    pub full: u64,
+    /// Read-modify-write writes.
+    pub rmw: u64,
+    /// Reconstruct-writes.
+    pub rcw: u64,
+    /// Writes that rebuilt missing data first (degraded).
+    pub reconstruct: u64,
+    /// Reads rebuilt from parity.
+    pub degraded_reads: u64,
+}
+
+/// The RAID bdev.
+pub struct RaidBdev {
+    info: BdevInfo,
+    sh: Arc<Shared>,
+    stripe_cache: usize,
+}
+
+/// Requests in flight per RAID channel.
+const CHANNEL_DEPTH: usize = 1024;
+
+impl Bdev for RaidBdev {
+    fn info(&self) -> &BdevInfo {
+        &self.info
+    }
+
+    fn open_channel(&self) -> Result<Box<dyn IoChannel>, BdevError> {
+        Ok(Box::new(channel::RaidChannel::new(self.sh.clone(), CHANNEL_DEPTH, self.stripe_cache)?))
+    }
+
+    /// `{"name", "level", "members", "chunk_kib", "layout"}`: enough to
+    /// assemble the array again (`md_assemble` with these members).
+    fn config_params(&self) -> Option<String> {
+        let meta = lock(&self.sh.meta);
+        let members: Vec<String> = self
+            .sh
+            .slots
+            .iter()
+            .filter_map(|s| s.device())
+            .map(|d| format!("{:?}", d.name()))
+            .chain(
+                meta.devices
+                    .iter()
+                    .filter(|r| meta.sb.dev_roles.get(r.sb.dev_number as usize) == Some(&DevRole::Spare))
+                    .map(|r| format!("{:?}", r.dev.name())),
+            )
+            .collect();
+        Some(format!(
+            r#"{{"name":{:?},"level":{:?},"members":[{}],"chunk_kib":{},"layout":{}}}"#,
+            self.sh.name,
+            self.sh.geometry.level().name(),
+            members.join(","),
+            self.sh.geometry.chunk_sectors() / 2,
+            meta.sb.layout
+        ))
+    }
+}
+
+/// A running (or assembled) md array.
+pub struct MdArray {
+    sh: Arc<Shared>,
+    registry: Arc<Registry>,
+    bdev: Arc<RaidBdev>,
+    running: AtomicBool,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Callback receiving every array's events with the array name (the
+/// seed's process-wide `xbdev_md_monitor`).
+pub type GlobalMonitor = Arc<dyn Fn(&str, &MdEvent) + Send + Sync>;
+
+static GLOBAL_MONITORS: Mutex<Vec<GlobalMonitor>> = Mutex::new(Vec::new());
+
+/// Adds a callback for the events of every array of the process.
+pub fn md_monitor_all(cb: GlobalMonitor) {
+    lock(&GLOBAL_MONITORS).push(cb);
+}
+
+pub(crate) fn emit(sh: &Shared, ev: &MdEvent) {
+    let monitors: Vec<Monitor> = lock(&sh.monitors).clone();
+    for m in monitors {
+        m(ev);
+    }
+    let global: Vec<GlobalMonitor> = lock(&GLOBAL_MONITORS).clone();
+    for m in global {
+        m(&sh.name, ev);
+    }
+}
+
+fn open_member(registry: &Registry, name: &str, array: &str) -> Result<bdev::Desc, MdError> {
+    let desc = registry.open(name, true)?;
+    desc.claim(&format!("raid:{array}"))?;
+    Ok(desc)
+}
+
+struct Built {
+    shared: Arc<Shared>,
+    block_size: u32,
+    num_blocks: u64,
+}
+
+fn build(name: &str, geometry: Geometry, slots: Vec<Slot>, meta: Meta, block_size: u32) -> Result<Built, MdError> {
+    let spb = u64::from(block_size / 512).max(1);
+    let chunk = geometry.chunk_sectors();
+    let window = if chunk > 0 { chunk.min(128) } else { 128 };
+    if !window.is_multiple_of(spb) {
+        return Err(MdError::BlockSize(name.to_string()));
+    }
+    let num_blocks = geometry.array_sectors() / spb;
+    let shared = Arc::new(Shared {
+        name: name.to_string(),
+        geometry,
+        block_size,
+        spb,
+        slots,
+        generation: AtomicU64::new(1),
+        locks: StripeLocks::new(),
+        readonly: AtomicBool::new(false),
+        failed: AtomicBool::new(false),
+        parity: Parity::new(),
+        window_sectors: window,
+        meta: Mutex::new(meta),
+        control: Mutex::new(None),
+        sync: SyncState::new(),
+        monitors: Mutex::new(Vec::new()),
+        stats: shared::OpStats::default(),
+    });
+    Ok(Built { shared, block_size, num_blocks })
+}
+
+fn member_dev(desc: bdev::Desc, id: u64, data_offset: u64, array_bs: &mut u32) -> Result<Arc<MemberDev>, MdError> {
+    let bs = desc.info().block_size;
+    if !(data_offset * 512).is_multiple_of(u64::from(bs)) {
+        return Err(MdError::BlockSize(desc.info().name.clone()));
+    }
+    *array_bs = (*array_bs).max(bs);
+    Ok(Arc::new(MemberDev { id, desc, data_offset, block_size: bs }))
+}
+
+/// Creates an array over the bdevs `members` (the last `cfg.spares` of
+/// them become hot spares), writes md superblocks and starts it as bdev
+/// `name` (md_create).
+pub fn md_create(
+    registry: &Arc<Registry>,
+    name: &str,
+    level: Level,
+    members: &[&str],
+    cfg: &MdConfig,
+) -> Result<Arc<MdArray>, MdError> {
+    let descs: Vec<bdev::Desc> = members.iter().map(|m| open_member(registry, m, name)).collect::<Result<_, _>>()?;
+    let sizes: Vec<u64> = descs.iter().map(|d| d.info().size_bytes() / 512).collect();
+    let raid_disks = members.len().saturating_sub(cfg.spares);
+    let mut p = CreateParams::new(level, u32::try_from(raid_disks).unwrap_or(u32::MAX));
+    p.spares = u32::try_from(cfg.spares).unwrap_or(u32::MAX);
+    p.layout = cfg.layout;
+    if cfg.chunk_kib > 0 {
+        p.chunk_sectors = cfg.chunk_kib.saturating_mul(2);
+    }
+    if let Some(off) = cfg.data_offset_kib {
+        p.data_offset = off * 2;
+    }
+    p.bitmap_chunk = cfg.bitmap_chunk_kib.map(|k| k.saturating_mul(1024));
+    p.name = format!("xbdev:{name}");
+    let mut created = create::create(&p, &sizes)?;
+    for sb in &mut created.superblocks {
+        // Running: dirty until a clean stop; not yet in sync unless the
+        // caller vouches for the contents.
+        sb.resync_offset = 0;
+    }
+    let mut template = created.superblocks.first().cloned().ok_or(MdError::Busy("no members".into()))?;
+    template.dev_number = 0;
+    let mut array_bs = 512;
+    let mut devices = Vec::with_capacity(descs.len());
+    let mut slots = Vec::with_capacity(raid_disks);
+    for (i, (desc, sb)) in descs.into_iter().zip(&created.superblocks).enumerate() {
+        let dev = member_dev(desc, i as u64 + 1, sb.data_offset, &mut array_bs)?;
+        if i < raid_disks {
+            slots.push(Slot::new(Some(dev.clone()), SlotState::InSync, MAX_SECTOR));
+        }
+        devices.push(DevRecord { dev, sb: sb.clone() });
+    }
+    let meta = Meta { sb: template, devices, bitmap: created.bitmap.clone(), next_dev_id: members.len() as u64 + 1 };
+    let built = build(name, created.geometry.clone(), slots, meta, array_bs)?;
+    let array = MdArray::new(registry, name, built, cfg.stripe_cache);
+    array.run()?;
+    if !cfg.assume_clean && level.redundancy() > 0 {
+        array.start_resync(0);
+    } else {
+        array.mark_in_sync();
+    }
+    Ok(array)
+}
+
+/// Reads the md superblock of a bdev (md_examine).
+pub fn md_examine(registry: &Registry, bdev_name: &str) -> Result<Examined, MdError> {
+    let desc = registry.open(bdev_name, false)?;
+    let m = BdevMember::open(&desc)?;
+    Ok(offline::examine(0, &m)?)
+}
+
+/// Assembles the array whose members are the bdevs `members` as bdev
+/// `name` (md_assemble). A complete array starts at once; a degraded one
+/// only with `opts.run_degraded`, otherwise it is returned stopped (start
+/// it with [`MdArray::run`]).
+pub fn md_assemble(
+    registry: &Arc<Registry>,
+    name: &str,
+    members: &[&str],
+    opts: &AssembleOptions,
+) -> Result<Arc<MdArray>, MdError> {
+    let mut examined = Vec::with_capacity(members.len());
+    for m in members {
+        examined.push(md_examine(registry, m)?);
+    }
+    let sbs: Vec<_> = examined.iter().map(|e| e.superblock.clone()).collect();
+    let plan = assemble::plan(&sbs)?;
+    let mut array_bs = 512;
+    let mut devices = Vec::new();
+    let mut slot_devs: Vec<Option<(Arc<MemberDev>, Option<u64>)>> = vec![None; plan.slots.len()];
+    let mut next_id = 1u64;
+    for (i, (m, e)) in members.iter().zip(&examined).enumerate() {
+        let in_slot = plan.slots.iter().position(|s| s.is_some_and(|s| s.index == i));
+        let spare = plan.spares.contains(&i);
+        if in_slot.is_none() && !spare {
+            continue; // stale or faulty: left alone
+        }
+        let desc = open_member(registry, m, name)?;
+        let dev = member_dev(desc, next_id, e.superblock.data_offset, &mut array_bs)?;
+        next_id += 1;
+        if let Some(s) = in_slot {
+            let recovered = plan.slots.get(s).and_then(|x| x.and_then(|x| x.recovered_to));
+            if let Some(sd) = slot_devs.get_mut(s) {
+                *sd = Some((dev.clone(), recovered));
+            }
+        }
+        devices.push(DevRecord { dev, sb: e.superblock.clone() });
+    }
+    let slots: Vec<Slot> = slot_devs
+        .into_iter()
+        .map(|sd| match sd {
+            Some((dev, None)) => Slot::new(Some(dev), SlotState::InSync, MAX_SECTOR),
+            Some((dev, Some(r))) => Slot::new(Some(dev), SlotState::Recovering, r),
+            None => Slot::new(None, SlotState::Empty, 0),
+        })
+        .collect();
+    let mut template = plan.superblock.clone();
+    // Roles of devices we did not take (stale ones) no longer count.
+    for (i, sb) in sbs.iter().enumerate() {
+        if plan.stale.contains(&i) {
+            if let Some(r) = template.dev_roles.get_mut(sb.dev_number as usize) {
+                *r = DevRole::Faulty;
+            }
+        }
+    }
+    let resync_from = template.resync_offset;
+    let bitmap = examined.iter().find_map(|e| e.bitmap.clone());
+    let meta = Meta { sb: template, devices, bitmap, next_dev_id: next_id };
+    let built = build(name, plan.geometry.clone(), slots, meta, array_bs)?;
+    let array = MdArray::new(registry, name, built, opts.stripe_cache);
+    if plan.degraded() > 0 && !opts.run_degraded {
+        return Ok(array);
+    }
+    array.run()?;
+    if resync_from != MAX_SECTOR && plan.geometry.level().redundancy() > 0 {
+        array.start_resync(resync_from);
+    }
+    Ok(array)
+}
+
+impl MdArray {
+    fn new(registry: &Arc<Registry>, name: &str, built: Built, stripe_cache: usize) -> Arc<MdArray> {
+        let mut info = BdevInfo::new(
+            name,
+            "raid",
+            built.block_size,
+            built.num_blocks,
+            IoTypeSet::of(&[IoType::Read, IoType::Write, IoType::Flush, IoType::Reset]),
+        );
+        {
+            let meta = lock(&built.shared.meta);
+            info.uuid = Uuid(meta.sb.set_uuid);
+            info.ns_id.uuid = Some(info.uuid);
+            info.volatile_cache = meta.devices.iter().any(|d| d.dev.desc.info().volatile_cache);
+        }
+        if let Geometry::Raid0(_) | Geometry::Striped(_) | Geometry::Raid10(_) = built.shared.geometry {
+            info.optimal_io_boundary =
+                u32::try_from(built.shared.geometry.chunk_sectors() / built.shared.spb).unwrap_or(0);
+        }
+        let bdev = Arc::new(RaidBdev { info, sh: built.shared.clone(), stripe_cache: stripe_cache.max(1) });
+        Arc::new(MdArray {
+            sh: built.shared,
+            registry: registry.clone(),
+            bdev,
+            running: AtomicBool::new(false),
+            thread: Mutex::new(None),
+        })
+    }
+
+    /// The array (and bdev) name.
+    pub fn name(&self) -> &str {
+        &self.sh.name
+    }
+
+    /// The RAID bdev.
+    pub fn bdev(&self) -> Arc<dyn Bdev> {
+        self.bdev.clone()
+    }
+
+    /// Whether the array runs.
+    pub fn is_running(&self) -> bool {
+        self.running.load(Ordering::Acquire)
+    }
+
+    /// Starts an assembled array: marks it dirty on its members, registers
+    /// the bdev and starts the control thread (md_run).
+    pub fn run(&self) -> Result<(), MdError> {
+        if self.running.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let present = self.sh.in_sync();
+        if !assemble::can_run(&self.sh.geometry, &present) {
+            self.running.store(false, Ordering::Release);
+            return Err(MdError::Busy("too many members missing to run".into()));
+        }
+        {
+            let mut meta = lock(&self.sh.meta);
+            if meta.sb.resync_offset == MAX_SECTOR {
+                meta.sb.resync_offset = 0;
+            }
+            if let Some((device, status)) = meta.write_superblocks(&self.sh).into_iter().next() {
+                self.running.store(false, Ordering::Release);
+                return Err(MdError::SuperblockWrite { device, status });
+            }
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        *lock(&self.sh.control) = Some(tx);
+        let sh = self.sh.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("md-{}", self.sh.name))
+            .spawn(move || control::run(sh, rx))
+            .map_err(|e| MdError::Bdev(BdevError::io("spawn the raid control thread", e)))?;
+        *lock(&self.thread) = Some(handle);
+        if let Err(e) = self.registry.register(self.bdev.clone()) {
+            self.shutdown_thread();
+            self.running.store(false, Ordering::Release);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    fn shutdown_thread(&self) {
+        self.sh.notify(ControlMsg::Stop);
+        if let Some(h) = lock(&self.thread).take() {
+            let _ = h.join();
+        }
+        *lock(&self.sh.control) = None;
+    }
+
+    fn start_resync(&self, from: u64) {
+        let end = self.sh.geometry.resync_sectors();
+        lock(&self.sh.meta).sb.resync_offset = from.min(end);
+        self.sh.sync.begin(SyncKind::Resync, 0, from.min(end), end);
+        emit(&self.sh, &MdEvent::ResyncStarted);
+        self.sh.notify(ControlMsg::Kick);
+    }
+
+    fn mark_in_sync(&self) {
+        // Nothing to resync: the superblock stays dirty only while running.
+    }
+
+    /// Stops the array: unregisters the bdev, stops background work,
+    /// records a clean shutdown on the members and releases them
+    /// (md_stop).
+    pub fn stop(&self) -> Result<(), MdError> {
+        if !self.running.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let _ = self.registry.unregister(&self.sh.name);
+        self.shutdown_thread();
+        let mut meta = lock(&self.sh.meta);
+        let resync_pending = self.sh.sync.kind() == SyncKind::Resync;
+        meta.sb.resync_offset = if resync_pending { self.sh.sync.position.load(Ordering::Acquire) } else { MAX_SECTOR };
+        self.sh.sync.set_idle();
+        let errors = meta.write_superblocks(&self.sh);
+        for slot in &self.sh.slots {
+            slot.replace_device(None);
+        }
+        meta.devices.clear();
+        self.sh.bump_generation();
+        match errors.into_iter().next() {
+            Some((device, status)) => Err(MdError::SuperblockWrite { device, status }),
+            None => Ok(()),
+        }
+    }
+
+    /// Stripe operation counters (raid4/5/6).
+    pub fn stripe_stats(&self) -> StripeStats {
+        let s = &self.sh.stats;
+        StripeStats {
+            full: s.full.load(Ordering::Relaxed),
+            rmw: s.rmw.load(Ordering::Relaxed),
+            rcw: s.rcw.load(Ordering::Relaxed),
+            reconstruct: s.reconstruct.load(Ordering::Relaxed),
+            degraded_reads: s.degraded_reads.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Adds an event callback (md_monitor).
+    pub fn monitor(&self, cb: Monitor) {
+        lock(&self.sh.monitors).push(cb);
+    }
+
+    /// The array's state and members (md_detail).
+    pub fn detail(&self) -> MdDetail {
+        let meta = lock(&self.sh.meta);
+        let sh = &self.sh;
+        let mut disks = Vec::new();
+        let mut failed = 0;
+        let mut spares = 0;
+        for rec in &meta.devices {
+            let role = meta.sb.dev_roles.get(rec.sb.dev_number as usize).copied();
+            let (state, role_text) = match role {
+                Some(DevRole::Active(s)) => match sh.slot(s as usize).map(|x| x.state()) {
+                    Some(SlotState::InSync) => (DiskState::Active, format!("active {s}")),
+                    Some(SlotState::Recovering) => (DiskState::Sync, format!("rebuilding {s}")),
+                    _ => (DiskState::Faulty, "faulty".to_string()),
+                },
+                Some(DevRole::Faulty) => (DiskState::Faulty, "faulty".to_string()),
+                _ => (DiskState::Spare, "spare".to_string()),
+            };
+            match state {
+                DiskState::Faulty => failed += 1,
+                DiskState::Spare => spares += 1,
+                _ => {}
+            }
+            disks.push(DiskDetail {
+                number: rec.sb.dev_number,
+                name: rec.dev.name().to_string(),
+                state,
+                size_kib: rec.sb.data_size / 2,
+                role: role_text,
+            });
+        }
+        for (i, slot) in sh.slots.iter().enumerate() {
+            if slot.device().is_none() {
+                disks.push(DiskDetail {
+                    number: u32::MAX,
+                    name: String::new(),
+                    state: DiskState::Removed,
+                    size_kib: 0,
+                    role: format!("removed {i}"),
+                });
+            }
+        }
+        let active = sh.slots.iter().filter(|s| s.state() == SlotState::InSync).count();
+        let working =
+            disks.iter().filter(|d| matches!(d.state, DiskState::Active | DiskState::Sync | DiskState::Spare)).count();
+        let kind = sh.sync.kind();
+        let paused = sh.sync.paused.load(Ordering::Acquire);
+        let (pos, end) = (sh.sync.position.load(Ordering::Acquire), sh.sync.end.load(Ordering::Acquire));
+        let progress = if kind == SyncKind::Idle || end == 0 { 0.0 } else { (pos as f64 * 100.0 / end as f64) as f32 };
+        let speed = match *lock(&sh.sync.started) {
+            Some(t) if kind != SyncKind::Idle => {
+                let secs = t.elapsed().as_secs_f64().max(1e-3);
+                (sh.sync.done_sectors.load(Ordering::Acquire) as f64 / 2.0 / secs) as u64
+            }
+            _ => 0,
+        };
+        let degraded = active < sh.slots.len();
+        let state = if sh.failed.load(Ordering::Acquire) {
+            ArrayState::Failed
+        } else if sh.readonly.load(Ordering::Acquire) {
+            ArrayState::Readonly
+        } else if kind == SyncKind::Recovery {
+            ArrayState::Recovering
+        } else if kind == SyncKind::Resync {
+            ArrayState::Resyncing
+        } else if degraded {
+            ArrayState::Degraded
+        } else if self.is_running() {
+            ArrayState::Active
+        } else {
+            ArrayState::Clean
+        };
+        let status = match kind {
+            SyncKind::Idle => "idle",
+            SyncKind::Resync => "resync",
+            SyncKind::Recovery => "recovery",
+        };
+        MdDetail {
+            level: sh.geometry.level(),
+            raid_disks: sh.slots.len(),
+            active_disks: active,
+            working_disks: working,
+            failed_disks: failed,
+            spare_disks: spares,
+            size_kib: sh.geometry.array_sectors() / 2,
+            chunk_kib: sh.geometry.chunk_sectors() / 2,
+            state,
+            uuid: format_uuid(&meta.sb.set_uuid),
+            degraded,
+            resync_status: if paused && kind != SyncKind::Idle { format!("{status} (paused)") } else { status.into() },
+            resync_progress: progress,
+            resync_speed: speed,
+            events: meta.sb.events,
+            disks,
+        }
+    }
+
+    fn slot_of(&self, name: &str) -> Option<usize> {
+        self.sh.slots.iter().position(|s| s.device().is_some_and(|d| d.name() == name))
+    }
+
+    /// Runs a management command (md_manage).
+    pub fn manage(&self, cmd: ManageCmd) -> Result<(), MdError> {
+        let sh = &self.sh;
+        match cmd {
+            ManageCmd::AddDisk(dev) | ManageCmd::AddSpare(dev) => {
+                self.add_spare(&dev)?;
+                sh.notify(ControlMsg::Kick);
+                Ok(())
+            }
+            ManageCmd::RemoveDisk(dev) | ManageCmd::RemoveSpare(dev) => self.remove(&dev),
+            ManageCmd::ReplaceDisk { old, new } => {
+                let slot = self.slot_of(&old).ok_or_else(|| MdError::NoSuchDevice(old.clone()))?;
+                self.add_spare(&new)?;
+                if !sh.fail_member(slot) {
+                    return Err(MdError::Busy(format!("'{old}' cannot be failed: the array needs it")));
+                }
+                sh.notify(ControlMsg::Kick);
+                Ok(())
+            }
+            ManageCmd::SetFaulty(dev) => {
+                let slot = self.slot_of(&dev).ok_or_else(|| MdError::NoSuchDevice(dev.clone()))?;
+                if sh.fail_member(slot) {
+                    Ok(())
+                } else {
+                    Err(MdError::Busy(format!("'{dev}' cannot be failed: the array needs it")))
+                }
+            }
+            ManageCmd::SetReadonly => {
+                sh.readonly.store(true, Ordering::Release);
+                Ok(())
+            }
+            ManageCmd::SetReadwrite => {
+                sh.readonly.store(false, Ordering::Release);
+                Ok(())
+            }
+            ManageCmd::StartRebuild => {
+                sh.sync.paused.store(false, Ordering::Release);
+                sh.sync.auto.store(true, Ordering::Release);
+                sh.notify(ControlMsg::Kick);
+                Ok(())
+            }
+            ManageCmd::StopRebuild => {
+                sh.sync.paused.store(true, Ordering::Release);
+                Ok(())
+            }
+            ManageCmd::SetSyncSpeed(kib) => {
+                sh.sync.speed_kib.store(kib, Ordering::Release);
+                Ok(())
+            }
+        }
+    }
+
+    fn add_spare(&self, dev: &str) -> Result<(), MdError> {
+        let sh = &self.sh;
+        let desc = open_member(&self.registry, dev, &sh.name)?;
+        let mut meta = lock(&sh.meta);
+        let dev_number = meta.free_dev_number().ok_or_else(|| MdError::Busy("no free device number".into()))?;
+        let mut sb = meta.sb.clone();
+        let sectors = desc.info().size_bytes() / 512;
+        sb.dev_number = dev_number;
+        sb.device_uuid = create::random_uuid();
+        sb.data_size = sectors.saturating_sub(sb.data_offset);
+        sb.recovery_offset = 0;
+        let need = sh.geometry.member_used_sectors(0);
+        if sb.data_size < need {
+            return Err(MdError::Busy(format!("'{dev}' is too small ({} < {need} sectors)", sb.data_size)));
+        }
+        let mut bs = sh.block_size;
+        let id = meta.next_dev_id;
+        meta.next_dev_id += 1;
+        let member = member_dev(desc, id, sb.data_offset, &mut bs)?;
+        if bs != sh.block_size {
+            return Err(MdError::BlockSize(dev.to_string()));
+        }
+        if let Some(r) = meta.sb.dev_roles.get_mut(dev_number as usize) {
+            *r = DevRole::Spare;
+        }
+        meta.devices.push(DevRecord { dev: member, sb });
+        if let Some((device, status)) = meta.write_superblocks(sh).into_iter().next() {
+            return Err(MdError::SuperblockWrite { device, status });
+        }
+        drop(meta);
+        emit(sh, &MdEvent::DeviceAdded { device: dev.to_string() });
+        Ok(())
+    }
+
+    fn remove(&self, dev: &str) -> Result<(), MdError> {
+        let sh = &self.sh;
+        let mut meta = lock(&sh.meta);
+        let idx =
+            meta.devices.iter().position(|d| d.dev.name() == dev).ok_or_else(|| MdError::NoSuchDevice(dev.into()))?;
+        let dev_number = meta.devices.get(idx).map_or(0, |d| d.sb.dev_number);
+        let role = meta.sb.dev_roles.get(dev_number as usize).copied();
+        let slot = self.slot_of(dev);
+        let removable = match role {
+            Some(DevRole::Spare) | Some(DevRole::Faulty) => true,
+            Some(DevRole::Active(_)) => slot.and_then(|s| sh.slot(s)).is_some_and(|s| s.state() == SlotState::Faulty),
+            _ => false,
+        };
+        if !removable {
+            return Err(MdError::Busy(format!("'{dev}' is an active member; fail it first")));
+        }
+        if let Some(s) = slot.and_then(|s| sh.slot(s)) {
+            s.replace_device(None);
+            s.set_state(SlotState::Empty);
+            sh.bump_generation();
+        }
+        if let Some(r) = meta.sb.dev_roles.get_mut(dev_number as usize) {
+            *r = DevRole::Spare;
+        }
+        meta.devices.remove(idx);
+        let errors = meta.write_superblocks(sh);
+        drop(meta);
+        emit(sh, &MdEvent::DeviceRemoved { device: dev.to_string() });
+        match errors.into_iter().next() {
+            Some((device, status)) => Err(MdError::SuperblockWrite { device, status }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for MdArray {
+    fn drop(&mut self) {
+        if self.is_running() {
+            let _ = self.stop();
+        }
+    }
+}

@@ -1,0 +1,336 @@
+//! Assembly: from the superblocks found on candidate members to the array
+//! they form (md's `md_assemble` decisions, without IO).
+//!
+//! All members must carry the same array UUID. The member(s) with the
+//! highest event count are authoritative: their `dev_roles` decide which
+//! member holds which slot, and members with older event counts are stale
+//! (left out, as md does without a bitmap to catch them up). Array
+//! parameters must agree among the fresh members.
+
+use thiserror::Error;
+
+use crate::geometry::{ArrayParams, Geometry, GeometryError, Level, MemberContent};
+use crate::superblock::{DevRole, FeatureMap, Superblock, MAX_SECTOR};
+
+/// Features an array may use and still be assembled here.
+pub const SUPPORTED_FEATURES: u32 =
+    FeatureMap::BITMAP_OFFSET | FeatureMap::RECOVERY_OFFSET | FeatureMap::BAD_BLOCKS | FeatureMap::RAID0_LAYOUT;
+
+/// Why a set of members does not form a usable array.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum AssembleError {
+    /// No candidate members.
+    #[error("no members given")]
+    NoMembers,
+    /// A member belongs to another array.
+    #[error("member {index} belongs to array {found}, not {expected}")]
+    UuidMismatch {
+        /// Candidate index.
+        index: usize,
+        /// UUID of the first candidate.
+        expected: String,
+        /// UUID of this one.
+        found: String,
+    },
+    /// Fresh members disagree on the array parameters.
+    #[error("member {index} disagrees on {field}")]
+    ParamMismatch {
+        /// Candidate index.
+        index: usize,
+        /// Which parameter.
+        field: &'static str,
+    },
+    /// The array uses a feature not supported here.
+    #[error("array uses unsupported features {0:#x}")]
+    UnsupportedFeatures(u32),
+    /// Two members claim the same slot.
+    #[error("members {first} and {second} both claim slot {slot}")]
+    DuplicateRole {
+        /// Slot.
+        slot: usize,
+        /// First candidate.
+        first: usize,
+        /// Second candidate.
+        second: usize,
+    },
+    /// A member's device number has no role in the authoritative superblock.
+    #[error("member {index} has device number {dev_number} outside the role table")]
+    UnknownDevice {
+        /// Candidate index.
+        index: usize,
+        /// Its device number.
+        dev_number: u32,
+    },
+    /// Too many slots are missing for the level.
+    #[error("{level} array with {missing} of {raid_disks} members missing cannot run")]
+    NotEnoughMembers {
+        /// Level.
+        level: Level,
+        /// Missing slots.
+        missing: usize,
+        /// Slots.
+        raid_disks: usize,
+    },
+    /// The parameters do not form a valid geometry.
+    #[error("invalid array geometry")]
+    Geometry(#[source] GeometryError),
+}
+
+/// A member that fills a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotMember {
+    /// Index of the candidate.
+    pub index: usize,
+    /// Member sectors (from the data offset) known to hold valid data:
+    /// `None` when the member is fully in sync, else its recovery offset.
+    pub recovered_to: Option<u64>,
+}
+
+/// The outcome of assembly planning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssemblyPlan {
+    /// The authoritative superblock (a copy of the freshest member's).
+    pub superblock: Superblock,
+    /// Array parameters.
+    pub params: ArrayParams,
+    /// The mapping.
+    pub geometry: Geometry,
+    /// For each slot, the member filling it.
+    pub slots: Vec<Option<SlotMember>>,
+    /// Candidates that are hot spares.
+    pub spares: Vec<usize>,
+    /// Candidates marked faulty by the freshest superblock.
+    pub faulty: Vec<usize>,
+    /// Candidates with an older event count.
+    pub stale: Vec<usize>,
+    /// Highest event count.
+    pub events: u64,
+}
+
+impl AssemblyPlan {
+    /// Slots without a fully in-sync member.
+    pub fn degraded(&self) -> usize {
+        self.slots.iter().filter(|s| !matches!(s, Some(m) if m.recovered_to.is_none())).count()
+    }
+
+    /// Whether the array was shut down cleanly.
+    pub fn clean(&self) -> bool {
+        self.superblock.resync_offset == MAX_SECTOR
+    }
+}
+
+/// Whether the array can serve every sector with the slots marked
+/// `present`.
+pub fn can_run(geometry: &Geometry, present: &[bool]) -> bool {
+    let up = |m: usize| present.get(m).copied().unwrap_or(false);
+    let n = geometry.raid_disks();
+    let missing = (0..n).filter(|&m| !up(m)).count();
+    match geometry {
+        Geometry::Linear(_) | Geometry::Raid0(_) => missing == 0,
+        Geometry::Raid1 { .. } => missing < n,
+        Geometry::Striped(_) => missing <= geometry.level().redundancy(),
+        Geometry::Raid10(g) => {
+            // The copy pattern repeats every raid_disks chunks; check one
+            // period of chunks (twice, to cover row wrap-around).
+            let chunk = g.chunk_sectors();
+            let chunks = g.array_sectors() / chunk;
+            let period = (2 * n as u64 * g.copies_per_chunk() as u64).min(chunks);
+            (0..period).all(|c| g.copies(c * chunk).any(|ms| up(ms.member)))
+        }
+    }
+}
+
+fn params_of(sb: &Superblock, member_sectors: Vec<u64>) -> ArrayParams {
+    ArrayParams {
+        level: sb.level,
+        layout: sb.layout,
+        chunk_sectors: sb.chunk_sectors,
+        raid_disks: sb.raid_disks,
+        dev_sectors: sb.size,
+        member_sectors,
+    }
+}
+
+/// Plans the array formed by `candidates` (superblocks read from the
+/// members, in any order).
+pub fn plan(candidates: &[Superblock]) -> Result<AssemblyPlan, AssembleError> {
+    let first = candidates.first().ok_or(AssembleError::NoMembers)?;
+    for (index, sb) in candidates.iter().enumerate() {
+        if sb.set_uuid != first.set_uuid {
+            return Err(AssembleError::UuidMismatch { index, expected: first.uuid_string(), found: sb.uuid_string() });
+        }
+    }
+    let events = candidates.iter().map(|s| s.events).max().unwrap_or(0);
+    let fresh_index = candidates.iter().position(|s| s.events == events).unwrap_or(0);
+    let auth = candidates.get(fresh_index).unwrap_or(first);
+    let unsupported = auth.feature_map.0 & !SUPPORTED_FEATURES;
+    if unsupported != 0 {
+        return Err(AssembleError::UnsupportedFeatures(unsupported));
+    }
+    let raid_disks = auth.raid_disks as usize;
+    let mut slots: Vec<Option<SlotMember>> = vec![None; raid_disks];
+    let mut spares = Vec::new();
+    let mut faulty = Vec::new();
+    let mut stale = Vec::new();
+    for (index, sb) in candidates.iter().enumerate() {
+        if sb.events < events {
+            stale.push(index);
+            continue;
+        }
+        for (field, same) in [
+            ("level", sb.level == auth.level),
+            ("layout", sb.layout == auth.layout),
+            ("chunk size", sb.chunk_sectors == auth.chunk_sectors),
+            ("raid disks", sb.raid_disks == auth.raid_disks),
+            ("size", sb.size == auth.size),
+        ] {
+            if !same {
+                return Err(AssembleError::ParamMismatch { index, field });
+            }
+        }
+        let role = auth
+            .dev_roles
+            .get(sb.dev_number as usize)
+            .copied()
+            .ok_or(AssembleError::UnknownDevice { index, dev_number: sb.dev_number })?;
+        match role {
+            DevRole::Active(r) if (r as usize) < raid_disks => {
+                let slot = r as usize;
+                if let Some(Some(prev)) = slots.get(slot) {
+                    return Err(AssembleError::DuplicateRole { slot, first: prev.index, second: index });
+                }
+                let recovered_to = (sb.feature_map.contains(FeatureMap::RECOVERY_OFFSET)
+                    && sb.recovery_offset != MAX_SECTOR)
+                    .then_some(sb.recovery_offset);
+                if let Some(s) = slots.get_mut(slot) {
+                    *s = Some(SlotMember { index, recovered_to });
+                }
+            }
+            // Active roles beyond raid_disks (after a shrink) act as spares.
+            DevRole::Active(_) | DevRole::Spare => spares.push(index),
+            DevRole::Faulty => faulty.push(index),
+            DevRole::Journal => {
+                return Err(AssembleError::UnsupportedFeatures(FeatureMap::JOURNAL));
+            }
+        }
+    }
+    // Linear and raid0 need each member's own data size.
+    let member_sectors: Vec<u64> =
+        slots.iter().map(|s| s.and_then(|m| candidates.get(m.index)).map_or(0, |sb| sb.data_size)).collect();
+    let missing = slots.iter().filter(|s| s.is_none()).count();
+    let not_enough = AssembleError::NotEnoughMembers { level: auth.level, missing, raid_disks };
+    if matches!(auth.level, Level::Linear | Level::Raid0) && missing > 0 {
+        return Err(not_enough);
+    }
+    let params = params_of(auth, member_sectors);
+    let geometry = Geometry::new(&params).map_err(AssembleError::Geometry)?;
+    // A member in recovery counts as present only for what it holds; for
+    // the run decision md counts it as missing.
+    let present: Vec<bool> = slots.iter().map(|s| matches!(s, Some(m) if m.recovered_to.is_none())).collect();
+    if !can_run(&geometry, &present) {
+        return Err(not_enough);
+    }
+    Ok(AssemblyPlan { superblock: auth.clone(), params, geometry, slots, spares, faulty, stale, events })
+}
+
+/// Whether member sector `sector` of slot `member` holds data that the
+/// array needs (used to skip slack during rebuilds).
+pub fn sector_in_use(geometry: &Geometry, member: usize, sector: u64) -> bool {
+    geometry.member_extent(member, sector).is_ok_and(|e| e.content != MemberContent::Unused)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::create::{create, CreateParams};
+
+    fn array(level: Level, disks: u32, spares: u32) -> Vec<Superblock> {
+        let mut p = CreateParams::new(level, disks);
+        p.spares = spares;
+        create(&p, &vec![32 * 2048; (disks + spares) as usize]).unwrap().superblocks
+    }
+
+    #[test]
+    fn plans_a_complete_array_in_any_order() {
+        let mut sbs = array(Level::Raid5, 4, 1);
+        sbs.reverse();
+        let plan = plan(&sbs).unwrap();
+        assert_eq!(plan.slots.len(), 4);
+        for (slot, m) in plan.slots.iter().enumerate() {
+            let m = m.unwrap();
+            assert_eq!(sbs[m.index].role(), Some(DevRole::Active(slot as u16)));
+        }
+        assert_eq!(plan.spares, vec![0]);
+        assert_eq!(plan.degraded(), 0);
+        assert!(plan.clean());
+    }
+
+    #[test]
+    fn degraded_and_failed_arrays() {
+        let sbs = array(Level::Raid5, 4, 0);
+        let plan1 = plan(&sbs[1..]).unwrap();
+        assert_eq!(plan1.degraded(), 1);
+        assert!(plan1.slots[0].is_none());
+        assert!(matches!(plan(&sbs[2..]), Err(AssembleError::NotEnoughMembers { missing: 2, .. })));
+        let sbs = array(Level::Raid6, 5, 0);
+        assert_eq!(plan(&sbs[2..]).unwrap().degraded(), 2);
+        assert!(plan(&sbs[3..]).is_err());
+        let sbs = array(Level::Raid0, 3, 0);
+        assert!(plan(&sbs[1..]).is_err());
+        let sbs = array(Level::Raid1, 3, 0);
+        assert_eq!(plan(&sbs[2..]).unwrap().degraded(), 2);
+    }
+
+    #[test]
+    fn raid10_needs_one_copy_of_each_chunk() {
+        let sbs = array(Level::Raid10, 4, 0);
+        // n2 on 4: pairs (0,1) and (2,3).
+        assert!(plan(&[sbs[0].clone(), sbs[2].clone()]).is_ok());
+        assert!(plan(&[sbs[1].clone(), sbs[3].clone()]).is_ok());
+        assert!(plan(&[sbs[2].clone(), sbs[3].clone()]).is_err());
+        assert!(plan(&[sbs[0].clone(), sbs[1].clone()]).is_err());
+    }
+
+    #[test]
+    fn stale_members_are_left_out() {
+        let mut sbs = array(Level::Raid1, 2, 0);
+        sbs[1].events += 3;
+        let plan = plan(&sbs).unwrap();
+        assert_eq!(plan.stale, vec![0]);
+        assert!(plan.slots[0].is_none());
+        assert_eq!(plan.events, sbs[1].events);
+    }
+
+    #[test]
+    fn rejects_mixed_and_conflicting_members() {
+        let a = array(Level::Raid5, 3, 0);
+        let b = array(Level::Raid5, 3, 0);
+        assert!(matches!(plan(&[a[0].clone(), b[1].clone()]), Err(AssembleError::UuidMismatch { index: 1, .. })));
+        let mut c = a.clone();
+        c[1].chunk_sectors *= 2;
+        assert!(matches!(plan(&c), Err(AssembleError::ParamMismatch { field: "chunk size", .. })));
+        let mut d = a.clone();
+        d[2].dev_number = 0;
+        assert!(matches!(plan(&d), Err(AssembleError::DuplicateRole { slot: 0, .. })));
+        let mut e = a.clone();
+        e[0].feature_map.insert(FeatureMap::RESHAPE_ACTIVE);
+        e[1].feature_map.insert(FeatureMap::RESHAPE_ACTIVE);
+        e[2].feature_map.insert(FeatureMap::RESHAPE_ACTIVE);
+        assert!(matches!(plan(&e), Err(AssembleError::UnsupportedFeatures(4))));
+        assert_eq!(plan(&[]), Err(AssembleError::NoMembers));
+    }
+
+    #[test]
+    fn faulty_and_recovering_members() {
+        let mut sbs = array(Level::Raid1, 3, 0);
+        for sb in &mut sbs {
+            sb.dev_roles[2] = DevRole::Faulty;
+        }
+        sbs[1].feature_map.insert(FeatureMap::RECOVERY_OFFSET);
+        sbs[1].recovery_offset = 1000;
+        let plan = plan(&sbs).unwrap();
+        assert_eq!(plan.faulty, vec![2]);
+        assert_eq!(plan.slots[1].unwrap().recovered_to, Some(1000));
+        assert_eq!(plan.degraded(), 2);
+    }
+}
