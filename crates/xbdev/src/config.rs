@@ -127,11 +127,11 @@ pub struct Config {
     pub multipath_devices: Vec<multipath::MultipathParams>,
     /// Logical volume stores, volumes, snapshots and clones.
     pub lvol: lvol::module::LvolConfig,
+    /// md-compatible RAID arrays (`raid_devices`).
+    pub raid_devices: Vec<crate::config_stack::RaidEntry>,
 }
 
 /// Sections of the seed's format that later modules implement.
-const LATER_SECTIONS: &[(&str, &str)] = &[("raid_devices", "the raid module")];
-
 const LATER_METHODS: &[(&str, &str)] = &[("rbd", "the Ceph RBD backend")];
 
 /// The base-device methods this build knows.
@@ -455,19 +455,12 @@ impl Config {
                 cfg.base_devices.push(dev);
             }
         }
+        if let Some(r) = top.get("raid_devices") {
+            cfg.raid_devices = crate::config_stack::parse_raid(r)?;
+        }
         crate::config_stack::parse_lvol(&mut top, &mut cfg.lvol)?;
         if let Some(m) = top.get("multipath_devices") {
             cfg.multipath_devices = crate::config_stack::parse_multipath(m)?;
-        }
-        for (section, module) in LATER_SECTIONS {
-            if let Some(v) = top.get(section) {
-                if v.as_array().is_some_and(|a| !a.is_empty()) {
-                    return Err(invalid(
-                        section,
-                        format!("section needs {module}, which this build does not include yet"),
-                    ));
-                }
-            }
         }
         top.finish()?;
         Ok(cfg)

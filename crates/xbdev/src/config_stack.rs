@@ -10,6 +10,23 @@ use std::time::Duration;
 pub(crate) fn section_entry(product: &str, params: Value) -> (&'static str, Value) {
     match product {
         "multipath" => ("multipath_devices", params),
+        "raid" => {
+            // The array's own description, in the seed's raid_devices terms.
+            let level = params.get("level").and_then(Value::as_str).unwrap_or("raid1").to_string();
+            let mut p = Map::new();
+            p.insert("name".into(), params.get("name").cloned().unwrap_or(Value::Null));
+            p.insert("base_bdevs".into(), params.get("members").cloned().unwrap_or(Value::Array(Vec::new())));
+            if let Some(c) = params.get("chunk_kib").and_then(Value::as_u64).filter(|&c| c > 0) {
+                p.insert("strip_size_kb".into(), Value::from(c));
+            }
+            if let Some(l) = params.get("layout") {
+                p.insert("layout".into(), l.clone());
+            }
+            let mut m = Map::new();
+            m.insert("method".into(), Value::from(level));
+            m.insert("params".into(), Value::Object(p));
+            ("raid_devices", Value::Object(m))
+        }
         _ => {
             let mut m = Map::new();
             m.insert("method".into(), Value::from(product));
@@ -317,4 +334,118 @@ pub(crate) fn apply_lvol(lv: &lvol::Lvol, c: &lvol::module::LvolConfig) -> Resul
         }
     }
     Ok(())
+}
+
+/// One `raid_devices` entry.
+#[derive(Clone, Debug)]
+pub struct RaidEntry {
+    /// Array (bdev) name.
+    pub name: String,
+    /// RAID level.
+    pub level: raid::Level,
+    /// Active members, in role order.
+    pub base_bdevs: Vec<String>,
+    /// Hot spares.
+    pub spares: Vec<String>,
+    /// md creation options.
+    pub cfg: raid::array::MdConfig,
+}
+
+fn names(path: &str, v: &Value) -> Result<Vec<String>, ConfigError> {
+    let a = v.as_array().ok_or_else(|| invalid(path, format!("expected an array of bdev names, found {}", kind(v))))?;
+    a.iter()
+        .enumerate()
+        .map(|(i, x)| {
+            x.as_str()
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .ok_or_else(|| invalid(&format!("{path}[{i}]"), format!("expected a bdev name, found {}", kind(x))))
+        })
+        .collect()
+}
+
+/// Parse `raid_devices` (seed 8.2: `method` raid0/raid1/raid4/raid5/raid6/raid10/linear,
+/// `params` name, base_bdevs, strip_size_kb, spares).
+pub(crate) fn parse_raid(v: &Value) -> Result<Vec<RaidEntry>, ConfigError> {
+    use raid::Level;
+    let arr = v.as_array().ok_or_else(|| invalid("raid_devices", format!("expected an array, found {}", kind(v))))?;
+    let mut out: Vec<RaidEntry> = Vec::new();
+    for (i, d) in arr.iter().enumerate() {
+        let path = format!("raid_devices[{i}]");
+        let mut o = Obj::new(&path, d)?;
+        let mp = o.field_path("method");
+        let method = o.string("method")?;
+        let level = match method.as_str() {
+            "linear" => Level::Linear,
+            "raid0" => Level::Raid0,
+            "raid1" => Level::Raid1,
+            "raid4" => Level::Raid4,
+            "raid5" => Level::Raid5,
+            "raid6" => Level::Raid6,
+            "raid10" => Level::Raid10,
+            m => {
+                return Err(invalid(
+                    &mp,
+                    format!(
+                        "unknown method '{m}' (expected one of: linear, raid0, raid1, raid4, raid5, raid6, raid10)"
+                    ),
+                ))
+            }
+        };
+        let pp = o.field_path("params");
+        let params = o.req("params")?;
+        o.finish()?;
+        let mut p = Obj::new(&pp, params)?;
+        let name = p.string("name")?;
+        let bp = p.field_path("base_bdevs");
+        let base_bdevs = names(&bp, p.req("base_bdevs")?)?;
+        let min = match level {
+            Level::Linear | Level::Raid0 | Level::Raid1 => 1,
+            Level::Raid4 | Level::Raid5 => 3,
+            Level::Raid6 => 4,
+            Level::Raid10 => 2,
+        };
+        if base_bdevs.len() < min {
+            return Err(invalid(&bp, format!("{method} needs at least {min} members, {} given", base_bdevs.len())));
+        }
+        let sp = p.field_path("spares");
+        let spares = match p.get("spares") {
+            None => Vec::new(),
+            Some(v) => names(&sp, v)?,
+        };
+        let mut cfg = raid::array::MdConfig::default();
+        let cp = p.field_path("strip_size_kb");
+        if let Some(k) = p.opt_u64("strip_size_kb")? {
+            if !k.is_power_of_two() || !(4..=1 << 20).contains(&k) {
+                return Err(invalid(&cp, format!("{k} KiB is not a power of two of at least 4")));
+            }
+            cfg.chunk_kib = k as u32;
+        }
+        let lp = p.field_path("layout");
+        if let Some(l) = p.opt_u64("layout")? {
+            cfg.layout = Some(u32::try_from(l).map_err(|_| invalid(&lp, format!("{l} is too large")))?);
+        }
+        cfg.assume_clean = p.opt_bool("assume_clean")?.unwrap_or(false);
+        let bcp = p.field_path("bitmap_chunk_kb");
+        if let Some(k) = p.opt_u64("bitmap_chunk_kb")? {
+            cfg.bitmap_chunk_kib = Some(u32::try_from(k).map_err(|_| invalid(&bcp, format!("{k} is too large")))?);
+        }
+        p.finish()?;
+        let mut all = base_bdevs.clone();
+        all.extend(spares.iter().cloned());
+        for (j, m) in all.iter().enumerate() {
+            if all[..j].contains(m) {
+                return Err(invalid(&bp, format!("bdev '{m}' is listed twice")));
+            }
+        }
+        if let Some(j) = out.iter().position(|e| e.name == name) {
+            return Err(invalid(
+                &format!("{pp}.name"),
+                format!("duplicate array name '{name}' (also raid_devices[{j}])"),
+            ));
+        }
+        cfg.spares = spares.len();
+        out.push(RaidEntry { name, level, base_bdevs, spares, cfg });
+    }
+    Ok(out)
 }
