@@ -160,6 +160,32 @@ struct Slot {
 
 const FREE: Slot = Slot { state: SlotState::Free, cid: 0, len: 0, received: 0 };
 
+/// Command IDs of the commands a queue holds (a bitmap over all 65536).
+#[derive(Debug)]
+struct CidSet(Box<[u64]>);
+
+impl CidSet {
+    fn new() -> Self {
+        Self(vec![0; 1024].into_boxed_slice())
+    }
+
+    fn contains(&self, cid: u16) -> bool {
+        self.0.get(usize::from(cid >> 6)).is_some_and(|w| w & (1 << (cid & 63)) != 0)
+    }
+
+    fn insert(&mut self, cid: u16) {
+        if let Some(w) = self.0.get_mut(usize::from(cid >> 6)) {
+            *w |= 1 << (cid & 63);
+        }
+    }
+
+    fn remove(&mut self, cid: u16) {
+        if let Some(w) = self.0.get_mut(usize::from(cid >> 6)) {
+            *w &= !(1 << (cid & 63));
+        }
+    }
+}
+
 /// One controller queue pair.
 #[derive(Debug)]
 pub struct CtrlQueue {
@@ -172,12 +198,14 @@ pub struct CtrlQueue {
     slots: Box<[Slot]>,
     tx_refs: Box<[u32]>,
     free: Vec<u16>,
+    cids: CidSet,
     capsule_slot: Option<u16>,
 }
 
 struct Sink<'a> {
     slots: &'a mut [Slot],
     free: &'a mut Vec<u16>,
+    cids: &'a mut CidSet,
     capsule_slot: &'a mut Option<u16>,
     bufs: &'a mut dyn CtrlBuffers,
 }
@@ -190,10 +218,11 @@ impl DataSink for Sink<'_> {
                 let slot = match *self.capsule_slot {
                     Some(s) => s,
                     None => {
-                        if self.slots.iter().any(|s| s.state != SlotState::Free && s.cid == cid) {
+                        if self.cids.contains(cid) {
                             return Err(PlacementError::UnknownCommand(cid));
                         }
                         let s = self.free.pop().ok_or(PlacementError::UnknownCommand(cid))?;
+                        self.cids.insert(cid);
                         if let Some(sl) = self.slots.get_mut(usize::from(s)) {
                             *sl = Slot { state: SlotState::Capsule, cid, len: *data_len, received: 0 };
                         }
@@ -252,6 +281,7 @@ impl CtrlQueue {
             slots: vec![FREE; usize::from(depth)].into_boxed_slice(),
             tx_refs: vec![0; usize::from(depth)].into_boxed_slice(),
             free: (0..depth).rev().collect(),
+            cids: CidSet::new(),
             capsule_slot: None,
         }
     }
@@ -298,8 +328,8 @@ impl CtrlQueue {
         let mut used = 0;
         while used < input.len() {
             let r = {
-                let Self { rx, slots, free, capsule_slot, .. } = self;
-                let mut sink = Sink { slots, free, capsule_slot, bufs };
+                let Self { rx, slots, free, cids, capsule_slot, .. } = self;
+                let mut sink = Sink { slots, free, cids, capsule_slot, bufs };
                 rx.inner_mut().feed(input.get(used..).unwrap_or(&[]), &mut sink)
             };
             match r {
@@ -331,8 +361,8 @@ impl CtrlQueue {
         let mut count = 0;
         loop {
             let res = {
-                let Self { rx, slots, free, capsule_slot, .. } = self;
-                let mut sink = Sink { slots, free, capsule_slot, bufs };
+                let Self { rx, slots, free, cids, capsule_slot, .. } = self;
+                let mut sink = Sink { slots, free, cids, capsule_slot, bufs };
                 rx.poll(r, &mut sink)
             };
             match res {
@@ -360,7 +390,7 @@ impl CtrlQueue {
         if self.failed {
             return Err(CtrlError::Failed);
         }
-        let Self { tx, tx_refs, slots, free, .. } = self;
+        let Self { tx, tx_refs, slots, free, cids, .. } = self;
         let r = tx.write_to(w, &Src(bufs), &mut |r| {
             let k = usize::from(r.key);
             if let Some(c) = tx_refs.get_mut(k) {
@@ -368,6 +398,7 @@ impl CtrlQueue {
                 let done = *c == 0;
                 if let Some(s) = slots.get_mut(k).filter(|s| s.state == SlotState::Sending) {
                     if done {
+                        cids.remove(s.cid);
                         *s = FREE;
                         free.push(r.key);
                         released(r.key);
@@ -446,6 +477,7 @@ impl CtrlQueue {
         self.tx = TxQueue::new(0);
         for (i, s) in self.slots.iter_mut().enumerate() {
             if s.state != SlotState::Free {
+                self.cids.remove(s.cid);
                 *s = FREE;
                 self.free.push(i as u16);
                 released(i as u16);
@@ -512,10 +544,12 @@ impl CtrlQueue {
         let slot = match self.capsule_slot.take() {
             Some(s) => s,
             None => {
-                if self.slots.iter().any(|s| s.state != SlotState::Free && s.cid == cid) {
+                if self.cids.contains(cid) {
                     return Err(Self::protocol("command id in use", cid));
                 }
-                self.free.pop().ok_or(Self::protocol("more commands than the queue depth", cid))?
+                let s = self.free.pop().ok_or(Self::protocol("more commands than the queue depth", cid))?;
+                self.cids.insert(cid);
+                s
             }
         };
         let data = if data_len > 0 {

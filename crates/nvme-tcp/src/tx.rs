@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 
 /// Most slices handed to one vectored write.
-const MAX_SLICES: usize = 64;
+const MAX_SLICES: usize = 256;
 
 /// Source of outgoing data.
 pub trait TxData {

@@ -48,6 +48,11 @@ fn connect_data(opts: &ConnectOpts, subnqn: &str, cntlid: u16) -> Result<Connect
     ConnectData::new(opts.host.id, cntlid, subnqn, &opts.host.nqn).map_err(|e| InitError::Controller(e.to_string()))
 }
 
+/// Connect attribute: SQ flow control disabled (the host never fills the
+/// queue beyond its depth, so it needs no SQ head reports); lets the
+/// controller complete successful reads with the last C2HData PDU.
+const CATTR_DISABLE_SQ_FLOW: u8 = 1 << 2;
+
 /// Sends Fabrics Connect on `conn` and returns the controller ID.
 fn fabrics_connect(
     conn: &mut Connection,
@@ -59,7 +64,8 @@ fn fabrics_connect(
     cntlid: u16,
 ) -> Result<u16, InitError> {
     let data = connect_data(opts, subnqn, cntlid)?;
-    let cmd = FabricsCommand::Connect { recfmt: 0, qid, sqsize, cattr: 0, kato };
+    let cattr = if qid == 0 { 0 } else { CATTR_DISABLE_SQ_FLOW };
+    let cmd = FabricsCommand::Connect { recfmt: 0, qid, sqsize, cattr, kato };
     let cqe = conn.exec(
         Command::Fabrics(cmd).to_sqe(0),
         SyncData::To(zerocopy::IntoBytes::as_bytes(&data)),

@@ -311,7 +311,8 @@ impl PduReceiver {
     }
 
     /// While in the data part of a PDU: one read from `src` directly into
-    /// the sink's buffer.
+    /// the sink's buffer. `Direct::Read(_, short)` tells whether the read
+    /// returned fewer bytes than asked (the source is probably empty).
     fn read_data_direct<R: Read>(&mut self, src: &mut R, sink: &mut dyn DataSink) -> Result<Direct, RecvError> {
         let State::Data { pdu, l, done, crc } = self.state else {
             return Ok(Direct::NotInData);
@@ -329,7 +330,7 @@ impl PduReceiver {
             Err(e) => return Err(RecvError::Io(e)),
         };
         let crc = if l.ddgst { digest::crc32c_append(crc, dst.get(..n).unwrap_or(&[])) } else { crc };
-        Ok(Direct::Read(self.data_progress(pdu, l, done + n, crc)))
+        Ok(Direct::Read(self.data_progress(pdu, l, done + n, crc), n < want))
     }
 }
 
@@ -349,7 +350,7 @@ fn empty_buffer(pdu: &Pdu, at: usize) -> PlacementError {
 
 enum Direct {
     NotInData,
-    Read(Option<Pdu>),
+    Read(Option<Pdu>, bool),
 }
 
 /// Data parts shorter than this are read through the staging buffer
@@ -365,12 +366,22 @@ pub struct StagedReceiver {
     stage: Box<[u8]>,
     start: usize,
     end: usize,
+    /// The last read returned less than asked: once the staged bytes are
+    /// used up, report "would block" without another read (saves the
+    /// read that would only say so).
+    drained: bool,
 }
 
 impl StagedReceiver {
     /// A receiver with a staging buffer of `stage_len` bytes (at least 256).
     pub fn new(cfg: RxConfig, stage_len: usize) -> Self {
-        Self { rx: PduReceiver::new(cfg), stage: vec![0; stage_len.max(256)].into_boxed_slice(), start: 0, end: 0 }
+        Self {
+            rx: PduReceiver::new(cfg),
+            stage: vec![0; stage_len.max(256)].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            drained: false,
+        }
     }
 
     /// The inner receiver (configuration, termination data).
@@ -384,7 +395,9 @@ impl StagedReceiver {
     }
 
     /// Reads until one PDU is complete (`Ok(Some)`) or the source would
-    /// block (`Ok(None)`). EOF gives [`RecvError::Closed`].
+    /// block (`Ok(None)`). EOF gives [`RecvError::Closed`]. After a read
+    /// that returned less than asked, `Ok(None)` comes once the bytes read
+    /// are used up, without reading again; the next call reads.
     pub fn poll<R: Read>(&mut self, src: &mut R, sink: &mut dyn DataSink) -> Result<Option<Pdu>, RecvError> {
         loop {
             if self.start < self.end {
@@ -398,10 +411,19 @@ impl StagedReceiver {
             }
             self.start = 0;
             self.end = 0;
+            if self.drained {
+                self.drained = false;
+                return Ok(None);
+            }
             if self.rx.data_remaining().unwrap_or(0) >= DIRECT_MIN {
                 match self.rx.read_data_direct(src, sink) {
-                    Ok(Direct::Read(Some(p))) => return Ok(Some(p)),
-                    Ok(Direct::Read(None)) => continue,
+                    Ok(Direct::Read(p, short)) => {
+                        self.drained = short;
+                        match p {
+                            Some(p) => return Ok(Some(p)),
+                            None => continue,
+                        }
+                    }
                     Ok(Direct::NotInData) => {}
                     Err(RecvError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
                     Err(RecvError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -410,7 +432,10 @@ impl StagedReceiver {
             }
             match src.read(&mut self.stage) {
                 Ok(0) => return Err(RecvError::Closed),
-                Ok(n) => self.end = n,
+                Ok(n) => {
+                    self.end = n;
+                    self.drained = n < self.stage.len();
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(RecvError::Io(e)),

@@ -29,8 +29,23 @@ fn invalid_param(conn: &mut TgtConn, slot: u16, in_data: bool, off: u16) {
     conn.complete(slot, specific(command_specific::FABRICS_CONNECT_INVALID_PARAMETERS), dw0, 0);
 }
 
+/// Connect command attribute: the host disables SQ flow control (SQ head
+/// pointer reporting), which lets successful reads end with a C2HData PDU
+/// carrying the SUCCESS flag instead of a response capsule.
+pub(crate) const CATTR_DISABLE_SQ_FLOW: u8 = 1 << 2;
+
+/// The command fields of a Fabrics Connect.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ConnectArgs {
+    pub(crate) qid: u16,
+    pub(crate) sqsize: u16,
+    pub(crate) kato: u32,
+    pub(crate) cattr: u8,
+}
+
 /// Fabrics Connect on a new connection.
-pub(crate) fn connect(conn: &mut TgtConn, shared: &Shared, slot: u16, qid: u16, sqsize: u16, kato: u32, data: CmdData) {
+pub(crate) fn connect(conn: &mut TgtConn, shared: &Shared, slot: u16, args: ConnectArgs, data: CmdData) {
+    let ConnectArgs { qid, sqsize, kato, cattr } = args;
     let len = match data {
         CmdData::InCapsule(n) => n,
         _ => 0,
@@ -126,6 +141,7 @@ pub(crate) fn connect(conn: &mut TgtConn, shared: &Shared, slot: u16, qid: u16, 
     }
     conn.bufs.min_alloc = shared.cfg.max_transfer as usize;
     conn.q.set_incapsule_max(shared.cfg.incapsule);
+    conn.q.set_success_flag(cattr & CATTR_DISABLE_SQ_FLOW != 0);
     let cntlid = ctrl.cntlid;
     conn.role = ConnRole::Io { ctrl, qid };
     conn.complete(slot, Status::SUCCESS, ConnectResponse::Success { cntlid, authreq: 0 }.to_dword(), 0);

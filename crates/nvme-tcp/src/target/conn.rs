@@ -8,8 +8,8 @@ use nvme_spec::command::{Command, FabricsCommand, QueueType};
 use nvme_spec::status::{GenericStatus, Status, StatusCode};
 use nvme_spec::{Cqe, Sqe};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Per-slot data buffers of a connection.
@@ -245,8 +245,8 @@ impl TgtConn {
             }
         };
         match (&self.role, cmd) {
-            (ConnRole::New, Command::Fabrics(FabricsCommand::Connect { qid, sqsize, kato, .. })) => {
-                admin::connect(self, shared, slot, qid, sqsize, kato, data);
+            (ConnRole::New, Command::Fabrics(FabricsCommand::Connect { qid, sqsize, kato, cattr, .. })) => {
+                admin::connect(self, shared, slot, admin::ConnectArgs { qid, sqsize, kato, cattr }, data);
             }
             (ConnRole::New, _) => self.complete(slot, seq_error(), 0, 0),
             (_, Command::Fabrics(FabricsCommand::Connect { .. })) => self.complete(slot, seq_error(), 0, 0),
@@ -286,10 +286,30 @@ pub(crate) fn seq_error() -> Status {
     Status::new(StatusCode::Generic(GenericStatus::CommandSequenceError), true)
 }
 
+/// Connections accepted by one poll group and handed to another.
+#[derive(Debug, Default)]
+pub(crate) struct Inbox {
+    pending: AtomicBool,
+    conns: Mutex<Vec<(TcpStream, usize)>>,
+}
+
+impl Inbox {
+    fn push(&self, s: TcpStream, listener: usize) {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner()).push((s, listener));
+        self.pending.store(true, Ordering::Release);
+    }
+}
+
+/// How often a poll group looks for new connections.
+const ACCEPT_PERIOD_NS: u64 = 1_000_000;
+
 /// A set of connections served by one thread.
 pub struct PollGroup {
     shared: Arc<Shared>,
     conns: Vec<TgtConn>,
+    inbox: Arc<Inbox>,
+    next_accept: u64,
+    accept_period: u64,
 }
 
 impl std::fmt::Debug for PollGroup {
@@ -300,7 +320,10 @@ impl std::fmt::Debug for PollGroup {
 
 impl PollGroup {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        Self { shared, conns: Vec::new() }
+        let inbox = Arc::new(Inbox::default());
+        shared.inboxes.lock().unwrap_or_else(|e| e.into_inner()).push(inbox.clone());
+        let accept_period = bdev::clock::ns_to_ticks(ACCEPT_PERIOD_NS).max(1);
+        Self { shared, conns: Vec::new(), inbox, next_accept: 0, accept_period }
     }
 
     /// Number of connections served.
@@ -308,25 +331,61 @@ impl PollGroup {
         self.conns.len()
     }
 
+    fn adopt(&mut self, s: TcpStream, listener: usize) {
+        let peer = s.peer_addr().ok();
+        match TgtConn::new(s, listener, &self.shared) {
+            Ok(c) => {
+                log::debug!("nvmf target: connection from {peer:?} on listener {listener}");
+                self.conns.push(c);
+            }
+            Err(e) => log::warn!("nvmf target: accepting {peer:?}: {e}"),
+        }
+    }
+
+    /// Accepts pending connections, keeping those whose round-robin turn
+    /// is this group's and handing the others over.
+    fn accept(&mut self) -> bool {
+        let mut work = false;
+        for i in 0..self.shared.listeners.len() {
+            while let Some(Ok((s, _))) = self.shared.listeners.get(i).map(|l| l.accept()) {
+                work = true;
+                let target = {
+                    let inboxes = self.shared.inboxes.lock().unwrap_or_else(|e| e.into_inner());
+                    let turn = self.shared.accept_turn.fetch_add(1, Ordering::Relaxed);
+                    inboxes.get(turn % inboxes.len().max(1)).filter(|b| !Arc::ptr_eq(b, &self.inbox)).cloned()
+                };
+                match target {
+                    Some(b) => b.push(s, i),
+                    None => self.adopt(s, i),
+                }
+            }
+        }
+        work
+    }
+
     /// Accepts new connections and serves the existing ones once. Returns
     /// whether any work was done.
     pub fn poll(&mut self) -> bool {
         let mut work = false;
-        for (i, l) in self.shared.listeners.iter().enumerate() {
-            while let Ok((s, peer)) = l.accept() {
-                match TgtConn::new(s, i, &self.shared) {
-                    Ok(c) => {
-                        log::debug!("nvmf target: connection from {peer} on listener {i}");
-                        self.conns.push(c);
-                        work = true;
-                    }
-                    Err(e) => log::warn!("nvmf target: accepting {peer}: {e}"),
-                }
+        let now = bdev::clock::ticks();
+        if now >= self.next_accept {
+            self.next_accept = now + self.accept_period;
+            work |= self.accept();
+        }
+        if self.inbox.pending.load(Ordering::Acquire) {
+            let handed = {
+                let mut q = self.inbox.conns.lock().unwrap_or_else(|e| e.into_inner());
+                self.inbox.pending.store(false, Ordering::Release);
+                std::mem::take(&mut *q)
+            };
+            for (s, l) in handed {
+                self.adopt(s, l);
+                work = true;
             }
         }
-        let shared = self.shared.clone();
-        for c in &mut self.conns {
-            work |= c.poll(&shared);
+        let Self { shared, conns, .. } = self;
+        for c in conns.iter_mut() {
+            work |= c.poll(shared);
         }
         let mut i = 0;
         while i < self.conns.len() {
@@ -351,6 +410,9 @@ impl PollGroup {
 
 impl Drop for PollGroup {
     fn drop(&mut self) {
+        self.shared.inboxes.lock().unwrap_or_else(|e| e.into_inner()).retain(|b| !Arc::ptr_eq(b, &self.inbox));
+        // Connections handed to this group and not adopted yet are closed.
+        self.inbox.conns.lock().unwrap_or_else(|e| e.into_inner()).clear();
         self.shutdown();
     }
 }
