@@ -10,7 +10,7 @@
 
 #![forbid(unsafe_code)]
 
-use crate::pdu::{DataPdu, Fes, IcResp, Pdu, Role, RxConfig, TxConfig};
+use crate::pdu::{DataPdu, Fes, IcResp, Pdu, Role, RxConfig, TermReq, TxConfig};
 use crate::recv::{DataSink, PlacementError, RecvError, StagedReceiver};
 use crate::tx::{DataRef, Release, TxData, TxError, TxQueue};
 use nvme_spec::command::opcode;
@@ -156,9 +156,17 @@ struct Slot {
     cid: u16,
     len: u32,
     received: u32,
+    /// Write data arrived with a data digest error.
+    data_error: bool,
 }
 
-const FREE: Slot = Slot { state: SlotState::Free, cid: 0, len: 0, received: 0 };
+const FREE: Slot = Slot { state: SlotState::Free, cid: 0, len: 0, received: 0, data_error: false };
+
+/// The status of a command whose data was corrupted on the wire.
+fn transport_error() -> Status {
+    use nvme_spec::status::{GenericStatus, StatusCode};
+    Status::new(StatusCode::Generic(GenericStatus::TransientTransportError), false)
+}
 
 /// Command IDs of the commands a queue holds (a bitmap over all 65536).
 #[derive(Debug)]
@@ -192,6 +200,8 @@ pub struct CtrlQueue {
     cfg: CtrlConfig,
     ready: bool,
     failed: bool,
+    /// A termination request is queued after a fatal error.
+    terminating: bool,
     success_flag: bool,
     rx: StagedReceiver,
     tx: TxQueue,
@@ -224,7 +234,8 @@ impl DataSink for Sink<'_> {
                         let s = self.free.pop().ok_or(PlacementError::UnknownCommand(cid))?;
                         self.cids.insert(cid);
                         if let Some(sl) = self.slots.get_mut(usize::from(s)) {
-                            *sl = Slot { state: SlotState::Capsule, cid, len: *data_len, received: 0 };
+                            *sl =
+                                Slot { state: SlotState::Capsule, cid, len: *data_len, received: 0, data_error: false };
                         }
                         *self.capsule_slot = Some(s);
                         s
@@ -277,6 +288,7 @@ impl CtrlQueue {
             cfg,
             ready: false,
             failed: false,
+            terminating: false,
             success_flag: false,
             slots: vec![FREE; usize::from(depth)].into_boxed_slice(),
             tx_refs: vec![0; usize::from(depth)].into_boxed_slice(),
@@ -336,13 +348,13 @@ impl CtrlQueue {
                 Ok((n, p)) => {
                     used += n;
                     if let Some(p) = p {
-                        self.handle(p, ev).inspect_err(|_| self.failed = true)?;
+                        let bad = self.rx.inner_mut().take_digest_error().is_some();
+                        if let Err(e) = self.handle(p, bad, ev) {
+                            return Err(self.fail(e));
+                        }
                     }
                 }
-                Err(e) => {
-                    self.failed = true;
-                    return Err(e.into());
-                }
+                Err(e) => return Err(self.fail(e.into())),
             }
         }
         Ok(())
@@ -368,15 +380,59 @@ impl CtrlQueue {
             match res {
                 Ok(Some(p)) => {
                     count += 1;
-                    self.handle(p, ev).inspect_err(|_| self.failed = true)?;
+                    let bad = self.rx.inner_mut().take_digest_error().is_some();
+                    if let Err(e) = self.handle(p, bad, ev) {
+                        return Err(self.fail(e));
+                    }
                 }
                 Ok(None) => return Ok(count),
-                Err(e) => {
-                    self.failed = true;
-                    return Err(e.into());
-                }
+                Err(e) => return Err(self.fail(e.into())),
             }
         }
+    }
+
+    /// Marks the queue failed after `e`; for errors in what the host sent,
+    /// queues a termination request (C2HTermReq) naming the error and
+    /// carrying the offending header, to be written with
+    /// [`CtrlQueue::transmit_termination`].
+    fn fail(&mut self, e: CtrlError) -> CtrlError {
+        self.failed = true;
+        let term = match &e {
+            CtrlError::Recv(RecvError::Pdu(p)) => Some(p.term_req()),
+            CtrlError::Recv(RecvError::Placement(p)) => Some(p.term_req()),
+            CtrlError::Protocol { .. } => Some(TermReq { fes: Fes::SequenceError, fei: 0 }),
+            _ => None,
+        };
+        if let Some(t) = term {
+            if let Ok(h) = crate::pdu::encode_term_req(Role::Controller, t, self.rx.inner().partial_header()) {
+                self.tx.terminate(h);
+                self.terminating = true;
+            }
+        }
+        e
+    }
+
+    /// Whether a termination request is waiting to be written.
+    pub fn is_terminating(&self) -> bool {
+        self.terminating
+    }
+
+    /// After a fatal error: writes what is left of a partly sent PDU and
+    /// the termination request. Returns true once all is written (or there
+    /// is nothing to write); the caller then closes the connection.
+    pub fn transmit_termination<W: Write + ?Sized>(
+        &mut self,
+        w: &mut W,
+        bufs: &dyn CtrlBuffers,
+    ) -> Result<bool, CtrlError> {
+        if !self.terminating {
+            return Ok(true);
+        }
+        self.tx.write_to(w, &Src(bufs), &mut |_| {})?;
+        if self.tx.is_empty() {
+            self.terminating = false;
+        }
+        Ok(!self.terminating)
     }
 
     /// Writes queued PDUs until `w` would block; `released(slot)` is called
@@ -474,6 +530,7 @@ impl CtrlQueue {
     /// can release their buffers.
     pub fn shutdown(&mut self, released: &mut dyn FnMut(u16)) {
         self.failed = true;
+        self.terminating = false;
         self.tx = TxQueue::new(0);
         for (i, s) in self.slots.iter_mut().enumerate() {
             if s.state != SlotState::Free {
@@ -489,7 +546,9 @@ impl CtrlQueue {
         CtrlError::Protocol { what, cid }
     }
 
-    fn handle(&mut self, pdu: Pdu, ev: &mut dyn FnMut(CtrlEvent)) -> Result<(), CtrlError> {
+    /// Handles one received PDU; `bad_data` tells that its data failed
+    /// the data digest check.
+    fn handle(&mut self, pdu: Pdu, bad_data: bool, ev: &mut dyn FnMut(CtrlEvent)) -> Result<(), CtrlError> {
         if let Pdu::H2CTermReq(t) = pdu {
             return Err(CtrlError::TermReq { fes: t.fes, fei: t.fei });
         }
@@ -517,7 +576,7 @@ impl CtrlQueue {
             return Ok(());
         }
         match pdu {
-            Pdu::CapsuleCmd { sqe, data_len } => self.on_capsule(sqe, data_len, ev),
+            Pdu::CapsuleCmd { sqe, data_len } => self.on_capsule(sqe, data_len, bad_data, ev),
             Pdu::H2CData(d) => {
                 let s = self
                     .slots
@@ -528,8 +587,13 @@ impl CtrlQueue {
                     return Err(Self::protocol("empty h2c data", d.cccid));
                 }
                 s.received += d.length;
+                s.data_error |= bad_data;
                 if s.received == s.len {
                     s.state = SlotState::Executing;
+                    if s.data_error {
+                        // Corrupt write data: the command is not run.
+                        return self.complete(d.ttag, Cqe::new(0, transport_error()), 0);
+                    }
                     ev(CtrlEvent::DataReady { slot: d.ttag });
                 }
                 Ok(())
@@ -539,7 +603,13 @@ impl CtrlQueue {
         }
     }
 
-    fn on_capsule(&mut self, sqe: Sqe, data_len: u32, ev: &mut dyn FnMut(CtrlEvent)) -> Result<(), CtrlError> {
+    fn on_capsule(
+        &mut self,
+        sqe: Sqe,
+        data_len: u32,
+        bad_data: bool,
+        ev: &mut dyn FnMut(CtrlEvent),
+    ) -> Result<(), CtrlError> {
         let cid = sqe.cid();
         let slot = match self.capsule_slot.take() {
             Some(s) => s,
@@ -587,7 +657,11 @@ impl CtrlQueue {
             CmdData::None | CmdData::BadSgl => (SlotState::Executing, 0),
         };
         if let Some(s) = self.slots.get_mut(usize::from(slot)) {
-            *s = Slot { state, cid, len, received: 0 };
+            *s = Slot { state, cid, len, received: 0, data_error: false };
+        }
+        if bad_data {
+            // Corrupt in-capsule data: the command is not run.
+            return self.complete(slot, Cqe::new(0, transport_error()), 0);
         }
         ev(CtrlEvent::Command { slot, sqe, data });
         Ok(())

@@ -125,6 +125,19 @@ impl TxQueue {
         self.q.push_back(Entry { hdr, data, ddgst: [0; 4], started: false, sent: 0, release });
     }
 
+    /// Replaces what is queued by a termination request: PDUs not written
+    /// at all are dropped (without release notices), a PDU partly written
+    /// stays first so the stream remains well framed, and `term` follows.
+    pub fn terminate(&mut self, term: EncodedHeader) {
+        let partial = self.q.pop_front().filter(|e| e.sent > 0);
+        self.q.clear();
+        if let Some(mut e) = partial {
+            e.release = None;
+            self.q.push_back(e);
+        }
+        self.push_encoded(term, None, None);
+    }
+
     /// Drops queued PDUs of command `key` that have not started; returns
     /// how many were dropped.
     pub fn cancel_unstarted(&mut self, key: u16) -> usize {

@@ -110,11 +110,18 @@ impl Connection {
         let mut result = None;
         loop {
             let mut bufs = OneBuf { tag: TAG, data: &mut data };
-            let n = self.poll(&mut bufs, &mut |tag, cqe| {
+            let polled = self.poll(&mut bufs, &mut |tag, cqe| {
                 if tag == TAG {
                     result = Some(cqe);
                 }
-            })?;
+            });
+            let n = match polled {
+                Ok(n) => n,
+                Err(e) => {
+                    self.flush_termination(&bufs);
+                    return Err(e);
+                }
+            };
             if let Some(c) = result {
                 return Ok(c);
             }
@@ -127,11 +134,26 @@ impl Connection {
         }
     }
 
+    /// After a fatal error of the queue: writes the termination request it
+    /// queued (finishing a partly written PDU first), trying a few times
+    /// without blocking for long. Call before [`Connection::close`].
+    pub fn flush_termination(&mut self, bufs: &dyn HostBuffers) {
+        for _ in 0..TERM_FLUSH_TRIES {
+            match self.q.transmit_termination(&mut self.stream, bufs) {
+                Ok(false) => std::thread::yield_now(),
+                Ok(true) | Err(_) => return,
+            }
+        }
+    }
+
     /// Shuts the socket down.
     pub fn close(&self) {
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
     }
 }
+
+/// Attempts to write a termination request before giving up.
+const TERM_FLUSH_TRIES: usize = 64;
 
 fn len32(n: usize) -> Result<u32, InitError> {
     u32::try_from(n).map_err(|_| InitError::Invalid("data buffer larger than 4 GiB"))

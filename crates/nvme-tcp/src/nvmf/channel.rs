@@ -181,6 +181,7 @@ impl NvmfChannel {
     fn link_lost(&mut self, why: &dyn std::fmt::Debug) {
         log::warn!("nvmf {} qid {}: connection lost: {why:?}", self.shared.name, self.qid);
         if let Link::Up(conn) = &mut self.link {
+            conn.flush_termination(&Bufs { slots: &mut self.slots });
             let tags = &self.tags;
             let done = &mut self.done;
             let free = &mut self.free;

@@ -57,6 +57,22 @@ pub enum PlacementError {
     WrongDirection(u16),
 }
 
+impl PlacementError {
+    /// The FES / FEI to report in a termination request (FEI: byte offset
+    /// of the offending field in a data PDU header).
+    pub fn term_req(&self) -> crate::pdu::TermReq {
+        use crate::pdu::Fes;
+        let (fes, fei) = match self {
+            Self::UnknownCommand(_) => (Fes::InvalidHeaderField, 8),
+            Self::UnknownTag { .. } => (Fes::InvalidHeaderField, 10),
+            Self::OutOfOrder { .. } => (Fes::InvalidHeaderField, 12),
+            Self::OutOfRange { .. } => (Fes::DataOutOfRange, 0),
+            Self::WrongDirection(_) => (Fes::InvalidHeaderField, 0),
+        };
+        crate::pdu::TermReq { fes, fei }
+    }
+}
+
 /// Where the data part of a received PDU goes.
 pub trait DataSink {
     /// Returns the contiguous destination for the data of `pdu` starting at
@@ -97,7 +113,21 @@ enum State {
     Failed,
 }
 
+/// A data digest that did not match the data of a PDU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DigestMismatch {
+    /// Digest received.
+    pub got: u32,
+    /// Digest computed over the data received.
+    pub computed: u32,
+}
+
 /// Reassembles PDUs from arbitrary chunks.
+///
+/// A data digest mismatch is not fatal (the PDU framing is intact): the
+/// PDU is returned as usual and [`PduReceiver::take_digest_error`] reports
+/// the mismatch; the owner must check it for every PDU with data and treat
+/// the data as corrupt (the command fails with a transport error).
 #[derive(Debug)]
 pub struct PduReceiver {
     cfg: RxConfig,
@@ -106,6 +136,7 @@ pub struct PduReceiver {
     state: State,
     term_len: usize,
     failed_hdr_len: usize,
+    digest_error: Option<DigestMismatch>,
 }
 
 impl PduReceiver {
@@ -118,7 +149,14 @@ impl PduReceiver {
             state: State::Common { have: 0 },
             term_len: 0,
             failed_hdr_len: 0,
+            digest_error: None,
         }
+    }
+
+    /// The data digest mismatch of the PDU returned last, if its data was
+    /// corrupt (cleared by the call and by the next PDU).
+    pub fn take_digest_error(&mut self) -> Option<DigestMismatch> {
+        self.digest_error.take()
     }
 
     /// The configuration.
@@ -173,6 +211,9 @@ impl PduReceiver {
                 State::Common { have } => {
                     if rest.is_empty() {
                         return Ok((used, None));
+                    }
+                    if have == 0 {
+                        self.digest_error = None;
                     }
                     let n = rest.len().min(8 - have);
                     self.hdr[have..have + n].copy_from_slice(&rest[..n]);
@@ -241,9 +282,7 @@ impl PduReceiver {
                         continue;
                     }
                     let got = u32::from_le_bytes(self.ddgst);
-                    if got != crc {
-                        return Err(self.fail(PduError::DataDigest { got, computed: crc }));
-                    }
+                    self.digest_error = (got != crc).then_some(DigestMismatch { got, computed: crc });
                     self.state = State::Common { have: 0 };
                     return Ok((used, Some(pdu)));
                 }

@@ -269,6 +269,14 @@ impl TgtConn {
     }
 
     fn teardown(&mut self) {
+        // A termination request queued after a protocol error goes out
+        // first (the buffers a partly written PDU reads are still here).
+        for _ in 0..64 {
+            match self.q.transmit_termination(&mut self.stream, &self.bufs) {
+                Ok(false) => std::thread::yield_now(),
+                Ok(true) | Err(_) => break,
+            }
+        }
         self.io = None;
         if let ConnRole::Io { ctrl, qid } = &self.role {
             ctrl.regs().io_qids.retain(|q| q != qid);
