@@ -96,19 +96,29 @@ pub struct ConnectOpts {
     pub io_queues: u16,
     /// Timeout of connects and admin commands.
     pub admin_timeout: Duration,
-    /// Delay between reconnect attempts.
+    /// Delay before the first reconnect attempt; it doubles after every
+    /// failed attempt, up to `reconnect_delay_max`.
     pub reconnect_delay: Duration,
+    /// Longest delay between reconnect attempts.
+    pub reconnect_delay_max: Duration,
     /// Give up reconnecting after this long (the bdev then fails all IO).
     pub ctrl_loss_timeout: Duration,
     /// IO submitted while disconnected waits this long for a reconnect
     /// before failing with a path error (zero: fail at once).
     pub fast_io_fail_timeout: Duration,
+    /// A command outstanding this long is aborted (Abort on the admin
+    /// queue); if it is still outstanding after as long again (at most the
+    /// admin timeout), its connection is reset: it completes with
+    /// `Timeout`, the others in flight with `PathError`, and the queue
+    /// reconnects. Zero: no timeout.
+    pub io_timeout: Duration,
 }
 
 impl ConnectOpts {
     /// Options with defaults: generated host identity, KATO 10 s, no
     /// digests, 128 commands per queue, 4 I/O queues, 10 s admin timeout,
-    /// reconnect every 1 s for up to 60 s, fail IO after 5 s disconnected.
+    /// reconnect after 1 s, backing off to 8 s, for up to 60 s, fail IO
+    /// after 5 s disconnected, IO timeout 30 s.
     pub fn new(addr: SocketAddr, subnqn: &str) -> Self {
         Self {
             addr,
@@ -121,8 +131,18 @@ impl ConnectOpts {
             io_queues: 4,
             admin_timeout: Duration::from_secs(10),
             reconnect_delay: Duration::from_secs(1),
+            reconnect_delay_max: Duration::from_secs(8),
             ctrl_loss_timeout: Duration::from_secs(60),
             fast_io_fail_timeout: Duration::from_secs(5),
+            io_timeout: Duration::from_secs(30),
         }
+    }
+
+    /// The delay before reconnect attempt `failures + 1` (after `failures`
+    /// failed attempts): `reconnect_delay * 2^failures`, capped at
+    /// `reconnect_delay_max` (and never below `reconnect_delay`).
+    pub fn backoff(&self, failures: u32) -> Duration {
+        let cap = self.reconnect_delay_max.max(self.reconnect_delay);
+        self.reconnect_delay.checked_mul(1u32 << failures.min(20)).map_or(cap, |d| d.min(cap))
     }
 }
