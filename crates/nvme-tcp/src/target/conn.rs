@@ -91,6 +91,8 @@ pub(crate) struct TgtConn {
     pub(crate) local: SocketAddr,
     pub(crate) sqes: Vec<Sqe>,
     pub(crate) aers: Vec<u16>,
+    /// ANA change count last reported to the host (log page or event).
+    pub(crate) ana_seen: u64,
     pub(crate) closed: bool,
     pub(crate) accepted: Instant,
     events: Vec<CtrlEvent>,
@@ -122,6 +124,7 @@ impl TgtConn {
             local,
             sqes: vec![Sqe::new(0, 0); usize::from(depth)],
             aers: Vec::new(),
+            ana_seen: shared.ana_chgcnt.load(Ordering::Acquire),
             closed: false,
             accepted: Instant::now(),
             events: Vec::with_capacity(usize::from(depth)),
@@ -194,10 +197,14 @@ impl TgtConn {
             ConnRole::Admin(c) => {
                 let r = c.regs();
                 let kato = Duration::from_millis(u64::from(r.kato_ms));
+                let aen = r.aen_config;
                 if !kato.is_zero() && r.last_contact.elapsed() > kato * 2 {
                     log::warn!("nvmf target: controller {} keep-alive expired", c.cntlid);
                     drop(r);
                     self.closed = true;
+                } else {
+                    drop(r);
+                    work |= self.ana_event(shared, aen);
                 }
             }
             ConnRole::Io { ctrl, .. } if ctrl.dead.load(Ordering::Acquire) => self.closed = true,
@@ -205,6 +212,20 @@ impl TgtConn {
             _ => {}
         }
         work
+    }
+
+    /// Completes an outstanding Asynchronous Event Request with an ANA
+    /// change notice when the ANA state changed since the host last
+    /// looked (and it enabled those notices).
+    fn ana_event(&mut self, shared: &Shared, aen_config: u32) -> bool {
+        let now = shared.ana_chgcnt.load(Ordering::Acquire);
+        if now == self.ana_seen || aen_config & admin::AEC_ANA_CHANGE == 0 || self.aers.is_empty() {
+            return false;
+        }
+        let slot = self.aers.remove(0);
+        self.ana_seen = now;
+        self.complete(slot, Status::SUCCESS, admin::AEN_ANA_CHANGE, 0);
+        true
     }
 
     fn on_event(&mut self, ev: CtrlEvent, shared: &Shared) {
@@ -255,7 +276,8 @@ impl TgtConn {
             }
             (ConnRole::Io { .. }, Command::Io(io)) => {
                 if let Some(mut st) = self.io.take() {
-                    st.submit(self, slot, io, data);
+                    let ana = shared.ana_state(self.listener);
+                    st.submit(self, slot, io, data, ana);
                     self.io = Some(st);
                 } else {
                     self.complete(slot, seq_error(), 0, 0);

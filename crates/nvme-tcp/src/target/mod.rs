@@ -9,6 +9,14 @@
 //! their own; [`Target::start_on`] runs one as a poller on each given
 //! reactor (the data path then never sleeps or changes threads);
 //! [`Target::poll_group`] gives one to drive by hand.
+//!
+//! ANA: each listener is a port group with its own ANA state (one ANA
+//! group, ID 1, holds every namespace of a subsystem); a controller reports
+//! the state of the listener its admin queue came in on, in its ANA log
+//! page and through ANA change notices on outstanding Asynchronous Event
+//! Requests. I/O through an inaccessible listener fails with the ANA path
+//! status. [`Target::set_ana_state`] changes a listener's state at run
+//! time.
 
 mod admin;
 mod conn;
@@ -21,7 +29,7 @@ use nvme_spec::fabrics::DISCOVERY_NQN;
 use reactor::{PollStatus, ReactorHandle};
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -117,6 +125,8 @@ pub struct TargetConfig {
     pub incapsule: u32,
     /// Number of I/O queues per controller.
     pub max_io_queues: u16,
+    /// Initial ANA state of each listener (missing entries: optimized).
+    pub ana_states: Vec<bdev::AnaState>,
 }
 
 impl TargetConfig {
@@ -132,8 +142,25 @@ impl TargetConfig {
             max_transfer: 128 << 10,
             incapsule: 8192,
             max_io_queues: 16,
+            ana_states: Vec::new(),
         }
     }
+}
+
+/// The ANA group every namespace of a subsystem belongs to.
+pub(crate) const ANA_GROUP: u32 = 1;
+
+/// The raw ANA state value of a block-layer ANA state.
+pub(crate) fn ana_raw(s: bdev::AnaState) -> u8 {
+    use nvme_spec::log::AnaState as Spec;
+    match s {
+        bdev::AnaState::Optimized => Spec::Optimized,
+        bdev::AnaState::NonOptimized => Spec::NonOptimized,
+        bdev::AnaState::Inaccessible => Spec::Inaccessible,
+        bdev::AnaState::PersistentLoss => Spec::PersistentLoss,
+        bdev::AnaState::Change => Spec::Change,
+    }
+    .to_raw()
 }
 
 fn hash(s: &str) -> u64 {
@@ -254,6 +281,10 @@ pub(crate) struct Shared {
     pub(crate) accept_turn: AtomicUsize,
     /// Poll groups running on reactors that have not finished yet.
     pub(crate) reactor_groups: AtomicUsize,
+    /// ANA state (raw value) of each listener's port group.
+    pub(crate) ana: Vec<AtomicU8>,
+    /// ANA change count (bumped by every state change).
+    pub(crate) ana_chgcnt: AtomicU64,
 }
 
 /// The run-time part of the configuration.
@@ -269,6 +300,11 @@ pub(crate) struct TargetConfigRt {
 impl Shared {
     pub(crate) fn subsystem(&self, nqn: &str) -> Option<&Arc<Subsys>> {
         self.subsystems.iter().find(|s| s.nqn == nqn)
+    }
+
+    /// The raw ANA state of listener `i`'s port group.
+    pub(crate) fn ana_state(&self, i: usize) -> u8 {
+        self.ana.get(i).map_or(1, |a| a.load(Ordering::Acquire))
     }
 }
 
@@ -336,13 +372,19 @@ impl Target {
             shared: Arc::new(Shared {
                 cfg: rt,
                 listeners,
-                addrs,
                 subsystems,
                 stop: AtomicBool::new(false),
                 genctr: 1,
                 inboxes: Mutex::new(Vec::new()),
                 accept_turn: AtomicUsize::new(0),
                 reactor_groups: AtomicUsize::new(0),
+                ana: (0..addrs.len())
+                    .map(|i| {
+                        AtomicU8::new(ana_raw(cfg.ana_states.get(i).copied().unwrap_or(bdev::AnaState::Optimized)))
+                    })
+                    .collect(),
+                ana_chgcnt: AtomicU64::new(1),
+                addrs,
             }),
             threads: Vec::new(),
         })
@@ -439,6 +481,33 @@ impl Target {
     /// The bound listener addresses, in configuration order.
     pub fn addrs(&self) -> &[SocketAddr] {
         &self.shared.addrs
+    }
+
+    /// Sets the ANA state of listener `listener`'s port group (index in
+    /// configuration order). Controllers behind it report the new state in
+    /// their ANA log page, complete an outstanding Asynchronous Event
+    /// Request with an ANA change notice (when the host enabled those), and
+    /// fail I/O with the matching ANA status while the state is not
+    /// optimized or non-optimized.
+    pub fn set_ana_state(&self, listener: usize, state: bdev::AnaState) -> Result<(), TargetError> {
+        let cell =
+            self.shared.ana.get(listener).ok_or_else(|| TargetError::Config(format!("no listener {listener}")))?;
+        if cell.swap(ana_raw(state), Ordering::AcqRel) != ana_raw(state) {
+            self.shared.ana_chgcnt.fetch_add(1, Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
+    /// The ANA state of listener `listener`'s port group.
+    pub fn ana_state(&self, listener: usize) -> Option<bdev::AnaState> {
+        use nvme_spec::log::AnaState as Spec;
+        Some(match Spec::from_raw(self.shared.ana.get(listener)?.load(Ordering::Acquire)) {
+            Spec::Optimized => bdev::AnaState::Optimized,
+            Spec::NonOptimized => bdev::AnaState::NonOptimized,
+            Spec::Inaccessible => bdev::AnaState::Inaccessible,
+            Spec::PersistentLoss => bdev::AnaState::PersistentLoss,
+            Spec::Change | Spec::Reserved(_) => bdev::AnaState::Change,
+        })
     }
 
     /// Stops the poll groups (connections are closed).
