@@ -7,6 +7,7 @@
 //!   --cores LIST    serve connections from busy-polling reactors pinned to
 //!                   these CPUs (e.g. `1` or `2,3`) instead of threads
 //!   --digests-off   refuse header/data digests
+//!   --incapsule N   in-capsule data accepted on I/O queues, bytes
 
 use bdev::backends::malloc::{MallocBdev, MallocParams};
 use bdev::backends::null::{NullBdev, NullParams};
@@ -17,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const USAGE: &str = "usage: nvmf-target LISTEN_ADDR[,LISTEN_ADDR...] SUBNQN [NAMESPACES] [SIZE_MIB] [SECONDS] \
-                     [--null] [--block-size N] [--cores LIST] [--digests-off]";
+                     [--null] [--block-size N] [--cores LIST] [--digests-off] [--incapsule N]";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut pos = Vec::new();
@@ -25,12 +26,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut bs = 512u32;
     let mut cores: Option<Vec<usize>> = None;
     let mut digests = true;
+    let mut incapsule: Option<u32> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--null" => null = true,
             "--digests-off" => digests = false,
             "--block-size" => bs = args.next().ok_or(USAGE)?.parse()?,
+            "--incapsule" => incapsule = Some(args.next().ok_or(USAGE)?.parse()?),
             "--cores" => {
                 cores = Some(args.next().ok_or(USAGE)?.split(',').map(str::parse).collect::<Result<_, _>>()?);
             }
@@ -59,6 +62,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let mut cfg = TargetConfig::new(listeners, vec![SubsystemConfig::new(nqn, ns)]);
     cfg.allow_digests = digests;
+    if let Some(n) = incapsule {
+        cfg.incapsule = n;
+    }
     let mut reactors = None;
     let t = match cores {
         Some(cores) => {

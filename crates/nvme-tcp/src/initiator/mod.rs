@@ -146,3 +146,21 @@ impl ConnectOpts {
         self.reconnect_delay.checked_mul(1u32 << failures.min(20)).map_or(cap, |d| d.min(cap))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_backoff_doubles_up_to_the_cap() {
+        let mut o = ConnectOpts::new("127.0.0.1:4420".parse().expect("addr"), "nqn.x");
+        o.reconnect_delay = Duration::from_millis(100);
+        o.reconnect_delay_max = Duration::from_millis(1000);
+        let d: Vec<u64> = (0..6).map(|f| o.backoff(f).as_millis() as u64).collect();
+        assert_eq!(d, vec![100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(o.backoff(u32::MAX), Duration::from_millis(1000));
+        // A cap below the first delay does not shorten it.
+        o.reconnect_delay_max = Duration::from_millis(10);
+        assert_eq!(o.backoff(3), Duration::from_millis(100));
+    }
+}
