@@ -361,6 +361,12 @@ impl PollGroup {
         self.conns.len()
     }
 
+    /// Whether any connection has commands in flight (not counting
+    /// Asynchronous Event Requests, which wait for events).
+    pub fn commands_in_flight(&self) -> bool {
+        self.conns.iter().any(|c| c.q.outstanding() > c.aers.len())
+    }
+
     fn adopt(&mut self, s: TcpStream, listener: usize) {
         let peer = s.peer_addr().ok();
         match TgtConn::new(s, listener, &self.shared) {

@@ -458,7 +458,9 @@ impl Target {
                         }
                         return PollStatus::Idle;
                     }
-                    if pg.poll() {
+                    // Busy while commands are in flight, so an adaptive
+                    // reactor does not park with IO outstanding.
+                    if pg.poll() || pg.commands_in_flight() {
                         PollStatus::Busy
                     } else {
                         PollStatus::Idle
