@@ -97,6 +97,9 @@ fn ana_state_per_listener_at_run_time() {
     assert_eq!(run(&mut ca, IoRequest::read(0, 1, IoVecs::single(buf.iovec()), 0)), IoStatus::Success);
     wait_for(Duration::from_secs(5), "path b inaccessible", || bb.ana_state() == Some(AnaState::Inaccessible));
     assert_eq!(ba.ana_state(), Some(AnaState::Optimized));
+    // The initiator keeps an Asynchronous Event Request outstanding: the
+    // change arrived as an ANA change notice.
+    wait_for(Duration::from_secs(5), "an ANA change notice", || pb.async_events() >= 1);
 
     t.set_ana_state(1, AnaState::NonOptimized).expect("set");
     wait_for(Duration::from_secs(5), "path b non-optimized", || bb.ana_state() == Some(AnaState::NonOptimized));

@@ -6,7 +6,7 @@ mod admin;
 mod conn;
 
 pub use admin::{connect_io_queue, discover, AdminQueue, NamespaceData};
-pub use conn::{Connection, SyncData};
+pub use conn::{Connection, SyncData, EXEC_TAG};
 
 use crate::host::{HostError, SubmitError};
 use nvme_spec::status::Status;

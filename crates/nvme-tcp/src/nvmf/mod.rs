@@ -31,6 +31,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// Asynchronous event configuration bit (and OAES bit) of ANA change
+/// notices.
+const AEC_ANA_CHANGE: u32 = 1 << 11;
+
 /// The live association with the controller.
 #[derive(Debug)]
 struct Association {
@@ -58,6 +62,12 @@ pub(crate) struct Shared {
     max_transfer: u32,
     /// ANA reporting supported (CMIC bit 3).
     ana_supported: bool,
+    /// ANA change notices supported (OAES bit 11): an Asynchronous Event
+    /// Request is kept outstanding and an ANA change refreshes the states
+    /// at once.
+    ana_events: bool,
+    /// Asynchronous events received.
+    events: AtomicU64,
     /// ANA state per namespace (the raw state value, 0 = unknown).
     ana: Mutex<HashMap<u32, Arc<AtomicU8>>>,
     /// Set when an IO failed with an ANA status: refresh the log soon.
@@ -84,6 +94,9 @@ impl Shared {
             let mut q = AdminQueue::connect(&self.opts, &self.opts.subnqn)?;
             let want = self.opts.io_queues.max(1);
             q.set_num_queues(want)?;
+            self.arm_events(&mut q);
+            // States may have changed while the association was down.
+            self.ana_dirty.store(true, Ordering::Release);
             a.cntlid = q.cntlid;
             a.admin = Some(q);
             a.generation += 1;
@@ -91,6 +104,37 @@ impl Shared {
             log::info!("nvmf {}: re-associated as controller {}", self.name, a.cntlid);
         }
         Ok((a.cntlid, a.generation))
+    }
+
+    /// Enables ANA change notices on a new admin queue (when supported).
+    fn arm_events(&self, q: &mut AdminQueue) {
+        if self.ana_events {
+            if let Err(e) = q.enable_async_events(AEC_ANA_CHANGE) {
+                log::warn!("nvmf {}: enabling ANA change notices: {e}", self.name);
+            }
+        }
+    }
+
+    /// Collects asynchronous events; an ANA change notice marks the ANA
+    /// states for a refresh. An error means the admin queue failed.
+    fn poll_events(&self) -> Result<(), InitError> {
+        if !self.ana_events {
+            return Ok(());
+        }
+        let events = {
+            let mut a = self.lock();
+            let Some(q) = a.admin.as_mut() else { return Ok(()) };
+            q.take_async_events()?
+        };
+        for dw0 in events {
+            self.events.fetch_add(1, Ordering::AcqRel);
+            // Notice (type 2) of an ANA change (information 3).
+            if dw0 & 7 == 2 && (dw0 >> 8) & 0xff == 3 {
+                log::info!("nvmf {}: ANA change notice", self.name);
+                self.ana_dirty.store(true, Ordering::Release);
+            }
+        }
+        Ok(())
     }
 
     /// Reads the ANA log page and updates the namespaces' states.
@@ -157,9 +201,10 @@ impl Shared {
         let mut next_ana = Instant::now();
         while !self.stopped.load(Ordering::Acquire) {
             std::thread::sleep(Duration::from_millis(20).min(period));
-            if down_since.is_none() && self.abort_pending.swap(false, Ordering::AcqRel) {
-                if let Err(e) = self.send_aborts() {
-                    log::warn!("nvmf {}: admin queue failed sending aborts: {e}", self.name);
+            if down_since.is_none() {
+                let r = if self.abort_pending.swap(false, Ordering::AcqRel) { self.send_aborts() } else { Ok(()) };
+                if let Err(e) = r.and_then(|_| self.poll_events()) {
+                    log::warn!("nvmf {}: admin queue failed: {e}", self.name);
                     if let Some(q) = self.lock().admin.take() {
                         q.close();
                     }
@@ -253,6 +298,13 @@ impl NvmfController {
             depth = depth.min(ctrl.maxcmd.get());
         }
         let incapsule = (ctrl.ioccsz.get().saturating_mul(16)).saturating_sub(64);
+        let ana_supported = ctrl.cmic & 0x08 != 0;
+        let ana_events = ana_supported && ctrl.oaes.get() & AEC_ANA_CHANGE != 0;
+        if ana_events {
+            if let Err(e) = admin.enable_async_events(AEC_ANA_CHANGE) {
+                log::warn!("nvmf {name}: enabling ANA change notices: {e}");
+            }
+        }
         let cntlid = admin.cntlid;
         let shared = Arc::new(Shared {
             name: name.to_string(),
@@ -265,7 +317,9 @@ impl NvmfController {
             depth,
             incapsule,
             max_transfer,
-            ana_supported: ctrl.cmic & 0x08 != 0,
+            ana_supported,
+            ana_events,
+            events: AtomicU64::new(0),
             ana: Mutex::new(namespaces.iter().map(|n| (n.nsid, Arc::new(AtomicU8::new(0)))).collect()),
             ana_dirty: AtomicBool::new(false),
             aborts: Mutex::new(Vec::new()),
@@ -298,6 +352,12 @@ impl NvmfController {
     /// Number of I/O queues (channels) available.
     pub fn io_queues_free(&self) -> usize {
         self.shared.qids.lock().map(|q| q.len()).unwrap_or(0)
+    }
+
+    /// Asynchronous events received from the controller (ANA change
+    /// notices, when it sends them).
+    pub fn async_events(&self) -> u64 {
+        self.shared.events.load(Ordering::Acquire)
     }
 
     /// Whether the controller-loss timeout expired.
