@@ -203,6 +203,12 @@ pub(crate) fn parse_nvmf(p: &mut Obj) -> Result<crate::config::NvmfParams, Confi
     if let Some(n) = p.opt_u64("fast_io_fail_timeout_ms")? {
         o.fast_io_fail_timeout = Duration::from_millis(n);
     }
+    if let Some(n) = p.opt_u64("reconnect_delay_max_ms")? {
+        o.reconnect_delay_max = Duration::from_millis(n);
+    }
+    if let Some(n) = p.opt_u64("io_timeout_ms")? {
+        o.io_timeout = Duration::from_millis(n);
+    }
     Ok(crate::config::NvmfParams { name, opts: o })
 }
 

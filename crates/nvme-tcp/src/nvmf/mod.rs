@@ -504,7 +504,7 @@ impl Bdev for NvmfBdev {
         let hostid: String = o.host.id.iter().map(|b| format!("{b:02x}")).collect();
         // The JSON config's `nvmf` params (seed `xbdev_config_nvmf`).
         Some(format!(
-            r#"{{"name":{:?},"addr":{:?},"port":{},"nqn":{:?},"hostnqn":{:?},"hostid":{:?},"hdgst":{},"ddgst":{},"queue_depth":{},"io_queues":{},"kato_ms":{},"reconnect_delay_ms":{},"ctrl_loss_timeout_ms":{},"fast_io_fail_timeout_ms":{}}}"#,
+            r#"{{"name":{:?},"addr":{:?},"port":{},"nqn":{:?},"hostnqn":{:?},"hostid":{:?},"hdgst":{},"ddgst":{},"queue_depth":{},"io_queues":{},"kato_ms":{},"reconnect_delay_ms":{},"ctrl_loss_timeout_ms":{},"fast_io_fail_timeout_ms":{},"reconnect_delay_max_ms":{},"io_timeout_ms":{}}}"#,
             self.ctrlr.shared.name,
             o.addr.ip().to_string(),
             o.addr.port(),
@@ -518,7 +518,9 @@ impl Bdev for NvmfBdev {
             o.kato_ms,
             o.reconnect_delay.as_millis(),
             o.ctrl_loss_timeout.as_millis(),
-            o.fast_io_fail_timeout.as_millis()
+            o.fast_io_fail_timeout.as_millis(),
+            o.reconnect_delay_max.as_millis(),
+            o.io_timeout.as_millis()
         ))
     }
 }
