@@ -14,7 +14,7 @@
 use crate::config::{MultipathOptions, Policy, MAX_PATHS};
 use crate::event::PathEventKind;
 use crate::group::Group;
-use crate::path::{Path, PathCounters};
+use crate::path::{ana_to_u8, Path, PathCounters};
 use crate::select::{self, PathView, SelectState};
 use crate::window::WindowSums;
 use bdev::{clock, BdevChannel, BdevError, DmaBuf, IoChannel, IoRequest, IoStatus, IoType, IoVecs, QueueFull};
@@ -547,6 +547,10 @@ impl MpChannel {
         if claim(&group.next_ana_check, now, cfg.ana_ticks) {
             for e in self.paths.iter().flatten().filter(|e| !e.removed) {
                 if let Some(s) = e.path.refresh_ana() {
+                    if ana_to_u8(s) <= 2 {
+                        // Accessible again: a path failed meanwhile is probed at once.
+                        e.path.probe_soon();
+                    }
                     group.emit(&e.path.name, PathEventKind::AnaChanged(s));
                 }
             }

@@ -414,3 +414,42 @@ fn dropping_a_channel_gives_back_its_share_of_the_in_flight_counts() {
     assert_eq!((rig.stats(0).in_flight, rig.stats(1).in_flight), (0, 0));
     assert_eq!((rig.stats(0).in_flight_bytes, rig.stats(1).in_flight_bytes), (0, 0));
 }
+
+#[test]
+fn a_path_failed_by_ana_inaccessibility_is_reported_inaccessible_and_returns_with_its_ana_state() {
+    let mut o = test_options(rr());
+    // Only the ANA change can bring the path back within this test.
+    o.probe_interval = Duration::from_secs(3600);
+    let rig = rig(2, 1024, o);
+    let mut ch = rig.channel();
+    let mut b = DmaBuf::alloc(512).unwrap();
+    // As over NVMe/TCP: IO fails with a path error before the ANA log tells why.
+    rig.fail_path(0, Some(IoStatus::PathError));
+    for i in 0..4 {
+        assert_eq!(read1(&mut ch, &mut b, i), IoStatus::Success);
+    }
+    assert!(matches!(rig.state(0), PathState::Failed | PathState::Probing), "{:?}", rig.state(0));
+    rig.ports[0].set_ana_state(Some(AnaState::Inaccessible));
+    rig.fail_path(0, None);
+    poll_until(&mut ch, Duration::from_secs(5), || rig.state(0) == PathState::Inaccessible);
+    let probes = rig.stats(0).probes;
+    pump(&mut ch, Duration::from_millis(30));
+    assert_eq!(rig.stats(0).probes, probes, "an inaccessible path is not probed");
+    for i in 0..4 {
+        assert_eq!(which_path(&rig, || assert!(read1(&mut ch, &mut b, i).is_ok())), 1);
+    }
+    rig.ports[0].set_ana_state(Some(AnaState::Optimized));
+    poll_until(&mut ch, Duration::from_secs(5), || rig.state(0) == PathState::Active);
+    let kinds: Vec<_> = rig.events().into_iter().filter(|e| e.path == "path0").map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            PathEventKind::Failed(IoStatus::PathError),
+            PathEventKind::AnaChanged(Some(AnaState::Inaccessible)),
+            PathEventKind::AnaChanged(Some(AnaState::Optimized)),
+            PathEventKind::Restored
+        ]
+    );
+    let used: Vec<usize> = (0..4).map(|i| which_path(&rig, || assert!(read1(&mut ch, &mut b, i).is_ok()))).collect();
+    assert!(used.contains(&0), "the path carries IO again: {used:?}");
+}
