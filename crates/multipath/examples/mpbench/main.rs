@@ -158,16 +158,23 @@ struct Sampler {
     last_paths: Vec<u64>,
     csv: Option<std::fs::File>,
     label: String,
+    /// Previous call, and the longest time between two calls (one turn of the IO loop) since
+    /// the last sample: a turn that takes long means the loop itself was held up.
+    prev_call: Instant,
+    max_turn: Duration,
 }
 
 impl Sampler {
     /// Print (and write) a row if a sample is due.
     fn tick(&mut self, policy: &str, totals: &Totals, paths: &dyn Fn() -> Vec<PathInfo>, log: &Log) {
         let now = Instant::now();
+        self.max_turn = self.max_turn.max(now.duration_since(self.prev_call));
+        self.prev_call = now;
         if now < self.next {
             return;
         }
         self.next += self.interval;
+        let turn = std::mem::take(&mut self.max_turn);
         let dt = now.duration_since(self.last_t).as_secs_f64().max(1e-9);
         let p = paths();
         let mbs = (totals.bytes - self.last_totals.bytes) as f64 / dt / 1e6;
@@ -176,6 +183,9 @@ impl Sampler {
         let t = now.duration_since(self.t0).as_secs_f64();
         let mut row = format!("{},{policy},{t:.2},{mbs:.3},{iops:.0},{errs}", self.label);
         let mut human = format!("t={t:6.1}s {policy:<24} {mbs:8.2} MB/s {iops:8.0} IOPS err {errs} |");
+        if turn > Duration::from_millis(50) {
+            let _ = write!(human, " (loop held up {:.0} ms)", turn.as_secs_f64() * 1e3);
+        }
         for (i, pi) in p.iter().enumerate() {
             let b = bytes_of(pi);
             let last = self.last_paths.get(i).copied().unwrap_or(b);
@@ -267,6 +277,8 @@ fn run() -> Result<bool, String> {
         last_paths: path_infos().iter().map(bytes_of).collect(),
         csv,
         label: a.label.clone(),
+        prev_call: t0,
+        max_turn: Duration::ZERO,
     };
     let mut results = Vec::new();
     for policy in &a.policies {
