@@ -73,10 +73,14 @@ cleanup() {
         ip link del "${P}b$i" 2>/dev/null || true
     done
     ip netns del "$NS" 2>/dev/null || true
+    ip route del unreachable "$NET.0.0/16" 2>/dev/null || true
 }
 trap cleanup EXIT
 
 # --- network: four veth pairs into the target's namespace, an ifb + tbf per path ---
+# Nothing for these addresses ever takes the default route: with a path's link down (its /24
+# route gone), connects fail at once instead of leaving the machine.
+ip route add unreachable "$NET.0.0/16"
 ip netns add "$NS"
 ip -n "$NS" link set lo up
 for i in 0 1 2 3; do

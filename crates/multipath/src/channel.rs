@@ -383,7 +383,10 @@ impl MpChannel {
         let mut delivered = 0;
         for e in paths.iter_mut().flatten() {
             let ChanPath { ch, path, counters, probing, outstanding, outstanding_bytes, .. } = e;
-            if ch.in_flight() == 0 {
+            // An idle channel of a path that cannot take IO is polled all the same: transports
+            // such as NVMe/TCP reconnect from their poll, and the path only comes back once
+            // they have.
+            if ch.in_flight() == 0 && path.usable() {
                 continue;
             }
             let now = clock::ticks();
