@@ -159,9 +159,14 @@ impl Rig {
             .expect("reconnected");
         let after_conn = restored.saturating_duration_since(reconnected);
         let after_up = restored.saturating_duration_since(up);
+        // The guest runs the command up to half a second before nvmet-target.sh returns.
+        let conn = if reconnected >= up {
+            format!("{:.2}s after path-up returned", reconnected.duration_since(up).as_secs_f64())
+        } else {
+            format!("{:.2}s before path-up returned", up.duration_since(reconnected).as_secs_f64())
+        };
         println!(
-            "  path {i}: connection back {:.2}s after path-up returned, restored {:.2}s after that ({:.2}s after path-up)",
-            reconnected.saturating_duration_since(up).as_secs_f64(),
+            "  path {i}: connection back {conn}, restored {:.2}s after that ({:.2}s after path-up returned)",
             after_conn.as_secs_f64(),
             after_up.as_secs_f64()
         );
