@@ -100,12 +100,15 @@ for i in 0 1 2 3; do
     done
 done
 
-# rate PATH MB/s: one token bucket of that many 10^6 bytes per second for the path.
+# rate PATH MB/s: one token bucket of that many 10^6 bytes per second for the path. Its queue
+# holds every byte the load can have outstanding (QD IOs of BS bytes, plus headers), so the
+# link delays but never drops: TCP loss recovery would otherwise dominate the slow links.
+BS_BYTES=$(echo "$BS" | awk '/[kK]$/ { print $0 * 1024; next } { print $0 + 0 }')
 rate() {
     local kbit burst limit
     kbit=$(awk -v m="$2" 'BEGIN { printf "%d", m * 8000 }')
     burst=$(awk -v m="$2" 'BEGIN { b = m * 1e6 * 0.005; if (b < 32768) b = 32768; printf "%d", b }')
-    limit=$(awk -v m="$2" 'BEGIN { l = m * 1e6 * 0.1; if (l < 262144) l = 262144; printf "%d", l }')
+    limit=$(awk -v q="$QD" -v b="$BS_BYTES" 'BEGIN { printf "%d", q * b * 1.25 + 1048576 }')
     tc qdisc replace dev "${P}b$1" root tbf rate "${kbit}kbit" burst "$burst" limit "$limit"
 }
 mbs() { awk -v m="$1" -v s="$SCALE" 'BEGIN { printf "%g", m * s }'; }   # a link rate, scaled

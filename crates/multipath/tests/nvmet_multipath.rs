@@ -213,7 +213,7 @@ fn four_paths_to_the_kernel_target_fail_over_fail_back_and_follow_ana() {
         ev.lock().unwrap_or_else(|e| e.into_inner()).push((Instant::now(), e.clone()));
     }));
     let desc = paths.reg.open("mp0", true).expect("open mp0");
-    let spec = Spec { io_bytes: 4096, qd: 16, read_pct: 50, verify: true, region_bytes: 16 << 20 };
+    let spec = Spec { io_bytes: 4096, qd: 16, read_pct: 50, verify: true, region_bytes: 16 << 20, idle_polls: 64 };
     let load = Load::new(&desc, spec).expect("load");
     let mut rig = Rig { dev, load, names: paths.names.clone(), events, script };
     use PathState::{Active as A, Failed as F, Inaccessible as I, Passive as P};

@@ -23,6 +23,10 @@ pub struct Spec {
     pub verify: bool,
     /// Bytes of the device used, from offset 0 (clipped to the device size).
     pub region_bytes: u64,
+    /// After this many polls in a row without a completion, sleep a little before the next
+    /// (leaving the CPU to the target, the network stack and other threads); 0 polls without
+    /// ever sleeping.
+    pub idle_polls: u32,
 }
 
 /// Counters since the load started.
@@ -247,8 +251,16 @@ impl Load {
 
     /// Run until `keep_going` says stop; it is called after every poll.
     pub fn run_while(&mut self, mut keep_going: impl FnMut(&Load) -> bool) {
+        let mut idle = 0u32;
         loop {
-            self.step();
+            if self.step() > 0 {
+                idle = 0;
+            } else if self.spec.idle_polls > 0 {
+                idle += 1;
+                if idle >= self.spec.idle_polls {
+                    std::thread::sleep(Duration::from_micros(20));
+                }
+            }
             if !keep_going(self) {
                 return;
             }

@@ -15,6 +15,7 @@
 //!   --direct          no multipath: the first path's bdev itself (a single-path baseline)
 //!   --probe-ms N      probe interval of failed paths (1000)  --reconnect-ms N (250)
 //!   --interval-ms N   sample period (1000)
+//!   --idle-polls N    sleep 20 us after N polls in a row without a completion (0: never; 64)
 //!   --csv FILE        one row per sample; FILE.events gets the `--at` commands and path events
 //!   --at SECS:CMD     run CMD with `sh -c` SECS after the load starts (repeatable)
 //!   --label NAME      tag of the CSV rows and RESULT lines
@@ -50,7 +51,7 @@ struct Args {
 
 const USAGE: &str = "usage: mpbench --targets ADDR:PORT[,..] --nqn NQN [--policies LIST|all] [--time S] [--warmup S] \
 [--bs N] [--qd N] [--read-pct N] [--verify] [--size-mb N] [--nsid N] [--weights W,..] [--direct] [--probe-ms N] \
-[--reconnect-ms N] [--interval-ms N] [--csv FILE] [--at SECS:CMD]... [--label NAME]";
+[--reconnect-ms N] [--interval-ms N] [--idle-polls N] [--csv FILE] [--at SECS:CMD]... [--label NAME]";
 
 fn parse_size(s: &str) -> Result<usize, String> {
     let (n, mul) = match s.strip_suffix(['k', 'K']) {
@@ -72,7 +73,7 @@ fn parse_args() -> Result<Args, String> {
         policies: vec![Policy::QueueLength],
         time: Duration::from_secs(10),
         warmup: Duration::from_secs(2),
-        spec: Spec { io_bytes: 4096, qd: 128, read_pct: 50, verify: false, region_bytes: 64 << 20 },
+        spec: Spec { io_bytes: 4096, qd: 128, read_pct: 50, verify: false, region_bytes: 64 << 20, idle_polls: 64 },
         weights: Vec::new(),
         direct: false,
         probe: Duration::from_secs(1),
@@ -118,6 +119,7 @@ fn parse_args() -> Result<Args, String> {
             "--reconnect-ms" => {
                 a.setup.reconnect_delay = Duration::from_millis(val()?.parse().map_err(|_| "bad --reconnect-ms")?)
             }
+            "--idle-polls" => a.spec.idle_polls = val()?.parse().map_err(|_| "bad --idle-polls")?,
             "--interval-ms" => a.interval = Duration::from_millis(val()?.parse().map_err(|_| "bad --interval-ms")?),
             "--csv" => a.csv = Some(val()?),
             "--at" => {
