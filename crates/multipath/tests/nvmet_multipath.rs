@@ -195,6 +195,7 @@ fn four_paths_to_the_kernel_target_fail_over_fail_back_and_follow_ana() {
         nsid: 1,
         queue_depth: 17,
         reconnect_delay: RECONNECT,
+        reconnect_delay_max: Duration::from_secs(1),
     };
     let script = std::env::var("NVMET_SCRIPT").expect("NVMET_SCRIPT");
     let paths = connect(&setup).expect("connecting four paths");

@@ -33,7 +33,7 @@ check() { # description, status
 cd "$ROOT"
 echo "== building"
 cargo build --release -q -p xbdev --bin xbdev-perf
-cargo test -q -p xbdev-multipath --test nvmet_multipath --no-run
+cargo test --release -q -p xbdev-multipath --test nvmet_multipath --no-run
 
 echo "== starting the kernel target with four listeners"
 info=$(bash "$TB/nvmet-target.sh" start)
@@ -45,7 +45,7 @@ read -r -a PORTS <<< "$NVMET_PORTS"
 echo "== 1. failover, failback and ANA through the multipath bdev (Rust test)"
 # The library's log lines (reconnect attempts and the like) go to a file, shown on failure.
 rc=0
-cargo test -q -p xbdev-multipath --test nvmet_multipath -- --ignored --nocapture --test-threads 1 \
+cargo test --release -q -p xbdev-multipath --test nvmet_multipath -- --ignored --nocapture --test-threads 1 \
     > "$tmp/test.out" 2>&1 || rc=$?
 grep -v '^  \[log' "$tmp/test.out"
 [ $rc = 0 ] || { echo "-- log of the failed run:"; grep '^  \[log' "$tmp/test.out" | tail -n 60; }
@@ -56,7 +56,7 @@ echo "== 2. xbdev-perf -w verify over four nvmf config entries, path 2 down and 
     printf '{"reactor": {"cores": [0], "idle": "poll"},\n "base_devices": [\n'
     for i in 0 1 2 3; do
         sep=$([ $i -lt 3 ] && echo , || true)
-        printf '  {"method": "nvmf", "params": {"name": "nvmet%d", "addr": "%s", "port": %s, "nqn": "%s", "queue_depth": 33, "io_queues": 2, "reconnect_delay_ms": 200, "fast_io_fail_timeout_ms": 0, "ctrl_loss_timeout_ms": 600000}}%s\n' \
+        printf '  {"method": "nvmf", "params": {"name": "nvmet%d", "addr": "%s", "port": %s, "nqn": "%s", "queue_depth": 33, "io_queues": 2, "reconnect_delay_ms": 200, "reconnect_delay_max_ms": 1000, "fast_io_fail_timeout_ms": 0, "ctrl_loss_timeout_ms": 600000}}%s\n' \
             "$i" "$NVMET_ADDR" "${PORTS[$i]}" "$NVMET_NQN" "$sep"
     done
     printf ' ],\n "multipath_devices": [{"name": "mp0", "paths": ["nvmet0n1", "nvmet1n1", "nvmet2n1", "nvmet3n1"],\n'

@@ -13,7 +13,9 @@
 //!   --size-mb N       region used (64)                      --nsid N     namespace (1)
 //!   --weights W,..    path weights for `weighted` (1 each)
 //!   --direct          no multipath: the first path's bdev itself (a single-path baseline)
-//!   --probe-ms N      probe interval of failed paths (1000)  --reconnect-ms N (250)
+//!   --probe-ms N      probe interval of failed paths (1000)
+//!   --reconnect-ms N  first reconnect delay of a lost path (250), doubling up to
+//!   --reconnect-max-ms N (1000)
 //!   --interval-ms N   sample period (1000)
 //!   --idle-polls N    sleep 20 us after N polls in a row without a completion (0: never; 64)
 //!   --csv FILE        one row per sample; FILE.events gets the `--at` commands and path events
@@ -51,7 +53,7 @@ struct Args {
 
 const USAGE: &str = "usage: mpbench --targets ADDR:PORT[,..] --nqn NQN [--policies LIST|all] [--time S] [--warmup S] \
 [--bs N] [--qd N] [--read-pct N] [--verify] [--size-mb N] [--nsid N] [--weights W,..] [--direct] [--probe-ms N] \
-[--reconnect-ms N] [--interval-ms N] [--idle-polls N] [--csv FILE] [--at SECS:CMD]... [--label NAME]";
+[--reconnect-ms N] [--reconnect-max-ms N] [--interval-ms N] [--idle-polls N] [--csv FILE] [--at SECS:CMD]... [--label NAME]";
 
 fn parse_size(s: &str) -> Result<usize, String> {
     let (n, mul) = match s.strip_suffix(['k', 'K']) {
@@ -69,6 +71,7 @@ fn parse_args() -> Result<Args, String> {
             nsid: 1,
             queue_depth: 129,
             reconnect_delay: Duration::from_millis(250),
+            reconnect_delay_max: Duration::from_secs(1),
         },
         policies: vec![Policy::QueueLength],
         time: Duration::from_secs(10),
@@ -120,6 +123,10 @@ fn parse_args() -> Result<Args, String> {
                 a.setup.reconnect_delay = Duration::from_millis(val()?.parse().map_err(|_| "bad --reconnect-ms")?)
             }
             "--idle-polls" => a.spec.idle_polls = val()?.parse().map_err(|_| "bad --idle-polls")?,
+            "--reconnect-max-ms" => {
+                a.setup.reconnect_delay_max =
+                    Duration::from_millis(val()?.parse().map_err(|_| "bad --reconnect-max-ms")?)
+            }
             "--interval-ms" => a.interval = Duration::from_millis(val()?.parse().map_err(|_| "bad --interval-ms")?),
             "--csv" => a.csv = Some(val()?),
             "--at" => {

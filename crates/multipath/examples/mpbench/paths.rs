@@ -20,8 +20,12 @@ pub struct PathSetup {
     pub nsid: u32,
     /// Commands in flight per path.
     pub queue_depth: u16,
-    /// Delay between reconnect attempts of a lost path.
+    /// Delay before the first reconnect attempt of a lost path (it doubles after each failed
+    /// one, up to `reconnect_delay_max`).
     pub reconnect_delay: Duration,
+    /// Longest delay between reconnect attempts: bounds how long a path that is back waits
+    /// for its connection.
+    pub reconnect_delay_max: Duration,
 }
 
 /// Connected paths, registered as `path<i>n<nsid>` in their own registry.
@@ -49,6 +53,7 @@ pub fn connect(s: &PathSetup) -> Result<Paths, String> {
         o.fast_io_fail_timeout = Duration::ZERO;
         o.ctrl_loss_timeout = Duration::from_secs(24 * 3600);
         o.reconnect_delay = s.reconnect_delay;
+        o.reconnect_delay_max = s.reconnect_delay_max;
         o.admin_timeout = Duration::from_secs(30);
         let c =
             NvmfController::connect(&format!("path{i}"), o).map_err(|e| format!("connecting path {i} ({a}): {e}"))?;
