@@ -33,7 +33,7 @@ check() { # description, status
 cd "$ROOT"
 echo "== building"
 cargo build --release -q -p xbdev --bin xbdev-perf
-cargo test -q -p xbdev-multipath --test nvmet_multipath --no-run
+cargo test -q --release -p xbdev-multipath --test nvmet_multipath --no-run
 
 echo "== starting the kernel target with four listeners"
 info=$(bash "$TB/nvmet-target.sh" start)
@@ -45,7 +45,7 @@ read -r -a PORTS <<< "$NVMET_PORTS"
 echo "== 1. failover, failback and ANA through the multipath bdev (Rust test)"
 # The library's log lines (reconnect attempts and the like) go to a file, shown on failure.
 rc=0
-cargo test -q -p xbdev-multipath --test nvmet_multipath -- --ignored --nocapture --test-threads 1 \
+cargo test -q --release -p xbdev-multipath --test nvmet_multipath -- --ignored --nocapture --test-threads 1 \
     > "$tmp/test.out" 2>&1 || rc=$?
 grep -v '^  \[log' "$tmp/test.out"
 [ $rc = 0 ] || { echo "-- log of the failed run:"; grep '^  \[log' "$tmp/test.out" | tail -n 60; }
