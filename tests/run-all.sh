@@ -34,7 +34,7 @@ install_prereqs() {
 stage "install prerequisites" install_prereqs
 stage "cargo fmt --check" cargo fmt --all -- --check
 stage "cargo clippy -D warnings" cargo clippy --workspace --all-targets -q -- -D warnings
-stage "cargo test (workspace)" cargo test --workspace -q
+stage "cargo test (workspace, release)" cargo test --release --workspace -q
 stage "cargo build --release" cargo build --release --workspace -q
 stage "xbdev-perf on the embedded default config" ./target/release/xbdev-perf -t 1 -w verify -q 32 --idle adaptive
 

@@ -6,10 +6,10 @@ set -eu
 ROOT=${XBDEV_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
 SHARED=${XBDEV_SHARED:-$ROOT/../shared}
 cd "$ROOT"
-cargo build -q -p hugepage-setup
+cargo build -q --release -p hugepage-setup
 work=$(mktemp -d /tmp/hps.XXXXXX)
 trap 'rm -rf "$work"' EXIT
-cp target/debug/hugepage-setup "$work/"
+cp target/release/hugepage-setup "$work/"
 cat > "$work/check.sh" <<'GUEST'
 set -e
 H=./hugepage-setup

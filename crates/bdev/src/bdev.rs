@@ -202,4 +202,13 @@ pub trait IoChannel {
 
     /// Requests submitted and not yet completed.
     fn in_flight(&self) -> usize;
+
+    /// Sleep until a request in flight may have completed, or `timeout` passes, for callers
+    /// that would otherwise spin on [`IoChannel::poll`] (a fio job thread waiting for a slow
+    /// device). Completions are still delivered only by `poll`. Returns false when the channel
+    /// cannot sleep this way (the default); the caller then keeps polling.
+    fn wait(&mut self, timeout: std::time::Duration) -> bool {
+        let _ = timeout;
+        false
+    }
 }

@@ -174,6 +174,15 @@ impl BdevChannel {
         })
     }
 
+    /// Sleep until a request may have completed or `timeout` passes (see [`IoChannel::wait`]);
+    /// false when the backend cannot sleep this way.
+    pub fn wait(&mut self, timeout: std::time::Duration) -> bool {
+        if !self.early.is_empty() {
+            return true;
+        }
+        self.inner.wait(timeout)
+    }
+
     /// Requests submitted and not yet answered.
     pub fn in_flight(&self) -> usize {
         self.slots.len() - self.free.len() + self.early.len()

@@ -42,10 +42,20 @@ fn map_errno(res: i32) -> IoStatus {
 impl UringChannel {
     /// A ring of `depth` entries over `file`, with the file and existing DMA regions registered.
     pub fn new(file: Arc<File>, block_size: u32, depth: u32) -> std::io::Result<UringChannel> {
+        let entries = depth.next_power_of_two();
+        // Completion work runs only when this (single) thread enters the kernel, never by
+        // interrupting it; `poll` enters when the kernel flags pending work (IORING_SQ_TASKRUN).
+        // Older kernels get fewer of these flags.
         let ring = IoUring::builder()
             .setup_single_issuer()
-            .build(depth.next_power_of_two())
-            .or_else(|_| IoUring::new(depth.next_power_of_two()))?;
+            .setup_coop_taskrun()
+            .setup_taskrun_flag()
+            .setup_defer_taskrun()
+            .build(entries)
+            .or_else(|_| {
+                IoUring::builder().setup_single_issuer().setup_coop_taskrun().setup_taskrun_flag().build(entries)
+            })
+            .or_else(|_| IoUring::new(entries))?;
         ring.submitter().register_files(&[file.as_raw_fd()])?;
         let mut fixed = Vec::new();
         let regions = dma::regions();
@@ -172,6 +182,27 @@ impl IoChannel for UringChannel {
 
     fn in_flight(&self) -> usize {
         self.slots.len() - self.free.len()
+    }
+
+    fn wait(&mut self, timeout: std::time::Duration) -> bool {
+        if self.in_flight() == 0 {
+            return false;
+        }
+        if !self.ring.completion().is_empty() {
+            return true;
+        }
+        let ts = types::Timespec::from(timeout);
+        let args = types::SubmitArgs::new().timespec(&ts);
+        // Submits anything queued too; ETIME (timeout) and EINTR are normal outcomes.
+        match self.ring.submitter().submit_with_args(1, &args) {
+            Ok(n) => self.unsubmitted -= (n as u32).min(self.unsubmitted),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)) => {}
+            Err(e) => {
+                log::error!("io_uring_enter (wait) failed: {e}");
+                return false;
+            }
+        }
+        true
     }
 }
 

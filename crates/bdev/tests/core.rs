@@ -296,6 +296,42 @@ fn aio_batches_many_ios_in_flight() {
 }
 
 #[test]
+fn aio_channel_sleeps_until_a_completion_and_other_channels_cannot() {
+    let (_dir, path) = temp_file(1 << 20);
+    let reg = Registry::new();
+    reg.register(Arc::new(AioBdev::new(AioParams::new("a", &path)).unwrap())).unwrap();
+    reg.register(malloc("m", 64, 512)).unwrap();
+    let d = reg.open("a", true).unwrap();
+    let mut ch = d.channel().unwrap();
+    // Nothing in flight: nothing to wait for.
+    assert!(!ch.wait(Duration::from_millis(10)));
+    let mut b = DmaBuf::alloc(4096).unwrap();
+    ch.submit(&IoRequest::read(0, 8, IoVecs::single(b.iovec()), 7)).unwrap();
+    // wait() submits the queued read and sleeps until it completes; poll() then delivers it.
+    let mut got = Vec::new();
+    let t0 = std::time::Instant::now();
+    while got.is_empty() {
+        assert!(ch.wait(Duration::from_secs(5)));
+        ch.poll(&mut |t, s| got.push((t, s)));
+        assert!(t0.elapsed() < Duration::from_secs(10), "read never completed");
+    }
+    assert_eq!(got, vec![(7, IoStatus::Success)]);
+    assert_eq!(ch.in_flight(), 0);
+    // Backends without a way to sleep say so.
+    let m = reg.open("m", true).unwrap();
+    let mut mch = m.channel().unwrap();
+    mch.submit(&IoRequest::read(0, 8, IoVecs::single(b.iovec()), 1)).unwrap();
+    assert!(!mch.wait(Duration::from_millis(10)));
+    assert_eq!(run_drain(&mut mch), vec![(1, IoStatus::Success)]);
+}
+
+fn run_drain(ch: &mut BdevChannel) -> Vec<(u64, IoStatus)> {
+    let mut v = Vec::new();
+    assert!(ch.drain(Duration::from_secs(10), &mut |t, s| v.push((t, s))));
+    v
+}
+
+#[test]
 fn fault_injection_errors_delay_and_stall() {
     let reg = Registry::new();
     reg.register(malloc("base", 64, 512)).unwrap();

@@ -14,7 +14,7 @@
 use crate::config::{MultipathOptions, Policy, MAX_PATHS};
 use crate::event::PathEventKind;
 use crate::group::Group;
-use crate::path::{Path, PathCounters};
+use crate::path::{ana_to_u8, Path, PathCounters};
 use crate::select::{self, PathView, SelectState};
 use crate::window::WindowSums;
 use bdev::{clock, BdevChannel, BdevError, DmaBuf, IoChannel, IoRequest, IoStatus, IoType, IoVecs, QueueFull};
@@ -383,7 +383,10 @@ impl MpChannel {
         let mut delivered = 0;
         for e in paths.iter_mut().flatten() {
             let ChanPath { ch, path, counters, probing, outstanding, outstanding_bytes, .. } = e;
-            if ch.in_flight() == 0 {
+            // An idle channel of a path that cannot take IO is polled all the same: transports
+            // such as NVMe/TCP reconnect from their poll, and the path only comes back once
+            // they have.
+            if ch.in_flight() == 0 && path.usable() {
                 continue;
             }
             let now = clock::ticks();
@@ -547,6 +550,10 @@ impl MpChannel {
         if claim(&group.next_ana_check, now, cfg.ana_ticks) {
             for e in self.paths.iter().flatten().filter(|e| !e.removed) {
                 if let Some(s) = e.path.refresh_ana() {
+                    if ana_to_u8(s) <= 2 {
+                        // Accessible again: a path failed meanwhile is probed at once.
+                        e.path.probe_soon();
+                    }
                     group.emit(&e.path.name, PathEventKind::AnaChanged(s));
                 }
             }

@@ -37,10 +37,13 @@ pub enum Policy {
         region_blocks: u64,
     },
     /// The path with the lowest average latency over its last `window_ios` IOs of the same
-    /// direction (reads and writes are kept apart).
+    /// direction (reads and writes are kept apart), multiplied by the IOs the new one would
+    /// join there (in flight + 1): idle paths compare by latency alone, and a path that just
+    /// took a burst stops winning before its window catches up.
     ServiceTime,
     /// The path with the highest recent throughput: bytes per unit of service time over its last
-    /// `window_ios` IOs of the same direction.
+    /// `window_ios` IOs of the same direction, divided by the IOs the new one would join there
+    /// (in flight + 1), as for [`Policy::ServiceTime`].
     AverageRate,
     /// The path with the fewest IOs outstanding, counted over every channel (all reactors).
     /// The default: it did best in the seed's experiments.

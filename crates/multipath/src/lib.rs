@@ -15,7 +15,9 @@
 //!   invisible to the caller; media and invalid-request errors are returned as they are. With
 //!   no usable path, IO waits up to the no-path timeout, then fails with `PathError`.
 //! - **Failback**: failed paths are probed with a one-block read every probe interval and
-//!   rejoin when one succeeds; [`PathEvent`]s report failures, restores and ANA changes.
+//!   rejoin when one succeeds; [`PathEvent`]s report failures, restores and ANA changes. A
+//!   path whose ANA state is inaccessible is reported as such (not failed), is not probed, and
+//!   is probed at once when its ANA state becomes accessible again.
 //!
 //! Time-based work (probes, ANA refresh, statistics reset, stall detection, no-path
 //! timeouts) runs from the channels' `poll`, so a device only makes progress while some

@@ -309,9 +309,12 @@ impl Path {
         false
     }
 
-    /// Claim the right to probe a failed path whose probe time has come.
+    /// Claim the right to probe a failed path whose probe time has come. A path whose ANA state
+    /// is inaccessible is not probed: it could not carry IO even if the probe succeeded, and
+    /// its ANA state says when it can ([`Path::probe_soon`]).
     pub(crate) fn start_probe(&self, now: u64) -> bool {
         self.health.load(Ordering::Acquire) == FAILED
+            && self.ana.load(Relaxed) <= 2
             && now >= self.next_probe.load(Ordering::Acquire)
             && self.health.compare_exchange(FAILED, PROBING, Ordering::AcqRel, Ordering::Acquire).is_ok()
             && {
@@ -327,6 +330,11 @@ impl Path {
         let _ = self.health.compare_exchange(PROBING, FAILED, Ordering::AcqRel, Ordering::Acquire);
     }
 
+    /// Probe a failed path at the next opportunity (its ANA state became accessible).
+    pub(crate) fn probe_soon(&self) {
+        self.next_probe.store(0, Ordering::Release);
+    }
+
     /// The probe answered: usable again (true when this call restored it).
     pub(crate) fn restore(&self) -> bool {
         self.epoch.fetch_add(1, Ordering::AcqRel);
@@ -334,11 +342,15 @@ impl Path {
     }
 
     /// Health as a [`PathState`] (`Active` for healthy, refined by the caller).
+    /// ANA inaccessibility comes first: an NVMe path's IO fails with a path error as its ANA
+    /// group becomes inaccessible, before the ANA log says so, and the ANA state is the reason.
     pub(crate) fn health_state(&self) -> PathState {
+        if self.ana.load(Relaxed) > 2 {
+            return PathState::Inaccessible;
+        }
         match self.health.load(Relaxed) {
             FAILED => PathState::Failed,
             PROBING => PathState::Probing,
-            _ if self.ana.load(Relaxed) > 2 => PathState::Inaccessible,
             _ => PathState::Active,
         }
     }

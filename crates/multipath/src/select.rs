@@ -173,8 +173,11 @@ pub(crate) fn select<'a>(
             argmin(n, &mut st.rot, |p| {
                 let v = at(p);
                 let busy = v.in_flight();
+                // The recent mean latency, times the IOs this one would join: with nothing in
+                // flight the lowest mean wins; under load a path that just took a burst stops
+                // winning before its window has caught up (no herding onto one path).
                 match v.window(dir).avg_latency_ns() {
-                    Some(lat) => (lat, busy),
+                    Some(lat) => (lat.saturating_mul(busy + 1), busy),
                     None => unknown(busy, 0, u64::MAX),
                 }
             })
@@ -185,8 +188,9 @@ pub(crate) fn select<'a>(
                 let v = at(p);
                 let busy = v.in_flight();
                 let w = v.window(dir);
+                // The recent rate, shared with the IOs this one would join (as for service time).
                 match w.rate_bytes_per_sec() {
-                    Some(rate) => (u64::MAX - rate, busy),
+                    Some(rate) => (u64::MAX - rate / (busy + 1), busy),
                     // No measurable latency: faster than anything measured.
                     None if w.count > 0 => (0, busy),
                     None => unknown(busy, 0, u64::MAX),
@@ -305,6 +309,31 @@ mod tests {
             0,
             "no history anywhere: fewest in flight"
         );
+    }
+
+    #[test]
+    fn service_time_and_average_rate_count_the_io_already_queued() {
+        // Path 0 answered a little faster recently but already holds a burst: the next IO
+        // goes to path 1 instead of piling onto path 0 until its window catches up.
+        let mut paths = vec![Fake::default(); 2];
+        paths[0].win = [win(10, 10 * 1_000_000, 10 * 65536); 2];
+        paths[1].win = [win(10, 10 * 1_100_000, 10 * 65536); 2];
+        let mut st = SelectState::new(1);
+        assert_eq!(pick(Policy::ServiceTime, &read(0), &paths, &[0, 1], &mut st), 0, "idle: lowest latency");
+        assert_eq!(pick(Policy::AverageRate, &read(0), &paths, &[0, 1], &mut st), 0, "idle: highest rate");
+        paths[0].in_flight = 8;
+        paths[1].in_flight = 1;
+        assert_eq!(pick(Policy::ServiceTime, &read(0), &paths, &[0, 1], &mut st), 1);
+        assert_eq!(pick(Policy::AverageRate, &read(0), &paths, &[0, 1], &mut st), 1);
+        // A path ten times slower is still left alone until the fast one holds ten times more.
+        paths[1].win = [win(10, 10 * 10_000_000, 10 * 65536); 2];
+        paths[0].in_flight = 8;
+        paths[1].in_flight = 0;
+        assert_eq!(pick(Policy::ServiceTime, &read(0), &paths, &[0, 1], &mut st), 0);
+        assert_eq!(pick(Policy::AverageRate, &read(0), &paths, &[0, 1], &mut st), 0);
+        paths[0].in_flight = 12;
+        assert_eq!(pick(Policy::ServiceTime, &read(0), &paths, &[0, 1], &mut st), 1);
+        assert_eq!(pick(Policy::AverageRate, &read(0), &paths, &[0, 1], &mut st), 1);
     }
 
     #[test]

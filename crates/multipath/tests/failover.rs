@@ -414,3 +414,121 @@ fn dropping_a_channel_gives_back_its_share_of_the_in_flight_counts() {
     assert_eq!((rig.stats(0).in_flight, rig.stats(1).in_flight), (0, 0));
     assert_eq!((rig.stats(0).in_flight_bytes, rig.stats(1).in_flight_bytes), (0, 0));
 }
+
+#[test]
+fn a_path_failed_by_ana_inaccessibility_is_reported_inaccessible_and_returns_with_its_ana_state() {
+    let mut o = test_options(rr());
+    // Only the ANA change can bring the path back within this test.
+    o.probe_interval = Duration::from_secs(3600);
+    let rig = rig(2, 1024, o);
+    let mut ch = rig.channel();
+    let mut b = DmaBuf::alloc(512).unwrap();
+    // As over NVMe/TCP: IO fails with a path error before the ANA log tells why.
+    rig.fail_path(0, Some(IoStatus::PathError));
+    for i in 0..4 {
+        assert_eq!(read1(&mut ch, &mut b, i), IoStatus::Success);
+    }
+    assert!(matches!(rig.state(0), PathState::Failed | PathState::Probing), "{:?}", rig.state(0));
+    rig.ports[0].set_ana_state(Some(AnaState::Inaccessible));
+    rig.fail_path(0, None);
+    poll_until(&mut ch, Duration::from_secs(5), || rig.state(0) == PathState::Inaccessible);
+    let probes = rig.stats(0).probes;
+    pump(&mut ch, Duration::from_millis(30));
+    assert_eq!(rig.stats(0).probes, probes, "an inaccessible path is not probed");
+    for i in 0..4 {
+        assert_eq!(which_path(&rig, || assert!(read1(&mut ch, &mut b, i).is_ok())), 1);
+    }
+    rig.ports[0].set_ana_state(Some(AnaState::Optimized));
+    poll_until(&mut ch, Duration::from_secs(5), || rig.state(0) == PathState::Active);
+    let kinds: Vec<_> = rig.events().into_iter().filter(|e| e.path == "path0").map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            PathEventKind::Failed(IoStatus::PathError),
+            PathEventKind::AnaChanged(Some(AnaState::Inaccessible)),
+            PathEventKind::AnaChanged(Some(AnaState::Optimized)),
+            PathEventKind::Restored
+        ]
+    );
+    let used: Vec<usize> = (0..4).map(|i| which_path(&rig, || assert!(read1(&mut ch, &mut b, i).is_ok()))).collect();
+    assert!(used.contains(&0), "the path carries IO again: {used:?}");
+}
+
+/// A path bdev whose channels count their polls (a transport that reconnects from `poll`, as
+/// NVMe/TCP does, needs them).
+struct PollCounting {
+    info: BdevInfo,
+    base: Desc,
+    polls: Arc<std::sync::atomic::AtomicU64>,
+}
+
+struct PollCountingChannel {
+    base: BdevChannel,
+    polls: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Bdev for PollCounting {
+    fn info(&self) -> &BdevInfo {
+        &self.info
+    }
+    fn open_channel(&self) -> Result<Box<dyn IoChannel>, BdevError> {
+        Ok(Box::new(PollCountingChannel { base: self.base.channel()?, polls: self.polls.clone() }))
+    }
+}
+
+impl IoChannel for PollCountingChannel {
+    fn submit(&mut self, io: &IoRequest) -> Result<(), QueueFull> {
+        self.base.submit(io)
+    }
+    fn poll(&mut self, done: &mut dyn FnMut(u64, IoStatus)) -> usize {
+        self.polls.fetch_add(1, Ordering::Relaxed);
+        self.base.poll(done)
+    }
+    fn in_flight(&self) -> usize {
+        self.base.in_flight()
+    }
+}
+
+#[test]
+fn idle_channels_of_failed_paths_are_still_polled() {
+    use bdev::backends::malloc::{MallocBdev, MallocParams};
+    use bdev::backends::port::PortBdev;
+    let reg = Registry::new();
+    let m = MallocBdev::new(MallocParams { name: "m".into(), num_blocks: 1024, block_size: 512 }).unwrap();
+    reg.register(Arc::new(m)).unwrap();
+    let ports = PortBdev::create(reg.open("m", true).unwrap(), &["port0", "port1"]).unwrap();
+    let mut polls = Vec::new();
+    for (i, p) in ports.iter().enumerate() {
+        reg.register(p.clone()).unwrap();
+        let base = reg.open(&format!("port{i}"), true).unwrap();
+        base.claim("test").unwrap();
+        let mut info = base.info().clone();
+        info.name = format!("path{i}");
+        let n = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        reg.register(Arc::new(PollCounting { info, base, polls: n.clone() })).unwrap();
+        polls.push(n);
+    }
+    let mut o = test_options(rr());
+    o.probe_interval = Duration::from_secs(3600);
+    let module = MultipathModule::new(AutoAssemble { enabled: false, ..Default::default() });
+    let params = MultipathParams {
+        name: Some("mp0".into()),
+        paths: vec![PathParams::new("path0"), PathParams::new("path1")],
+        options: o,
+    };
+    let dev = module.create(&reg, params).unwrap();
+    let desc = reg.open("mp0", true).unwrap();
+    let mut ch = desc.channel().unwrap();
+    let mut b = DmaBuf::alloc(512).unwrap();
+    ports[0].set_link(false);
+    for i in 0..4 {
+        assert_eq!(read1(&mut ch, &mut b, i), IoStatus::Success);
+    }
+    assert_eq!(dev.path("path0").unwrap().state, PathState::Failed);
+    let (failed0, healthy0) = (polls[0].load(Ordering::Relaxed), polls[1].load(Ordering::Relaxed));
+    pump(&mut ch, Duration::from_millis(20));
+    let failed = polls[0].load(Ordering::Relaxed) - failed0;
+    let healthy = polls[1].load(Ordering::Relaxed) - healthy0;
+    assert!(failed > 0, "the failed path's idle channel is polled ({failed} polls)");
+    assert_eq!(healthy, 0, "an idle channel of a usable path is left alone");
+}

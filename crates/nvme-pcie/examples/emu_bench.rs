@@ -8,7 +8,12 @@
 //! building and writing SQEs and PRPs, doorbells, reaping CQEs, CID and
 //! buffer bookkeeping, and this benchmark's own loop and callback.
 //!
+//! With `--segs N` every I/O is N separately allocated segments of bs/N
+//! bytes (readv/writev): SGLs by default, PRPs with `--no-sgl` (then bs/N
+//! must be a multiple of 4096).
+//!
 //! usage: emu_bench [--qd 128] [--ios 2000000] [--bs 4096] [--op read|write|flush] [--no-shadow]
+//!                  [--segs 1] [--no-sgl]
 
 use std::time::Instant;
 
@@ -26,6 +31,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let bs: usize = arg(&args, "--bs", 4096);
     let op: String = arg(&args, "--op", "read".to_string());
     let shadow = !args.iter().any(|a| a == "--no-shadow");
+    let sgl = !args.iter().any(|a| a == "--no-sgl");
+    let segs: usize = arg(&args, "--segs", 1usize).clamp(1, nvme_pcie::MAX_SEGMENTS);
     let cfg = EmuConfig {
         namespaces: vec![EmuNamespace::new(64 << 20, 512, 1)],
         doorbell_buffer: shadow,
@@ -34,19 +41,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let emu = Emulator::new("bench", cfg);
     let h = emu.handle();
-    let c = Controller::new(emu, ControllerConfig::default())?;
+    let c = Controller::new(emu, ControllerConfig { sgl, ..ControllerConfig::default() })?;
     let depth = qd.checked_add(1).ok_or("queue depth too large")?;
     let mut q = c.create_io_queue_pair(depth)?;
     let blocks_per_io = (bs / 512) as u64;
     let span = (64u64 << 20) / 512 / blocks_per_io;
     let bufs: Vec<_> = (0..qd).map(|_| c.dma().alloc(bs)).collect::<Result<_, _>>()?;
+    let seg_len = bs / segs;
+    let vbufs: Vec<Vec<_>> = (0..qd)
+        .map(|_| (0..segs).map(|_| c.dma().alloc(seg_len)).collect::<Result<Vec<_>, _>>())
+        .collect::<Result<_, _>>()?;
 
     let submit = |q: &mut nvme_pcie::IoQueuePair<Emulator>, i: u64, slot: u64| {
         let lba = (i.wrapping_mul(0x9e37_79b9) % span) * blocks_per_io;
         let b = &bufs[slot as usize];
+        let v = &vbufs[slot as usize];
         match op.as_str() {
+            "write" if segs > 1 => q.writev(1, lba, v, slot),
             "write" => q.write(1, lba, b, slot),
             "flush" => q.flush_ns(1, slot),
+            _ if segs > 1 => q.readv(1, lba, v, slot),
             _ => q.read(1, lba, b, slot),
         }
     };
@@ -84,7 +98,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let emu_ns = (e1.busy_ns - e0.busy_ns) as f64;
         if round == 1 {
             let s = q.stats();
-            println!("op={op} bs={bs} qd={qd} ios={n} shadow_doorbells={}", c.info().shadow_doorbells);
+            println!(
+                "op={op} bs={bs} qd={qd} ios={n} shadow_doorbells={} segs={segs} sgl_commands={}",
+                c.info().shadow_doorbells,
+                s.sgl_commands
+            );
             println!(
                 "total {:.1} ns/io = emulator {:.1} ns/io + driver {:.1} ns/io (submit+complete, incl. bench loop)",
                 total / n as f64,

@@ -7,9 +7,11 @@
 //!
 //! For every controller: bring-up and identify; write/read/verify patterns
 //! across the namespace at sizes up to and beyond MDTS and at unaligned
-//! buffer offsets; several queue pairs from several threads; flush,
-//! deallocate, write zeroes; log pages and features; a controller reset in
-//! the middle of I/O; detach. Ends with "N passed, N failed".
+//! buffer offsets; vectored I/O over odd segments (SGLs when offered);
+//! several queue pairs from several threads; flush, deallocate, write
+//! zeroes; log pages and features; an asynchronous event (temperature
+//! threshold); a controller reset in the middle of I/O; the bdev backend
+//! (with a bdev Reset mid-I/O); detach. Ends with "N passed, N failed".
 
 use std::time::{Duration, Instant};
 
@@ -95,6 +97,107 @@ fn write_read_verify(c: &Ctrl, q: &mut Qp, ns: &NamespaceInfo) -> R {
         }
     }
     println!("    {n} write/read/verify rounds (sizes {bs} B .. 1 MiB, MDTS {mdts} B, 4 buffer alignments, start/middle/end)");
+    Ok(())
+}
+
+/// Deterministic pseudo-random numbers for the segment lists.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n.max(1)
+    }
+}
+
+/// Segments of dword-aligned odd offsets and lengths adding up to `total`.
+fn odd_segments(c: &Ctrl, rng: &mut Lcg, total: usize, max_segs: usize) -> Result<Vec<DmaBuffer>, String> {
+    let mut out = Vec::new();
+    let mut left = total;
+    while left > 0 {
+        let len = if out.len() + 1 == max_segs { left } else { ((rng.next(24 << 10) as usize + 4) & !3).min(left) };
+        let off = (rng.next(4096) as usize) & !3;
+        let mem = c.dma().alloc(off + len).map_err(|e| e.to_string())?;
+        out.push(mem.slice(off, len).ok_or("slice")?);
+        left -= len;
+    }
+    Ok(out)
+}
+
+fn vectored(c: &Ctrl, q: &mut Qp, ns: &NamespaceInfo) -> R {
+    if !q.uses_sgls() {
+        println!("    controller offers no SGLs: vectored I/O with page-aligned inner boundaries only (PRPs)");
+        let w = [c.dma().alloc(4096).map_err(|e| e.to_string())?, c.dma().alloc(8192).map_err(|e| e.to_string())?];
+        fill(&w[0], 1);
+        fill(&w[1], 2);
+        return one(q, |q| q.writev(ns.nsid, 20_000, &w, 1));
+    }
+    let bs = ns.block_size as usize;
+    let mdts = c.info().max_transfer;
+    let mut rng = Lcg(0x5eed);
+    let mut rounds = 0;
+    for total in [bs, 8 * bs, 64 << 10, mdts + 3 * bs, 2 * mdts + bs] {
+        for round in 0..4u64 {
+            let lba = 30_000 + rng.next(ns.blocks / 2);
+            let w = odd_segments(c, &mut rng, total, nvme_pcie::MAX_SEGMENTS)?;
+            let mut want = Vec::with_capacity(total);
+            for (k, s) in w.iter().enumerate() {
+                want.extend(fill(s, lba ^ round << 20 ^ k as u64));
+            }
+            one(q, |q| q.writev(ns.nsid, lba, &w, 1))?;
+            let r = c.dma().alloc(total).map_err(|e| e.to_string())?;
+            one(q, |q| q.read(ns.nsid, lba, &r, 2))?;
+            if contents(&r) != want {
+                return Err(format!("SGL write / PRP read mismatch: {total} B in {} segments", w.len()));
+            }
+            let rs = odd_segments(c, &mut rng, total, nvme_pcie::MAX_SEGMENTS)?;
+            one(q, |q| q.readv(ns.nsid, lba, &rs, 3))?;
+            if rs.iter().flat_map(contents).collect::<Vec<u8>>() != want {
+                return Err(format!("SGL read mismatch: {total} B in {} segments", rs.len()));
+            }
+            rounds += 1;
+        }
+    }
+    println!(
+        "    {rounds} SGL write + PRP read + SGL read rounds, up to {} segments of odd dword offsets/lengths, \
+         {} SGL commands (sgls {:?})",
+        nvme_pcie::MAX_SEGMENTS,
+        q.stats().sgl_commands,
+        c.info().sgl
+    );
+    if q.stats().sgl_commands == 0 {
+        return Err("no SGL commands were sent".into());
+    }
+    Ok(())
+}
+
+/// Lower the composite temperature threshold below the current temperature:
+/// the controller reports a SMART / health event, which the driver decodes
+/// with the SMART log and records; then restore the threshold.
+fn async_event(c: &Ctrl) -> R {
+    use nvme_pcie::events::HealthEvent;
+    use nvme_pcie::{AsyncEventKind, EventDetail};
+    if c.info().async_event_requests == 0 {
+        return Err("no asynchronous event requests outstanding".into());
+    }
+    let before = c.async_event_count();
+    let old = c.get_features(FeatureId::TEMPERATURE_THRESHOLD, 0).map_err(|e| e.to_string())?;
+    c.set_features(FeatureId::TEMPERATURE_THRESHOLD, 0x100).map_err(|e| e.to_string())?;
+    let t0 = Instant::now();
+    let mut found = None;
+    while found.is_none() && t0.elapsed() < Duration::from_secs(20) {
+        found = c.async_events().into_iter().find(|e| e.seq > before);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    c.set_features(FeatureId::TEMPERATURE_THRESHOLD, old & 0xffff).map_err(|e| e.to_string())?;
+    let ev = found.ok_or("no event within 20 s")?;
+    println!("    event after {:?}: {:?} log {:#04x} {:?}", t0.elapsed(), ev.kind, ev.log_page.0, ev.detail);
+    if ev.kind != AsyncEventKind::Health(HealthEvent::TemperatureThreshold) {
+        return Err(format!("unexpected event {:?}", ev.kind));
+    }
+    if !matches!(ev.detail, EventDetail::Health { critical_warning, .. } if critical_warning & 2 != 0) {
+        return Err("SMART log does not show the temperature warning".into());
+    }
     Ok(())
 }
 
@@ -331,7 +434,7 @@ fn bdev_stage(c: Ctrl, bdf: &str) -> R {
     if a.as_slice() != &w.as_slice()[..64 << 10] || b.as_slice() != &w.as_slice()[64 << 10..] {
         return Err("bdev data mismatch".into());
     }
-    // Unaligned segments (bounced).
+    // Unaligned segments (SGL when offered, else bounced).
     let mut c1 = DmaBuf::zeroed(4096).map_err(|e| e.to_string())?;
     let mut c2 = DmaBuf::zeroed(4096).map_err(|e| e.to_string())?;
     let mut iovs = IoVecs::single(c1.iovec_range(512, 1024).ok_or("iov")?);
@@ -340,13 +443,40 @@ fn bdev_stage(c: Ctrl, bdf: &str) -> R {
         || c1.as_slice()[512..1536] != w.as_slice()[..1024]
         || c2.as_slice()[1000..1512] != w.as_slice()[1024..1536]
     {
-        return Err("bounced bdev read failed".into());
+        return Err("unaligned-segment bdev read failed".into());
     }
     for t in [IoType::Flush, IoType::WriteZeroes, IoType::Unmap] {
         if info.supported.contains(t) && run(IoRequest::no_data(t, lba, 8, 4))? != IoStatus::Success {
             return Err(format!("bdev {} failed", t.name()));
         }
     }
+    // A bdev Reset with reads in flight: all of them and the Reset succeed.
+    let mut rbufs: Vec<DmaBuf> =
+        (0..32).map(|_| DmaBuf::zeroed(16 << 10)).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+    for (i, b) in rbufs.iter_mut().enumerate() {
+        let io = IoRequest::read(
+            lba + ((64 << 10) + (i as u64 % 8) * (16 << 10)) / bs,
+            (16 << 10) / bs,
+            IoVecs::single(b.iovec()),
+            10 + i as u64,
+        );
+        ch.submit(&io).map_err(|e| e.to_string())?;
+    }
+    ch.submit(&IoRequest::no_data(IoType::Reset, 0, 0, 99)).map_err(|e| e.to_string())?;
+    let mut sts = Vec::new();
+    if !ch.drain(Duration::from_secs(60), &mut |t, s| sts.push((t, s))) {
+        return Err("bdev reset: I/O did not complete".into());
+    }
+    if sts.len() != 33 || sts.iter().any(|x| x.1 != IoStatus::Success) {
+        return Err(format!("bdev reset mid-I/O: {sts:?}"));
+    }
+    for (i, b) in rbufs.iter().enumerate() {
+        let at = (64 << 10) + (i % 8) * (16 << 10);
+        if b.as_slice() != &w.as_slice()[at..at + (16 << 10)] {
+            return Err(format!("bdev read {i} around the reset: data mismatch"));
+        }
+    }
+    println!("    bdev Reset with 32 reads in flight: all succeeded, data verified");
     let st = d.stats();
     println!("    bdev ops by type (read, write, flush, unmap, write_zeroes, reset): {:?}", st.ops);
     drop(ch);
@@ -386,7 +516,8 @@ fn run_controller(bdf: &str, mode: AccessMode, pass: &mut u32, fail: &mut u32) {
     let i = c.info();
     println!(
         "  controller: vid {:#06x} model {:?} serial {:?} fw {:?} nvme {}.{}.{}; mqes {} dstrd {} B; \
-         mdts {:?} B; io queues {}; shadow doorbells {}; oncs {:#x}; bring-up {:?}",
+         mdts {:?} B; io queues {}; shadow doorbells {}; oncs {:#x}; sgls {:?}; oaes {:#x}; AERs out {}; \
+         bring-up {:?}",
         i.vid,
         i.model,
         i.serial,
@@ -400,6 +531,9 @@ fn run_controller(bdf: &str, mode: AccessMode, pass: &mut u32, fail: &mut u32) {
         i.io_queues,
         i.shadow_doorbells,
         i.oncs,
+        i.sgl,
+        i.oaes,
+        i.async_event_requests,
         t0.elapsed()
     );
     for ns in c.namespaces() {
@@ -439,6 +573,7 @@ fn run_controller(bdf: &str, mode: AccessMode, pass: &mut u32, fail: &mut u32) {
         }
     }
     check("write/read/verify across namespace, sizes up to and beyond MDTS", write_read_verify(&c, &mut q, &ns));
+    check("vectored I/O over odd segments (SGLs)", vectored(&c, &mut q, &ns));
     if c.reset_count() > 0 {
         println!("    (controller resets so far: {})", c.reset_count());
     }
@@ -452,6 +587,7 @@ fn run_controller(bdf: &str, mode: AccessMode, pass: &mut u32, fail: &mut u32) {
         println!("    (controller resets so far: {})", c.reset_count());
     }
     check("log pages and features", admin(&c));
+    check("asynchronous event: temperature threshold", async_event(&c));
     if c.reset_count() > 0 {
         println!("    (controller resets so far: {})", c.reset_count());
     }

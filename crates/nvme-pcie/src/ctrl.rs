@@ -1,21 +1,23 @@
 //! Controller bring-up, identification, admin commands and reset.
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
-use nvme_spec::command::{AdminCommand, Cns, FeatureId, FeatureSelect, LogPageId, NumQueues};
+use nvme_spec::command::{AdminCommand, AsyncEvent, Cns, FeatureId, FeatureSelect, LogPageId, NumQueues};
 use nvme_spec::identify::{IdentifyController, IdentifyNamespace, NsDescriptor};
 use nvme_spec::log::{ErrorLogEntry, FirmwareSlotLog, SmartLog};
 use nvme_spec::regs::{offset, Aqa, Cap, Cc, Csts, Vs};
 use nvme_spec::{Cqe, DataPointer, Sqe};
 
-use crate::admin::{AdminQueue, ADMIN_DEPTH};
+use crate::admin::{AdminQueue, ADMIN_DEPTH, AER_CID_BASE, MAX_AERS};
 use crate::backing::{DeviceBacking, RegisterIo};
 use crate::dma::{DmaBuffer, PAGE_SIZE};
 use crate::error::NvmeError;
+use crate::events::{self, AsyncEventRecord, EventDetail, EventLog};
 use crate::prp;
 use crate::queue::IoQueuePair;
+use crate::sgl::SglCaps;
 
 /// Opcode of Doorbell Buffer Config (NVMe 1.3 virtualization enhancements).
 pub const DOORBELL_BUFFER_CONFIG: u8 = 0x7c;
@@ -35,6 +37,14 @@ pub struct ControllerConfig {
     pub shadow_doorbells: bool,
     /// Upper bound on bytes per command (the controller's MDTS may lower it).
     pub max_transfer: usize,
+    /// Describe multi-segment I/O with SGLs when the controller offers
+    /// them (PRPs otherwise).
+    pub sgl: bool,
+    /// Keep Asynchronous Event Requests outstanding and record the events
+    /// (see [`Controller::async_events`]).
+    pub async_events: bool,
+    /// Events the controller's event log keeps (the oldest are dropped).
+    pub event_log_len: usize,
 }
 
 impl Default for ControllerConfig {
@@ -45,6 +55,9 @@ impl Default for ControllerConfig {
             admin_timeout: Duration::from_secs(5),
             shadow_doorbells: true,
             max_transfer: 1 << 20,
+            sgl: true,
+            async_events: true,
+            event_log_len: 64,
         }
     }
 }
@@ -82,6 +95,12 @@ pub struct ControllerInfo {
     pub shadow_doorbells: bool,
     /// The controller has a volatile write cache (Identify VWC bit 0).
     pub volatile_write_cache: bool,
+    /// SGL support (Identify SGLS; None: PRPs only).
+    pub sgl: Option<SglCaps>,
+    /// Optional asynchronous events supported (Identify OAES).
+    pub oaes: u32,
+    /// Asynchronous Event Requests the driver keeps outstanding (0: none).
+    pub async_event_requests: u16,
 }
 
 /// An active namespace.
@@ -142,6 +161,7 @@ pub(crate) struct Shared<B: DeviceBacking> {
     pub(crate) state: AtomicU8,
     pub(crate) dbbuf: Option<DbBuf>,
     resets: AtomicU64,
+    events: Mutex<EventLog>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -242,7 +262,87 @@ impl<B: DeviceBacking> Shared<B> {
             return Err(NvmeError::DeviceGone(self.name().to_string()));
         }
         let mut a = lock(&self.admin);
-        self.run(&mut a, sqe)
+        let r = self.run(&mut a, sqe);
+        self.service_events(&mut a);
+        r
+    }
+
+    /// Enable the asynchronous events the controller supports and put the
+    /// Asynchronous Event Requests out.
+    fn arm_events(&self, admin: &mut AdminQueue) {
+        let n = self.info.async_event_requests;
+        if n == 0 {
+            return;
+        }
+        let aec = events::AEC_SMART_MASK | (self.info.oaes & events::OAES_NOTICES);
+        let cmd = AdminCommand::SetFeatures {
+            nsid: 0,
+            fid: FeatureId::ASYNC_EVENT_CONFIG,
+            save: false,
+            cdw11: aec,
+            cdw12_15: [0; 4],
+        };
+        // Optional: without it the controller reports its default set.
+        let _ = self.run(admin, cmd.to_sqe(0));
+        for k in admin.aers..n {
+            if admin.submit_aer(self.dev.bar0(), k).is_err() {
+                break;
+            }
+        }
+    }
+
+    /// Handle completed Asynchronous Event Requests: decode the event, read
+    /// its log page (which lets the controller report that event type
+    /// again), record it and put the request out again.
+    fn service_events(&self, admin: &mut AdminQueue) {
+        if (admin.aers == 0 && admin.aer_done.is_empty()) || self.state.load(Ordering::Acquire) != LIVE {
+            return;
+        }
+        let regs = self.dev.bar0();
+        // Reading a log page may let the controller report the next event
+        // at once: poll again until nothing is left (bounded, against a
+        // controller that never stops reporting).
+        for _ in 0..64 {
+            if admin.poll(regs).is_err() || admin.aer_done.is_empty() {
+                return;
+            }
+            let cqe = admin.aer_done.remove(0);
+            let k = cqe.cid.get().wrapping_sub(AER_CID_BASE);
+            if k >= self.info.async_event_requests {
+                continue; // not one of ours
+            }
+            admin.aers = admin.aers.saturating_sub(1);
+            if !cqe.status().is_success() {
+                // Refused (limit exceeded, unsupported) or aborted: not
+                // put out again.
+                continue;
+            }
+            let raw = cqe.dw0.get();
+            let ev = AsyncEvent::from_dword(raw);
+            let len = EventDetail::log_len(ev.log_page);
+            let mut detail = EventDetail::None;
+            if len > 0 {
+                let cmd = AdminCommand::get_log_page(ev.log_page, u32::MAX, len as u32, 0);
+                if let Ok((_, page)) = self.run_with_page(admin, cmd) {
+                    detail = EventDetail::from_log(ev.log_page, page.get(..len).unwrap_or(&[]));
+                }
+            }
+            lock(&self.events).push(raw, detail);
+            let _ = admin.submit_aer(regs, k);
+        }
+    }
+
+    /// Handle asynchronous events if the admin queue is free and has a
+    /// completion waiting (cheap enough for a polling loop).
+    pub(crate) fn try_service_events(&self) {
+        let mut a = match self.admin.try_lock() {
+            Ok(a) => a,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return,
+        };
+        if a.aers > 0 && (a.has_completion() || !a.aer_done.is_empty()) {
+            self.service_events(&mut a);
+        }
     }
 
     fn setup_after_enable(&self, admin: &mut AdminQueue) -> Result<(), NvmeError> {
@@ -254,6 +354,7 @@ impl<B: DeviceBacking> Shared<B> {
             d.eventidx.fill(0, PAGE_SIZE, 0)?;
             self.run(admin, dbbuf_sqe(d))?;
         }
+        self.arm_events(admin);
         Ok(())
     }
 
@@ -362,6 +463,7 @@ impl<B: DeviceBacking> Controller<B> {
         let mut admin = AdminQueue::new(dev.dma(), stride)?;
         Shared::<B>::enable(&dev, cap, &mut admin)?;
 
+        let event_log_len = cfg.event_log_len;
         // Partially built shared state, so the helpers can be used.
         let mut shared = Shared {
             cap,
@@ -382,6 +484,9 @@ impl<B: DeviceBacking> Controller<B> {
                 io_queues: cfg.io_queues.max(1),
                 shadow_doorbells: false,
                 volatile_write_cache: false,
+                sgl: None,
+                oaes: 0,
+                async_event_requests: 0,
             },
             cfg,
             namespaces: Vec::new(),
@@ -391,6 +496,7 @@ impl<B: DeviceBacking> Controller<B> {
             state: AtomicU8::new(LIVE),
             dbbuf: None,
             resets: AtomicU64::new(0),
+            events: Mutex::new(EventLog::new(event_log_len)),
             dev,
         };
         let (_, page) = shared.run_with_page(&mut admin, AdminCommand::identify(Cns::Controller, 0))?;
@@ -442,6 +548,7 @@ impl<B: DeviceBacking> Controller<B> {
                 shared.info.shadow_doorbells = true;
             }
         }
+        shared.arm_events(&mut admin);
         shared.admin = Mutex::new(admin);
         Ok(Self { shared: Arc::new(shared) })
     }
@@ -479,6 +586,32 @@ impl<B: DeviceBacking> Controller<B> {
     /// Controller resets done so far.
     pub fn reset_count(&self) -> u64 {
         self.shared.resets.load(Ordering::Relaxed)
+    }
+
+    /// Handle admin completions now: asynchronous events are decoded,
+    /// their log pages read, recorded and their requests put out again.
+    /// (Queue pairs do this on their own every so often while polling.)
+    pub fn poll_admin(&self) -> Result<(), NvmeError> {
+        if self.is_gone() {
+            return Err(NvmeError::DeviceGone(self.shared.name().to_string()));
+        }
+        let mut a = lock(&self.shared.admin);
+        self.shared.service_events(&mut a);
+        Ok(())
+    }
+
+    /// The newest asynchronous events (oldest first; at most
+    /// [`ControllerConfig::event_log_len`]), after handling any that are
+    /// waiting.
+    pub fn async_events(&self) -> Vec<AsyncEventRecord> {
+        let _ = self.poll_admin();
+        lock(&self.shared.events).snapshot()
+    }
+
+    /// Asynchronous events recorded so far (including those the bounded
+    /// log has dropped).
+    pub fn async_event_count(&self) -> u64 {
+        lock(&self.shared.events).total()
     }
 
     /// Reset the controller now. Queue pairs re-create their queues and
@@ -522,7 +655,9 @@ impl<B: DeviceBacking> Controller<B> {
         }
         let mut a = lock(&self.shared.admin);
         let cmd = AdminCommand::get_log_page(lid, nsid, len as u32, 0);
-        let (_, page) = self.shared.run_with_page(&mut a, cmd)?;
+        let r = self.shared.run_with_page(&mut a, cmd);
+        self.shared.service_events(&mut a);
+        let (_, page) = r?;
         Ok(page.get(..len).unwrap_or(&[]).to_vec())
     }
 
@@ -573,6 +708,9 @@ impl<B: DeviceBacking> Shared<B> {
         self.info.oncs = id.oncs.get();
         self.info.oacs = id.oacs.get();
         self.info.volatile_write_cache = id.vwc & 1 != 0;
+        self.info.sgl = SglCaps::from_sgls(id.sgls.get());
+        self.info.oaes = id.oaes.get();
+        self.info.async_event_requests = if self.cfg.async_events { (u16::from(id.aerl) + 1).min(MAX_AERS) } else { 0 };
         let min_page = 4096u64 << self.cap.mpsmin();
         self.info.mdts_bytes = id.max_transfer_bytes(min_page);
         let mut max = self.cfg.max_transfer.max(PAGE_SIZE);

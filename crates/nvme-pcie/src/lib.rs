@@ -9,8 +9,10 @@
 //!   device-visible memory, always with volatile/atomic accesses, never
 //!   through references.
 //! - the driver: [`Controller`] (bring-up per the NVMe base spec, identify,
-//!   admin commands, reset) and [`IoQueuePair`] (lock-free, one owner
-//!   thread, PRPs, batched and shadow doorbells, splitting beyond MDTS,
+//!   admin commands, reset, asynchronous events in a bounded log:
+//!   [`events`]) and [`IoQueuePair`] (lock-free, one owner
+//!   thread, PRPs, SGLs for multi-segment I/O when the controller offers
+//!   them ([`sgl`]), batched and shadow doorbells, splitting beyond MDTS,
 //!   timeouts with Abort then reset and resubmission, surprise removal).
 //! - [`nvme_bdev`]: the `nvme` backend of the block layer (one bdev per
 //!   namespace, one queue pair per channel).
@@ -35,15 +37,18 @@ mod ctrl;
 pub mod dma;
 pub mod emu;
 mod error;
+pub mod events;
 pub mod mmio;
 pub mod nvme_bdev;
 pub mod prp;
 mod queue;
+pub mod sgl;
 pub mod vfio;
 
 pub use backing::{DeviceBacking, RegisterIo};
 pub use ctrl::{Controller, ControllerConfig, ControllerInfo, NamespaceInfo};
 pub use dma::{DmaAllocator, DmaBuffer, DmaError, DmaMapper, MemorySource, SoftIommu};
 pub use error::{IoError, NvmeError, SubmitError};
+pub use events::{AsyncEventKind, AsyncEventRecord, EventDetail};
 pub use nvme_spec;
-pub use queue::{IoQueuePair, QueueStats};
+pub use queue::{IoQueuePair, QueueStats, MAX_SEGMENTS};

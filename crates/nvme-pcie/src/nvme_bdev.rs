@@ -10,8 +10,14 @@
 //! channels cache that table and translate each request's segments without
 //! locks. The block layer's "IOVA = virtual address" convention is not used
 //! (an emulated Intel IOMMU has a 39-bit address width, below user VAs).
-//! Segments PRPs cannot describe (a middle segment not page aligned) are
-//! bounced through a block-layer DMA buffer.
+//! Multi-segment requests are described with SGLs when the controller
+//! offers them; without SGLs, segments PRPs cannot describe (a middle
+//! segment not page aligned) are bounced through a block-layer DMA buffer.
+//!
+//! `Reset` is a controller reset (done in the channel's next poll, which
+//! blocks until the controller is back): every channel re-creates its
+//! queues and resubmits what had not completed; the Reset completes with
+//! Success, or PathError if the controller could not be brought back.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,7 +37,7 @@ use crate::ctrl::{Controller, NamespaceInfo};
 use crate::dma::{DmaMapper, DmaMapping, PAGE_SIZE};
 use crate::error::{IoError, SubmitError};
 use crate::prp::PrpSource;
-use crate::queue::IoQueuePair;
+use crate::queue::{DataMode, IoQueuePair};
 
 /// One block-layer region as this controller sees it.
 #[derive(Clone, Debug)]
@@ -165,7 +171,7 @@ pub fn attach<B: DeviceBacking>(
             // Separate metadata buffers are not supported by the driver.
             continue;
         }
-        let mut supported = IoTypeSet::of(&[IoType::Read, IoType::Write, IoType::Flush]);
+        let mut supported = IoTypeSet::of(&[IoType::Read, IoType::Write, IoType::Flush, IoType::Reset]);
         if info.oncs & oncs::DATASET_MANAGEMENT != 0 {
             supported = supported.with(IoType::Unmap);
         }
@@ -228,6 +234,7 @@ impl<B: DeviceBacking> Bdev for NvmeBdev<B> {
             cache: Vec::new(),
             cache_gen: 0,
             early: VecDeque::with_capacity(depth),
+            resets: Vec::with_capacity(depth),
             bounces: (0..depth).map(|_| None).collect(),
             in_flight: 0,
             _guard: self.guard.clone(),
@@ -249,10 +256,11 @@ struct Translated<'a> {
 }
 
 impl Translated<'_> {
-    fn va_at(&self, mut off: usize) -> Option<usize> {
+    /// The virtual address of byte `off` and the bytes left in its segment.
+    fn va_at(&self, mut off: usize) -> Option<(usize, usize)> {
         for v in self.iovs {
             if off < v.len() {
-                return v.addr().checked_add(off);
+                return Some((v.addr().checked_add(off)?, v.len() - off));
             }
             off -= v.len();
         }
@@ -260,14 +268,12 @@ impl Translated<'_> {
     }
 }
 
-fn translate(regions: &[Region], va: usize) -> Option<u64> {
+/// The region holding `va` and the offset of `va` in it.
+fn region_of(regions: &[Region], va: usize) -> Option<(&Region, usize)> {
     let i = regions.partition_point(|r| r.va <= va);
     let r = regions.get(i.checked_sub(1)?)?;
     let off = va - r.va;
-    if off >= r.len {
-        return None;
-    }
-    r.mapping.iova_at(off)
+    (off < r.len).then_some((r, off))
 }
 
 impl PrpSource for Translated<'_> {
@@ -275,7 +281,22 @@ impl PrpSource for Translated<'_> {
         self.len
     }
     fn iova_at(&self, off: usize) -> Option<u64> {
-        translate(self.regions, self.va_at(off)?)
+        let (r, o) = region_of(self.regions, self.va_at(off)?.0)?;
+        r.mapping.iova_at(o)
+    }
+    fn contiguous_len(&self, off: usize) -> usize {
+        self.run_at(off).map_or(0, |r| r.1)
+    }
+    fn run_at(&self, off: usize) -> Option<(u64, usize)> {
+        let (va, seg_left) = self.va_at(off)?;
+        let (r, o) = region_of(self.regions, va)?;
+        let mut n = seg_left.min(r.len - o).min(self.len.saturating_sub(off));
+        let shift = r.mapping.granule_shift;
+        if shift < usize::BITS - 1 {
+            let g = 1usize << shift;
+            n = n.min(g - (o & (g - 1)));
+        }
+        Some((r.mapping.iova_at(o)?, n))
     }
 }
 
@@ -305,6 +326,9 @@ struct NvmeChannel<B: DeviceBacking> {
     cache: Vec<Region>,
     cache_gen: u64,
     early: VecDeque<(u64, IoStatus)>,
+    /// Tags of Reset requests waiting for the next poll (one controller
+    /// reset answers all of them).
+    resets: Vec<u64>,
     /// Bounced requests, by internal tag (index); their driver tag has the
     /// top bit set.
     bounces: Vec<Option<Bounce>>,
@@ -332,7 +356,13 @@ fn status_of(r: Result<(), IoError>) -> IoStatus {
                         | GenericStatus::InvalidOpcode
                         | GenericStatus::LbaOutOfRange
                         | GenericStatus::InvalidNamespaceOrFormat
-                        | GenericStatus::PrpOffsetInvalid,
+                        | GenericStatus::PrpOffsetInvalid
+                        | GenericStatus::InvalidSglSegmentDescriptor
+                        | GenericStatus::InvalidSglCount
+                        | GenericStatus::DataSglLengthInvalid
+                        | GenericStatus::SglDescriptorTypeInvalid
+                        | GenericStatus::SglOffsetInvalid
+                        | GenericStatus::Other(crate::sgl::SGL_DATA_BLOCK_GRANULARITY_INVALID),
                     ) => IoStatus::Invalid,
                     StatusCode::Generic(
                         GenericStatus::AbortRequested
@@ -365,10 +395,17 @@ impl<B: DeviceBacking> NvmeChannel<B> {
     fn rw(&mut self, io: &IoRequest, write: bool) -> Result<(), SubmitError> {
         let iovs = io.iovs.as_slice();
         let len = io.num_blocks as usize * self.block;
-        if prp_compatible(iovs) {
-            let t = Translated { iovs, regions: &self.cache, len };
-            if t.iova_at(0).is_some() {
-                return self.qp.rw_src(write, self.nsid, io.offset_blocks, &t, None, io.tag);
+        let t = Translated { iovs, regions: &self.cache, len };
+        if t.iova_at(0).is_some() {
+            if iovs.len() > 1 && self.qp.uses_sgls() {
+                match self.qp.rw_src(write, self.nsid, io.offset_blocks, &t, &[], DataMode::Sgl, io.tag) {
+                    // Segments the controller's SGL alignment rules out, or
+                    // memory outside the mapped regions: bounce.
+                    Err(SubmitError::Misaligned | SubmitError::TooLarge) => {}
+                    r => return r,
+                }
+            } else if prp_compatible(iovs) {
+                return self.qp.rw_src(write, self.nsid, io.offset_blocks, &t, &[], DataMode::Prp, io.tag);
             }
         }
         self.rw_bounced(io, write, len)
@@ -388,12 +425,29 @@ impl<B: DeviceBacking> NvmeChannel<B> {
         self.refresh();
         let v = buf.iovec();
         let t = Translated { iovs: std::slice::from_ref(&v), regions: &self.cache, len };
-        self.qp.rw_src(write, self.nsid, io.offset_blocks, &t, None, BOUNCE_BIT | slot as u64)?;
+        self.qp.rw_src(write, self.nsid, io.offset_blocks, &t, &[], DataMode::Prp, BOUNCE_BIT | slot as u64)?;
         if let Some(s) = self.bounces.get_mut(slot) {
             *s = Some(Bounce { buf, read_into: (!write).then_some(io.iovs), tag: io.tag });
         }
         Ok(())
     }
+}
+
+/// Report a driver completion to the block layer (copying bounced reads
+/// back first).
+fn complete(bounces: &mut [Option<Bounce>], done: &mut dyn FnMut(u64, IoStatus), tag: u64, r: Result<(), IoError>) {
+    let st = status_of(r);
+    if tag & BOUNCE_BIT == 0 {
+        done(tag, st);
+        return;
+    }
+    let Some(b) = bounces.get_mut((tag & !BOUNCE_BIT) as usize).and_then(Option::take) else {
+        return;
+    };
+    if let (IoStatus::Success, Some(iovs)) = (st, b.read_into) {
+        bdev::dma::copy_to_iovs(iovs.as_slice(), b.buf.as_slice());
+    }
+    done(b.tag, st);
 }
 
 impl<B: DeviceBacking> IoChannel for NvmeChannel<B> {
@@ -411,7 +465,13 @@ impl<B: DeviceBacking> IoChannel for NvmeChannel<B> {
                 Ok(n) => self.qp.deallocate(self.nsid, &[(io.offset_blocks, n)], io.tag),
                 Err(_) => Err(SubmitError::TooLarge),
             },
-            IoType::Reset => Err(SubmitError::TooLarge),
+            IoType::Reset => {
+                if self.resets.len() == self.resets.capacity() {
+                    return Err(QueueFull);
+                }
+                self.resets.push(io.tag);
+                Ok(())
+            }
         };
         match r {
             Ok(()) => {
@@ -437,20 +497,24 @@ impl<B: DeviceBacking> IoChannel for NvmeChannel<B> {
             n += 1;
         }
         let bounces = &mut self.bounces;
-        n += self.qp.poll(&mut |tag, r| {
-            let st = status_of(r);
-            if tag & BOUNCE_BIT == 0 {
+        if !self.resets.is_empty() {
+            // A controller reset (blocking this poll until the controller is
+            // back, like timeout recovery): queues are re-created here and
+            // unfinished I/O is resubmitted; other channels follow on their
+            // next poll.
+            let mut reaped = 0;
+            let r = self.qp.reset_controller(&mut |tag, r| {
+                reaped += 1;
+                complete(bounces, done, tag, r);
+            });
+            let st = if r.is_ok() { IoStatus::Success } else { IoStatus::PathError };
+            for tag in self.resets.drain(..) {
                 done(tag, st);
-                return;
+                n += 1;
             }
-            let Some(b) = bounces.get_mut((tag & !BOUNCE_BIT) as usize).and_then(Option::take) else {
-                return;
-            };
-            if let (IoStatus::Success, Some(iovs)) = (st, b.read_into) {
-                bdev::dma::copy_to_iovs(iovs.as_slice(), b.buf.as_slice());
-            }
-            done(b.tag, st);
-        });
+            n += reaped;
+        }
+        n += self.qp.poll(&mut |tag, r| complete(bounces, done, tag, r));
         self.in_flight -= n.min(self.in_flight);
         n
     }

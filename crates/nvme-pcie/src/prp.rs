@@ -30,6 +30,21 @@ pub trait PrpSource {
     }
     /// Device address of byte `off` (`off < len`).
     fn iova_at(&self, off: usize) -> Option<u64>;
+    /// Bytes from `off` that are contiguous in device address space (at
+    /// least 1 for `off < len`; 0 past the end). The default assumes
+    /// contiguity only up to the next 4 KiB device page boundary.
+    fn contiguous_len(&self, off: usize) -> usize {
+        match self.iova_at(off) {
+            Some(a) if off < self.len() => (PAGE_SIZE - (a as usize & (PAGE_SIZE - 1))).min(self.len() - off),
+            _ => 0,
+        }
+    }
+
+    /// Device address of byte `off` and the contiguous bytes from there
+    /// (`iova_at` and `contiguous_len` in one lookup).
+    fn run_at(&self, off: usize) -> Option<(u64, usize)> {
+        Some((self.iova_at(off)?, self.contiguous_len(off)))
+    }
 }
 
 impl PrpSource for DmaBuffer {
@@ -41,10 +56,16 @@ impl PrpSource for DmaBuffer {
     fn iova_at(&self, off: usize) -> Option<u64> {
         DmaBuffer::iova_at(self, off)
     }
+    #[inline]
+    fn contiguous_len(&self, off: usize) -> usize {
+        DmaBuffer::contiguous_len(self, off)
+    }
 }
 
 /// Fill in PRP1/PRP2 (and the PRP list in `list`, a page-aligned area of
-/// whole pages) for `len` bytes of `buf` from `off`.
+/// whole pages) for `len` bytes of `buf` from `off`. Memory PRPs cannot
+/// describe (a page of the transfer that is not one device-contiguous page)
+/// gives [`SubmitError::Misaligned`].
 pub fn build<S: PrpSource + ?Sized>(
     buf: &S,
     off: usize,
@@ -60,15 +81,20 @@ pub fn build<S: PrpSource + ?Sized>(
         return Err(SubmitError::Misaligned);
     }
     let first = (PAGE_SIZE - (prp1 as usize & (PAGE_SIZE - 1))).min(len);
+    if buf.contiguous_len(off) < first {
+        return Err(SubmitError::Misaligned);
+    }
     if first == len {
         return Ok((prp1, 0));
     }
     let rest = len - first;
+    let xfer_end = off + len;
     let page_iova = |o: usize| -> Result<u64, SubmitError> {
         let a = buf.iova_at(o).ok_or(SubmitError::TooLarge)?;
         // A page boundary of the transfer must be a page boundary on the
-        // device side too (true for page-aligned mappings).
-        if a as usize & (PAGE_SIZE - 1) != 0 {
+        // device side too (true for page-aligned mappings), and the page
+        // must be contiguous (not two segments).
+        if a as usize & (PAGE_SIZE - 1) != 0 || buf.contiguous_len(o) < PAGE_SIZE.min(xfer_end - o) {
             return Err(SubmitError::Misaligned);
         }
         Ok(a)

@@ -8,8 +8,12 @@
 //! With shadow doorbells the MMIO write is skipped when the controller's
 //! EventIdx says it is not needed.
 //!
-//! Every command holds a clone of its data buffer until it completes, so
+//! Every command holds clones of its data buffers until it completes, so
 //! DMA memory can never be freed under an in-flight command.
+//!
+//! Data pointers are PRPs, except for multi-segment requests on a
+//! controller that offers SGLs: those get one Data Block descriptor per
+//! device-contiguous run, in per-command descriptor list pages.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -24,9 +28,22 @@ use crate::backing::{DeviceBacking, RegisterIo};
 use crate::ctrl::{Shared, GONE, LIVE};
 use crate::dma::{self, DmaBuffer, PAGE_SIZE};
 use crate::error::{IoError, NvmeError, SubmitError};
-use crate::prp;
+use crate::prp::{self, PrpSource};
+use crate::sgl::{self, SglAlignment};
 
 const NONE: u16 = u16::MAX;
+
+/// Most buffers one vectored request ([`IoQueuePair::readv`]) may have.
+pub const MAX_SEGMENTS: usize = 16;
+
+/// How a data command's memory is described.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum DataMode {
+    /// PRP1/PRP2 and PRP lists.
+    Prp,
+    /// An SGL (only when the controller offers SGLs).
+    Sgl,
+}
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum SlotState {
@@ -45,7 +62,8 @@ struct Slot {
     /// Timed out after its retry: complete with Timeout at recovery.
     expired: bool,
     deadline_ns: u64,
-    buf: Option<DmaBuffer>,
+    /// Buffers held until completion (capacity MAX_SEGMENTS, never grown).
+    bufs: Vec<DmaBuffer>,
     sqe: Sqe,
 }
 
@@ -85,6 +103,8 @@ pub struct QueueStats {
     pub fatal_resets: u64,
     /// Times this pair re-created its queues after a controller reset.
     pub recoveries: u64,
+    /// Commands submitted with an SGL data pointer.
+    pub sgl_commands: u64,
 }
 
 /// An I/O submission/completion queue pair.
@@ -94,8 +114,10 @@ pub struct IoQueuePair<B: DeviceBacking> {
     depth: u16,
     sq: DmaBuffer,
     cq: DmaBuffer,
-    prp: DmaBuffer,
-    prp_bytes: usize,
+    /// Per-command PRP / SGL descriptor list pages (`list_bytes` each).
+    lists: DmaBuffer,
+    list_bytes: usize,
+    sgl: Option<SglAlignment>,
     sq_tail: u16,
     sq_db_last: u16,
     cq_head: u16,
@@ -145,12 +167,17 @@ impl<B: DeviceBacking> IoQueuePair<B> {
         let sq_len = (d * 64).next_multiple_of(PAGE_SIZE);
         let cq_len = (d * 16).next_multiple_of(PAGE_SIZE);
         let max_xfer = shared.info.max_transfer;
-        let prp_bytes = prp::list_pages_for(max_xfer) * PAGE_SIZE;
-        let mem = shared.dev.dma().alloc(sq_len + cq_len + prp_bytes * d)?;
+        let sgl = shared.info.sgl.filter(|_| shared.cfg.sgl).map(|c| c.alignment);
+        let mut list_pages = prp::list_pages_for(max_xfer);
+        if sgl.is_some() {
+            list_pages = list_pages.max(sgl::list_pages_for(max_xfer, MAX_SEGMENTS));
+        }
+        let list_bytes = list_pages * PAGE_SIZE;
+        let mem = shared.dev.dma().alloc(sq_len + cq_len + list_bytes * d)?;
         let bad = NvmeError::InvalidArgument("queue memory layout");
         let sq = mem.slice(0, sq_len).ok_or(NvmeError::InvalidArgument("sq"))?;
         let cq = mem.slice(sq_len, cq_len).ok_or(NvmeError::InvalidArgument("cq"))?;
-        let prp = mem.slice(sq_len + cq_len, prp_bytes * d).ok_or(bad)?;
+        let lists = mem.slice(sq_len + cq_len, list_bytes * d).ok_or(bad)?;
         let stride = shared.stride;
         let sq_db = 0x1000 + 2 * usize::from(qid) * stride;
         let cq_db = sq_db + stride;
@@ -163,7 +190,7 @@ impl<B: DeviceBacking> IoQueuePair<B> {
                 retried: false,
                 expired: false,
                 deadline_ns: 0,
-                buf: None,
+                bufs: Vec::with_capacity(MAX_SEGMENTS),
                 sqe: Sqe::new_zeroed(),
             })
             .collect();
@@ -185,8 +212,9 @@ impl<B: DeviceBacking> IoQueuePair<B> {
             depth,
             sq,
             cq,
-            prp,
-            prp_bytes,
+            lists,
+            list_bytes,
+            sgl,
             sq_tail: 0,
             sq_db_last: 0,
             cq_head: 0,
@@ -272,6 +300,12 @@ impl<B: DeviceBacking> IoQueuePair<B> {
         self.max_xfer
     }
 
+    /// True if multi-segment requests are described with SGLs (the
+    /// controller offers them and [`crate::ControllerConfig::sgl`] is set).
+    pub fn uses_sgls(&self) -> bool {
+        self.sgl.is_some()
+    }
+
     /// Counters.
     pub fn stats(&self) -> QueueStats {
         self.stats
@@ -308,32 +342,62 @@ impl<B: DeviceBacking> IoQueuePair<B> {
     }
 
     fn rw(&mut self, write: bool, nsid: u32, lba: u64, buf: &DmaBuffer, tag: u64) -> Result<(), SubmitError> {
-        self.rw_src(write, nsid, lba, buf, Some(buf), tag)
+        self.rw_src(write, nsid, lba, buf, std::slice::from_ref(buf), DataMode::Prp, tag)
+    }
+
+    /// Queue a Read of `sum(segs.len())` bytes at `lba`, scattered into
+    /// `segs` in order. With SGLs ([`Self::uses_sgls`]) the segments may have
+    /// any addresses and lengths the controller's SGL alignment allows (the
+    /// total is a whole number of blocks); with PRPs every segment but the
+    /// first must start on a page and every one but the last end on one
+    /// (else [`SubmitError::Misaligned`]).
+    pub fn readv(&mut self, nsid: u32, lba: u64, segs: &[DmaBuffer], tag: u64) -> Result<(), SubmitError> {
+        self.rw_vec(false, nsid, lba, segs, tag)
+    }
+
+    /// Queue a Write of `segs`, gathered in order, at `lba` (see
+    /// [`Self::readv`]).
+    pub fn writev(&mut self, nsid: u32, lba: u64, segs: &[DmaBuffer], tag: u64) -> Result<(), SubmitError> {
+        self.rw_vec(true, nsid, lba, segs, tag)
+    }
+
+    fn rw_vec(&mut self, write: bool, nsid: u32, lba: u64, segs: &[DmaBuffer], tag: u64) -> Result<(), SubmitError> {
+        if segs.len() > MAX_SEGMENTS {
+            return Err(SubmitError::TooLarge);
+        }
+        let src = BufList { bufs: segs, len: segs.iter().map(DmaBuffer::len).sum() };
+        let mode = if segs.len() > 1 && self.sgl.is_some() { DataMode::Sgl } else { DataMode::Prp };
+        self.rw_src(write, nsid, lba, &src, segs, mode, tag)
     }
 
     /// Queue a Read (`write == false`) or Write of `src.len()` bytes at
-    /// `lba`, with data in memory the caller describes. `keep`, if given, is
-    /// held until completion; otherwise the caller guarantees the memory
-    /// behind `buf` stays allocated and mapped until the request completes.
-    pub(crate) fn rw_src<S: prp::PrpSource + ?Sized>(
+    /// `lba`, with data in memory the caller describes. `keep` is held until
+    /// completion; memory not in it must stay allocated and mapped until the
+    /// request completes (the caller guarantees that). `mode` Sgl needs
+    /// [`Self::uses_sgls`].
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn rw_src<S: PrpSource + ?Sized>(
         &mut self,
         write: bool,
         nsid: u32,
         lba: u64,
         buf: &S,
-        keep: Option<&DmaBuffer>,
+        keep: &[DmaBuffer],
+        mode: DataMode,
         tag: u64,
     ) -> Result<(), SubmitError> {
         self.check_live()?;
+        if keep.len() > MAX_SEGMENTS || (mode == DataMode::Sgl && self.sgl.is_none()) {
+            return Err(SubmitError::TooLarge);
+        }
         let ns = self.ns_fmt(nsid)?;
         let bs = ns.block as usize;
         let len = buf.len();
         if len == 0 || !len.is_multiple_of(bs) {
             return Err(SubmitError::BadLength { len, block: ns.block });
         }
-        if buf.iova_at(0).is_none_or(|a| a & 3 != 0) {
-            return Err(SubmitError::Misaligned);
-        }
+        // Alignment is checked by the PRP / SGL builders (dword for PRPs,
+        // the controller's SGL granularity for SGLs).
         let blocks = (len / bs) as u64;
         if lba.checked_add(blocks).is_none_or(|e| e > ns.blocks) {
             return Err(SubmitError::OutOfRange);
@@ -353,7 +417,7 @@ impl<B: DeviceBacking> IoQueuePair<B> {
         };
         if n == 1 {
             let cid = self.free.pop().ok_or(SubmitError::QueueFull)?;
-            return self.queue_data_cmd(cid, mk(lba, blocks), buf, keep, 0, len, tag, NONE);
+            return self.queue_data_cmd(cid, mk(lba, blocks), buf, keep, mode, 0, len, tag, NONE);
         }
         // Split: children complete a parent.
         let parent = self.free_parents.pop().ok_or(SubmitError::QueueFull)?;
@@ -364,8 +428,8 @@ impl<B: DeviceBacking> IoQueuePair<B> {
             let nb = per_cmd.min(blocks - done);
             let cid = self.free.pop().ok_or(SubmitError::QueueFull)?;
             let off = done as usize * bs;
-            if let Err(e) = self.queue_data_cmd(cid, mk(lba + done, nb), buf, keep, off, nb as usize * bs, tag, parent)
-            {
+            let r = self.queue_data_cmd(cid, mk(lba + done, nb), buf, keep, mode, off, nb as usize * bs, tag, parent);
+            if let Err(e) = r {
                 // Roll back: nothing was made visible to the controller yet
                 // (the doorbell is only written by poll/flush).
                 self.unqueue(tail_before, queued);
@@ -390,7 +454,10 @@ impl<B: DeviceBacking> IoQueuePair<B> {
             let cid = self.sq.read_u32(usize::from(self.sq_tail) * 64).map(|w| (w >> 16) as u16).unwrap_or(NONE);
             if let Some(s) = self.slots.get_mut(usize::from(cid)) {
                 s.state = SlotState::Free;
-                s.buf = None;
+                s.bufs.clear();
+                if s.sqe.psdt() != Some(nvme_spec::queue::Psdt::Prp) {
+                    self.stats.sgl_commands -= 1;
+                }
                 self.free.push(cid);
                 self.outstanding -= 1;
                 self.stats.submitted -= 1;
@@ -401,35 +468,43 @@ impl<B: DeviceBacking> IoQueuePair<B> {
 
     #[allow(clippy::too_many_arguments)]
     #[inline]
-    fn queue_data_cmd<S: prp::PrpSource + ?Sized>(
+    fn queue_data_cmd<S: PrpSource + ?Sized>(
         &mut self,
         cid: u16,
         cmd: IoCommand,
         buf: &S,
-        keep: Option<&DmaBuffer>,
+        keep: &[DmaBuffer],
+        mode: DataMode,
         off: usize,
         len: usize,
         tag: u64,
         parent: u16,
     ) -> Result<(), SubmitError> {
-        let list = self.prp.slice(usize::from(cid) * self.prp_bytes, self.prp_bytes).ok_or(SubmitError::TooLarge);
-        let built = list.and_then(|l| prp::build(buf, off, len, &l));
-        let (prp1, prp2) = match built {
+        let list = self.lists.slice(usize::from(cid) * self.list_bytes, self.list_bytes).ok_or(SubmitError::TooLarge);
+        let built = list.and_then(|l| match (mode, self.sgl) {
+            (DataMode::Sgl, Some(align)) => sgl::build(buf, off, len, &l, align).map(DataPointer::Sgl),
+            (DataMode::Sgl, None) => Err(SubmitError::TooLarge),
+            (DataMode::Prp, _) => prp::build(buf, off, len, &l).map(|(prp1, prp2)| DataPointer::Prp { prp1, prp2 }),
+        });
+        let dp = match built {
             Ok(p) => p,
             Err(e) => {
                 self.free.push(cid);
                 return Err(e);
             }
         };
+        if mode == DataMode::Sgl {
+            self.stats.sgl_commands += 1;
+        }
         let mut sqe = cmd.to_sqe(cid);
-        sqe.set_data_pointer(DataPointer::Prp { prp1, prp2 });
-        self.push(cid, sqe, keep.cloned(), tag, parent);
+        sqe.set_data_pointer(dp);
+        self.push(cid, sqe, keep, tag, parent);
         Ok(())
     }
 
     /// Write `sqe` into the SQ (no doorbell) and mark `cid` busy.
     #[inline]
-    fn push(&mut self, cid: u16, sqe: Sqe, buf: Option<DmaBuffer>, tag: u64, parent: u16) {
+    fn push(&mut self, cid: u16, sqe: Sqe, keep: &[DmaBuffer], tag: u64, parent: u16) {
         if let Some(s) = self.slots.get_mut(usize::from(cid)) {
             s.tag = tag;
             s.parent = parent;
@@ -439,7 +514,9 @@ impl<B: DeviceBacking> IoQueuePair<B> {
             // Stamped by the first health check that sees it (no clock read
             // on the submission path).
             s.deadline_ns = 0;
-            s.buf = buf;
+            s.bufs.clear();
+            // No allocation: callers pass at most MAX_SEGMENTS buffers.
+            s.bufs.extend(keep.iter().cloned());
             s.sqe = sqe;
         }
         // In bounds: sq_tail < depth and the SQ holds depth entries.
@@ -452,7 +529,20 @@ impl<B: DeviceBacking> IoQueuePair<B> {
     fn simple(&mut self, cmd: IoCommand, tag: u64) -> Result<(), SubmitError> {
         self.check_live()?;
         let cid = self.free.pop().ok_or(SubmitError::QueueFull)?;
-        self.push(cid, cmd.to_sqe(cid), None, tag, NONE);
+        self.push(cid, cmd.to_sqe(cid), &[], tag, NONE);
+        Ok(())
+    }
+
+    /// Queue any I/O command as given (its CID is replaced). `keep`, if
+    /// given, is held until completion; the data pointer must describe
+    /// memory mapped for this controller. For vendor commands and for
+    /// testing controllers with hand-made data pointers.
+    pub fn submit_raw(&mut self, sqe: Sqe, keep: Option<&DmaBuffer>, tag: u64) -> Result<(), SubmitError> {
+        self.check_live()?;
+        let cid = self.free.pop().ok_or(SubmitError::QueueFull)?;
+        let mut sqe = sqe;
+        sqe.set_cid(cid);
+        self.push(cid, sqe, keep.map(std::slice::from_ref).unwrap_or(&[]), tag, NONE);
         Ok(())
     }
 
@@ -490,8 +580,8 @@ impl<B: DeviceBacking> IoQueuePair<B> {
             }
         }
         let cid = self.free.pop().ok_or(SubmitError::QueueFull)?;
-        let off = usize::from(cid) * self.prp_bytes;
-        let page = match self.prp.slice(off, PAGE_SIZE) {
+        let off = usize::from(cid) * self.list_bytes;
+        let page = match self.lists.slice(off, PAGE_SIZE) {
             Some(p) => p,
             None => {
                 self.free.push(cid);
@@ -504,7 +594,7 @@ impl<B: DeviceBacking> IoQueuePair<B> {
         let cmd = IoCommand::DatasetManagement { nsid, nr: (ranges.len() - 1) as u8, ad: true, idw: false, idr: false };
         let mut sqe = cmd.to_sqe(cid);
         sqe.set_data_pointer(DataPointer::Prp { prp1: page.iova(), prp2: 0 });
-        self.push(cid, sqe, None, tag, NONE);
+        self.push(cid, sqe, &[], tag, NONE);
         Ok(())
     }
 
@@ -552,7 +642,8 @@ impl<B: DeviceBacking> IoQueuePair<B> {
     /// Ring the doorbell for queued commands and reap completions, calling
     /// `on_complete(tag, result)` once per submitted request. Returns the
     /// number of requests completed. Also drives timeouts (Abort, then
-    /// controller reset and resubmission) and surprise-removal detection.
+    /// controller reset and resubmission), surprise-removal detection and,
+    /// every few thousand polls, the controller's asynchronous events.
     pub fn poll(&mut self, on_complete: &mut impl FnMut(u64, Result<(), IoError>)) -> usize {
         if self.generation != self.shared.generation.load(Ordering::Acquire) {
             self.recover(on_complete);
@@ -565,6 +656,9 @@ impl<B: DeviceBacking> IoQueuePair<B> {
         self.polls = self.polls.wrapping_add(1);
         if self.outstanding > 0 && ((n == 0 && self.polls.is_multiple_of(32)) || self.polls.is_multiple_of(1024)) {
             self.check_health(on_complete);
+        } else if self.outstanding == 0 && self.polls.is_multiple_of(4096) {
+            // Idle: asynchronous events still get handled.
+            self.shared.try_service_events();
         }
         n
     }
@@ -610,7 +704,7 @@ impl<B: DeviceBacking> IoQueuePair<B> {
             Err(IoError::Status(status))
         };
         slot.state = SlotState::Free;
-        slot.buf = None;
+        slot.bufs.clear();
         let (tag, parent) = (slot.tag, slot.parent);
         self.free.push(cid);
         self.outstanding -= 1;
@@ -656,7 +750,7 @@ impl<B: DeviceBacking> IoQueuePair<B> {
                 continue;
             }
             slot.state = SlotState::Free;
-            slot.buf = None;
+            slot.bufs.clear();
             let (tag, parent) = (slot.tag, slot.parent);
             self.free.push(cid);
             self.outstanding -= 1;
@@ -682,6 +776,7 @@ impl<B: DeviceBacking> IoQueuePair<B> {
             self.fail_all(IoError::DeviceGone, cb);
             return;
         }
+        self.shared.try_service_events();
         let mut need_reset = nvme_spec::regs::Csts(csts).cfs() == 1;
         if need_reset {
             self.stats.fatal_resets += 1;
@@ -738,6 +833,25 @@ impl<B: DeviceBacking> IoQueuePair<B> {
         }
     }
 
+    /// Reset the controller now and bring this queue pair back at once:
+    /// what completed before the reset is reported to `on_complete`, the
+    /// queues are re-created and every unfinished command is resubmitted.
+    /// Other queue pairs do the same on their next poll. Fails (and the
+    /// controller counts as gone) if the controller could not be brought
+    /// back.
+    pub fn reset_controller(
+        &mut self,
+        on_complete: &mut impl FnMut(u64, Result<(), IoError>),
+    ) -> Result<(), NvmeError> {
+        let r = self.shared.reset(None);
+        self.recover(on_complete);
+        r?;
+        if self.gone {
+            return Err(NvmeError::DeviceGone(self.shared.name().to_string()));
+        }
+        Ok(())
+    }
+
     /// After a controller reset: reap what completed, re-create the queues
     /// and resubmit everything unfinished.
     fn recover(&mut self, cb: &mut impl FnMut(u64, Result<(), IoError>)) {
@@ -777,7 +891,7 @@ impl<B: DeviceBacking> IoQueuePair<B> {
             }
             if slot.expired {
                 slot.state = SlotState::Free;
-                slot.buf = None;
+                slot.bufs.clear();
                 let (tag, parent) = (slot.tag, slot.parent);
                 self.free.push(cid);
                 self.outstanding -= 1;
@@ -791,6 +905,41 @@ impl<B: DeviceBacking> IoQueuePair<B> {
             self.sq_tail = (self.sq_tail + 1) % self.depth;
         }
         self.flush();
+    }
+}
+
+/// Buffers back to back, as one data source.
+struct BufList<'a> {
+    bufs: &'a [DmaBuffer],
+    len: usize,
+}
+
+impl BufList<'_> {
+    fn find(&self, mut off: usize) -> Option<(&DmaBuffer, usize)> {
+        for b in self.bufs {
+            if off < b.len() {
+                return Some((b, off));
+            }
+            off -= b.len();
+        }
+        None
+    }
+}
+
+impl PrpSource for BufList<'_> {
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn iova_at(&self, off: usize) -> Option<u64> {
+        let (b, o) = self.find(off)?;
+        b.iova_at(o)
+    }
+    fn contiguous_len(&self, off: usize) -> usize {
+        self.find(off).map_or(0, |(b, o)| b.contiguous_len(o))
+    }
+    fn run_at(&self, off: usize) -> Option<(u64, usize)> {
+        let (b, o) = self.find(off)?;
+        Some((b.iova_at(o)?, b.contiguous_len(o)))
     }
 }
 

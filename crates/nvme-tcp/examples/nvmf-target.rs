@@ -1,28 +1,80 @@
-//! Runs the NVMe/TCP target with malloc namespaces until killed (or for a
-//! given number of seconds).
+//! Runs the NVMe/TCP target until killed (or for a given number of seconds).
 //!
-//! usage: nvmf-target LISTEN_ADDR[,LISTEN_ADDR...] SUBNQN [NAMESPACES] [SIZE_MIB] [SECONDS]
+//! usage: nvmf-target LISTEN_ADDR[,LISTEN_ADDR...] SUBNQN [NAMESPACES] [SIZE_MIB] [SECONDS] [options]
+//!   --null          null namespaces (store nothing, reads leave buffers
+//!                   as they are) instead of malloc
+//!   --block-size N  namespace block size (default 512)
+//!   --cores LIST    serve connections from busy-polling reactors pinned to
+//!                   these CPUs (e.g. `1` or `2,3`) instead of threads
+//!   --digests-off   refuse header/data digests
+//!   --incapsule N   in-capsule data accepted on I/O queues, bytes
 
 use bdev::backends::malloc::{MallocBdev, MallocParams};
+use bdev::backends::null::{NullBdev, NullParams};
 use bdev::Bdev;
 use nvme_tcp::target::{SubsystemConfig, Target, TargetConfig};
+use reactor::{IdlePolicy, ReactorConfig, Reactors};
 use std::sync::Arc;
 use std::time::Duration;
 
+const USAGE: &str = "usage: nvmf-target LISTEN_ADDR[,LISTEN_ADDR...] SUBNQN [NAMESPACES] [SIZE_MIB] [SECONDS] \
+                     [--null] [--block-size N] [--cores LIST] [--digests-off] [--incapsule N]";
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: nvmf-target LISTEN_ADDR[,LISTEN_ADDR...] SUBNQN [NAMESPACES] [SIZE_MIB] [SECONDS]";
-    let listeners = args.get(1).ok_or(usage)?.split(',').map(|a| a.parse()).collect::<Result<Vec<_>, _>>()?;
-    let nqn = args.get(2).ok_or(usage)?;
-    let n: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(1);
-    let mib: u64 = args.get(4).map(|s| s.parse()).transpose()?.unwrap_or(64);
-    let secs: Option<u64> = args.get(5).map(|s| s.parse()).transpose()?;
+    let mut pos = Vec::new();
+    let mut null = false;
+    let mut bs = 512u32;
+    let mut cores: Option<Vec<usize>> = None;
+    let mut digests = true;
+    let mut incapsule: Option<u32> = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--null" => null = true,
+            "--digests-off" => digests = false,
+            "--block-size" => bs = args.next().ok_or(USAGE)?.parse()?,
+            "--incapsule" => incapsule = Some(args.next().ok_or(USAGE)?.parse()?),
+            "--cores" => {
+                cores = Some(args.next().ok_or(USAGE)?.split(',').map(str::parse).collect::<Result<_, _>>()?);
+            }
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return Ok(());
+            }
+            _ => pos.push(a),
+        }
+    }
+    let listeners = pos.first().ok_or(USAGE)?.split(',').map(|a| a.parse()).collect::<Result<Vec<_>, _>>()?;
+    let nqn = pos.get(1).ok_or(USAGE)?;
+    let n: usize = pos.get(2).map(|s| s.parse()).transpose()?.unwrap_or(1);
+    let mib: u64 = pos.get(3).map(|s| s.parse()).transpose()?.unwrap_or(64);
+    let secs: Option<u64> = pos.get(4).map(|s| s.parse()).transpose()?;
+    let blocks = mib * (1 << 20) / u64::from(bs);
     let mut ns: Vec<Arc<dyn Bdev>> = Vec::new();
     for i in 0..n {
-        let p = MallocParams { name: format!("malloc{i}"), num_blocks: mib * 2048, block_size: 512 };
-        ns.push(Arc::new(MallocBdev::new(p)?));
+        if null {
+            let p = NullParams { name: format!("null{i}"), num_blocks: blocks, block_size: bs, zero_reads: false };
+            ns.push(Arc::new(NullBdev::new(p)?));
+        } else {
+            let p = MallocParams { name: format!("malloc{i}"), num_blocks: blocks, block_size: bs };
+            ns.push(Arc::new(MallocBdev::new(p)?));
+        }
     }
-    let t = Target::start(TargetConfig::new(listeners, vec![SubsystemConfig::new(nqn, ns)]))?;
+    let mut cfg = TargetConfig::new(listeners, vec![SubsystemConfig::new(nqn, ns)]);
+    cfg.allow_digests = digests;
+    if let Some(n) = incapsule {
+        cfg.incapsule = n;
+    }
+    let mut reactors = None;
+    let t = match cores {
+        Some(cores) => {
+            let r = Reactors::start(&ReactorConfig { cores, pin: true, idle: IdlePolicy::AlwaysPoll })?;
+            let t = Target::start_on(cfg, r.handles())?;
+            reactors = Some(r);
+            t
+        }
+        None => Target::start(cfg)?,
+    };
     println!("listening on {:?} subsystem {nqn}", t.addrs());
     match secs {
         Some(s) => std::thread::sleep(Duration::from_secs(s)),
@@ -31,5 +83,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
     }
     t.stop();
+    drop(reactors);
     Ok(())
 }

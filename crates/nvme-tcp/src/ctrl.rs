@@ -10,7 +10,7 @@
 
 #![forbid(unsafe_code)]
 
-use crate::pdu::{DataPdu, Fes, IcResp, Pdu, Role, RxConfig, TxConfig};
+use crate::pdu::{DataPdu, Fes, IcResp, Pdu, Role, RxConfig, TermReq, TxConfig};
 use crate::recv::{DataSink, PlacementError, RecvError, StagedReceiver};
 use crate::tx::{DataRef, Release, TxData, TxError, TxQueue};
 use nvme_spec::command::opcode;
@@ -156,9 +156,43 @@ struct Slot {
     cid: u16,
     len: u32,
     received: u32,
+    /// Write data arrived with a data digest error.
+    data_error: bool,
 }
 
-const FREE: Slot = Slot { state: SlotState::Free, cid: 0, len: 0, received: 0 };
+const FREE: Slot = Slot { state: SlotState::Free, cid: 0, len: 0, received: 0, data_error: false };
+
+/// The status of a command whose data was corrupted on the wire.
+fn transport_error() -> Status {
+    use nvme_spec::status::{GenericStatus, StatusCode};
+    Status::new(StatusCode::Generic(GenericStatus::TransientTransportError), false)
+}
+
+/// Command IDs of the commands a queue holds (a bitmap over all 65536).
+#[derive(Debug)]
+struct CidSet(Box<[u64]>);
+
+impl CidSet {
+    fn new() -> Self {
+        Self(vec![0; 1024].into_boxed_slice())
+    }
+
+    fn contains(&self, cid: u16) -> bool {
+        self.0.get(usize::from(cid >> 6)).is_some_and(|w| w & (1 << (cid & 63)) != 0)
+    }
+
+    fn insert(&mut self, cid: u16) {
+        if let Some(w) = self.0.get_mut(usize::from(cid >> 6)) {
+            *w |= 1 << (cid & 63);
+        }
+    }
+
+    fn remove(&mut self, cid: u16) {
+        if let Some(w) = self.0.get_mut(usize::from(cid >> 6)) {
+            *w &= !(1 << (cid & 63));
+        }
+    }
+}
 
 /// One controller queue pair.
 #[derive(Debug)]
@@ -166,18 +200,22 @@ pub struct CtrlQueue {
     cfg: CtrlConfig,
     ready: bool,
     failed: bool,
+    /// A termination request is queued after a fatal error.
+    terminating: bool,
     success_flag: bool,
     rx: StagedReceiver,
     tx: TxQueue,
     slots: Box<[Slot]>,
     tx_refs: Box<[u32]>,
     free: Vec<u16>,
+    cids: CidSet,
     capsule_slot: Option<u16>,
 }
 
 struct Sink<'a> {
     slots: &'a mut [Slot],
     free: &'a mut Vec<u16>,
+    cids: &'a mut CidSet,
     capsule_slot: &'a mut Option<u16>,
     bufs: &'a mut dyn CtrlBuffers,
 }
@@ -190,12 +228,14 @@ impl DataSink for Sink<'_> {
                 let slot = match *self.capsule_slot {
                     Some(s) => s,
                     None => {
-                        if self.slots.iter().any(|s| s.state != SlotState::Free && s.cid == cid) {
+                        if self.cids.contains(cid) {
                             return Err(PlacementError::UnknownCommand(cid));
                         }
                         let s = self.free.pop().ok_or(PlacementError::UnknownCommand(cid))?;
+                        self.cids.insert(cid);
                         if let Some(sl) = self.slots.get_mut(usize::from(s)) {
-                            *sl = Slot { state: SlotState::Capsule, cid, len: *data_len, received: 0 };
+                            *sl =
+                                Slot { state: SlotState::Capsule, cid, len: *data_len, received: 0, data_error: false };
                         }
                         *self.capsule_slot = Some(s);
                         s
@@ -248,10 +288,12 @@ impl CtrlQueue {
             cfg,
             ready: false,
             failed: false,
+            terminating: false,
             success_flag: false,
             slots: vec![FREE; usize::from(depth)].into_boxed_slice(),
             tx_refs: vec![0; usize::from(depth)].into_boxed_slice(),
             free: (0..depth).rev().collect(),
+            cids: CidSet::new(),
             capsule_slot: None,
         }
     }
@@ -298,21 +340,21 @@ impl CtrlQueue {
         let mut used = 0;
         while used < input.len() {
             let r = {
-                let Self { rx, slots, free, capsule_slot, .. } = self;
-                let mut sink = Sink { slots, free, capsule_slot, bufs };
+                let Self { rx, slots, free, cids, capsule_slot, .. } = self;
+                let mut sink = Sink { slots, free, cids, capsule_slot, bufs };
                 rx.inner_mut().feed(input.get(used..).unwrap_or(&[]), &mut sink)
             };
             match r {
                 Ok((n, p)) => {
                     used += n;
                     if let Some(p) = p {
-                        self.handle(p, ev).inspect_err(|_| self.failed = true)?;
+                        let bad = self.rx.inner_mut().take_digest_error().is_some();
+                        if let Err(e) = self.handle(p, bad, ev) {
+                            return Err(self.fail(e));
+                        }
                     }
                 }
-                Err(e) => {
-                    self.failed = true;
-                    return Err(e.into());
-                }
+                Err(e) => return Err(self.fail(e.into())),
             }
         }
         Ok(())
@@ -331,22 +373,66 @@ impl CtrlQueue {
         let mut count = 0;
         loop {
             let res = {
-                let Self { rx, slots, free, capsule_slot, .. } = self;
-                let mut sink = Sink { slots, free, capsule_slot, bufs };
+                let Self { rx, slots, free, cids, capsule_slot, .. } = self;
+                let mut sink = Sink { slots, free, cids, capsule_slot, bufs };
                 rx.poll(r, &mut sink)
             };
             match res {
                 Ok(Some(p)) => {
                     count += 1;
-                    self.handle(p, ev).inspect_err(|_| self.failed = true)?;
+                    let bad = self.rx.inner_mut().take_digest_error().is_some();
+                    if let Err(e) = self.handle(p, bad, ev) {
+                        return Err(self.fail(e));
+                    }
                 }
                 Ok(None) => return Ok(count),
-                Err(e) => {
-                    self.failed = true;
-                    return Err(e.into());
-                }
+                Err(e) => return Err(self.fail(e.into())),
             }
         }
+    }
+
+    /// Marks the queue failed after `e`; for errors in what the host sent,
+    /// queues a termination request (C2HTermReq) naming the error and
+    /// carrying the offending header, to be written with
+    /// [`CtrlQueue::transmit_termination`].
+    fn fail(&mut self, e: CtrlError) -> CtrlError {
+        self.failed = true;
+        let term = match &e {
+            CtrlError::Recv(RecvError::Pdu(p)) => Some(p.term_req()),
+            CtrlError::Recv(RecvError::Placement(p)) => Some(p.term_req()),
+            CtrlError::Protocol { .. } => Some(TermReq { fes: Fes::SequenceError, fei: 0 }),
+            _ => None,
+        };
+        if let Some(t) = term {
+            if let Ok(h) = crate::pdu::encode_term_req(Role::Controller, t, self.rx.inner().partial_header()) {
+                self.tx.terminate(h);
+                self.terminating = true;
+            }
+        }
+        e
+    }
+
+    /// Whether a termination request is waiting to be written.
+    pub fn is_terminating(&self) -> bool {
+        self.terminating
+    }
+
+    /// After a fatal error: writes what is left of a partly sent PDU and
+    /// the termination request. Returns true once all is written (or there
+    /// is nothing to write); the caller then closes the connection.
+    pub fn transmit_termination<W: Write + ?Sized>(
+        &mut self,
+        w: &mut W,
+        bufs: &dyn CtrlBuffers,
+    ) -> Result<bool, CtrlError> {
+        if !self.terminating {
+            return Ok(true);
+        }
+        self.tx.write_to(w, &Src(bufs), &mut |_| {})?;
+        if self.tx.is_empty() {
+            self.terminating = false;
+        }
+        Ok(!self.terminating)
     }
 
     /// Writes queued PDUs until `w` would block; `released(slot)` is called
@@ -360,7 +446,7 @@ impl CtrlQueue {
         if self.failed {
             return Err(CtrlError::Failed);
         }
-        let Self { tx, tx_refs, slots, free, .. } = self;
+        let Self { tx, tx_refs, slots, free, cids, .. } = self;
         let r = tx.write_to(w, &Src(bufs), &mut |r| {
             let k = usize::from(r.key);
             if let Some(c) = tx_refs.get_mut(k) {
@@ -368,6 +454,7 @@ impl CtrlQueue {
                 let done = *c == 0;
                 if let Some(s) = slots.get_mut(k).filter(|s| s.state == SlotState::Sending) {
                     if done {
+                        cids.remove(s.cid);
                         *s = FREE;
                         free.push(r.key);
                         released(r.key);
@@ -443,9 +530,11 @@ impl CtrlQueue {
     /// can release their buffers.
     pub fn shutdown(&mut self, released: &mut dyn FnMut(u16)) {
         self.failed = true;
+        self.terminating = false;
         self.tx = TxQueue::new(0);
         for (i, s) in self.slots.iter_mut().enumerate() {
             if s.state != SlotState::Free {
+                self.cids.remove(s.cid);
                 *s = FREE;
                 self.free.push(i as u16);
                 released(i as u16);
@@ -457,7 +546,9 @@ impl CtrlQueue {
         CtrlError::Protocol { what, cid }
     }
 
-    fn handle(&mut self, pdu: Pdu, ev: &mut dyn FnMut(CtrlEvent)) -> Result<(), CtrlError> {
+    /// Handles one received PDU; `bad_data` tells that its data failed
+    /// the data digest check.
+    fn handle(&mut self, pdu: Pdu, bad_data: bool, ev: &mut dyn FnMut(CtrlEvent)) -> Result<(), CtrlError> {
         if let Pdu::H2CTermReq(t) = pdu {
             return Err(CtrlError::TermReq { fes: t.fes, fei: t.fei });
         }
@@ -485,7 +576,7 @@ impl CtrlQueue {
             return Ok(());
         }
         match pdu {
-            Pdu::CapsuleCmd { sqe, data_len } => self.on_capsule(sqe, data_len, ev),
+            Pdu::CapsuleCmd { sqe, data_len } => self.on_capsule(sqe, data_len, bad_data, ev),
             Pdu::H2CData(d) => {
                 let s = self
                     .slots
@@ -496,8 +587,13 @@ impl CtrlQueue {
                     return Err(Self::protocol("empty h2c data", d.cccid));
                 }
                 s.received += d.length;
+                s.data_error |= bad_data;
                 if s.received == s.len {
                     s.state = SlotState::Executing;
+                    if s.data_error {
+                        // Corrupt write data: the command is not run.
+                        return self.complete(d.ttag, Cqe::new(0, transport_error()), 0);
+                    }
                     ev(CtrlEvent::DataReady { slot: d.ttag });
                 }
                 Ok(())
@@ -507,15 +603,23 @@ impl CtrlQueue {
         }
     }
 
-    fn on_capsule(&mut self, sqe: Sqe, data_len: u32, ev: &mut dyn FnMut(CtrlEvent)) -> Result<(), CtrlError> {
+    fn on_capsule(
+        &mut self,
+        sqe: Sqe,
+        data_len: u32,
+        bad_data: bool,
+        ev: &mut dyn FnMut(CtrlEvent),
+    ) -> Result<(), CtrlError> {
         let cid = sqe.cid();
         let slot = match self.capsule_slot.take() {
             Some(s) => s,
             None => {
-                if self.slots.iter().any(|s| s.state != SlotState::Free && s.cid == cid) {
+                if self.cids.contains(cid) {
                     return Err(Self::protocol("command id in use", cid));
                 }
-                self.free.pop().ok_or(Self::protocol("more commands than the queue depth", cid))?
+                let s = self.free.pop().ok_or(Self::protocol("more commands than the queue depth", cid))?;
+                self.cids.insert(cid);
+                s
             }
         };
         let data = if data_len > 0 {
@@ -553,7 +657,11 @@ impl CtrlQueue {
             CmdData::None | CmdData::BadSgl => (SlotState::Executing, 0),
         };
         if let Some(s) = self.slots.get_mut(usize::from(slot)) {
-            *s = Slot { state, cid, len, received: 0 };
+            *s = Slot { state, cid, len, received: 0, data_error: false };
+        }
+        if bad_data {
+            // Corrupt in-capsule data: the command is not run.
+            return self.complete(slot, Cqe::new(0, transport_error()), 0);
         }
         ev(CtrlEvent::Command { slot, sqe, data });
         Ok(())

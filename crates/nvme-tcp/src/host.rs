@@ -13,7 +13,7 @@
 
 #![forbid(unsafe_code)]
 
-use crate::pdu::{DataPdu, Fes, IcReq, Pdu, Role, RxConfig, TxConfig};
+use crate::pdu::{DataPdu, Fes, IcReq, Pdu, Role, RxConfig, TermReq, TxConfig};
 use crate::recv::{DataSink, PlacementError, RecvError, StagedReceiver};
 use crate::tx::{DataRef, Release, TxData, TxError, TxQueue};
 use nvme_spec::status::Status;
@@ -150,9 +150,17 @@ struct Slot {
     dir: DataDir,
     incapsule: u32,
     received: u32,
+    /// Read data arrived with a data digest error.
+    data_error: bool,
 }
 
-const IDLE: Slot = Slot { active: false, tag: 0, dir: DataDir::None, incapsule: 0, received: 0 };
+const IDLE: Slot = Slot { active: false, tag: 0, dir: DataDir::None, incapsule: 0, received: 0, data_error: false };
+
+/// The status of a command whose data was corrupted on the wire.
+fn transport_error() -> Status {
+    use nvme_spec::status::{GenericStatus, StatusCode};
+    Status::new(StatusCode::Generic(GenericStatus::TransientTransportError), false)
+}
 
 /// Per-command counts the transmit path updates.
 #[derive(Clone, Copy, Debug, Default)]
@@ -169,6 +177,8 @@ pub struct HostQueue {
     cfg: HostConfig,
     neg: Option<Negotiated>,
     failed: bool,
+    /// A termination request is queued after a fatal error.
+    terminating: bool,
     rx: StagedReceiver,
     tx: TxQueue,
     slots: Box<[Slot]>,
@@ -234,6 +244,7 @@ impl HostQueue {
             cfg,
             neg: None,
             failed,
+            terminating: false,
             tx,
             slots: vec![IDLE; usize::from(depth)].into_boxed_slice(),
             counts: vec![Counts::default(); usize::from(depth)].into_boxed_slice(),
@@ -311,7 +322,7 @@ impl HostQueue {
             return Err(SubmitError::Failed);
         }
         if let Some(s) = self.slots.get_mut(usize::from(cid)) {
-            *s = Slot { active: true, tag, dir, incapsule, received: 0 };
+            *s = Slot { active: true, tag, dir, incapsule, received: 0, data_error: false };
         }
         if let Some(c) = self.counts.get_mut(usize::from(cid)) {
             *c = Counts { tx_refs: u32::from(incapsule > 0), r2t_active: 0 };
@@ -366,13 +377,13 @@ impl HostQueue {
                 Ok((n, p)) => {
                     used += n;
                     if let Some(p) = p {
-                        self.handle(p, done).inspect_err(|_| self.failed = true)?;
+                        let bad = self.rx.inner_mut().take_digest_error().is_some();
+                        if let Err(e) = self.handle(p, bad, done) {
+                            return Err(self.fail(e));
+                        }
                     }
                 }
-                Err(e) => {
-                    self.failed = true;
-                    return Err(e.into());
-                }
+                Err(e) => return Err(self.fail(e.into())),
             }
         }
         Ok(())
@@ -400,21 +411,68 @@ impl HostQueue {
             match res {
                 Ok(Some(p)) => {
                     count += 1;
-                    self.handle(p, done).inspect_err(|_| self.failed = true)?;
+                    let bad = self.rx.inner_mut().take_digest_error().is_some();
+                    if let Err(e) = self.handle(p, bad, done) {
+                        return Err(self.fail(e));
+                    }
                 }
                 Ok(None) => return Ok(count),
-                Err(e) => {
-                    self.failed = true;
-                    return Err(e.into());
-                }
+                Err(e) => return Err(self.fail(e.into())),
             }
         }
+    }
+
+    /// Marks the queue failed after `e`; for errors in what the controller
+    /// sent, queues a termination request (H2CTermReq) naming the error
+    /// and carrying the offending header, to be written with
+    /// [`HostQueue::transmit_termination`].
+    fn fail(&mut self, e: HostError) -> HostError {
+        self.failed = true;
+        let term = match &e {
+            HostError::Recv(RecvError::Pdu(p)) => Some(p.term_req()),
+            HostError::Recv(RecvError::Placement(p)) => Some(p.term_req()),
+            HostError::Protocol { .. } => Some(TermReq { fes: Fes::SequenceError, fei: 0 }),
+            _ => None,
+        };
+        if let Some(t) = term {
+            if let Ok(h) = crate::pdu::encode_term_req(Role::Host, t, self.rx.inner().partial_header()) {
+                self.tx.terminate(h);
+                self.terminating = true;
+            }
+        }
+        e
+    }
+
+    /// Whether a termination request is waiting to be written.
+    pub fn is_terminating(&self) -> bool {
+        self.terminating
+    }
+
+    /// After a fatal error: writes what is left of a partly sent PDU and
+    /// the termination request. Returns true once all is written (or
+    /// there is nothing to write); the caller then closes the connection.
+    pub fn transmit_termination<W: Write + ?Sized>(
+        &mut self,
+        w: &mut W,
+        bufs: &dyn HostBuffers,
+    ) -> Result<bool, HostError> {
+        if !self.terminating {
+            return Ok(true);
+        }
+        let Self { tx, slots, .. } = self;
+        let src = Src { slots: &slots[..], bufs };
+        tx.write_to(w, &src, &mut |_| {})?;
+        if tx.is_empty() {
+            self.terminating = false;
+        }
+        Ok(!self.terminating)
     }
 
     /// Fails the queue and ends every outstanding command: `aborted(tag)`
     /// is called for each (the caller reports a path error).
     pub fn fail_all(&mut self, aborted: &mut dyn FnMut(u64)) {
         self.failed = true;
+        self.terminating = false;
         self.tx = TxQueue::new(0);
         for (i, s) in self.slots.iter_mut().enumerate() {
             if s.active {
@@ -430,7 +488,9 @@ impl HostQueue {
         HostError::Protocol { what, cid }
     }
 
-    fn handle(&mut self, pdu: Pdu, done: &mut dyn FnMut(u64, Cqe)) -> Result<(), HostError> {
+    /// Handles one received PDU; `bad_data` tells that its data failed
+    /// the data digest check.
+    fn handle(&mut self, pdu: Pdu, bad_data: bool, done: &mut dyn FnMut(u64, Cqe)) -> Result<(), HostError> {
         if let Pdu::C2HTermReq(t) = pdu {
             return Err(HostError::TermReq { fes: t.fes, fei: t.fei });
         }
@@ -461,6 +521,8 @@ impl HostQueue {
                 if self.counts.get(usize::from(cid)).is_some_and(|c| c.tx_refs > 0) {
                     return Err(Self::protocol("response before data was sent", cid));
                 }
+                let corrupt = self.slots.get(usize::from(cid)).is_some_and(|s| s.data_error);
+                let cqe = if corrupt && cqe.status().is_success() { Cqe::new(cid, transport_error()) } else { cqe };
                 self.finish(cid, cqe, done);
                 Ok(())
             }
@@ -471,6 +533,7 @@ impl HostQueue {
                 }
                 if let Some(s) = self.slots.get_mut(usize::from(d.cccid)) {
                     s.received += d.length;
+                    s.data_error |= bad_data;
                 }
                 if d.success {
                     if !d.last {
@@ -482,7 +545,8 @@ impl HostQueue {
                     if slot.received + d.length != len {
                         return Err(Self::protocol("success before all data", d.cccid));
                     }
-                    self.finish(d.cccid, Cqe::new(d.cccid, Status::SUCCESS), done);
+                    let st = if slot.data_error || bad_data { transport_error() } else { Status::SUCCESS };
+                    self.finish(d.cccid, Cqe::new(d.cccid, st), done);
                 }
                 Ok(())
             }

@@ -13,10 +13,16 @@
 //! * [`initiator`]: connections, controller bring-up, Keep Alive,
 //!   Discovery, I/O queue connects.
 //! * [`nvmf`]: the `nvmf` bdev backend: one bdev per namespace
-//!   (`<name>n<nsid>`), one I/O queue per reactor channel, reconnects,
-//!   ANA state.
+//!   (`<name>n<nsid>`), one I/O queue per reactor channel driven from the
+//!   channel's `poll()`, IO timeouts with Abort, reconnects with
+//!   exponential backoff, ANA state.
 //! * [`target`]: exports bdevs as namespaces of NVM subsystems, with
-//!   discovery and allowed hosts, served by poll groups.
+//!   discovery, allowed hosts and ANA per listener, served by poll groups
+//!   on threads of their own or as pollers on reactors.
+//!
+//! Fatal protocol errors end a connection with a termination request
+//! naming the error; data digest errors fail only the command concerned
+//! (transient transport error).
 //!
 //! All code is safe Rust except the private `dma` module, which turns IO
 //! buffer segments (raw `IoVec`s under the bdev buffer contract) into

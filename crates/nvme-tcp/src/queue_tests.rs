@@ -208,3 +208,136 @@ fn ctrl_checks() {
     assert!(matches!(q.request_data(slot), Err(CtrlError::BadSlot(_))));
     assert!(matches!(q.complete(slot, Cqe::new(0, Status::SUCCESS), 0), Err(CtrlError::BadSlot(_))));
 }
+
+fn digest_pdu(p: Pdu, data: &[u8]) -> Vec<u8> {
+    to_vec(&p, data, &TxConfig { hdgst: true, ddgst: true, align: 4 }).expect("encode")
+}
+
+/// A host queue that negotiated header and data digests.
+fn host_digests() -> (HostQueue, NoBufs) {
+    let mut q = HostQueue::new(HostConfig { depth: 4, hdgst: true, ddgst: true, ..HostConfig::default() });
+    let mut b = NoBufs(vec![0; 8192]);
+    q.transmit(&mut Vec::new(), &b).expect("icreq");
+    let r = pdu(Pdu::IcResp(IcResp { pfv: 0, cpda: 0, hdgst: true, ddgst: true, maxh2cdata: 8192 }), &[]);
+    q.receive(&r, &mut b, &mut |_, _| {}).expect("icresp");
+    (q, b)
+}
+
+#[test]
+fn host_header_digest_error_sends_termination_request() {
+    let (mut q, mut b) = host_digests();
+    let cid = q.submit(read_sqe(), DataDir::FromController(512), 1).expect("submit");
+    q.transmit(&mut Vec::new(), &b).expect("capsule");
+    let mut wire = digest_pdu(Pdu::CapsuleResp { cqe: Cqe::new(cid, Status::SUCCESS) }, &[]);
+    wire[12] ^= 1;
+    let e = q.receive(&wire, &mut b, &mut |_, _| {});
+    assert!(matches!(e, Err(HostError::Recv(RecvError::Pdu(crate::pdu::PduError::HeaderDigest { .. })))));
+    assert!(q.is_terminating());
+    let mut out = Vec::new();
+    assert!(q.transmit_termination(&mut out, &b).expect("written"));
+    let rx = crate::pdu::RxConfig {
+        role: crate::pdu::Role::Controller,
+        hdgst: false,
+        ddgst: false,
+        align: 4,
+        max_data: 0,
+        max_incapsule: 0,
+    };
+    let (p, data, n) = crate::pdu::parse_pdu(&out, &rx).expect("a termination request");
+    assert_eq!(n, out.len());
+    let Pdu::H2CTermReq(t) = p else { panic!("expected H2CTermReq, got {p:?}") };
+    assert_eq!(t.fes, crate::pdu::Fes::HeaderDigest);
+    // The offending header (with its digest) is carried back.
+    assert_eq!(data, &wire[..28]);
+}
+
+#[test]
+fn host_data_digest_error_fails_only_the_command() {
+    let (mut q, mut b) = host_digests();
+    let c1 = q.submit(read_sqe(), DataDir::FromController(512), 1).expect("submit");
+    let c2 = q.submit(read_sqe(), DataDir::FromController(512), 2).expect("submit");
+    let mut wire = digest_pdu(
+        Pdu::C2HData(DataPdu { cccid: c1, ttag: 0, offset: 0, length: 512, last: true, success: true }),
+        &[3; 512],
+    );
+    wire[100] ^= 4;
+    wire.extend(digest_pdu(
+        Pdu::C2HData(DataPdu { cccid: c2, ttag: 0, offset: 0, length: 512, last: true, success: false }),
+        &[3; 512],
+    ));
+    wire.extend(digest_pdu(Pdu::CapsuleResp { cqe: Cqe::new(c2, Status::SUCCESS) }, &[]));
+    let mut done = vec![];
+    q.receive(&wire, &mut b, &mut |t, c| done.push((t, c.status()))).expect("not fatal");
+    assert_eq!(done.len(), 2);
+    assert_eq!(done[0].0, 1);
+    assert!(done[0].1.is_path_error(), "corrupt data: transient transport error, got {:?}", done[0].1);
+    assert_eq!(done[1], (2, Status::SUCCESS));
+    assert!(!q.is_terminating());
+    // Data digest error followed by a successful response capsule: the
+    // response's success is overridden.
+    let c3 = q.submit(read_sqe(), DataDir::FromController(512), 3).expect("submit");
+    let mut wire = digest_pdu(
+        Pdu::C2HData(DataPdu { cccid: c3, ttag: 0, offset: 0, length: 512, last: true, success: false }),
+        &[3; 512],
+    );
+    wire[200] ^= 4;
+    wire.extend(digest_pdu(Pdu::CapsuleResp { cqe: Cqe::new(c3, Status::SUCCESS) }, &[]));
+    let mut done = vec![];
+    q.receive(&wire, &mut b, &mut |t, c| done.push((t, c.status()))).expect("not fatal");
+    assert!(done.len() == 1 && done[0].0 == 3 && !done[0].1.is_success());
+}
+
+#[test]
+fn ctrl_data_digest_error_completes_without_running() {
+    let mut q = CtrlQueue::new(CtrlConfig { depth: 2, ..CtrlConfig::default() });
+    let mut b = NoBufs(vec![]);
+    let icreq = pdu(Pdu::IcReq(IcReq { pfv: 0, hpda: 0, hdgst: true, ddgst: true, maxr2t: 0 }), &[]);
+    q.receive(&icreq, &mut b, &mut |_| {}).expect("icreq");
+    q.transmit(&mut Vec::new(), &b, &mut |_| {}).expect("icresp");
+    let mut sqe = write_sqe();
+    sqe.set_cid(9);
+    sqe.set_data_pointer(nvme_spec::DataPointer::Sgl(nvme_spec::SglDescriptor::in_capsule(0, 512)));
+    let mut wire = digest_pdu(Pdu::CapsuleCmd { sqe, data_len: 512 }, &[1; 512]);
+    wire[80] ^= 2;
+    let mut evs = vec![];
+    q.receive(&wire, &mut b, &mut |e| evs.push(e)).expect("not fatal");
+    assert!(evs.is_empty(), "the command must not run: {evs:?}");
+    let mut out = Vec::new();
+    let mut released = vec![];
+    q.transmit(&mut out, &b, &mut |s| released.push(s)).expect("response");
+    let rx = crate::pdu::RxConfig {
+        role: crate::pdu::Role::Host,
+        hdgst: true,
+        ddgst: true,
+        align: 4,
+        max_data: 1 << 20,
+        max_incapsule: 0,
+    };
+    let (p, _, _) = crate::pdu::parse_pdu(&out, &rx).expect("response");
+    let Pdu::CapsuleResp { cqe } = p else { panic!("expected a response, got {p:?}") };
+    assert_eq!(cqe.cid.get(), 9);
+    assert!(cqe.status().is_path_error());
+    assert_eq!(released.len(), 1);
+}
+
+#[test]
+fn ctrl_placement_error_sends_termination_request() {
+    let (mut q, mut b) = ctrl();
+    let h2c =
+        pdu(Pdu::H2CData(DataPdu { cccid: 1, ttag: 1, offset: 0, length: 16, last: true, success: false }), &[0; 16]);
+    assert!(q.receive(&h2c, &mut b, &mut |_| {}).is_err());
+    let mut out = Vec::new();
+    assert!(q.transmit_termination(&mut out, &b).expect("written"));
+    let rx = crate::pdu::RxConfig {
+        role: crate::pdu::Role::Host,
+        hdgst: false,
+        ddgst: false,
+        align: 4,
+        max_data: 0,
+        max_incapsule: 0,
+    };
+    let (p, data, _) = crate::pdu::parse_pdu(&out, &rx).expect("termination request");
+    let Pdu::C2HTermReq(t) = p else { panic!("expected C2HTermReq, got {p:?}") };
+    assert_eq!((t.fes, t.fei), (crate::pdu::Fes::InvalidHeaderField, 10));
+    assert_eq!(data, &h2c[..24]);
+}

@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 
 /// Most slices handed to one vectored write.
-const MAX_SLICES: usize = 64;
+const MAX_SLICES: usize = 256;
 
 /// Source of outgoing data.
 pub trait TxData {
@@ -123,6 +123,19 @@ impl TxQueue {
     /// Queues an already encoded header region (e.g. a termination request).
     pub fn push_encoded(&mut self, hdr: EncodedHeader, data: Option<DataRef>, release: Option<Release>) {
         self.q.push_back(Entry { hdr, data, ddgst: [0; 4], started: false, sent: 0, release });
+    }
+
+    /// Replaces what is queued by a termination request: PDUs not written
+    /// at all are dropped (without release notices), a PDU partly written
+    /// stays first so the stream remains well framed, and `term` follows.
+    pub fn terminate(&mut self, term: EncodedHeader) {
+        let partial = self.q.pop_front().filter(|e| e.sent > 0);
+        self.q.clear();
+        if let Some(mut e) = partial {
+            e.release = None;
+            self.q.push_back(e);
+        }
+        self.push_encoded(term, None, None);
     }
 
     /// Drops queued PDUs of command `key` that have not started; returns

@@ -324,3 +324,68 @@ fn reconnects_after_target_restart() {
     c.detach();
     target.stop();
 }
+
+#[test]
+fn target_on_reactors() {
+    use reactor::{IdlePolicy, ReactorConfig, Reactors};
+    let ns = malloc("rx0", 8192, 512);
+    let idle = IdlePolicy::Adaptive { spin: Duration::from_millis(20), max_sleep: Duration::from_millis(1) };
+    let mut reactors = Reactors::start(&ReactorConfig { cores: vec![0, 1], pin: false, idle }).expect("reactors");
+    let cfg = TargetConfig::new(vec![any_port()], vec![SubsystemConfig::new(NQN, vec![ns.clone()])]);
+    let target = Target::start_on(cfg, reactors.handles()).expect("target on reactors");
+    let mut o = opts(target.addrs()[0], NQN);
+    o.fast_io_fail_timeout = Duration::ZERO;
+    o.reconnect_delay = Duration::from_secs(30);
+    let c = NvmfController::connect("re", o).expect("connect");
+    let b: Arc<dyn Bdev> = c.bdevs().remove(0);
+    // Three I/O queues: connections land on both poll groups.
+    let reg = Registry::new();
+    reg.register(b.clone()).expect("register");
+    let descs: Vec<_> = (0..3).map(|_| reg.open("ren1", true).expect("open")).collect();
+    let mut raw: Vec<BdevChannel> = descs.iter().map(|d| d.channel().expect("channel")).collect();
+    for (i, ch) in raw.iter_mut().enumerate() {
+        let mut w = DmaBuf::alloc(4096).expect("dma");
+        w.as_mut_slice().copy_from_slice(&pattern(4096, 40 + i as u64));
+        let mut r = DmaBuf::zeroed(4096).expect("dma");
+        let lba = i as u64 * 8;
+        for req in [
+            IoRequest::write(lba, 8, IoVecs::single(w.iovec()), 1),
+            IoRequest::read(lba, 8, IoVecs::single(r.iovec()), 2),
+        ] {
+            ch.submit(&req).expect("submit");
+            let mut st = None;
+            let t0 = Instant::now();
+            while st.is_none() {
+                ch.poll(&mut |_, s| st = Some(s));
+                assert!(t0.elapsed() < Duration::from_secs(20), "io hung");
+            }
+            assert_eq!(st, Some(IoStatus::Success));
+        }
+        assert!(w.as_slice() == r.as_slice(), "channel {i}");
+    }
+    // Stopping the target ends its pollers and closes the connections.
+    let t0 = Instant::now();
+    target.stop();
+    assert!(t0.elapsed() < Duration::from_secs(5), "stop took {:?}", t0.elapsed());
+    let mut r = DmaBuf::zeroed(512).expect("dma");
+    let ch = &mut raw[0];
+    let t0 = Instant::now();
+    loop {
+        ch.submit(&IoRequest::read(0, 1, IoVecs::single(r.iovec()), 3)).expect("submit");
+        let mut st = None;
+        while st.is_none() {
+            ch.poll(&mut |_, s| st = Some(s));
+            assert!(t0.elapsed() < Duration::from_secs(20), "io hung after stop");
+        }
+        if st == Some(IoStatus::PathError) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(raw);
+    drop(descs);
+    let _ = reg.unregister("ren1");
+    drop(b);
+    c.detach();
+    reactors.stop();
+}

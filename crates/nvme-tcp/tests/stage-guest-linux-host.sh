@@ -13,8 +13,8 @@ TB=$SHARED/testbed
 PORT=${XB_TGT_PORT:-$((30000 + $$ % 20000))}
 NQN=nqn.2024-01.io.xbdev:linux-host
 cd "$ROOT"
-cargo build -q -p xbdev-nvme-tcp --example nvmf-target
-TGT=${CARGO_TARGET_DIR:-$ROOT/target}/debug/examples/nvmf-target
+cargo build -q --release -p xbdev-nvme-tcp --example nvmf-target
+TGT=${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/nvmf-target
 "$TGT" "127.0.0.1:$PORT" "$NQN" 1 64 &
 TPID=$!
 trap 'kill $TPID 2>/dev/null || true' EXIT

@@ -19,4 +19,4 @@ echo "$info"
 eval "$(echo "$info" | grep -E '^NVMET_(ADDR|PORTS|NQN|NAMESPACES)=' | sed 's/^\(NVMET_[A-Z]*\)=\(.*\)$/export \1="\2"/')"
 export NVMET_SCRIPT="$TB/nvmet-target.sh"
 cd "$ROOT"
-cargo test -p xbdev-nvme-tcp --test linux_target -- --ignored --test-threads 1
+cargo test --release -p xbdev-nvme-tcp --test linux_target -- --ignored --test-threads 1

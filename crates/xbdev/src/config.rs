@@ -125,17 +125,13 @@ pub struct Config {
     pub base_devices: Vec<BaseDevice>,
     /// Multipath devices over base devices (`multipath_devices`).
     pub multipath_devices: Vec<multipath::MultipathParams>,
+    /// Logical volume stores, volumes, snapshots and clones.
+    pub lvol: lvol::module::LvolConfig,
+    /// md-compatible RAID arrays (`raid_devices`).
+    pub raid_devices: Vec<crate::config_stack::RaidEntry>,
 }
 
 /// Sections of the seed's format that later modules implement.
-const LATER_SECTIONS: &[(&str, &str)] = &[
-    ("raid_devices", "the raid module"),
-    ("lvol_stores", "the lvol module"),
-    ("lvol_volumes", "the lvol module"),
-    ("snapshots", "the lvol module"),
-    ("clones", "the lvol module"),
-];
-
 const LATER_METHODS: &[(&str, &str)] = &[("rbd", "the Ceph RBD backend")];
 
 /// The base-device methods this build knows.
@@ -459,18 +455,12 @@ impl Config {
                 cfg.base_devices.push(dev);
             }
         }
+        if let Some(r) = top.get("raid_devices") {
+            cfg.raid_devices = crate::config_stack::parse_raid(r)?;
+        }
+        crate::config_stack::parse_lvol(&mut top, &mut cfg.lvol)?;
         if let Some(m) = top.get("multipath_devices") {
             cfg.multipath_devices = crate::config_stack::parse_multipath(m)?;
-        }
-        for (section, module) in LATER_SECTIONS {
-            if let Some(v) = top.get(section) {
-                if v.as_array().is_some_and(|a| !a.is_empty()) {
-                    return Err(invalid(
-                        section,
-                        format!("section needs {module}, which this build does not include yet"),
-                    ));
-                }
-            }
         }
         top.finish()?;
         Ok(cfg)
@@ -525,4 +515,37 @@ pub(crate) fn save_value(reactor: &ReactorSettings, devices: &[(String, String)]
         top.insert(name.into(), Value::Array(entries));
     }
     Value::Object(top)
+}
+
+/// Add the lvol sections to a saved configuration.
+pub(crate) fn save_lvol(top: &mut Value, c: &lvol::module::LvolConfig) {
+    let Some(top) = top.as_object_mut() else { return };
+    let stores: Vec<Value> = c
+        .lvol_stores
+        .iter()
+        .map(|s| serde_json::json!({"name": s.name, "base_bdev": s.base_bdev, "cluster_size": s.cluster_size}))
+        .collect();
+    let vols: Vec<Value> = c
+        .lvol_volumes
+        .iter()
+        .map(|v| {
+            let mut o = serde_json::json!({"name": v.name, "lvs_name": v.lvs_name, "size_mb": v.size_mb,
+                                           "thin_provision": v.thin_provision});
+            if v.compression_level > 0 {
+                o["compression_level"] = Value::from(v.compression_level);
+            }
+            if let Some(k) = &v.key_ref {
+                o["key_ref"] = Value::from(k.as_str());
+            }
+            o
+        })
+        .collect();
+    let snaps: Vec<Value> =
+        c.snapshots.iter().map(|s| serde_json::json!({"source_vol": s.source_vol, "name": s.name})).collect();
+    let clones: Vec<Value> =
+        c.clones.iter().map(|s| serde_json::json!({"source_snap": s.source_snap, "name": s.name})).collect();
+    top.insert("lvol_stores".into(), Value::Array(stores));
+    top.insert("lvol_volumes".into(), Value::Array(vols));
+    top.insert("snapshots".into(), Value::Array(snaps));
+    top.insert("clones".into(), Value::Array(clones));
 }

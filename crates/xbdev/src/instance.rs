@@ -90,6 +90,8 @@ pub(crate) struct Inner {
     pub id: u64,
     pub registry: Arc<Registry>,
     multipath: Arc<multipath::MultipathModule>,
+    lvol: Arc<lvol::Lvol>,
+    arrays: Mutex<Vec<Arc<raid::array::MdArray>>>,
     reactors: Mutex<Option<Reactors>>,
     pub handles: Vec<ReactorHandle>,
     pub table: Arc<HandleTable>,
@@ -144,8 +146,14 @@ impl Xbdev {
             ..Default::default()
         });
         registry.add_examiner(multipath.clone());
+        // md arrays whose members carry superblocks assemble by themselves.
+        registry.add_examiner(raid::array::MdExaminer::new(&registry));
+        // Logical volume stores found on any bdev load by themselves.
+        let lvol = lvol::Lvol::new(&registry);
         let inner = Arc::new(Inner {
             id,
+            lvol,
+            arrays: Mutex::new(Vec::new()),
             multipath,
             registry,
             handles: reactors.handles().to_vec(),
@@ -160,6 +168,21 @@ impl Xbdev {
             for d in &cfg.base_devices {
                 xb.create_base_device(d)?;
             }
+            for (i, r) in cfg.raid_devices.iter().enumerate() {
+                if xb.inner.registry.lookup(&r.name).is_some() {
+                    continue; // assembled from its members' superblocks
+                }
+                let members: Vec<&str> = r.base_bdevs.iter().chain(&r.spares).map(String::as_str).collect();
+                let a =
+                    raid::array::md_create(&xb.inner.registry, &r.name, r.level, &members, &r.cfg).map_err(|e| {
+                        crate::config::ConfigError::Invalid {
+                            path: format!("raid_devices[{i}]"),
+                            message: e.to_string(),
+                        }
+                    })?;
+                xb.inner.arrays.lock().unwrap_or_else(|e| e.into_inner()).push(a);
+            }
+            crate::config_stack::apply_lvol(&xb.inner.lvol, &cfg.lvol)?;
             for m in &cfg.multipath_devices {
                 xb.inner.multipath.create(&xb.inner.registry, m.clone())?;
             }
@@ -206,6 +229,17 @@ impl Xbdev {
         &self.inner.multipath
     }
 
+    /// The logical volume module: stores, volumes, snapshots, clones, compression, encryption.
+    pub fn lvol(&self) -> &Arc<lvol::Lvol> {
+        &self.inner.lvol
+    }
+
+    /// md arrays created from the config (arrays assembled from superblocks are in the registry
+    /// too, and reachable with `raid::array` functions).
+    pub fn arrays(&self) -> Vec<Arc<raid::array::MdArray>> {
+        self.inner.arrays.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// The reactors.
     pub fn reactors(&self) -> &[ReactorHandle] {
         &self.inner.handles
@@ -244,7 +278,8 @@ impl Xbdev {
                 Some((info.product.clone(), b.config_params()?))
             })
             .collect();
-        let v = crate::config::save_value(&self.inner.settings, &devs);
+        let mut v = crate::config::save_value(&self.inner.settings, &devs);
+        crate::config::save_lvol(&mut v, &self.inner.lvol.save_config());
         serde_json::to_string_pretty(&v).unwrap_or_default()
     }
 
@@ -252,6 +287,12 @@ impl Xbdev {
     pub fn stop(&self) {
         if self.inner.stopped.swap(true, Ordering::AcqRel) {
             return;
+        }
+        // Arrays stop first: their superblocks are marked clean.
+        for a in self.inner.arrays.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            if let Err(e) = a.stop() {
+                log::warn!("stopping an md array: {e}");
+            }
         }
         let id = self.inner.id;
         let reactors = self.inner.reactors.lock().unwrap_or_else(|e| e.into_inner()).take();

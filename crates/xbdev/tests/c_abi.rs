@@ -8,8 +8,13 @@ fn c_program_uses_the_abi() {
     // target/<profile>/deps/c_abi-xxxx -> target/<profile>/libxbdev.so
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().and_then(|d| d.parent()).unwrap().to_path_buf();
-    let lib = profile_dir.join("libxbdev.so");
-    assert!(lib.exists(), "cdylib not built at {}", lib.display());
+    // `cargo build` puts the cdylib in the profile directory; `cargo test` alone may leave it
+    // only in deps/.
+    let lib_dir = [profile_dir.clone(), profile_dir.join("deps")]
+        .into_iter()
+        .find(|d| d.join("libxbdev.so").exists())
+        .unwrap_or_else(|| panic!("cdylib libxbdev.so not built under {}", profile_dir.display()));
+    let profile_dir = lib_dir;
     let crate_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let out = tempfile::tempdir().unwrap();
     let bin = out.path().join("abi_test");

@@ -12,6 +12,7 @@ use zerocopy::{FromZeros, IntoBytes};
 
 use super::queues::{generic, Cq, Outcome, Sq};
 use super::{lock, Ctl};
+use crate::events::{AEC_ANA_CHANGE, AEC_NS_ATTRIBUTE};
 
 /// Opcode of Doorbell Buffer Config (NVMe 1.3, not in nvme-spec's parser).
 pub const DOORBELL_BUFFER_CONFIG: u8 = 0x7c;
@@ -37,6 +38,9 @@ fn cmd_specific(sc: u8) -> Status {
 }
 
 impl Ctl {
+    /// Asynchronous event request limit, zero-based (Identify AERL).
+    pub(crate) const AERL: u8 = 3;
+
     pub(crate) fn log_error(&self, sqid: u16, cid: u16, status: Status) {
         let mut a = lock(&self.admin);
         a.error_count += 1;
@@ -69,11 +73,17 @@ impl Ctl {
             }
             AdminCommand::DeleteIoSq { qid } => self.delete_sq(qid),
             AdminCommand::DeleteIoCq { qid } => self.delete_cq(qid),
-            AdminCommand::GetLogPage { lid, numd, offset, .. } => self.get_log_page(sqe, lid, numd, offset),
+            AdminCommand::GetLogPage { lid, numd, offset, rae, .. } => {
+                let out = self.get_log_page(sqe, lid, numd, offset);
+                if out.status.is_success() {
+                    self.log_page_read(lid, rae);
+                }
+                out
+            }
             AdminCommand::Abort { sqid, cid } => self.abort(sqid, cid),
             AdminCommand::KeepAlive => Outcome::ok(0),
-            // Never completed while nothing happens (no events are raised).
-            AdminCommand::AsyncEventRequest => Outcome::err(generic(GenericStatus::InvalidOpcode)),
+            // Completed when an event is raised.
+            AdminCommand::AsyncEventRequest => self.async_event_request(sqe.cid()),
         }
     }
 
@@ -111,7 +121,8 @@ impl Ctl {
         }
         id.oacs = oacs.into();
         id.acl = 3;
-        id.aerl = 3;
+        id.aerl = Self::AERL;
+        id.oaes = (AEC_NS_ATTRIBUTE | AEC_ANA_CHANGE).into();
         id.frmw = 0x3; // slot 1 read-only, 1 slot
         id.lpa = 0x2;
         id.elpe = (ERROR_LOG_ENTRIES - 1) as u8;
@@ -120,7 +131,7 @@ impl Ctl {
         id.nn = (self.ns.len() as u32).into();
         id.oncs = (oncs::DATASET_MANAGEMENT | oncs::WRITE_ZEROES).into();
         id.vwc = 1;
-        id.sgls = 0.into();
+        id.sgls = self.sgl_caps().map_or(0, |c| c.to_sgls()).into();
         let _ = id.set_subnqn("nqn.2024-01.dev.xbdev:emu");
         id
     }
@@ -214,6 +225,11 @@ impl Ctl {
             _ => return Outcome::err(generic(GenericStatus::InvalidField)),
         };
         Outcome::ok(*a.features.get(&fid.0).unwrap_or(&default))
+    }
+
+    /// The current value of a feature the host set (None: never set).
+    pub(crate) fn feature(&self, fid: FeatureId) -> Option<u32> {
+        lock(&self.admin).features.get(&fid.0).copied()
     }
 
     fn queue_limit(&self) -> u16 {
@@ -330,6 +346,7 @@ impl Ctl {
                 let mut s = SmartLog::zeroed();
                 s.temperature = 310.into();
                 s.avail_spare = 100;
+                s.critical_warning = lock(&self.aer).critical_warning;
                 s.spare_thresh = 10;
                 s.host_reads = u128::from(a.host_reads).into();
                 s.host_writes = u128::from(a.host_writes).into();
@@ -346,6 +363,8 @@ impl Ctl {
                 v.resize(64 * ERROR_LOG_ENTRIES, 0);
                 v
             }
+            LogPageId::CHANGED_NAMESPACES => self.changed_ns_log(),
+            LogPageId::ANA => self.ana_log(),
             LogPageId::FIRMWARE_SLOT => {
                 let mut f = FirmwareSlotLog::new_zeroed();
                 f.afi = 1;

@@ -5,6 +5,12 @@
 //! accesses" go through a [`SoftIommu`], so the emulated device can only
 //! touch memory the driver mapped, at the IOVAs the driver gave it.
 //!
+//! # Data pointers
+//! PRPs always; SGLs for I/O commands when [`EmuConfig::sgl`] is set (the
+//! default: dword granularity), advertised in Identify SGLS and walked
+//! strictly: malformed descriptors and segments fail with the status the
+//! NVMe base specification gives for them.
+//!
 //! # When commands run
 //! - [`Processing::Inline`] (default): a submission queue tail doorbell write
 //!   processes the new entries synchronously, on the writing thread, before
@@ -26,8 +32,10 @@
 //! nothing is processed any more).
 
 mod admin;
+mod events;
 mod nvm;
 mod queues;
+mod sgl;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -38,8 +46,11 @@ use nvme_spec::Status;
 
 use crate::backing::{DeviceBacking, RegisterIo};
 use crate::dma::{DmaAllocator, MemorySource, SoftIommu};
+use crate::sgl::SglAlignment;
 
 use queues::{Cq, Held, Sq};
+
+pub use events::EmuEvent;
 
 /// One emulated namespace.
 #[derive(Debug, Clone)]
@@ -117,6 +128,11 @@ pub struct EmuConfig {
     pub processing: Processing,
     /// Serial number string.
     pub serial: String,
+    /// SGL support advertised in Identify SGLS (None: PRPs only).
+    pub sgl: Option<SglAlignment>,
+    /// Accept SGLs describing more data than the command transfers (SGLS
+    /// bit 18); without it the data descriptors must add up exactly.
+    pub sgl_excess_length: bool,
 }
 
 impl Default for EmuConfig {
@@ -133,6 +149,8 @@ impl Default for EmuConfig {
             ready_delay_reads: 2,
             processing: Processing::Inline,
             serial: "XBDEVEMU0001".to_string(),
+            sgl: Some(SglAlignment::Dword),
+            sgl_excess_length: false,
         }
     }
 }
@@ -146,6 +164,8 @@ pub struct EmuStats {
     pub commands: u64,
     /// MMIO doorbell writes received.
     pub doorbell_writes: u64,
+    /// I/O commands whose data pointer was an SGL.
+    pub sgl_commands: u64,
 }
 
 /// Which completions a fault applies to.
@@ -222,6 +242,7 @@ pub(crate) struct Ctl {
     pub(crate) sqs: Box<[Mutex<Option<Sq>>]>,
     pub(crate) cqs: Box<[Mutex<Option<Cq>>]>,
     pub(crate) admin: Mutex<admin::AdminState>,
+    pub(crate) aer: Mutex<events::AerState>,
     pub(crate) ns: Box<[NsData]>,
     faults: Mutex<Faults>,
     faults_armed: AtomicBool,
@@ -236,6 +257,7 @@ pub(crate) struct Ctl {
     busy_ns: AtomicU64,
     pub(crate) commands: AtomicU64,
     doorbell_writes: AtomicU64,
+    pub(crate) sgl_commands: AtomicU64,
 }
 
 impl Ctl {
@@ -271,6 +293,7 @@ impl Ctl {
             sqs: (0..nq).map(|_| Mutex::new(None)).collect(),
             cqs: (0..nq).map(|_| Mutex::new(None)).collect(),
             admin: Mutex::new(admin::AdminState::default()),
+            aer: Mutex::new(events::AerState::default()),
             ns,
             faults: Mutex::new(Faults::default()),
             faults_armed: AtomicBool::new(false),
@@ -283,6 +306,7 @@ impl Ctl {
             busy_ns: AtomicU64::new(0),
             commands: AtomicU64::new(0),
             doorbell_writes: AtomicU64::new(0),
+            sgl_commands: AtomicU64::new(0),
             cfg,
         }
     }
@@ -440,6 +464,7 @@ impl Ctl {
         }
         lock(&self.held).clear();
         *lock(&self.admin) = admin::AdminState::default();
+        lock(&self.aer).reset();
         self.dbbuf_shadow.store(0, Ordering::Release);
         self.dbbuf_eventidx.store(0, Ordering::Release);
         for d in self.pending_db.iter() {
@@ -737,6 +762,19 @@ impl EmuHandle {
         self.ctl.removed.store(true, Ordering::Release);
     }
 
+    /// Raise an asynchronous event: a waiting Asynchronous Event Request
+    /// completes with it (or the next one the host sends). False if the
+    /// host has not enabled that event or 16 events are already waiting.
+    pub fn inject_event(&self, event: EmuEvent) -> bool {
+        self.ctl.raise(event)
+    }
+
+    /// (events raised but not reported yet, Asynchronous Event Requests
+    /// waiting for an event).
+    pub fn event_counts(&self) -> (usize, usize) {
+        self.ctl.event_counts()
+    }
+
     /// Release due delayed completions now (Inline mode has no clock).
     pub fn tick(&self) {
         if self.ctl.running() {
@@ -755,6 +793,7 @@ impl EmuHandle {
             busy_ns: self.ctl.busy_ns.load(Ordering::Relaxed),
             commands: self.ctl.commands.load(Ordering::Relaxed),
             doorbell_writes: self.ctl.doorbell_writes.load(Ordering::Relaxed),
+            sgl_commands: self.ctl.sgl_commands.load(Ordering::Relaxed),
         }
     }
 

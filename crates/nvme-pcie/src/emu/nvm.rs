@@ -47,7 +47,7 @@ impl Ctl {
             return Err(generic(GenericStatus::InvalidField));
         }
         let mut segs = Vec::new();
-        self.prp_segments(sqe, len, &mut segs)?;
+        self.data_segments(sqe, len, &mut segs)?;
         let xfer = generic(GenericStatus::DataTransferError);
         let mut pos = start;
         if write {
@@ -73,7 +73,7 @@ impl Ctl {
     fn dsm(&self, sqe: &Sqe, ns: &NsData, nr: u8, ad: bool) -> Result<(), Status> {
         let count = usize::from(nr) + 1;
         let mut segs = Vec::new();
-        self.prp_segments(sqe, count * 16, &mut segs)?;
+        self.data_segments(sqe, count * 16, &mut segs)?;
         let xfer = generic(GenericStatus::DataTransferError);
         let mut raw = vec![0u8; count * 16];
         let mut pos = 0;

@@ -43,7 +43,7 @@ impl Cq {
         Self { base, size, head: 0, tail: 0, phase: true, sqs }
     }
 
-    fn full(&self) -> bool {
+    pub(crate) fn full(&self) -> bool {
         (self.tail + 1) % self.size == self.head
     }
 }
@@ -64,14 +64,20 @@ pub(crate) struct Held {
 pub(crate) struct Outcome {
     pub(crate) status: Status,
     pub(crate) dw0: u32,
+    /// No completion now (an Asynchronous Event Request waiting for an
+    /// event).
+    pub(crate) deferred: bool,
 }
 
 impl Outcome {
     pub(crate) fn ok(dw0: u32) -> Self {
-        Self { status: Status::SUCCESS, dw0 }
+        Self { status: Status::SUCCESS, dw0, deferred: false }
     }
     pub(crate) fn err(status: Status) -> Self {
-        Self { status, dw0: 0 }
+        Self { status, dw0: 0, deferred: false }
+    }
+    pub(crate) fn deferred() -> Self {
+        Self { status: Status::SUCCESS, dw0: 0, deferred: true }
     }
 }
 
@@ -208,6 +214,9 @@ impl Ctl {
             self.commands.fetch_add(1, Ordering::Relaxed);
             let out = if qid == 0 { self.exec_admin(&sqe) } else { self.exec_io(&sqe) };
             let (cid, opc) = (sqe.cid(), sqe.opcode());
+            if out.deferred {
+                continue; // completed when an event comes
+            }
             let fate = self.fate(qid, opc, out.status);
             match fate {
                 Fate::Post(status) => {
@@ -217,6 +226,10 @@ impl Ctl {
                     let mut cg = lock(cq_slot);
                     if let Some(cq) = cg.as_mut() {
                         self.post(cq, qid, cid, sq.head, out.dw0, status);
+                        if qid == 0 {
+                            // A log page read may have unmasked an event.
+                            self.deliver_events(cq, sq.head);
+                        }
                     }
                 }
                 Fate::Lose | Fate::Delay(_) => {
@@ -288,7 +301,8 @@ impl Ctl {
         }
         let (prp1, prp2) = match sqe.data_pointer() {
             Some(DataPointer::Prp { prp1, prp2 }) => (prp1, prp2),
-            // SGLs are not advertised (Identify SGLS = 0).
+            // Admin commands always use PRPs on PCIe; I/O commands with
+            // SGLs go through `data_segments`.
             _ => return Err(generic(GenericStatus::InvalidField)),
         };
         let page = self.page_size();

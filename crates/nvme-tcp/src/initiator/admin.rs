@@ -35,6 +35,9 @@ pub struct AdminQueue {
     timeout: Duration,
 }
 
+/// The tag of the outstanding Asynchronous Event Request.
+const AER_TAG: u64 = 0x4145_5200;
+
 fn check(what: &'static str, cqe: Cqe) -> Result<Cqe, InitError> {
     let status = cqe.status();
     if status.is_success() {
@@ -48,6 +51,11 @@ fn connect_data(opts: &ConnectOpts, subnqn: &str, cntlid: u16) -> Result<Connect
     ConnectData::new(opts.host.id, cntlid, subnqn, &opts.host.nqn).map_err(|e| InitError::Controller(e.to_string()))
 }
 
+/// Connect attribute: SQ flow control disabled (the host never fills the
+/// queue beyond its depth, so it needs no SQ head reports); lets the
+/// controller complete successful reads with the last C2HData PDU.
+const CATTR_DISABLE_SQ_FLOW: u8 = 1 << 2;
+
 /// Sends Fabrics Connect on `conn` and returns the controller ID.
 fn fabrics_connect(
     conn: &mut Connection,
@@ -59,7 +67,8 @@ fn fabrics_connect(
     cntlid: u16,
 ) -> Result<u16, InitError> {
     let data = connect_data(opts, subnqn, cntlid)?;
-    let cmd = FabricsCommand::Connect { recfmt: 0, qid, sqsize, cattr: 0, kato };
+    let cattr = if qid == 0 { 0 } else { CATTR_DISABLE_SQ_FLOW };
+    let cmd = FabricsCommand::Connect { recfmt: 0, qid, sqsize, cattr, kato };
     let cqe = conn.exec(
         Command::Fabrics(cmd).to_sqe(0),
         SyncData::To(zerocopy::IntoBytes::as_bytes(&data)),
@@ -210,6 +219,43 @@ impl AdminQueue {
         )?;
         let got = NumQueues::from_dword(c.dw0.get());
         Ok(got.nsqr.min(got.ncqr).saturating_add(1).min(want.max(1)))
+    }
+
+    /// Enables the asynchronous events in `aen_config` (Set Features
+    /// Asynchronous Event Configuration) and keeps an Asynchronous Event
+    /// Request outstanding; events are collected with
+    /// [`AdminQueue::take_async_events`].
+    pub fn enable_async_events(&mut self, aen_config: u32) -> Result<(), InitError> {
+        let set = AdminCommand::SetFeatures {
+            nsid: 0,
+            fid: FeatureId::ASYNC_EVENT_CONFIG,
+            save: false,
+            cdw11: aen_config,
+            cdw12_15: [0; 4],
+        };
+        self.exec("set features async event configuration", Command::Admin(set), SyncData::None)?;
+        self.conn.submit_async(Command::Admin(AdminCommand::AsyncEventRequest).to_sqe(0), AER_TAG)?;
+        Ok(())
+    }
+
+    /// Polls without blocking and returns completion dword 0 of each
+    /// asynchronous event that arrived (type in bits 2:0, information in
+    /// 15:8, log page in 23:16), re-arming the request after each.
+    pub fn take_async_events(&mut self) -> Result<Vec<u32>, InitError> {
+        let mut events = Vec::new();
+        for (tag, cqe) in self.conn.poll_async()? {
+            if tag != AER_TAG {
+                continue;
+            }
+            if !cqe.status().is_success() {
+                // Refused (e.g. request limit exceeded): not re-armed.
+                log::warn!("asynchronous event request failed: {}", cqe.status());
+                continue;
+            }
+            events.push(cqe.dw0.get());
+            self.conn.submit_async(Command::Admin(AdminCommand::AsyncEventRequest).to_sqe(0), AER_TAG)?;
+        }
+        Ok(events)
     }
 
     /// Keep Alive.

@@ -14,6 +14,9 @@ pub struct Connection {
     stream: TcpStream,
     q: HostQueue,
     peer: SocketAddr,
+    /// Completions of commands submitted with [`Connection::submit_async`]
+    /// not yet taken.
+    async_done: Vec<(u64, Cqe)>,
 }
 
 /// Data of a synchronous command.
@@ -55,7 +58,7 @@ impl Connection {
         let stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| InitError::io("connect", e))?;
         stream.set_nodelay(true).map_err(|e| InitError::io("set TCP_NODELAY", e))?;
         stream.set_nonblocking(true).map_err(|e| InitError::io("set non-blocking", e))?;
-        let mut c = Self { stream, q: HostQueue::new(cfg), peer: addr };
+        let mut c = Self { stream, q: HostQueue::new(cfg), peer: addr, async_done: Vec::new() };
         let deadline = Instant::now() + timeout;
         let mut none = SyncData::None;
         while !c.q.is_ready() {
@@ -96,10 +99,38 @@ impl Connection {
         Ok(n)
     }
 
+    /// Submits a command without data that completes later (e.g. an
+    /// Asynchronous Event Request); its completion is returned by
+    /// [`Connection::poll_async`] with `tag`, which must not be
+    /// [`EXEC_TAG`].
+    pub fn submit_async(&mut self, sqe: Sqe, tag: u64) -> Result<u16, InitError> {
+        if tag == EXEC_TAG {
+            return Err(InitError::Invalid("tag reserved for synchronous commands"));
+        }
+        Ok(self.q.submit(sqe, DataDir::None, tag)?)
+    }
+
+    /// Polls once without blocking and returns the completions of commands
+    /// submitted with [`Connection::submit_async`] (also those that arrived
+    /// while [`Connection::exec`] ran).
+    pub fn poll_async(&mut self) -> Result<Vec<(u64, Cqe)>, InitError> {
+        let mut none = SyncData::None;
+        let mut got = Vec::new();
+        let polled = self.poll(&mut OneBuf { tag: EXEC_TAG, data: &mut none }, &mut |t, c| got.push((t, c)));
+        if let Err(e) = polled {
+            self.flush_termination(&OneBuf { tag: EXEC_TAG, data: &mut none });
+            return Err(e);
+        }
+        let mut out = std::mem::take(&mut self.async_done);
+        out.extend(got);
+        Ok(out)
+    }
+
     /// Runs one command to completion (control path: polls with short
-    /// sleeps). No other command may be outstanding on this connection.
+    /// sleeps). Only commands from [`Connection::submit_async`] may be
+    /// outstanding besides it.
     pub fn exec(&mut self, sqe: Sqe, mut data: SyncData<'_>, timeout: Duration) -> Result<Cqe, InitError> {
-        const TAG: u64 = 0x5359_4e43;
+        const TAG: u64 = EXEC_TAG;
         let dir = match &data {
             SyncData::None => DataDir::None,
             SyncData::To(b) => DataDir::ToController(len32(b.len())?),
@@ -110,11 +141,22 @@ impl Connection {
         let mut result = None;
         loop {
             let mut bufs = OneBuf { tag: TAG, data: &mut data };
-            let n = self.poll(&mut bufs, &mut |tag, cqe| {
+            let mut other = Vec::new();
+            let polled = self.poll(&mut bufs, &mut |tag, cqe| {
                 if tag == TAG {
                     result = Some(cqe);
+                } else {
+                    other.push((tag, cqe));
                 }
-            })?;
+            });
+            self.async_done.extend(other);
+            let n = match polled {
+                Ok(n) => n,
+                Err(e) => {
+                    self.flush_termination(&bufs);
+                    return Err(e);
+                }
+            };
             if let Some(c) = result {
                 return Ok(c);
             }
@@ -127,11 +169,29 @@ impl Connection {
         }
     }
 
+    /// After a fatal error of the queue: writes the termination request it
+    /// queued (finishing a partly written PDU first), trying a few times
+    /// without blocking for long. Call before [`Connection::close`].
+    pub fn flush_termination(&mut self, bufs: &dyn HostBuffers) {
+        for _ in 0..TERM_FLUSH_TRIES {
+            match self.q.transmit_termination(&mut self.stream, bufs) {
+                Ok(false) => std::thread::yield_now(),
+                Ok(true) | Err(_) => return,
+            }
+        }
+    }
+
     /// Shuts the socket down.
     pub fn close(&self) {
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
     }
 }
+
+/// The tag [`Connection::exec`] uses for its command.
+pub const EXEC_TAG: u64 = 0x5359_4e43;
+
+/// Attempts to write a termination request before giving up.
+const TERM_FLUSH_TRIES: usize = 64;
 
 fn len32(n: usize) -> Result<u32, InitError> {
     u32::try_from(n).map_err(|_| InitError::Invalid("data buffer larger than 4 GiB"))

@@ -6,7 +6,7 @@ mod admin;
 mod conn;
 
 pub use admin::{connect_io_queue, discover, AdminQueue, NamespaceData};
-pub use conn::{Connection, SyncData};
+pub use conn::{Connection, SyncData, EXEC_TAG};
 
 use crate::host::{HostError, SubmitError};
 use nvme_spec::status::Status;
@@ -96,19 +96,29 @@ pub struct ConnectOpts {
     pub io_queues: u16,
     /// Timeout of connects and admin commands.
     pub admin_timeout: Duration,
-    /// Delay between reconnect attempts.
+    /// Delay before the first reconnect attempt; it doubles after every
+    /// failed attempt, up to `reconnect_delay_max`.
     pub reconnect_delay: Duration,
+    /// Longest delay between reconnect attempts.
+    pub reconnect_delay_max: Duration,
     /// Give up reconnecting after this long (the bdev then fails all IO).
     pub ctrl_loss_timeout: Duration,
     /// IO submitted while disconnected waits this long for a reconnect
     /// before failing with a path error (zero: fail at once).
     pub fast_io_fail_timeout: Duration,
+    /// A command outstanding this long is aborted (Abort on the admin
+    /// queue); if it is still outstanding after as long again (at most the
+    /// admin timeout), its connection is reset: it completes with
+    /// `Timeout`, the others in flight with `PathError`, and the queue
+    /// reconnects. Zero: no timeout.
+    pub io_timeout: Duration,
 }
 
 impl ConnectOpts {
     /// Options with defaults: generated host identity, KATO 10 s, no
     /// digests, 128 commands per queue, 4 I/O queues, 10 s admin timeout,
-    /// reconnect every 1 s for up to 60 s, fail IO after 5 s disconnected.
+    /// reconnect after 1 s, backing off to 8 s, for up to 60 s, fail IO
+    /// after 5 s disconnected, IO timeout 30 s.
     pub fn new(addr: SocketAddr, subnqn: &str) -> Self {
         Self {
             addr,
@@ -121,8 +131,36 @@ impl ConnectOpts {
             io_queues: 4,
             admin_timeout: Duration::from_secs(10),
             reconnect_delay: Duration::from_secs(1),
+            reconnect_delay_max: Duration::from_secs(8),
             ctrl_loss_timeout: Duration::from_secs(60),
             fast_io_fail_timeout: Duration::from_secs(5),
+            io_timeout: Duration::from_secs(30),
         }
+    }
+
+    /// The delay before reconnect attempt `failures + 1` (after `failures`
+    /// failed attempts): `reconnect_delay * 2^failures`, capped at
+    /// `reconnect_delay_max` (and never below `reconnect_delay`).
+    pub fn backoff(&self, failures: u32) -> Duration {
+        let cap = self.reconnect_delay_max.max(self.reconnect_delay);
+        self.reconnect_delay.checked_mul(1u32 << failures.min(20)).map_or(cap, |d| d.min(cap))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_backoff_doubles_up_to_the_cap() {
+        let mut o = ConnectOpts::new("127.0.0.1:4420".parse().expect("addr"), "nqn.x");
+        o.reconnect_delay = Duration::from_millis(100);
+        o.reconnect_delay_max = Duration::from_millis(1000);
+        let d: Vec<u64> = (0..6).map(|f| o.backoff(f).as_millis() as u64).collect();
+        assert_eq!(d, vec![100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(o.backoff(u32::MAX), Duration::from_millis(1000));
+        // A cap below the first delay does not shorten it.
+        o.reconnect_delay_max = Duration::from_millis(10);
+        assert_eq!(o.backoff(3), Duration::from_millis(100));
     }
 }

@@ -1,5 +1,8 @@
 //! The per-reactor channel of an nvmf bdev: one I/O queue on its own TCP
-//! connection, reconnecting in a helper thread after a loss.
+//! connection, driven from `poll()` on the reactor thread. After a loss it
+//! reconnects in a helper thread (connects block), backing off
+//! exponentially; commands outstanding past the IO timeout are aborted and,
+//! failing that, their connection is reset.
 
 use super::{io_status, Shared};
 use crate::dma::IoBufs;
@@ -51,7 +54,33 @@ impl HostBuffers for Bufs<'_> {
 
 enum Link {
     Up(Box<Connection>),
-    Down { since: Instant, next_try: Instant, attempt: Option<Receiver<Result<Connection, InitError>>> },
+    Down {
+        since: Instant,
+        next_try: Instant,
+        attempt: Option<Receiver<Result<Connection, InitError>>>,
+        /// Failed reconnect attempts so far.
+        failures: u32,
+    },
+}
+
+/// When a command was submitted and when its Abort was asked for (clock
+/// ticks; 0: not in flight / not asked).
+#[derive(Clone, Copy, Debug, Default)]
+struct Timing {
+    started: u64,
+    abort_at: u64,
+}
+
+/// IO timeout settings in clock ticks.
+#[derive(Clone, Copy, Debug)]
+struct Timeouts {
+    /// Abort a command outstanding this long (0: never).
+    io: u64,
+    /// Reset the connection when an aborted command is still outstanding
+    /// this long after the Abort was asked for.
+    abort_wait: u64,
+    /// How often outstanding commands are checked.
+    period: u64,
 }
 
 /// One I/O queue used by one reactor.
@@ -66,6 +95,11 @@ pub(crate) struct NvmfChannel {
     slots: Box<[Slot]>,
     /// The caller's tag of the IO in each slot.
     tags: Box<[u64]>,
+    /// The command ID of the IO in each slot.
+    cids: Box<[u16]>,
+    timing: Box<[Timing]>,
+    timeouts: Timeouts,
+    next_check: u64,
     free: Vec<u16>,
     done: VecDeque<(u64, IoStatus)>,
     held: VecDeque<(IoRequest, Instant)>,
@@ -81,6 +115,13 @@ impl NvmfChannel {
     ) -> Result<Self, InitError> {
         let conn = connect_queue(&shared, qid)?;
         let depth = usize::from(shared.depth);
+        let ticks = |d: std::time::Duration| bdev::clock::ns_to_ticks(d.as_nanos().min(u128::from(u64::MAX)) as u64);
+        let io = shared.opts.io_timeout;
+        let timeouts = Timeouts {
+            io: ticks(io),
+            abort_wait: ticks(io.min(shared.opts.admin_timeout)).max(1),
+            period: ticks((io / 8).clamp(std::time::Duration::from_millis(1), std::time::Duration::from_millis(100))),
+        };
         Ok(Self {
             removed,
             nsid,
@@ -89,6 +130,10 @@ impl NvmfChannel {
             link: Link::Up(Box::new(conn)),
             slots: vec![Slot::default(); depth].into_boxed_slice(),
             tags: vec![0; depth].into_boxed_slice(),
+            cids: vec![0; depth].into_boxed_slice(),
+            timing: vec![Timing::default(); depth].into_boxed_slice(),
+            timeouts,
+            next_check: 0,
             free: (0..shared.depth).rev().collect(),
             done: VecDeque::with_capacity(depth * 2),
             held: VecDeque::with_capacity(depth),
@@ -163,7 +208,17 @@ impl NvmfChannel {
             *t = io.tag;
         }
         match conn.queue_mut().submit(Command::Io(cmd).to_sqe(0), dir, u64::from(idx)) {
-            Ok(_) => Ok(()),
+            Ok(cid) => {
+                if let Some(c) = self.cids.get_mut(usize::from(idx)) {
+                    *c = cid;
+                }
+                if self.timeouts.io > 0 {
+                    if let Some(t) = self.timing.get_mut(usize::from(idx)) {
+                        *t = Timing { started: bdev::clock::ticks(), abort_at: 0 };
+                    }
+                }
+                Ok(())
+            }
             Err(crate::host::SubmitError::Full) => {
                 self.free.push(idx);
                 Err(QueueFull)
@@ -178,28 +233,65 @@ impl NvmfChannel {
         }
     }
 
+    /// Tears the connection down: commands whose Abort was asked for
+    /// (they timed out) complete with `Timeout`, the others in flight with
+    /// `PathError`; reconnection starts after the first backoff delay.
     fn link_lost(&mut self, why: &dyn std::fmt::Debug) {
         log::warn!("nvmf {} qid {}: connection lost: {why:?}", self.shared.name, self.qid);
         if let Link::Up(conn) = &mut self.link {
-            let tags = &self.tags;
-            let done = &mut self.done;
-            let free = &mut self.free;
+            conn.flush_termination(&Bufs { slots: &mut self.slots });
+            let Self { tags, done, free, timing, .. } = self;
             conn.queue_mut().fail_all(&mut |idx| {
-                if let Some(&t) = tags.get(idx as usize) {
-                    done.push_back((t, IoStatus::PathError));
+                let i = idx as usize;
+                if let Some(&t) = tags.get(i) {
+                    let timed_out = timing.get(i).is_some_and(|t| t.abort_at != 0);
+                    done.push_back((t, if timed_out { IoStatus::Timeout } else { IoStatus::PathError }));
                     free.push(idx as u16);
                 }
             });
             conn.close();
         }
+        self.timing.fill(Timing::default());
+        self.shared.check_admin_soon();
         let now = Instant::now();
-        self.link = Link::Down { since: now, next_try: now + self.shared.opts.reconnect_delay, attempt: None };
+        self.link = Link::Down { since: now, next_try: now + self.shared.opts.backoff(0), attempt: None, failures: 0 };
+    }
+
+    /// Asks for an Abort of commands outstanding past the IO timeout and
+    /// resets the connection when an aborted command is still outstanding
+    /// after the abort wait.
+    fn check_timeouts(&mut self, now: u64) {
+        let to = self.timeouts;
+        let mut reset = false;
+        for (i, t) in self.timing.iter_mut().enumerate() {
+            if t.started == 0 {
+                continue;
+            }
+            if t.abort_at == 0 {
+                if now.saturating_sub(t.started) > to.io {
+                    t.abort_at = now;
+                    let cid = self.cids.get(i).copied().unwrap_or(0);
+                    log::warn!(
+                        "nvmf {} qid {}: command {cid} timed out after {:?}, aborting",
+                        self.shared.name,
+                        self.qid,
+                        self.shared.opts.io_timeout
+                    );
+                    self.shared.request_abort(self.qid, cid);
+                }
+            } else if now.saturating_sub(t.abort_at) > to.abort_wait {
+                reset = true;
+            }
+        }
+        if reset {
+            self.link_lost(&"io timeout: command still outstanding after abort");
+        }
     }
 
     /// Drives reconnection; returns true when the link came back up.
     fn poll_down(&mut self) -> bool {
         let dead = self.dead();
-        let Link::Down { since, next_try, attempt } = &mut self.link else { return false };
+        let Link::Down { since, next_try, attempt, failures } = &mut self.link else { return false };
         let now = Instant::now();
         if let Some(rx) = attempt {
             match rx.try_recv() {
@@ -209,14 +301,21 @@ impl NvmfChannel {
                     return true;
                 }
                 Ok(Err(e)) => {
-                    log::warn!("nvmf {} qid {}: reconnect failed: {e}", self.shared.name, self.qid);
+                    *failures = failures.saturating_add(1);
+                    let wait = self.shared.opts.backoff(*failures);
+                    log::warn!(
+                        "nvmf {} qid {}: reconnect failed ({e}); next attempt in {wait:?}",
+                        self.shared.name,
+                        self.qid
+                    );
                     *attempt = None;
-                    *next_try = now + self.shared.opts.reconnect_delay;
+                    *next_try = now + wait;
                 }
                 Err(TryRecvError::Empty) => {}
                 Err(TryRecvError::Disconnected) => {
+                    *failures = failures.saturating_add(1);
                     *attempt = None;
-                    *next_try = now + self.shared.opts.reconnect_delay;
+                    *next_try = now + self.shared.opts.backoff(*failures);
                 }
             }
             return false;
@@ -233,7 +332,7 @@ impl NvmfChannel {
             });
             match spawned {
                 Ok(_) => *attempt = Some(rx),
-                Err(_) => *next_try = now + self.shared.opts.reconnect_delay,
+                Err(_) => *next_try = now + self.shared.opts.backoff(*failures),
             }
         }
         false
@@ -269,6 +368,12 @@ fn connect_queue(shared: &Shared, qid: u16) -> Result<Connection, InitError> {
             {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
+            Err(e @ (InitError::Controller(_) | InitError::Status { .. })) => {
+                // Refused: the association may be gone with the admin
+                // queue (e.g. the target restarted); have it checked.
+                shared.check_admin_soon();
+                return Err(e);
+            }
             r => return r,
         }
     }
@@ -299,8 +404,11 @@ impl IoChannel for NvmfChannel {
     fn poll(&mut self, done: &mut dyn FnMut(u64, IoStatus)) -> usize {
         let mut err = None;
         if let Link::Up(conn) = &mut self.link {
-            let Self { slots, tags, free, done: out, shared, .. } = self;
+            let Self { slots, tags, free, done: out, shared, timing, .. } = self;
             let mut completed = |idx: u64, cqe: nvme_spec::Cqe| {
+                if let Some(t) = timing.get_mut(idx as usize) {
+                    *t = Timing::default();
+                }
                 if let Some(&t) = tags.get(idx as usize) {
                     let st = cqe.status();
                     if matches!(
@@ -323,6 +431,13 @@ impl IoChannel for NvmfChannel {
         }
         if let Some(e) = err {
             self.link_lost(&e);
+        }
+        if self.timeouts.io > 0 && matches!(self.link, Link::Up(_)) {
+            let now = bdev::clock::ticks();
+            if now >= self.next_check {
+                self.next_check = now + self.timeouts.period;
+                self.check_timeouts(now);
+            }
         }
         if self.dead() {
             if let Link::Up(_) = self.link {

@@ -1,22 +1,28 @@
 //! The `nvmf` backend: a remote NVMe/TCP controller whose namespaces become
 //! bdevs named `<name>n<nsid>`, each reactor channel with its own I/O queue
-//! (its own TCP connection).
+//! (its own TCP connection, driven from the channel's `poll()`).
 //!
 //! A background thread sends Keep Alive on the admin queue at half the
-//! KATO and re-establishes the association when the admin connection is
-//! lost. Channels that lose their connection fail the IO in flight with
+//! KATO, sends the Aborts channels ask for, refreshes the ANA log and
+//! re-establishes the association when the admin connection is lost.
+//! Channels that lose their connection fail the IO in flight with
 //! `PathError`, hold new IO up to the fast-IO-fail timeout, and reconnect
-//! (in a helper thread, so the reactor never blocks) every reconnect delay
-//! until the controller-loss timeout, after which all IO fails.
+//! (in a helper thread, so the reactor never blocks), waiting
+//! `reconnect_delay` doubled after each failure up to
+//! `reconnect_delay_max`, until the controller-loss timeout, after which
+//! all IO fails. A command outstanding past `io_timeout` is aborted; if it
+//! is still outstanding after the abort wait, its connection is reset (it
+//! completes with `Timeout`).
 
 mod channel;
 mod status;
 
 pub use status::io_status;
 
-use crate::initiator::{AdminQueue, ConnectOpts, InitError, NamespaceData};
+use crate::initiator::{AdminQueue, ConnectOpts, InitError, NamespaceData, SyncData};
 use bdev::{Bdev, BdevError, BdevInfo, IoChannel, IoType, IoTypeSet, NamespaceId, Uuid};
 use nvme_spec::command::LogPageId;
+use nvme_spec::command::{AdminCommand, Command};
 use nvme_spec::identify::{oncs, IdentifyController, NsDescriptor};
 use nvme_spec::log::{AnaLog, AnaState as SpecAna};
 use std::collections::HashMap;
@@ -24,6 +30,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+/// Asynchronous event configuration bit (and OAES bit) of ANA change
+/// notices.
+const AEC_ANA_CHANGE: u32 = 1 << 11;
 
 /// The live association with the controller.
 #[derive(Debug)]
@@ -52,10 +62,23 @@ pub(crate) struct Shared {
     max_transfer: u32,
     /// ANA reporting supported (CMIC bit 3).
     ana_supported: bool,
+    /// ANA change notices supported (OAES bit 11): an Asynchronous Event
+    /// Request is kept outstanding and an ANA change refreshes the states
+    /// at once.
+    ana_events: bool,
+    /// Asynchronous events received.
+    events: AtomicU64,
     /// ANA state per namespace (the raw state value, 0 = unknown).
     ana: Mutex<HashMap<u32, Arc<AtomicU8>>>,
     /// Set when an IO failed with an ANA status: refresh the log soon.
     ana_dirty: AtomicBool,
+    /// Commands (queue ID, command ID) of timed-out IO to abort.
+    aborts: Mutex<Vec<(u16, u16)>>,
+    /// `aborts` is not empty.
+    abort_pending: AtomicBool,
+    /// An I/O queue was lost or refused: check the admin queue now rather
+    /// than at the next keep-alive.
+    check_admin: AtomicBool,
 }
 
 impl Shared {
@@ -71,6 +94,9 @@ impl Shared {
             let mut q = AdminQueue::connect(&self.opts, &self.opts.subnqn)?;
             let want = self.opts.io_queues.max(1);
             q.set_num_queues(want)?;
+            self.arm_events(&mut q);
+            // States may have changed while the association was down.
+            self.ana_dirty.store(true, Ordering::Release);
             a.cntlid = q.cntlid;
             a.admin = Some(q);
             a.generation += 1;
@@ -78,6 +104,37 @@ impl Shared {
             log::info!("nvmf {}: re-associated as controller {}", self.name, a.cntlid);
         }
         Ok((a.cntlid, a.generation))
+    }
+
+    /// Enables ANA change notices on a new admin queue (when supported).
+    fn arm_events(&self, q: &mut AdminQueue) {
+        if self.ana_events {
+            if let Err(e) = q.enable_async_events(AEC_ANA_CHANGE) {
+                log::warn!("nvmf {}: enabling ANA change notices: {e}", self.name);
+            }
+        }
+    }
+
+    /// Collects asynchronous events; an ANA change notice marks the ANA
+    /// states for a refresh. An error means the admin queue failed.
+    fn poll_events(&self) -> Result<(), InitError> {
+        if !self.ana_events {
+            return Ok(());
+        }
+        let events = {
+            let mut a = self.lock();
+            let Some(q) = a.admin.as_mut() else { return Ok(()) };
+            q.take_async_events()?
+        };
+        for dw0 in events {
+            self.events.fetch_add(1, Ordering::AcqRel);
+            // Notice (type 2) of an ANA change (information 3).
+            if dw0 & 7 == 2 && (dw0 >> 8) & 0xff == 3 {
+                log::info!("nvmf {}: ANA change notice", self.name);
+                self.ana_dirty.store(true, Ordering::Release);
+            }
+        }
+        Ok(())
     }
 
     /// Reads the ANA log page and updates the namespaces' states.
@@ -100,14 +157,63 @@ impl Shared {
         Ok(())
     }
 
+    /// Has the keep-alive thread check the admin queue (and re-associate
+    /// if it is gone) without waiting for the next keep-alive.
+    pub(crate) fn check_admin_soon(&self) {
+        self.check_admin.store(true, Ordering::Release);
+    }
+
+    /// Asks for an Abort of command `cid` of I/O queue `qid` (sent from
+    /// the keep-alive thread; the reactor never waits for the admin queue).
+    pub(crate) fn request_abort(&self, qid: u16, cid: u16) {
+        self.aborts.lock().unwrap_or_else(|e| e.into_inner()).push((qid, cid));
+        self.abort_pending.store(true, Ordering::Release);
+    }
+
+    /// Sends the Aborts asked for. An error means the admin queue failed.
+    fn send_aborts(&self) -> Result<(), InitError> {
+        let list = std::mem::take(&mut *self.aborts.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut a = self.lock();
+        let Some(q) = a.admin.as_mut() else { return Ok(()) };
+        for (sqid, cid) in list {
+            match q.exec("abort", Command::Admin(AdminCommand::Abort { sqid, cid }), SyncData::None) {
+                Ok(c) => log::info!(
+                    "nvmf {}: abort of qid {sqid} cid {cid}: {}",
+                    self.name,
+                    if c.dw0.get() & 1 == 0 { "aborted" } else { "not aborted" }
+                ),
+                Err(InitError::Status { status, .. }) => {
+                    log::warn!("nvmf {}: abort of qid {sqid} cid {cid} failed: {status}", self.name);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     fn keep_alive_loop(self: Arc<Self>) {
         let kato = Duration::from_millis(u64::from(self.opts.kato_ms));
         let period = if kato.is_zero() { Duration::from_secs(1) } else { (kato / 2).max(Duration::from_millis(100)) };
         let mut next = Instant::now() + period;
         let mut down_since: Option<Instant> = None;
+        // Failed re-association attempts since the admin queue was lost.
+        let mut failures = 0u32;
         let mut next_ana = Instant::now();
         while !self.stopped.load(Ordering::Acquire) {
             std::thread::sleep(Duration::from_millis(20).min(period));
+            if down_since.is_none() {
+                let r = if self.abort_pending.swap(false, Ordering::AcqRel) { self.send_aborts() } else { Ok(()) };
+                if let Err(e) = r.and_then(|_| self.poll_events()) {
+                    log::warn!("nvmf {}: admin queue failed: {e}", self.name);
+                    if let Some(q) = self.lock().admin.take() {
+                        q.close();
+                    }
+                    down_since = Some(Instant::now());
+                    failures = 0;
+                    next = Instant::now() + self.opts.backoff(0);
+                    continue;
+                }
+            }
             if self.ana_supported
                 && down_since.is_none()
                 && (self.ana_dirty.swap(false, Ordering::AcqRel) || Instant::now() >= next_ana)
@@ -117,7 +223,7 @@ impl Shared {
                     log::warn!("nvmf {}: reading the ANA log: {e}", self.name);
                 }
             }
-            if Instant::now() < next {
+            if Instant::now() < next && !self.check_admin.swap(false, Ordering::AcqRel) {
                 continue;
             }
             next = Instant::now() + period;
@@ -128,10 +234,15 @@ impl Shared {
                     return;
                 }
                 match self.ensure_admin() {
-                    Ok(_) => down_since = None,
+                    Ok(_) => {
+                        down_since = None;
+                        failures = 0;
+                    }
                     Err(e) => {
-                        log::warn!("nvmf {}: reconnect failed: {e}", self.name);
-                        next = Instant::now() + self.opts.reconnect_delay;
+                        failures = failures.saturating_add(1);
+                        let wait = self.opts.backoff(failures);
+                        log::warn!("nvmf {}: reconnect failed ({e}); next attempt in {wait:?}", self.name);
+                        next = Instant::now() + wait;
                     }
                 }
                 continue;
@@ -149,7 +260,8 @@ impl Shared {
                     q.close();
                 }
                 down_since = Some(Instant::now());
-                next = Instant::now() + self.opts.reconnect_delay;
+                failures = 0;
+                next = Instant::now() + self.opts.backoff(0);
             }
         }
     }
@@ -186,6 +298,13 @@ impl NvmfController {
             depth = depth.min(ctrl.maxcmd.get());
         }
         let incapsule = (ctrl.ioccsz.get().saturating_mul(16)).saturating_sub(64);
+        let ana_supported = ctrl.cmic & 0x08 != 0;
+        let ana_events = ana_supported && ctrl.oaes.get() & AEC_ANA_CHANGE != 0;
+        if ana_events {
+            if let Err(e) = admin.enable_async_events(AEC_ANA_CHANGE) {
+                log::warn!("nvmf {name}: enabling ANA change notices: {e}");
+            }
+        }
         let cntlid = admin.cntlid;
         let shared = Arc::new(Shared {
             name: name.to_string(),
@@ -198,9 +317,14 @@ impl NvmfController {
             depth,
             incapsule,
             max_transfer,
-            ana_supported: ctrl.cmic & 0x08 != 0,
+            ana_supported,
+            ana_events,
+            events: AtomicU64::new(0),
             ana: Mutex::new(namespaces.iter().map(|n| (n.nsid, Arc::new(AtomicU8::new(0)))).collect()),
             ana_dirty: AtomicBool::new(false),
+            aborts: Mutex::new(Vec::new()),
+            abort_pending: AtomicBool::new(false),
+            check_admin: AtomicBool::new(false),
         });
         if let Err(e) = shared.refresh_ana() {
             log::warn!("nvmf {name}: reading the ANA log: {e}");
@@ -228,6 +352,12 @@ impl NvmfController {
     /// Number of I/O queues (channels) available.
     pub fn io_queues_free(&self) -> usize {
         self.shared.qids.lock().map(|q| q.len()).unwrap_or(0)
+    }
+
+    /// Asynchronous events received from the controller (ANA change
+    /// notices, when it sends them).
+    pub fn async_events(&self) -> u64 {
+        self.shared.events.load(Ordering::Acquire)
     }
 
     /// Whether the controller-loss timeout expired.
@@ -374,7 +504,7 @@ impl Bdev for NvmfBdev {
         let hostid: String = o.host.id.iter().map(|b| format!("{b:02x}")).collect();
         // The JSON config's `nvmf` params (seed `xbdev_config_nvmf`).
         Some(format!(
-            r#"{{"name":{:?},"addr":{:?},"port":{},"nqn":{:?},"hostnqn":{:?},"hostid":{:?},"hdgst":{},"ddgst":{},"queue_depth":{},"io_queues":{},"kato_ms":{},"reconnect_delay_ms":{},"ctrl_loss_timeout_ms":{},"fast_io_fail_timeout_ms":{}}}"#,
+            r#"{{"name":{:?},"addr":{:?},"port":{},"nqn":{:?},"hostnqn":{:?},"hostid":{:?},"hdgst":{},"ddgst":{},"queue_depth":{},"io_queues":{},"kato_ms":{},"reconnect_delay_ms":{},"ctrl_loss_timeout_ms":{},"fast_io_fail_timeout_ms":{},"reconnect_delay_max_ms":{},"io_timeout_ms":{}}}"#,
             self.ctrlr.shared.name,
             o.addr.ip().to_string(),
             o.addr.port(),
@@ -388,7 +518,9 @@ impl Bdev for NvmfBdev {
             o.kato_ms,
             o.reconnect_delay.as_millis(),
             o.ctrl_loss_timeout.as_millis(),
-            o.fast_io_fail_timeout.as_millis()
+            o.fast_io_fail_timeout.as_millis(),
+            o.reconnect_delay_max.as_millis(),
+            o.io_timeout.as_millis()
         ))
     }
 }

@@ -57,6 +57,22 @@ pub enum PlacementError {
     WrongDirection(u16),
 }
 
+impl PlacementError {
+    /// The FES / FEI to report in a termination request (FEI: byte offset
+    /// of the offending field in a data PDU header).
+    pub fn term_req(&self) -> crate::pdu::TermReq {
+        use crate::pdu::Fes;
+        let (fes, fei) = match self {
+            Self::UnknownCommand(_) => (Fes::InvalidHeaderField, 8),
+            Self::UnknownTag { .. } => (Fes::InvalidHeaderField, 10),
+            Self::OutOfOrder { .. } => (Fes::InvalidHeaderField, 12),
+            Self::OutOfRange { .. } => (Fes::DataOutOfRange, 0),
+            Self::WrongDirection(_) => (Fes::InvalidHeaderField, 0),
+        };
+        crate::pdu::TermReq { fes, fei }
+    }
+}
+
 /// Where the data part of a received PDU goes.
 pub trait DataSink {
     /// Returns the contiguous destination for the data of `pdu` starting at
@@ -97,7 +113,21 @@ enum State {
     Failed,
 }
 
+/// A data digest that did not match the data of a PDU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DigestMismatch {
+    /// Digest received.
+    pub got: u32,
+    /// Digest computed over the data received.
+    pub computed: u32,
+}
+
 /// Reassembles PDUs from arbitrary chunks.
+///
+/// A data digest mismatch is not fatal (the PDU framing is intact): the
+/// PDU is returned as usual and [`PduReceiver::take_digest_error`] reports
+/// the mismatch; the owner must check it for every PDU with data and treat
+/// the data as corrupt (the command fails with a transport error).
 #[derive(Debug)]
 pub struct PduReceiver {
     cfg: RxConfig,
@@ -106,6 +136,7 @@ pub struct PduReceiver {
     state: State,
     term_len: usize,
     failed_hdr_len: usize,
+    digest_error: Option<DigestMismatch>,
 }
 
 impl PduReceiver {
@@ -118,7 +149,14 @@ impl PduReceiver {
             state: State::Common { have: 0 },
             term_len: 0,
             failed_hdr_len: 0,
+            digest_error: None,
         }
+    }
+
+    /// The data digest mismatch of the PDU returned last, if its data was
+    /// corrupt (cleared by the call and by the next PDU).
+    pub fn take_digest_error(&mut self) -> Option<DigestMismatch> {
+        self.digest_error.take()
     }
 
     /// The configuration.
@@ -173,6 +211,9 @@ impl PduReceiver {
                 State::Common { have } => {
                     if rest.is_empty() {
                         return Ok((used, None));
+                    }
+                    if have == 0 {
+                        self.digest_error = None;
                     }
                     let n = rest.len().min(8 - have);
                     self.hdr[have..have + n].copy_from_slice(&rest[..n]);
@@ -241,9 +282,7 @@ impl PduReceiver {
                         continue;
                     }
                     let got = u32::from_le_bytes(self.ddgst);
-                    if got != crc {
-                        return Err(self.fail(PduError::DataDigest { got, computed: crc }));
-                    }
+                    self.digest_error = (got != crc).then_some(DigestMismatch { got, computed: crc });
                     self.state = State::Common { have: 0 };
                     return Ok((used, Some(pdu)));
                 }
@@ -311,7 +350,8 @@ impl PduReceiver {
     }
 
     /// While in the data part of a PDU: one read from `src` directly into
-    /// the sink's buffer.
+    /// the sink's buffer. `Direct::Read(_, short)` tells whether the read
+    /// returned fewer bytes than asked (the source is probably empty).
     fn read_data_direct<R: Read>(&mut self, src: &mut R, sink: &mut dyn DataSink) -> Result<Direct, RecvError> {
         let State::Data { pdu, l, done, crc } = self.state else {
             return Ok(Direct::NotInData);
@@ -329,7 +369,7 @@ impl PduReceiver {
             Err(e) => return Err(RecvError::Io(e)),
         };
         let crc = if l.ddgst { digest::crc32c_append(crc, dst.get(..n).unwrap_or(&[])) } else { crc };
-        Ok(Direct::Read(self.data_progress(pdu, l, done + n, crc)))
+        Ok(Direct::Read(self.data_progress(pdu, l, done + n, crc), n < want))
     }
 }
 
@@ -349,7 +389,7 @@ fn empty_buffer(pdu: &Pdu, at: usize) -> PlacementError {
 
 enum Direct {
     NotInData,
-    Read(Option<Pdu>),
+    Read(Option<Pdu>, bool),
 }
 
 /// Data parts shorter than this are read through the staging buffer
@@ -365,12 +405,22 @@ pub struct StagedReceiver {
     stage: Box<[u8]>,
     start: usize,
     end: usize,
+    /// The last read returned less than asked: once the staged bytes are
+    /// used up, report "would block" without another read (saves the
+    /// read that would only say so).
+    drained: bool,
 }
 
 impl StagedReceiver {
     /// A receiver with a staging buffer of `stage_len` bytes (at least 256).
     pub fn new(cfg: RxConfig, stage_len: usize) -> Self {
-        Self { rx: PduReceiver::new(cfg), stage: vec![0; stage_len.max(256)].into_boxed_slice(), start: 0, end: 0 }
+        Self {
+            rx: PduReceiver::new(cfg),
+            stage: vec![0; stage_len.max(256)].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            drained: false,
+        }
     }
 
     /// The inner receiver (configuration, termination data).
@@ -384,7 +434,9 @@ impl StagedReceiver {
     }
 
     /// Reads until one PDU is complete (`Ok(Some)`) or the source would
-    /// block (`Ok(None)`). EOF gives [`RecvError::Closed`].
+    /// block (`Ok(None)`). EOF gives [`RecvError::Closed`]. After a read
+    /// that returned less than asked, `Ok(None)` comes once the bytes read
+    /// are used up, without reading again; the next call reads.
     pub fn poll<R: Read>(&mut self, src: &mut R, sink: &mut dyn DataSink) -> Result<Option<Pdu>, RecvError> {
         loop {
             if self.start < self.end {
@@ -398,10 +450,19 @@ impl StagedReceiver {
             }
             self.start = 0;
             self.end = 0;
+            if self.drained {
+                self.drained = false;
+                return Ok(None);
+            }
             if self.rx.data_remaining().unwrap_or(0) >= DIRECT_MIN {
                 match self.rx.read_data_direct(src, sink) {
-                    Ok(Direct::Read(Some(p))) => return Ok(Some(p)),
-                    Ok(Direct::Read(None)) => continue,
+                    Ok(Direct::Read(p, short)) => {
+                        self.drained = short;
+                        match p {
+                            Some(p) => return Ok(Some(p)),
+                            None => continue,
+                        }
+                    }
                     Ok(Direct::NotInData) => {}
                     Err(RecvError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
                     Err(RecvError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -410,7 +471,10 @@ impl StagedReceiver {
             }
             match src.read(&mut self.stage) {
                 Ok(0) => return Err(RecvError::Closed),
-                Ok(n) => self.end = n,
+                Ok(n) => {
+                    self.end = n;
+                    self.drained = n < self.stage.len();
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(RecvError::Io(e)),

@@ -274,3 +274,28 @@ fn staged_reads_large_data_directly() {
     assert!(src.sizes.iter().filter(|&&s| s <= 700).count() > 130);
     assert_eq!(rx.poll(&mut src, &mut sink).unwrap(), None);
 }
+
+#[test]
+fn data_digest_mismatch_is_reported_and_not_fatal() {
+    let tx = TxConfig { hdgst: true, ddgst: true, align: 4 };
+    let (p1, _, mut b1) = encode_item(&Item::Data(5, 0, vec![7; 300], true), &tx);
+    let (p2, d2, b2) = encode_item(&Item::Data(6, 0, vec![8; 100], true), &tx);
+    // Flip a data byte of the first PDU (after the 24-byte header and its
+    // 4-byte digest).
+    b1[40] ^= 0x10;
+    let mut stream = b1.clone();
+    stream.extend_from_slice(&b2);
+    let mut rx = PduReceiver::new(host_cfg(true, true));
+    let mut sink = VecSink::default();
+    let (n, got) = rx.feed(&stream, &mut sink).expect("framing intact");
+    assert_eq!(got, Some(p1));
+    assert_eq!(n, b1.len());
+    let m = rx.take_digest_error().expect("mismatch reported");
+    assert_ne!(m.got, m.computed);
+    assert_eq!(rx.take_digest_error(), None);
+    sink.cur = None;
+    let (_, got) = rx.feed(&stream[n..], &mut sink).expect("next pdu");
+    assert_eq!(got, Some(p2));
+    assert_eq!(sink.cur.take().expect("data"), d2);
+    assert_eq!(rx.take_digest_error(), None);
+}

@@ -7,11 +7,13 @@ use crate::ctrl::CmdData;
 use nvme_spec::command::{AdminCommand, Cns, Command, FabricsCommand, FeatureId, FeatureSelect, LogPageId, NumQueues};
 use nvme_spec::fabrics::{ConnectData, ConnectResponse, PropertySize};
 use nvme_spec::identify::{encode_ns_list, oncs, IdentifyController, IdentifyNamespace, NsDescriptor};
-use nvme_spec::log::{adrfam, subtype, DiscoveryLog, DiscoveryLogEntry, FirmwareSlotLog, SmartLog};
+use nvme_spec::log::{
+    adrfam, subtype, AnaGroup, AnaLog, AnaState, DiscoveryLog, DiscoveryLogEntry, FirmwareSlotLog, SmartLog,
+};
 use nvme_spec::regs::{offset, shst, Cap, Cc, Csts, Vs};
 use nvme_spec::status::{command_specific, GenericStatus, Status, StatusCode};
 use std::net::IpAddr;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use zerocopy::IntoBytes;
@@ -29,8 +31,23 @@ fn invalid_param(conn: &mut TgtConn, slot: u16, in_data: bool, off: u16) {
     conn.complete(slot, specific(command_specific::FABRICS_CONNECT_INVALID_PARAMETERS), dw0, 0);
 }
 
+/// Connect command attribute: the host disables SQ flow control (SQ head
+/// pointer reporting), which lets successful reads end with a C2HData PDU
+/// carrying the SUCCESS flag instead of a response capsule.
+pub(crate) const CATTR_DISABLE_SQ_FLOW: u8 = 1 << 2;
+
+/// The command fields of a Fabrics Connect.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ConnectArgs {
+    pub(crate) qid: u16,
+    pub(crate) sqsize: u16,
+    pub(crate) kato: u32,
+    pub(crate) cattr: u8,
+}
+
 /// Fabrics Connect on a new connection.
-pub(crate) fn connect(conn: &mut TgtConn, shared: &Shared, slot: u16, qid: u16, sqsize: u16, kato: u32, data: CmdData) {
+pub(crate) fn connect(conn: &mut TgtConn, shared: &Shared, slot: u16, args: ConnectArgs, data: CmdData) {
+    let ConnectArgs { qid, sqsize, kato, cattr } = args;
     let len = match data {
         CmdData::InCapsule(n) => n,
         _ => 0,
@@ -126,6 +143,7 @@ pub(crate) fn connect(conn: &mut TgtConn, shared: &Shared, slot: u16, qid: u16, 
     }
     conn.bufs.min_alloc = shared.cfg.max_transfer as usize;
     conn.q.set_incapsule_max(shared.cfg.incapsule);
+    conn.q.set_success_flag(cattr & CATTR_DISABLE_SQ_FLOW != 0);
     let cntlid = ctrl.cntlid;
     conn.role = ConnRole::Io { ctrl, qid };
     conn.complete(slot, Status::SUCCESS, ConnectResponse::Success { cntlid, authreq: 0 }.to_dword(), 0);
@@ -230,7 +248,7 @@ fn admin(
             let page: Vec<u8> = match cns {
                 Cns::Controller => identify_controller(shared, ctrl, sub).as_bytes().to_vec(),
                 Cns::Namespace => match ns_of(nsid) {
-                    Some(b) => identify_namespace(b.as_ref()).as_bytes().to_vec(),
+                    Some(b) => identify_namespace(b.as_ref(), !sub.discovery).as_bytes().to_vec(),
                     None if nsid != 0 && nsid <= nn => vec![0; 4096],
                     None => {
                         conn.complete(slot, generic(GenericStatus::InvalidNamespaceOrFormat), 0, 0);
@@ -283,6 +301,10 @@ fn admin(
                     f.as_bytes().to_vec()
                 }
                 LogPageId::DISCOVERY if sub.discovery => discovery_log(shared, conn, &ctrl.hostnqn),
+                LogPageId::ANA if !sub.discovery => {
+                    conn.ana_seen = shared.ana_chgcnt.load(Ordering::Acquire);
+                    ana_log(shared, conn.listener, sub)
+                }
                 _ => {
                     conn.complete(slot, specific(command_specific::INVALID_LOG_PAGE), 0, 0);
                     return;
@@ -363,7 +385,7 @@ fn admin(
         }
         AdminCommand::KeepAlive => conn.complete(slot, Status::SUCCESS, 0, 0),
         AdminCommand::AsyncEventRequest => {
-            // Held until the controller goes away (no events are raised).
+            // Held until an event (ANA change notice) or the controller goes away.
             if conn.aers.len() >= 4 {
                 conn.complete(slot, specific(command_specific::AER_LIMIT_EXCEEDED), 0, 0);
             } else {
@@ -381,6 +403,18 @@ fn identify_controller(shared: &Shared, ctrl: &Ctrl, sub: &Subsys) -> IdentifyCo
     let _ = c.set_strings(&sub.serial, &sub.model, env!("CARGO_PKG_VERSION"));
     let _ = c.set_subnqn(&sub.nqn);
     c.cmic = 0x02; // more than one controller may connect
+    if !sub.discovery {
+        // ANA reporting: one group, its state per listener (port group).
+        c.cmic |= 0x08;
+        c.anatt = 10;
+        // Optimized, non-optimized, inaccessible, persistent loss and
+        // change states reported; group IDs do not change while attached.
+        c.anacap = 0x1f | 0x40;
+        c.anagrpmax = super::ANA_GROUP.into();
+        c.nanagrpid = super::ANA_GROUP.into();
+        // Asynchronous events: ANA change notices (OAES bit 11).
+        c.oaes = (1u32 << 11).into();
+    }
     c.mdts = (shared.cfg.max_transfer / 4096).trailing_zeros() as u8;
     c.cntlid = ctrl.cntlid.into();
     c.ver = Vs::new(1, if sub.discovery { 3 } else { 4 }, 0).0.into();
@@ -413,9 +447,12 @@ fn identify_controller(shared: &Shared, ctrl: &Ctrl, sub: &Subsys) -> IdentifyCo
     c
 }
 
-fn identify_namespace(b: &dyn bdev::Bdev) -> IdentifyNamespace {
+fn identify_namespace(b: &dyn bdev::Bdev, ana: bool) -> IdentifyNamespace {
     let info = b.info();
     let mut n = IdentifyNamespace::zeroed();
+    if ana {
+        n.anagrpid = super::ANA_GROUP.into();
+    }
     n.set_simple(info.num_blocks, info.block_size.trailing_zeros() as u8);
     n.nmic = 1;
     if info.unmap_zeroes {
@@ -445,6 +482,29 @@ fn ns_descriptors(b: &dyn bdev::Bdev) -> Vec<NsDescriptor> {
     v.push(NsDescriptor::Csi(0));
     v
 }
+
+/// The ANA log page a controller behind listener `listener` reports: one
+/// group holding every namespace of the subsystem.
+fn ana_log(shared: &Shared, listener: usize, sub: &Subsys) -> Vec<u8> {
+    let chgcnt = shared.ana_chgcnt.load(Ordering::Acquire);
+    AnaLog {
+        chgcnt,
+        groups: vec![AnaGroup {
+            grpid: super::ANA_GROUP,
+            chgcnt,
+            state: AnaState::from_raw(shared.ana_state(listener)),
+            nsids: (1..=sub.namespaces.len() as u32).collect(),
+        }],
+    }
+    .encode()
+}
+
+/// Asynchronous event: a notice (type 2) of an ANA change (info 3), read
+/// log page 0x0C.
+pub(crate) const AEN_ANA_CHANGE: u32 = 2 | (3 << 8) | (0x0c << 16);
+
+/// Asynchronous event configuration bit enabling ANA change notices.
+pub(crate) const AEC_ANA_CHANGE: u32 = 1 << 11;
 
 fn discovery_log(shared: &Shared, conn: &TgtConn, hostnqn: &str) -> Vec<u8> {
     let mut entries = Vec::new();

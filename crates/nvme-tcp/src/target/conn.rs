@@ -8,8 +8,8 @@ use nvme_spec::command::{Command, FabricsCommand, QueueType};
 use nvme_spec::status::{GenericStatus, Status, StatusCode};
 use nvme_spec::{Cqe, Sqe};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Per-slot data buffers of a connection.
@@ -91,6 +91,8 @@ pub(crate) struct TgtConn {
     pub(crate) local: SocketAddr,
     pub(crate) sqes: Vec<Sqe>,
     pub(crate) aers: Vec<u16>,
+    /// ANA change count last reported to the host (log page or event).
+    pub(crate) ana_seen: u64,
     pub(crate) closed: bool,
     pub(crate) accepted: Instant,
     events: Vec<CtrlEvent>,
@@ -122,6 +124,7 @@ impl TgtConn {
             local,
             sqes: vec![Sqe::new(0, 0); usize::from(depth)],
             aers: Vec::new(),
+            ana_seen: shared.ana_chgcnt.load(Ordering::Acquire),
             closed: false,
             accepted: Instant::now(),
             events: Vec::with_capacity(usize::from(depth)),
@@ -194,10 +197,14 @@ impl TgtConn {
             ConnRole::Admin(c) => {
                 let r = c.regs();
                 let kato = Duration::from_millis(u64::from(r.kato_ms));
+                let aen = r.aen_config;
                 if !kato.is_zero() && r.last_contact.elapsed() > kato * 2 {
                     log::warn!("nvmf target: controller {} keep-alive expired", c.cntlid);
                     drop(r);
                     self.closed = true;
+                } else {
+                    drop(r);
+                    work |= self.ana_event(shared, aen);
                 }
             }
             ConnRole::Io { ctrl, .. } if ctrl.dead.load(Ordering::Acquire) => self.closed = true,
@@ -205,6 +212,20 @@ impl TgtConn {
             _ => {}
         }
         work
+    }
+
+    /// Completes an outstanding Asynchronous Event Request with an ANA
+    /// change notice when the ANA state changed since the host last
+    /// looked (and it enabled those notices).
+    fn ana_event(&mut self, shared: &Shared, aen_config: u32) -> bool {
+        let now = shared.ana_chgcnt.load(Ordering::Acquire);
+        if now == self.ana_seen || aen_config & admin::AEC_ANA_CHANGE == 0 || self.aers.is_empty() {
+            return false;
+        }
+        let slot = self.aers.remove(0);
+        self.ana_seen = now;
+        self.complete(slot, Status::SUCCESS, admin::AEN_ANA_CHANGE, 0);
+        true
     }
 
     fn on_event(&mut self, ev: CtrlEvent, shared: &Shared) {
@@ -245,8 +266,8 @@ impl TgtConn {
             }
         };
         match (&self.role, cmd) {
-            (ConnRole::New, Command::Fabrics(FabricsCommand::Connect { qid, sqsize, kato, .. })) => {
-                admin::connect(self, shared, slot, qid, sqsize, kato, data);
+            (ConnRole::New, Command::Fabrics(FabricsCommand::Connect { qid, sqsize, kato, cattr, .. })) => {
+                admin::connect(self, shared, slot, admin::ConnectArgs { qid, sqsize, kato, cattr }, data);
             }
             (ConnRole::New, _) => self.complete(slot, seq_error(), 0, 0),
             (_, Command::Fabrics(FabricsCommand::Connect { .. })) => self.complete(slot, seq_error(), 0, 0),
@@ -255,7 +276,8 @@ impl TgtConn {
             }
             (ConnRole::Io { .. }, Command::Io(io)) => {
                 if let Some(mut st) = self.io.take() {
-                    st.submit(self, slot, io, data);
+                    let ana = shared.ana_state(self.listener);
+                    st.submit(self, slot, io, data, ana);
                     self.io = Some(st);
                 } else {
                     self.complete(slot, seq_error(), 0, 0);
@@ -269,6 +291,14 @@ impl TgtConn {
     }
 
     fn teardown(&mut self) {
+        // A termination request queued after a protocol error goes out
+        // first (the buffers a partly written PDU reads are still here).
+        for _ in 0..64 {
+            match self.q.transmit_termination(&mut self.stream, &self.bufs) {
+                Ok(false) => std::thread::yield_now(),
+                Ok(true) | Err(_) => break,
+            }
+        }
         self.io = None;
         if let ConnRole::Io { ctrl, qid } = &self.role {
             ctrl.regs().io_qids.retain(|q| q != qid);
@@ -286,10 +316,30 @@ pub(crate) fn seq_error() -> Status {
     Status::new(StatusCode::Generic(GenericStatus::CommandSequenceError), true)
 }
 
+/// Connections accepted by one poll group and handed to another.
+#[derive(Debug, Default)]
+pub(crate) struct Inbox {
+    pending: AtomicBool,
+    conns: Mutex<Vec<(TcpStream, usize)>>,
+}
+
+impl Inbox {
+    fn push(&self, s: TcpStream, listener: usize) {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner()).push((s, listener));
+        self.pending.store(true, Ordering::Release);
+    }
+}
+
+/// How often a poll group looks for new connections.
+const ACCEPT_PERIOD_NS: u64 = 1_000_000;
+
 /// A set of connections served by one thread.
 pub struct PollGroup {
     shared: Arc<Shared>,
     conns: Vec<TgtConn>,
+    inbox: Arc<Inbox>,
+    next_accept: u64,
+    accept_period: u64,
 }
 
 impl std::fmt::Debug for PollGroup {
@@ -300,7 +350,10 @@ impl std::fmt::Debug for PollGroup {
 
 impl PollGroup {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        Self { shared, conns: Vec::new() }
+        let inbox = Arc::new(Inbox::default());
+        shared.inboxes.lock().unwrap_or_else(|e| e.into_inner()).push(inbox.clone());
+        let accept_period = bdev::clock::ns_to_ticks(ACCEPT_PERIOD_NS).max(1);
+        Self { shared, conns: Vec::new(), inbox, next_accept: 0, accept_period }
     }
 
     /// Number of connections served.
@@ -308,25 +361,67 @@ impl PollGroup {
         self.conns.len()
     }
 
+    /// Whether any connection has commands in flight (not counting
+    /// Asynchronous Event Requests, which wait for events).
+    pub fn commands_in_flight(&self) -> bool {
+        self.conns.iter().any(|c| c.q.outstanding() > c.aers.len())
+    }
+
+    fn adopt(&mut self, s: TcpStream, listener: usize) {
+        let peer = s.peer_addr().ok();
+        match TgtConn::new(s, listener, &self.shared) {
+            Ok(c) => {
+                log::debug!("nvmf target: connection from {peer:?} on listener {listener}");
+                self.conns.push(c);
+            }
+            Err(e) => log::warn!("nvmf target: accepting {peer:?}: {e}"),
+        }
+    }
+
+    /// Accepts pending connections, keeping those whose round-robin turn
+    /// is this group's and handing the others over.
+    fn accept(&mut self) -> bool {
+        let mut work = false;
+        for i in 0..self.shared.listeners.len() {
+            while let Some(Ok((s, _))) = self.shared.listeners.get(i).map(|l| l.accept()) {
+                work = true;
+                let target = {
+                    let inboxes = self.shared.inboxes.lock().unwrap_or_else(|e| e.into_inner());
+                    let turn = self.shared.accept_turn.fetch_add(1, Ordering::Relaxed);
+                    inboxes.get(turn % inboxes.len().max(1)).filter(|b| !Arc::ptr_eq(b, &self.inbox)).cloned()
+                };
+                match target {
+                    Some(b) => b.push(s, i),
+                    None => self.adopt(s, i),
+                }
+            }
+        }
+        work
+    }
+
     /// Accepts new connections and serves the existing ones once. Returns
     /// whether any work was done.
     pub fn poll(&mut self) -> bool {
         let mut work = false;
-        for (i, l) in self.shared.listeners.iter().enumerate() {
-            while let Ok((s, peer)) = l.accept() {
-                match TgtConn::new(s, i, &self.shared) {
-                    Ok(c) => {
-                        log::debug!("nvmf target: connection from {peer} on listener {i}");
-                        self.conns.push(c);
-                        work = true;
-                    }
-                    Err(e) => log::warn!("nvmf target: accepting {peer}: {e}"),
-                }
+        let now = bdev::clock::ticks();
+        if now >= self.next_accept {
+            self.next_accept = now + self.accept_period;
+            work |= self.accept();
+        }
+        if self.inbox.pending.load(Ordering::Acquire) {
+            let handed = {
+                let mut q = self.inbox.conns.lock().unwrap_or_else(|e| e.into_inner());
+                self.inbox.pending.store(false, Ordering::Release);
+                std::mem::take(&mut *q)
+            };
+            for (s, l) in handed {
+                self.adopt(s, l);
+                work = true;
             }
         }
-        let shared = self.shared.clone();
-        for c in &mut self.conns {
-            work |= c.poll(&shared);
+        let Self { shared, conns, .. } = self;
+        for c in conns.iter_mut() {
+            work |= c.poll(shared);
         }
         let mut i = 0;
         while i < self.conns.len() {
@@ -351,6 +446,9 @@ impl PollGroup {
 
 impl Drop for PollGroup {
     fn drop(&mut self) {
+        self.shared.inboxes.lock().unwrap_or_else(|e| e.into_inner()).retain(|b| !Arc::ptr_eq(b, &self.inbox));
+        // Connections handed to this group and not adopted yet are closed.
+        self.inbox.conns.lock().unwrap_or_else(|e| e.into_inner()).clear();
         self.shutdown();
     }
 }

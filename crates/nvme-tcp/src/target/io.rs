@@ -38,6 +38,18 @@ fn generic(g: GenericStatus, dnr: bool) -> Status {
     Status::new(StatusCode::Generic(g), dnr)
 }
 
+/// The path status of I/O through a port group in ANA state `raw` (`None`
+/// when the state allows I/O).
+fn ana_path_status(raw: u8) -> Option<PathStatus> {
+    use nvme_spec::log::AnaState as Spec;
+    match Spec::from_raw(raw) {
+        Spec::Optimized | Spec::NonOptimized => None,
+        Spec::Inaccessible | Spec::Reserved(_) => Some(PathStatus::AnaInaccessible),
+        Spec::PersistentLoss => Some(PathStatus::AnaPersistentLoss),
+        Spec::Change => Some(PathStatus::AnaTransition),
+    }
+}
+
 /// Maps a bdev IO status to an NVMe completion status.
 pub(crate) fn nvme_status(s: IoStatus, write: bool) -> Status {
     match s {
@@ -81,9 +93,14 @@ impl IoState {
         }
     }
 
-    /// Starts `cmd` (data, if any, is in the slot buffer).
-    pub(crate) fn submit(&mut self, conn: &mut TgtConn, slot: u16, cmd: IoCommand, data: CmdData) {
+    /// Starts `cmd` (data, if any, is in the slot buffer); `ana` is the
+    /// raw ANA state of the port group the command came through.
+    pub(crate) fn submit(&mut self, conn: &mut TgtConn, slot: u16, cmd: IoCommand, data: CmdData, ana: u8) {
         let fail = |conn: &mut TgtConn, st: Status| conn.complete(slot, st, 0, 0);
+        if let Some(p) = ana_path_status(ana) {
+            fail(conn, Status::new(StatusCode::Path(p), false));
+            return;
+        }
         let nsid = cmd.nsid();
         let all = nsid == 0xffff_ffff && matches!(cmd, IoCommand::Flush { .. });
         let idx = (nsid as usize).wrapping_sub(1);

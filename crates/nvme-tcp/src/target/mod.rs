@@ -3,9 +3,20 @@
 //! allowed hosts.
 //!
 //! Connections are served by poll groups ([`PollGroup`]): each owns the
-//! connections it accepted, their queue state machines and the bdev
-//! channels of their I/O queues. [`Target::start`] runs poll groups on
-//! threads; [`Target::poll_group`] gives one to run on a reactor instead.
+//! connections handed to it, their queue state machines and the bdev
+//! channels of their I/O queues. New connections are spread over the poll
+//! groups round robin. [`Target::start`] runs poll groups on threads of
+//! their own; [`Target::start_on`] runs one as a poller on each given
+//! reactor (the data path then never sleeps or changes threads);
+//! [`Target::poll_group`] gives one to drive by hand.
+//!
+//! ANA: each listener is a port group with its own ANA state (one ANA
+//! group, ID 1, holds every namespace of a subsystem); a controller reports
+//! the state of the listener its admin queue came in on, in its ANA log
+//! page and through ANA change notices on outstanding Asynchronous Event
+//! Requests. I/O through an inaccessible listener fails with the ANA path
+//! status. [`Target::set_ana_state`] changes a listener's state at run
+//! time.
 
 mod admin;
 mod conn;
@@ -15,9 +26,10 @@ pub use conn::PollGroup;
 
 use bdev::Bdev;
 use nvme_spec::fabrics::DISCOVERY_NQN;
+use reactor::{PollStatus, ReactorHandle};
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -41,6 +53,15 @@ pub enum TargetError {
     /// A thread could not be started.
     #[error("cannot start poll group thread")]
     Thread(#[source] std::io::Error),
+    /// A reactor refused the poll group (it was stopped).
+    #[error("cannot start a poll group on reactor {index}")]
+    Reactor {
+        /// Index of the reactor.
+        index: usize,
+        /// Why.
+        #[source]
+        source: reactor::ReactorError,
+    },
 }
 
 /// An NVM subsystem to export.
@@ -104,6 +125,8 @@ pub struct TargetConfig {
     pub incapsule: u32,
     /// Number of I/O queues per controller.
     pub max_io_queues: u16,
+    /// Initial ANA state of each listener (missing entries: optimized).
+    pub ana_states: Vec<bdev::AnaState>,
 }
 
 impl TargetConfig {
@@ -119,8 +142,25 @@ impl TargetConfig {
             max_transfer: 128 << 10,
             incapsule: 8192,
             max_io_queues: 16,
+            ana_states: Vec::new(),
         }
     }
+}
+
+/// The ANA group every namespace of a subsystem belongs to.
+pub(crate) const ANA_GROUP: u32 = 1;
+
+/// The raw ANA state value of a block-layer ANA state.
+pub(crate) fn ana_raw(s: bdev::AnaState) -> u8 {
+    use nvme_spec::log::AnaState as Spec;
+    match s {
+        bdev::AnaState::Optimized => Spec::Optimized,
+        bdev::AnaState::NonOptimized => Spec::NonOptimized,
+        bdev::AnaState::Inaccessible => Spec::Inaccessible,
+        bdev::AnaState::PersistentLoss => Spec::PersistentLoss,
+        bdev::AnaState::Change => Spec::Change,
+    }
+    .to_raw()
 }
 
 fn hash(s: &str) -> u64 {
@@ -234,6 +274,17 @@ pub(crate) struct Shared {
     pub(crate) stop: AtomicBool,
     /// Discovery log generation counter.
     pub(crate) genctr: u64,
+    /// Inboxes of the live poll groups (new connections are handed out
+    /// round robin).
+    pub(crate) inboxes: Mutex<Vec<Arc<conn::Inbox>>>,
+    /// Round-robin position for the next accepted connection.
+    pub(crate) accept_turn: AtomicUsize,
+    /// Poll groups running on reactors that have not finished yet.
+    pub(crate) reactor_groups: AtomicUsize,
+    /// ANA state (raw value) of each listener's port group.
+    pub(crate) ana: Vec<AtomicU8>,
+    /// ANA change count (bumped by every state change).
+    pub(crate) ana_chgcnt: AtomicU64,
 }
 
 /// The run-time part of the configuration.
@@ -249,6 +300,11 @@ pub(crate) struct TargetConfigRt {
 impl Shared {
     pub(crate) fn subsystem(&self, nqn: &str) -> Option<&Arc<Subsys>> {
         self.subsystems.iter().find(|s| s.nqn == nqn)
+    }
+
+    /// The raw ANA state of listener `i`'s port group.
+    pub(crate) fn ana_state(&self, i: usize) -> u8 {
+        self.ana.get(i).map_or(1, |a| a.load(Ordering::Acquire))
     }
 }
 
@@ -313,7 +369,23 @@ impl Target {
             max_io_queues: cfg.max_io_queues.max(1),
         };
         Ok(Self {
-            shared: Arc::new(Shared { cfg: rt, listeners, addrs, subsystems, stop: AtomicBool::new(false), genctr: 1 }),
+            shared: Arc::new(Shared {
+                cfg: rt,
+                listeners,
+                subsystems,
+                stop: AtomicBool::new(false),
+                genctr: 1,
+                inboxes: Mutex::new(Vec::new()),
+                accept_turn: AtomicUsize::new(0),
+                reactor_groups: AtomicUsize::new(0),
+                ana: (0..addrs.len())
+                    .map(|i| {
+                        AtomicU8::new(ana_raw(cfg.ana_states.get(i).copied().unwrap_or(bdev::AnaState::Optimized)))
+                    })
+                    .collect(),
+                ana_chgcnt: AtomicU64::new(1),
+                addrs,
+            }),
             threads: Vec::new(),
         })
     }
@@ -328,21 +400,77 @@ impl Target {
                 .name(format!("nvmf-tgt-{i}"))
                 .spawn(move || {
                     let mut pg = PollGroup::new(shared.clone());
-                    let mut idle = 0u32;
+                    // Spin while there is work and for a while after it
+                    // (yielding the core to others), then nap in short
+                    // steps, growing while the group stays idle.
+                    let mut last_work = Instant::now();
                     while !shared.stop.load(Ordering::Acquire) {
                         if pg.poll() {
-                            idle = 0;
+                            last_work = Instant::now();
+                            continue;
+                        }
+                        let idle = last_work.elapsed();
+                        if idle < THREAD_SPIN {
+                            std::thread::yield_now();
                         } else {
-                            idle = idle.saturating_add(1);
-                            if idle > 64 {
-                                std::thread::sleep(Duration::from_micros(if idle > 10_000 { 500 } else { 50 }));
-                            }
+                            std::thread::sleep(if idle < Duration::from_millis(100) {
+                                Duration::from_micros(50)
+                            } else {
+                                Duration::from_micros(500)
+                            });
                         }
                     }
                     pg.shutdown();
                 })
                 .map_err(TargetError::Thread)?;
             t.threads.push(h);
+        }
+        Ok(t)
+    }
+
+    /// Binds the listeners and runs one poll group as a poller on each of
+    /// `reactors` (`cfg.poll_groups` is ignored). The pollers end, closing
+    /// their connections on their own reactor, when the target is stopped
+    /// or dropped; stop it from a thread that is not one of these reactors.
+    pub fn start_on(cfg: TargetConfig, reactors: &[ReactorHandle]) -> Result<Self, TargetError> {
+        if reactors.is_empty() {
+            return Err(TargetError::Config("no reactor to run poll groups on".into()));
+        }
+        let t = Self::new(cfg)?;
+        for h in reactors {
+            let shared = t.shared.clone();
+            shared.reactor_groups.fetch_add(1, Ordering::AcqRel);
+            // Created here so a message the reactor drops unrun (it was
+            // stopped) still counts the group as finished.
+            let done = GroupDone(shared.clone());
+            let sent = h.send(move |ctx| {
+                let me = std::rc::Rc::new(std::cell::Cell::new(None));
+                let me2 = me.clone();
+                let mut group = Some((PollGroup::new(shared.clone()), done));
+                let id = ctx.add_poller("nvmf-target", move |ctx| {
+                    let Some((pg, _)) = group.as_mut() else { return PollStatus::Idle };
+                    if shared.stop.load(Ordering::Acquire) {
+                        // Dropping the group closes its connections and
+                        // then reports it finished.
+                        group = None;
+                        if let Some(id) = me2.get() {
+                            ctx.remove(id);
+                        }
+                        return PollStatus::Idle;
+                    }
+                    // Busy while commands are in flight, so an adaptive
+                    // reactor does not park with IO outstanding.
+                    if pg.poll() || pg.commands_in_flight() {
+                        PollStatus::Busy
+                    } else {
+                        PollStatus::Idle
+                    }
+                });
+                me.set(Some(id));
+            });
+            if let Err(e) = sent {
+                return Err(TargetError::Reactor { index: h.index(), source: e });
+            }
         }
         Ok(t)
     }
@@ -357,20 +485,70 @@ impl Target {
         &self.shared.addrs
     }
 
-    /// Stops the poll group threads (connections are closed).
+    /// Sets the ANA state of listener `listener`'s port group (index in
+    /// configuration order). Controllers behind it report the new state in
+    /// their ANA log page, complete an outstanding Asynchronous Event
+    /// Request with an ANA change notice (when the host enabled those), and
+    /// fail I/O with the matching ANA status while the state is not
+    /// optimized or non-optimized.
+    pub fn set_ana_state(&self, listener: usize, state: bdev::AnaState) -> Result<(), TargetError> {
+        let cell =
+            self.shared.ana.get(listener).ok_or_else(|| TargetError::Config(format!("no listener {listener}")))?;
+        if cell.swap(ana_raw(state), Ordering::AcqRel) != ana_raw(state) {
+            self.shared.ana_chgcnt.fetch_add(1, Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
+    /// The ANA state of listener `listener`'s port group.
+    pub fn ana_state(&self, listener: usize) -> Option<bdev::AnaState> {
+        use nvme_spec::log::AnaState as Spec;
+        Some(match Spec::from_raw(self.shared.ana.get(listener)?.load(Ordering::Acquire)) {
+            Spec::Optimized => bdev::AnaState::Optimized,
+            Spec::NonOptimized => bdev::AnaState::NonOptimized,
+            Spec::Inaccessible => bdev::AnaState::Inaccessible,
+            Spec::PersistentLoss => bdev::AnaState::PersistentLoss,
+            Spec::Change | Spec::Reserved(_) => bdev::AnaState::Change,
+        })
+    }
+
+    /// Stops the poll groups (connections are closed).
     pub fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
         self.shared.stop.store(true, Ordering::Release);
         for t in self.threads.drain(..) {
             let _ = t.join();
+        }
+        // Poll groups on reactors notice the flag on their next pass.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.shared.reactor_groups.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            if reactor::Ctx::current_index().is_some() {
+                // On a reactor: waiting could block the group we wait for.
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 }
 
 impl Drop for Target {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Release);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
+        self.halt();
+    }
+}
+
+/// How long a poll group thread spins (yielding) after its last work
+/// before it naps.
+const THREAD_SPIN: Duration = Duration::from_millis(2);
+
+/// Counts a reactor poll group as finished when dropped.
+struct GroupDone(Arc<Shared>);
+
+impl Drop for GroupDone {
+    fn drop(&mut self) {
+        self.0.reactor_groups.fetch_sub(1, Ordering::AcqRel);
     }
 }

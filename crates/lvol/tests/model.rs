@@ -1,0 +1,128 @@
+//! Property test: random writes (any size and alignment), snapshots, clones, codec toggles and
+//! reloads against an in-memory model of every volume's contents.
+
+mod common;
+
+use bdev::{DmaBuf, IoChannel, IoRequest, IoStatus, IoVecs, Registry};
+use lvol::{check, CreateOpts, Store};
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+const BS: u64 = 512;
+const VOL: u64 = 256 << 10;
+
+#[derive(Clone, Debug)]
+enum Act {
+    Write { vol: usize, lba: u64, nb: u64, seed: u8 },
+    Snapshot { vol: usize },
+    Clone { snap: usize },
+    Compress { vol: usize, on: bool },
+    Encrypt { vol: usize },
+    Reload,
+}
+
+fn act() -> impl Strategy<Value = Act> {
+    prop_oneof![
+        8 => (0..4usize, 0..VOL / BS, 1..64u64, any::<u8>()).prop_map(|(vol, lba, nb, seed)| Act::Write { vol, lba, nb, seed }),
+        1 => (0..4usize).prop_map(|vol| Act::Snapshot { vol }),
+        1 => (0..4usize).prop_map(|snap| Act::Clone { snap }),
+        1 => (0..4usize, any::<bool>()).prop_map(|(vol, on)| Act::Compress { vol, on }),
+        1 => (0..4usize).prop_map(|vol| Act::Encrypt { vol }),
+        1 => Just(Act::Reload),
+    ]
+}
+
+fn io(ch: &mut dyn IoChannel, req: IoRequest) -> IoStatus {
+    ch.submit(&req).unwrap();
+    let mut got = None;
+    while got.is_none() {
+        ch.poll(&mut |_, st| got = Some(st));
+    }
+    got.unwrap()
+}
+
+fn read_all(store: &Store, name: &str) -> Vec<u8> {
+    let mut ch = store.channel(name).unwrap();
+    let mut b = DmaBuf::alloc(VOL as usize).unwrap();
+    assert_eq!(io(&mut ch, IoRequest::read(0, VOL / BS, IoVecs::single(b.iovec()), 0)), IoStatus::Success);
+    b.as_slice().to_vec()
+}
+
+const KEY: [u8; 64] = {
+    let mut k = [0u8; 64];
+    let mut i = 0;
+    while i < 64 {
+        k[i] = i as u8 + 1;
+        i += 1;
+    }
+    k
+};
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
+    #[test]
+    fn volumes_match_a_model(acts in proptest::collection::vec(act(), 1..40)) {
+        let reg = Registry::new();
+        let disk = common::malloc("m", 16 << 20, 512);
+        reg.register(disk.clone()).unwrap();
+        let opts = CreateOpts { cluster_size: 128 << 10, journal_size: 64 << 10, max_volumes: 32 };
+        let mut store = Store::create(reg.open("m", true).unwrap(), "lvs", &opts).unwrap();
+        store.create_volume("v0", VOL, true).unwrap();
+        let mut model: BTreeMap<String, (Vec<u8>, bool)> = BTreeMap::new();
+        model.insert("v0".into(), (vec![0; VOL as usize], false));
+        let mut n = 0;
+        for a in acts {
+            let writable: Vec<String> = model.iter().filter(|(_, v)| !v.1).map(|(k, _)| k.clone()).collect();
+            let snaps: Vec<String> = model.iter().filter(|(_, v)| v.1).map(|(k, _)| k.clone()).collect();
+            match a {
+                Act::Write { vol, lba, nb, seed } => {
+                    let name = &writable[vol % writable.len()];
+                    let nb = nb.min(VOL / BS - lba);
+                    let data: Vec<u8> = (0..nb * BS).map(|i| (i as u8).wrapping_mul(seed | 1).wrapping_add(seed)).collect();
+                    let mut ch = store.channel(name).unwrap();
+                    let mut b = DmaBuf::alloc(data.len()).unwrap();
+                    b.as_mut_slice().copy_from_slice(&data);
+                    prop_assert_eq!(io(&mut ch, IoRequest::write(lba, nb, IoVecs::single(b.iovec()), 0)), IoStatus::Success);
+                    let m = model.get_mut(name).unwrap();
+                    m.0[(lba * BS) as usize..((lba + nb) * BS) as usize].copy_from_slice(&data);
+                }
+                Act::Snapshot { vol } => {
+                    let name = writable[vol % writable.len()].clone();
+                    n += 1;
+                    let s = format!("s{n}");
+                    store.snapshot(&name, &s).unwrap();
+                    let d = model[&name].0.clone();
+                    model.insert(s, (d, true));
+                }
+                Act::Clone { snap } => {
+                    if snaps.is_empty() { continue; }
+                    let s = snaps[snap % snaps.len()].clone();
+                    n += 1;
+                    let c = format!("c{n}");
+                    store.clone_volume(&s, &c).unwrap();
+                    let d = model[&s].0.clone();
+                    model.insert(c, (d, false));
+                }
+                Act::Compress { vol, on } => {
+                    store.set_compression(&writable[vol % writable.len()], if on { 3 } else { 0 }).unwrap();
+                }
+                Act::Encrypt { vol } => {
+                    store.enable_encryption(&writable[vol % writable.len()], &KEY).unwrap();
+                }
+                Act::Reload => {
+                    store.close(true).unwrap();
+                    drop(store);
+                    store = Store::load(reg.open("m", true).unwrap()).unwrap();
+                    store.unlock(&KEY).unwrap();
+                }
+            }
+        }
+        check(&store).unwrap();
+        for (name, (data, _)) in &model {
+            prop_assert!(read_all(&store, name) == *data, "volume {} differs", name);
+        }
+        store.close(false).unwrap();
+        let _ = Arc::clone(&disk);
+    }
+}
