@@ -398,8 +398,7 @@ impl CtrlQueue {
     fn fail(&mut self, e: CtrlError) -> CtrlError {
         self.failed = true;
         let term = match &e {
-            CtrlError::Recv(RecvError::Pdu(p)) => Some(p.term_req()),
-            CtrlError::Recv(RecvError::Placement(p)) => Some(p.term_req()),
+            CtrlError::Recv(r) => r.term_req(),
             CtrlError::Protocol { .. } => Some(TermReq { fes: Fes::SequenceError, fei: 0 }),
             _ => None,
         };

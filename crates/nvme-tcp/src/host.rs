@@ -429,8 +429,7 @@ impl HostQueue {
     fn fail(&mut self, e: HostError) -> HostError {
         self.failed = true;
         let term = match &e {
-            HostError::Recv(RecvError::Pdu(p)) => Some(p.term_req()),
-            HostError::Recv(RecvError::Placement(p)) => Some(p.term_req()),
+            HostError::Recv(r) => r.term_req(),
             HostError::Protocol { .. } => Some(TermReq { fes: Fes::SequenceError, fei: 0 }),
             _ => None,
         };

@@ -126,8 +126,8 @@ struct FaultChannel {
     injected: DoneQueue,
     /// Completions waiting: (deliver-at ticks, tag, status).
     held: VecDeque<(u64, u64, IoStatus)>,
-    /// IO type of each in-flight tag is not tracked; the delay applies by type at submit.
-    delayed_tags: Vec<(u64, bool)>,
+    /// Tags of in-flight IOs whose completion gets the delay (decided by type at submit).
+    delayed_tags: Vec<u64>,
 }
 
 impl Bdev for FaultBdev {
@@ -215,7 +215,7 @@ impl IoChannel for FaultChannel {
             self.delay_ticks > 0 && (self.delay_types == IoTypeSet::NONE || self.delay_types.contains(io.io_type));
         self.base.submit(io)?;
         if delayed {
-            self.delayed_tags.push((io.tag, true));
+            self.delayed_tags.push(io.tag);
         }
         Ok(())
     }
@@ -225,7 +225,7 @@ impl IoChannel for FaultChannel {
         let now = clock::ticks();
         let FaultChannel { base, held, delayed_tags, delay_ticks, .. } = self;
         base.poll(&mut |tag, status| {
-            let at = match delayed_tags.iter().position(|(t, _)| *t == tag) {
+            let at = match delayed_tags.iter().position(|t| *t == tag) {
                 Some(i) => {
                     delayed_tags.swap_remove(i);
                     now + *delay_ticks

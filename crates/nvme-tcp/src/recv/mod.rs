@@ -104,6 +104,18 @@ pub enum RecvError {
     Poisoned,
 }
 
+impl RecvError {
+    /// The termination request that reports this error to the peer, for errors in what the peer
+    /// sent (`None` for socket errors, a closed connection or an earlier failure).
+    pub fn term_req(&self) -> Option<pdu::TermReq> {
+        match self {
+            RecvError::Pdu(p) => Some(p.term_req()),
+            RecvError::Placement(p) => Some(p.term_req()),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 enum State {
     Common { have: usize },
