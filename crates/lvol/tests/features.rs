@@ -9,7 +9,6 @@ use bdev::{IoStatus, Registry};
 use lvol::{check, Lvol, LvolError};
 use std::sync::Arc;
 
-const MIB: u64 = 1 << 20;
 const KEY: [u8; 64] = {
     let mut k = [0u8; 64];
     let mut i = 0;
@@ -20,26 +19,9 @@ const KEY: [u8; 64] = {
     k
 };
 
-fn setup(bytes: u64, cluster: u64) -> (Arc<Registry>, Arc<Lvol>, Arc<dyn bdev::Bdev>) {
-    let reg = Registry::new();
-    let lvol = Lvol::new(&reg);
-    let disk = malloc("m0", bytes, 512);
-    reg.register(disk.clone()).unwrap();
-    lvol.lvs_create("m0", "lvs", cluster).unwrap();
-    (reg, lvol, disk)
-}
-
-fn reload(lvol: &Lvol, disk: &Arc<dyn bdev::Bdev>) -> (Arc<Registry>, Arc<Lvol>) {
-    lvol.lvs_unload("lvs").unwrap();
-    let reg = Registry::new();
-    let l2 = Lvol::new(&reg);
-    reg.register(disk.clone()).unwrap();
-    (reg, l2)
-}
-
 #[test]
 fn thin_volume_out_of_space_fails_with_no_space_and_recovers() {
-    let (reg, lvol, _d) = setup(16 * MIB, 1 << 20);
+    let (reg, lvol, _d) = setup(16 * MIB, 512, 1 << 20);
     let free = lvol.stores()[0].free_clusters;
     lvol.lvol_create("lvs", "big", 64, true).unwrap();
     lvol.lvol_create("lvs", "other", 4, true).unwrap();
@@ -76,7 +58,7 @@ fn thin_volume_out_of_space_fails_with_no_space_and_recovers() {
 
 #[test]
 fn resize_grows_and_shrinks_freeing_clusters() {
-    let (reg, lvol, disk) = setup(64 * MIB, 1 << 20);
+    let (reg, lvol, disk) = setup(64 * MIB, 512, 1 << 20);
     lvol.lvol_create("lvs", "v", 4, true).unwrap();
     let mut ch = chan(&reg, "lvs/v");
     let d = pattern(MIB as usize, 3);
@@ -108,7 +90,7 @@ fn resize_grows_and_shrinks_freeing_clusters() {
 
 #[test]
 fn shrinking_a_clone_hides_the_parent_past_the_new_end() {
-    let (reg, lvol, _d) = setup(64 * MIB, 1 << 20);
+    let (reg, lvol, _d) = setup(64 * MIB, 512, 1 << 20);
     lvol.lvol_create("lvs", "v", 2, true).unwrap();
     let mut ch = chan(&reg, "lvs/v");
     let d = pattern(2 * MIB as usize, 4);
@@ -124,7 +106,7 @@ fn shrinking_a_clone_hides_the_parent_past_the_new_end() {
 
 #[test]
 fn restore_reverts_the_origin_and_destroy_merges_into_a_single_child() {
-    let (reg, lvol, disk) = setup(64 * MIB, 1 << 20);
+    let (reg, lvol, disk) = setup(64 * MIB, 512, 1 << 20);
     lvol.lvol_create("lvs", "v", 3, true).unwrap();
     let mut ch = chan(&reg, "lvs/v");
     let a = pattern(3 * MIB as usize, 1);
@@ -173,7 +155,7 @@ fn restore_reverts_the_origin_and_destroy_merges_into_a_single_child() {
 
 #[test]
 fn inflate_and_decouple_cut_dependencies() {
-    let (reg, lvol, _d) = setup(64 * MIB, 1 << 20);
+    let (reg, lvol, _d) = setup(64 * MIB, 512, 1 << 20);
     lvol.lvol_create("lvs", "v", 2, true).unwrap();
     let mut ch = chan(&reg, "lvs/v");
     let a = pattern(MIB as usize, 1);
@@ -207,7 +189,7 @@ fn inflate_and_decouple_cut_dependencies() {
 
 #[test]
 fn rename_examine_by_name_and_uuid_and_config_errors() {
-    let (reg, lvol, disk) = setup(64 * MIB, 1 << 20);
+    let (reg, lvol, disk) = setup(64 * MIB, 512, 1 << 20);
     let v = lvol.lvol_create("lvs", "v", 1, true).unwrap();
     lvol.lvol_rename("lvs/v", "w").unwrap();
     assert!(reg.lookup("lvs/v").is_none());
@@ -240,7 +222,7 @@ fn rename_examine_by_name_and_uuid_and_config_errors() {
 
 #[test]
 fn compression_stores_less_and_reads_back_through_overwrites() {
-    let (reg, lvol, disk) = setup(64 * MIB, 4 << 20);
+    let (reg, lvol, disk) = setup(64 * MIB, 512, 4 << 20);
     lvol.lvol_create("lvs", "z", 8, true).unwrap();
     lvol.compression_enable("lvs/z", 6).unwrap();
     let mut ch = chan(&reg, "lvs/z");
@@ -277,7 +259,7 @@ fn compression_stores_less_and_reads_back_through_overwrites() {
 
 #[test]
 fn encryption_keeps_keys_out_of_the_store_and_locks_after_restart() {
-    let (reg, lvol, disk) = setup(32 * MIB, 1 << 20);
+    let (reg, lvol, disk) = setup(32 * MIB, 512, 1 << 20);
     lvol.lvol_create("lvs", "e", 2, true).unwrap();
     let mut ch = chan(&reg, "lvs/e");
     let plain: Vec<u8> = b"SECRET-PLAINTEXT".iter().copied().cycle().take(MIB as usize).collect();
@@ -324,7 +306,7 @@ fn encryption_keeps_keys_out_of_the_store_and_locks_after_restart() {
 
 #[test]
 fn snapshot_during_concurrent_io_on_another_thread() {
-    let (reg, lvol, _d) = setup(64 * MIB, 1 << 20);
+    let (reg, lvol, _d) = setup(64 * MIB, 512, 1 << 20);
     lvol.lvol_create("lvs", "v", 8, true).unwrap();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let r2 = reg.clone();
@@ -351,7 +333,7 @@ fn snapshot_during_concurrent_io_on_another_thread() {
 
 #[test]
 fn save_config_lists_stores_volumes_snapshots_and_clones_without_keys() {
-    let (_reg, lvol, _d) = setup(64 * MIB, 1 << 20);
+    let (_reg, lvol, _d) = setup(64 * MIB, 512, 1 << 20);
     lvol.lvol_create("lvs", "data", 4, true).unwrap();
     lvol.lvol_create("lvs", "log", 2, false).unwrap();
     lvol.snapshot_create("lvs/data", "snap1").unwrap();

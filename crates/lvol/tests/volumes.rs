@@ -3,28 +3,8 @@
 mod common;
 use common::*;
 
-use bdev::{IoStatus, Registry};
-use lvol::{check, Lvol};
-use std::sync::Arc;
-
-const MIB: u64 = 1 << 20;
-
-fn setup(bytes: u64, bs: u32, cluster: u64) -> (Arc<Registry>, Arc<Lvol>, Arc<dyn bdev::Bdev>) {
-    let reg = Registry::new();
-    let lvol = Lvol::new(&reg);
-    let disk = malloc("m0", bytes, bs);
-    reg.register(disk.clone()).unwrap();
-    lvol.lvs_create("m0", "lvs", cluster).unwrap();
-    (reg, lvol, disk)
-}
-
-fn reload(lvol: &Lvol, disk: &Arc<dyn bdev::Bdev>) -> (Arc<Registry>, Arc<Lvol>) {
-    lvol.lvs_unload("lvs").unwrap();
-    let reg = Registry::new();
-    let l2 = Lvol::new(&reg);
-    reg.register(disk.clone()).unwrap();
-    (reg, l2)
-}
+use bdev::IoStatus;
+use lvol::check;
 
 #[test]
 fn thin_volume_reads_zeroes_then_what_was_written() {

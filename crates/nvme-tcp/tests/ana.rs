@@ -68,6 +68,8 @@ fn ana_state_per_listener_at_run_time() {
     let id = a1.identify_controller().expect("identify");
     assert_ne!(id.cmic & 0x08, 0, "ANA reporting");
     assert_eq!((id.anagrpmax.get(), id.nanagrpid.get()), (1, 1));
+    // Hosts using ANA (Linux) refuse a controller unless 0 < MNAN <= NN.
+    assert_eq!((id.mnan.get(), id.nn.get()), (2, 2));
     let log = ana_log(&mut a1);
     assert_eq!(log.groups.len(), 1);
     assert_eq!((log.groups[0].grpid, log.groups[0].state), (1, SpecAna::Optimized));

@@ -24,16 +24,16 @@ trap 'kill $TPID 2>/dev/null || true; rm -rf "$WORK"' EXIT
 cat > "$WORK/guest.sh" <<GUEST
 set -x
 modprobe nvme-tcp || modprobe nvme_tcp
-echo "transport=tcp,traddr=10.0.2.2,trsvcid=$PORT,nqn=nqn.2014-08.org.nvmexpress.discovery" > /dev/nvme-fabrics || exit 1
-echo "transport=tcp,traddr=10.0.2.2,trsvcid=$PORT,nqn=$NQN,hdr_digest,data_digest" > /dev/nvme-fabrics || exit 1
+echo "transport=tcp,traddr=10.0.2.2,trsvcid=$PORT,nqn=nqn.2014-08.org.nvmexpress.discovery" > /dev/nvme-fabrics || { dmesg | tail -15; exit 1; }
+echo "transport=tcp,traddr=10.0.2.2,trsvcid=$PORT,nqn=$NQN,hdr_digest,data_digest" > /dev/nvme-fabrics || { dmesg | tail -15; exit 1; }
 sleep 2
 dev=\$(ls /dev/nvme*n1 | head -1)
-[ -b "\$dev" ] || exit 1
+[ -b "\$dev" ] || { dmesg | tail -15; exit 1; }
 cat /sys/class/nvme/nvme*/subsysnqn
 dd if=/dev/urandom of=/tmp/a bs=4096 count=512
-dd if=/tmp/a of=\$dev bs=65536 oflag=direct || exit 1
+dd if=/tmp/a of=\$dev bs=65536 oflag=direct || { dmesg | tail -15; exit 1; }
 echo 3 > /proc/sys/vm/drop_caches
-dd if=\$dev of=/tmp/b bs=1048576 count=2 iflag=direct || exit 1
+dd if=\$dev of=/tmp/b bs=1048576 count=2 iflag=direct || { dmesg | tail -15; exit 1; }
 cmp /tmp/a /tmp/b && echo INTEROP-DATA-OK
 GUEST
 out=$(bash "$TB/vm-run.sh" -t 500 -f "$WORK/guest.sh" sh guest.sh 2>&1) || true

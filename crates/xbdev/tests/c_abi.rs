@@ -9,10 +9,12 @@ fn c_program_uses_the_abi() {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().and_then(|d| d.parent()).unwrap().to_path_buf();
     // `cargo build` puts the cdylib in the profile directory; `cargo test` alone may leave it
-    // only in deps/.
+    // only in deps/. Take the newer: the other may be left from an older build.
     let lib_dir = [profile_dir.clone(), profile_dir.join("deps")]
         .into_iter()
-        .find(|d| d.join("libxbdev.so").exists())
+        .filter_map(|d| Some((std::fs::metadata(d.join("libxbdev.so")).ok()?.modified().ok()?, d)))
+        .max_by_key(|(mtime, _)| *mtime)
+        .map(|(_, d)| d)
         .unwrap_or_else(|| panic!("cdylib libxbdev.so not built under {}", profile_dir.display()));
     let profile_dir = lib_dir;
     let crate_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -32,6 +34,7 @@ fn c_program_uses_the_abi() {
         .output()
         .unwrap();
     assert!(cc.status.success(), "cc failed: {}", String::from_utf8_lossy(&cc.stderr));
-    let run = Command::new(&bin).output().unwrap();
+    // cargo's LD_LIBRARY_PATH would win over the rpath and may name a stale copy.
+    let run = Command::new(&bin).env_remove("LD_LIBRARY_PATH").output().unwrap();
     assert!(run.status.success(), "{}\n{}", String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
 }

@@ -6,6 +6,28 @@ use bdev::{Bdev, BdevChannel, DmaBuf, IoRequest, IoStatus, IoVecs, Registry};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// One mebibyte.
+pub const MIB: u64 = 1 << 20;
+
+/// A registry with an lvol module and a store `lvs` (cluster size `cluster`) on malloc bdev `m0`.
+pub fn setup(bytes: u64, bs: u32, cluster: u64) -> (Arc<Registry>, Arc<lvol::Lvol>, Arc<dyn Bdev>) {
+    let reg = Registry::new();
+    let lvol = lvol::Lvol::new(&reg);
+    let disk = malloc("m0", bytes, bs);
+    reg.register(disk.clone()).unwrap();
+    lvol.lvs_create("m0", "lvs", cluster).unwrap();
+    (reg, lvol, disk)
+}
+
+/// Unloads store `lvs` and registers its disk again in a fresh registry with a fresh lvol module.
+pub fn reload(lvol: &lvol::Lvol, disk: &Arc<dyn Bdev>) -> (Arc<Registry>, Arc<lvol::Lvol>) {
+    lvol.lvs_unload("lvs").unwrap();
+    let reg = Registry::new();
+    let l2 = lvol::Lvol::new(&reg);
+    reg.register(disk.clone()).unwrap();
+    (reg, l2)
+}
+
 pub fn malloc(name: &str, bytes: u64, bs: u32) -> Arc<dyn Bdev> {
     Arc::new(
         MallocBdev::new(MallocParams { name: name.into(), num_blocks: bytes / bs as u64, block_size: bs }).unwrap(),

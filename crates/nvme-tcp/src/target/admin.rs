@@ -428,6 +428,11 @@ fn identify_controller(shared: &Shared, ctrl: &Ctrl, sub: &Subsys) -> IdentifyCo
     c.cqes = 0x44;
     c.maxcmd = shared.cfg.queue_depth.into();
     c.nn = (sub.namespaces.len() as u32).into();
+    if c.cmic & 0x08 != 0 {
+        // A host using ANA requires 0 < MNAN <= NN (Linux refuses the
+        // controller otherwise).
+        c.mnan = c.nn;
+    }
     let all =
         |t: bdev::IoType| !sub.namespaces.is_empty() && sub.namespaces.iter().all(|b| b.info().supported.contains(t));
     let mut o = 0u16;

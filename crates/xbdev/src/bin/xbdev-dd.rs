@@ -18,17 +18,6 @@ fn fail(msg: String) -> ! {
     std::process::exit(2);
 }
 
-fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim().to_ascii_lowercase();
-    let (num, mul) = match s.chars().last()? {
-        'k' => (&s[..s.len() - 1], 1u64 << 10),
-        'm' => (&s[..s.len() - 1], 1 << 20),
-        'g' => (&s[..s.len() - 1], 1 << 30),
-        _ => (&s[..], 1),
-    };
-    num.parse::<u64>().ok()?.checked_mul(mul)
-}
-
 enum End {
     File(File, u64),
     Bdev(Handle),
@@ -59,7 +48,9 @@ fn main() {
             "--json" => json = Some(v("--json")),
             "--bs" => {
                 let s = v("--bs");
-                bs = parse_size(&s).filter(|&b| b > 0).unwrap_or_else(|| fail(format!("--bs: bad size '{s}'")));
+                bs = xbdev::perf::parse_size(&s)
+                    .filter(|&b| b > 0)
+                    .unwrap_or_else(|| fail(format!("--bs: bad size '{s}'")));
             }
             "--count" => count = Some(num("--count", v("--count"))),
             "--skip" => skip = num("--skip", v("--skip")),

@@ -19,17 +19,6 @@ const USAGE: &str = "usage: xbdev-perf [options]
   --json        print results as JSON
   -h, --help    this text";
 
-fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim().to_ascii_lowercase();
-    let (num, mul) = match s.chars().last()? {
-        'k' => (&s[..s.len() - 1], 1u64 << 10),
-        'm' => (&s[..s.len() - 1], 1 << 20),
-        'g' => (&s[..s.len() - 1], 1 << 30),
-        _ => (&s[..], 1),
-    };
-    num.parse::<u64>().ok()?.checked_mul(mul)
-}
-
 fn parse_mask(s: &str) -> Option<u64> {
     match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
         Some(h) => u64::from_str_radix(h, 16).ok(),
@@ -70,7 +59,7 @@ fn main() {
             }
             "-o" => {
                 let v = val("-o");
-                p.io_size = parse_size(&v).unwrap_or_else(|| fail(format!("bad IO size '{v}'")));
+                p.io_size = xbdev::perf::parse_size(&v).unwrap_or_else(|| fail(format!("bad IO size '{v}'")));
             }
             "-q" => {
                 let v = val("-q");
