@@ -459,7 +459,18 @@ fn encryption(dir: &str) {
     let mut b = vec![0u8; 64 * MIB as usize];
     let t = Instant::now();
     c.encrypt(&mut b, 4096, 0);
-    println!("AES-XTS-256 alone on one core: {:.0} MiB/s", 64.0 / t.elapsed().as_secs_f64());
+    let ours = 64.0 / t.elapsed().as_secs_f64();
+    // The same work through `xts-mode` alone (one AES block per call), in the same run.
+    use aes::cipher::KeyInit;
+    let k = |r: std::ops::Range<usize>| aes::Aes256::new_from_slice(&key[r]).unwrap();
+    let xts = xts_mode::Xts128::new(k(0..32), k(32..64));
+    let t = Instant::now();
+    xts.encrypt_area(&mut b, 4096, 0, xts_mode::get_tweak_default);
+    let reference = 64.0 / t.elapsed().as_secs_f64();
+    println!(
+        "AES-XTS-256 alone on one core, 4 KiB units: {ours:.0} MiB/s (xts-mode per block: {reference:.0} MiB/s, {:.1}x)",
+        ours / reference
+    );
     drop((pc, ec));
     lv.lvs_destroy("lvs").unwrap();
 }
