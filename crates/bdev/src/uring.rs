@@ -9,6 +9,10 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
+/// `IORING_ENTER_GETEVENTS` (include/uapi/linux/io_uring.h): with deferred task work, only an
+/// enter carrying it posts the completions that arrived meanwhile.
+const ENTER_GETEVENTS: u32 = 1;
+
 #[derive(Copy, Clone)]
 struct InFlight {
     tag: u64,
@@ -153,7 +157,14 @@ impl IoChannel for UringChannel {
             sq.taskrun() || sq.cq_overflow()
         };
         if self.unsubmitted > 0 || task_work {
-            match self.ring.submit() {
+            // One enter both submits the batch and (GETEVENTS with no minimum) runs the
+            // deferred completion work, so completions that are already in are reaped below
+            // without a second system call.
+            let to_submit = self.ring.submission().len() as u32;
+            // SAFETY: no extended argument is passed; the submission queue's tail was
+            // published when the `submission()` handles of `submit` were dropped.
+            let entered = unsafe { self.ring.submitter().enter::<libc::sigset_t>(to_submit, 0, ENTER_GETEVENTS, None) };
+            match entered {
                 Ok(n) => self.unsubmitted -= (n as u32).min(self.unsubmitted),
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) || e.raw_os_error() == Some(libc::EAGAIN) => {}
                 Err(e) => log::error!("io_uring_enter failed: {e}"),
