@@ -150,20 +150,23 @@ impl IoChannel for UringChannel {
     }
 
     fn poll(&mut self, done: &mut dyn FnMut(u64, IoStatus)) -> usize {
-        let in_flight = self.slots.len() - self.free.len();
-        let task_work = in_flight > 0 && {
-            let mut sq = self.ring.submission();
-            sq.sync();
+        if self.free.len() == self.slots.len() {
+            // Nothing queued or in flight: nothing to submit and no completion to come.
+            return 0;
+        }
+        let enter = self.unsubmitted > 0 || {
+            let sq = self.ring.submission();
             sq.taskrun() || sq.cq_overflow()
         };
-        if self.unsubmitted > 0 || task_work {
+        if enter {
             // One enter both submits the batch and (GETEVENTS with no minimum) runs the
             // deferred completion work, so completions that are already in are reaped below
             // without a second system call.
-            let to_submit = self.ring.submission().len() as u32;
-            // SAFETY: no extended argument is passed; the submission queue's tail was
-            // published when the `submission()` handles of `submit` were dropped.
-            let entered = unsafe { self.ring.submitter().enter::<libc::sigset_t>(to_submit, 0, ENTER_GETEVENTS, None) };
+            // SAFETY: no extended argument is passed; `unsubmitted` entries were pushed and
+            // the submission queue's tail was published when the `submission()` handles of
+            // `submit` were dropped.
+            let entered =
+                unsafe { self.ring.submitter().enter::<libc::sigset_t>(self.unsubmitted, 0, ENTER_GETEVENTS, None) };
             match entered {
                 Ok(n) => self.unsubmitted -= (n as u32).min(self.unsubmitted),
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) || e.raw_os_error() == Some(libc::EAGAIN) => {}
