@@ -127,11 +127,16 @@ pub struct TargetConfig {
     pub max_io_queues: u16,
     /// Initial ANA state of each listener (missing entries: optimized).
     pub ana_states: Vec<bdev::AnaState>,
+    /// TCP congestion control algorithm of accepted connections (set on
+    /// the listeners, which pass it on; e.g. `"reno"`); `None` keeps the
+    /// system default.
+    pub tcp_congestion: Option<String>,
 }
 
 impl TargetConfig {
     /// Defaults: one poll group, digests allowed, depth 128, 128 KiB
-    /// transfers, 8 KiB in-capsule data, 16 I/O queues.
+    /// transfers, 8 KiB in-capsule data, 16 I/O queues, the system's TCP
+    /// congestion control.
     pub fn new(listeners: Vec<SocketAddr>, subsystems: Vec<SubsystemConfig>) -> Self {
         Self {
             listeners,
@@ -143,6 +148,7 @@ impl TargetConfig {
             incapsule: 8192,
             max_io_queues: 16,
             ana_states: Vec::new(),
+            tcp_congestion: None,
         }
     }
 }
@@ -348,6 +354,9 @@ impl Target {
         for a in &cfg.listeners {
             let l = TcpListener::bind(a).map_err(|e| TargetError::Listen { addr: *a, source: e })?;
             l.set_nonblocking(true).map_err(|e| TargetError::Listen { addr: *a, source: e })?;
+            if let Some(cc) = &cfg.tcp_congestion {
+                crate::ffi::set_congestion(&l, cc).map_err(|e| TargetError::Listen { addr: *a, source: e })?;
+            }
             addrs.push(l.local_addr().map_err(|e| TargetError::Listen { addr: *a, source: e })?);
             listeners.push(l);
         }
