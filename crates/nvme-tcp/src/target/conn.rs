@@ -1,7 +1,7 @@
 //! Poll groups and target connections.
 
 use super::io::IoState;
-use super::{admin, Ctrl, Shared};
+use super::{abort, admin, Ctrl, Shared};
 use crate::ctrl::{bad_sgl_status, CmdData, CtrlBuffers, CtrlConfig, CtrlEvent, CtrlQueue};
 use bdev::DmaBuf;
 use nvme_spec::command::{Command, FabricsCommand, QueueType};
@@ -179,7 +179,19 @@ impl TgtConn {
         self.events = events;
         if let Some(mut io) = self.io.take() {
             work |= io.poll(self);
+            if let ConnRole::Io { ctrl, qid } = &self.role {
+                if ctrl.abort_asked.load(Ordering::Acquire) {
+                    let (ctrl, qid) = (ctrl.clone(), *qid);
+                    work |= abort::serve(self, &mut io, &ctrl, qid);
+                }
+            }
             self.io = Some(io);
+        }
+        if let ConnRole::Admin(c) = &self.role {
+            if c.abort_answered.load(Ordering::Acquire) {
+                let c = c.clone();
+                work |= abort::answer(self, &c);
+            }
         }
         if self.q.wants_transmit() {
             let mut released = 0usize;
@@ -301,7 +313,7 @@ impl TgtConn {
         }
         self.io = None;
         if let ConnRole::Io { ctrl, qid } = &self.role {
-            ctrl.regs().io_qids.retain(|q| q != qid);
+            abort::queue_gone(ctrl, *qid);
         }
         if let ConnRole::Admin(c) = &self.role {
             c.dead.store(true, Ordering::Release);

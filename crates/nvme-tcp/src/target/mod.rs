@@ -18,6 +18,7 @@
 //! status. [`Target::set_ana_state`] changes a listener's state at run
 //! time.
 
+mod abort;
 mod admin;
 mod conn;
 mod io;
@@ -186,6 +187,11 @@ pub(crate) struct CtrlRegs {
     pub(crate) wce: bool,
     /// I/O queue IDs connected.
     pub(crate) io_qids: Vec<u16>,
+    /// Abort commands waiting for the connection of their I/O queue.
+    pub(crate) aborts: Vec<abort::AbortRequest>,
+    /// Answers to Abort commands for the admin queue: (admin slot,
+    /// completion dword 0).
+    pub(crate) abort_answers: Vec<(u16, u32)>,
 }
 
 /// One controller (association) of a subsystem.
@@ -198,6 +204,10 @@ pub(crate) struct Ctrl {
     pub(crate) regs: Mutex<CtrlRegs>,
     /// Torn down (keep-alive expiry or admin queue gone).
     pub(crate) dead: AtomicBool,
+    /// `regs.aborts` is not empty.
+    pub(crate) abort_asked: AtomicBool,
+    /// `regs.abort_answers` is not empty.
+    pub(crate) abort_answered: AtomicBool,
 }
 
 impl Ctrl {
