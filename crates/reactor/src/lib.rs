@@ -150,6 +150,12 @@ pub struct ReactorHandle {
     shared: Arc<Shared>,
 }
 
+impl std::fmt::Debug for ReactorHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReactorHandle").field("index", &self.index).finish()
+    }
+}
+
 impl ReactorHandle {
     /// The reactor's index in its set.
     pub fn index(&self) -> usize {

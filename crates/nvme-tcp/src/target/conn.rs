@@ -329,16 +329,27 @@ pub(crate) fn seq_error() -> Status {
 }
 
 /// Connections accepted by one poll group and handed to another.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct Inbox {
     pending: AtomicBool,
     conns: Mutex<Vec<(TcpStream, usize)>>,
+    /// The reactor serving the group, woken when a connection arrives.
+    waker: std::sync::OnceLock<reactor::ReactorHandle>,
+}
+
+impl std::fmt::Debug for Inbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inbox").field("pending", &self.pending).finish()
+    }
 }
 
 impl Inbox {
     fn push(&self, s: TcpStream, listener: usize) {
         self.conns.lock().unwrap_or_else(|e| e.into_inner()).push((s, listener));
         self.pending.store(true, Ordering::Release);
+        if let Some(h) = self.waker.get() {
+            h.notify();
+        }
     }
 }
 
@@ -352,6 +363,8 @@ pub struct PollGroup {
     inbox: Arc<Inbox>,
     next_accept: u64,
     accept_period: u64,
+    /// Changes whenever a connection is added or closed.
+    generation: u64,
 }
 
 impl std::fmt::Debug for PollGroup {
@@ -365,7 +378,31 @@ impl PollGroup {
         let inbox = Arc::new(Inbox::default());
         shared.inboxes.lock().unwrap_or_else(|e| e.into_inner()).push(inbox.clone());
         let accept_period = bdev::clock::ns_to_ticks(ACCEPT_PERIOD_NS).max(1);
-        Self { shared, conns: Vec::new(), inbox, next_accept: 0, accept_period }
+        Self { shared, conns: Vec::new(), inbox, next_accept: 0, accept_period, generation: 0 }
+    }
+
+    /// Has `h` woken when another group hands this one a connection (the
+    /// reactor the group runs on).
+    pub(crate) fn set_waker(&self, h: reactor::ReactorHandle) {
+        let _ = self.inbox.waker.set(h);
+    }
+
+    /// A number that changes whenever the group's set of sockets does.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Calls `f` with every socket the group reads: the listeners and the
+    /// connections (to wake a parked reactor when one becomes readable;
+    /// valid until [`PollGroup::generation`] changes).
+    pub fn for_each_fd(&self, f: &mut dyn FnMut(std::os::fd::RawFd)) {
+        use std::os::fd::AsRawFd;
+        for l in &self.shared.listeners {
+            f(l.as_raw_fd());
+        }
+        for c in &self.conns {
+            f(c.stream.as_raw_fd());
+        }
     }
 
     /// Number of connections served.
@@ -385,6 +422,7 @@ impl PollGroup {
             Ok(c) => {
                 log::debug!("nvmf target: connection from {peer:?} on listener {listener}");
                 self.conns.push(c);
+                self.generation += 1;
             }
             Err(e) => log::warn!("nvmf target: accepting {peer:?}: {e}"),
         }
@@ -440,6 +478,7 @@ impl PollGroup {
             if self.conns[i].closed {
                 let mut c = self.conns.swap_remove(i);
                 c.teardown();
+                self.generation += 1;
                 work = true;
             } else {
                 i += 1;

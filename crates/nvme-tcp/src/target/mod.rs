@@ -329,6 +329,8 @@ impl Shared {
 pub struct Target {
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
+    /// Reactors running poll groups (woken to notice a stop).
+    reactors: Vec<ReactorHandle>,
 }
 
 impl Target {
@@ -406,6 +408,7 @@ impl Target {
                 addrs,
             }),
             threads: Vec::new(),
+            reactors: Vec::new(),
         })
     }
 
@@ -455,20 +458,31 @@ impl Target {
         if reactors.is_empty() {
             return Err(TargetError::Config("no reactor to run poll groups on".into()));
         }
-        let t = Self::new(cfg)?;
+        let mut t = Self::new(cfg)?;
+        t.reactors = reactors.to_vec();
         for h in reactors {
             let shared = t.shared.clone();
             shared.reactor_groups.fetch_add(1, Ordering::AcqRel);
             // Created here so a message the reactor drops unrun (it was
             // stopped) still counts the group as finished.
             let done = GroupDone(shared.clone());
+            let handle = h.clone();
             let sent = h.send(move |ctx| {
                 let me = std::rc::Rc::new(std::cell::Cell::new(None));
                 let me2 = me.clone();
-                let mut group = Some((PollGroup::new(shared.clone()), done));
+                let pg = PollGroup::new(shared.clone());
+                pg.set_waker(handle);
+                let mut group = Some((pg, done));
+                // Sockets watched while the reactor is parked, and the
+                // group generation they were taken at.
+                let mut watched: Vec<reactor::FdWatch> = Vec::new();
+                let mut watched_gen = u64::MAX;
                 let id = ctx.add_poller("nvmf-target", move |ctx| {
                     let Some((pg, _)) = group.as_mut() else { return PollStatus::Idle };
                     if shared.stop.load(Ordering::Acquire) {
+                        for w in watched.drain(..) {
+                            ctx.unwatch_fd(w);
+                        }
                         // Dropping the group closes its connections and
                         // then reports it finished.
                         group = None;
@@ -479,7 +493,16 @@ impl Target {
                     }
                     // Busy while commands are in flight, so an adaptive
                     // reactor does not park with IO outstanding.
-                    if pg.poll() || pg.commands_in_flight() {
+                    let busy = pg.poll() || pg.commands_in_flight();
+                    // A parked reactor wakes when a socket becomes readable.
+                    if pg.generation() != watched_gen {
+                        for w in watched.drain(..) {
+                            ctx.unwatch_fd(w);
+                        }
+                        pg.for_each_fd(&mut |fd| watched.push(ctx.watch_fd(&fd)));
+                        watched_gen = pg.generation();
+                    }
+                    if busy {
                         PollStatus::Busy
                     } else {
                         PollStatus::Idle
@@ -542,6 +565,9 @@ impl Target {
             let _ = t.join();
         }
         // Poll groups on reactors notice the flag on their next pass.
+        for h in &self.reactors {
+            h.notify();
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.shared.reactor_groups.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
             if reactor::Ctx::current_index().is_some() {
