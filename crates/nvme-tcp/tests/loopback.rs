@@ -231,6 +231,35 @@ fn io_against_own_target_with_digests() {
 }
 
 #[test]
+fn large_in_capsule_writes() {
+    // A target taking up to 128 KiB in the capsule: writes go without R2T.
+    for digests in [false, true] {
+        let ns = malloc("ic0", 8192, 512);
+        let mut cfg = TargetConfig::new(vec![any_port()], vec![SubsystemConfig::new(NQN, vec![ns.clone()])]);
+        cfg.incapsule = 128 << 10;
+        let target = Target::start(cfg).expect("target");
+        let mut o = opts(target.addrs()[0], NQN);
+        o.hdgst = digests;
+        o.ddgst = digests;
+        let c = NvmfController::connect("ic", o).expect("connect");
+        let b: Arc<dyn Bdev> = c.bdevs().remove(0);
+        let mut ch = Chan::open(b.clone());
+        write_read_verify(&mut ch, 512, 0, &[1, 16, 17, 64, 255, 256, 3], 20);
+        // The data is on the target's bdev.
+        let mut direct = Chan::open(ns.clone());
+        let mut r = DmaBuf::zeroed(256 * 512).expect("dma");
+        let lba = 1 + 16 + 17 + 64 + 255;
+        assert_eq!(direct.run(&[IoRequest::read(lba, 256, IoVecs::single(r.iovec()), 0)]), vec![IoStatus::Success]);
+        assert_eq!(r.as_slice(), &pattern(256 * 512, 25)[..]);
+        drop(direct);
+        drop(ch);
+        drop(b);
+        c.detach();
+        target.stop();
+    }
+}
+
+#[test]
 fn channels_on_several_threads() {
     let s = setup(2);
     let c = NvmfController::connect("mt", opts(s.target.addrs()[0], NQN)).expect("connect");
