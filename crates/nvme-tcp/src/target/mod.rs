@@ -7,8 +7,13 @@
 //! channels of their I/O queues. New connections are spread over the poll
 //! groups round robin. [`Target::start`] runs poll groups on threads of
 //! their own; [`Target::start_on`] runs one as a poller on each given
-//! reactor (the data path then never sleeps or changes threads);
-//! [`Target::poll_group`] gives one to drive by hand.
+//! reactor (the data path then never sleeps or changes threads; a reactor
+//! that parks when idle is woken by its sockets); [`Target::poll_group`]
+//! gives one to drive by hand.
+//!
+//! Abort ends a command that has not reached the bdev (waiting for its
+//! write data, or queued behind a full bdev channel) with Command Abort
+//! Requested; commands on the bdev run on ("not aborted").
 //!
 //! ANA: each listener is a port group with its own ANA state (one ANA
 //! group, ID 1, holds every namespace of a subsystem); a controller reports
