@@ -16,6 +16,12 @@
 #             only inside its group. On a machine loaded by others,
 #             NICE=-20 (as root) gives both sides the cores they need.
 #   PORT      TCP port (default: derived from the PID)
+#   TCP_CC    TCP congestion control of the target's connections (default
+#             reno: the pacing of BBR, a common system default, holds
+#             large transfers back on loopback; "system" keeps the system's)
+#   INCAPSULE in-capsule data the target accepts on I/O queues (default
+#             131072: 128 KiB writes go in the command capsule, without an
+#             R2T round trip; the target's default is 8192)
 #
 # Prints, per workload, the best of RUNS runs (by IOPS) and every run:
 # IOPS, MB/s, average latency, the initiator core's ns per IO (1e9 / IOPS,
@@ -31,6 +37,8 @@ INI_CORE=${INI_CORE:-0}
 TGT_CORE=${TGT_CORE:-1}
 NICE=${NICE:-0}
 PORT=${PORT:-$((20000 + $$ % 20000))}
+TCP_CC=${TCP_CC:-reno}
+INCAPSULE=${INCAPSULE:-131072}
 NQN=nqn.2024-01.io.xbdev:loopback-bench
 cd "$ROOT"
 cargo build --release -q -p xbdev --bin xbdev-perf -p xbdev-nvme-tcp --example nvmf-target
@@ -66,7 +74,9 @@ export NICE
 # 4 GiB null namespace, 4 KiB blocks, reads leave the buffers as they are
 # (as SPDK's null bdev); the local comparison uses the same.
 setsid "$tmp/niced" "$BIN/examples/nvmf-target" "127.0.0.1:$PORT" "$NQN" 1 4096 \
-  --null --block-size 4096 --cores "$TGT_CORE" > "$tmp/target.log" 2>&1 < /dev/null &
+  --null --block-size 4096 --cores "$TGT_CORE" --incapsule "$INCAPSULE" \
+  $([ "$TCP_CC" = system ] || echo --tcp-congestion "$TCP_CC") \
+  > "$tmp/target.log" 2>&1 < /dev/null &
 TPID=$!
 for _ in $(seq 200); do grep -q listening "$tmp/target.log" && break; sleep 0.05; done
 grep -q listening "$tmp/target.log" || { cat "$tmp/target.log"; echo "target did not start" >&2; exit 1; }
@@ -96,7 +106,7 @@ print(d["iops"], d["mib_per_s"], d["latency_us"]["avg"], int(sys.argv[2]) - int(
 ' "$out" "$c1" "$c0"
 }
 
-echo "NVMe/TCP loopback benchmark: initiator core $INI_CORE, target core $TGT_CORE, ${T}s x $RUNS runs, nice $NICE"
+echo "NVMe/TCP loopback benchmark: initiator core $INI_CORE, target core $TGT_CORE, ${T}s x $RUNS runs, nice $NICE, target congestion control $TCP_CC, in-capsule $INCAPSULE"
 echo "load average before: $(cat /proc/loadavg)"
 printf '%-22s %-6s %4s %12s %10s %10s %9s %10s %12s\n' \
   workload bdev run IOPS MB/s avg_us ns/IO proto_ns tgt_cpu_ns/IO

@@ -8,6 +8,10 @@
 //!                   these CPUs (e.g. `1` or `2,3`) instead of threads
 //!   --digests-off   refuse header/data digests
 //!   --incapsule N   in-capsule data accepted on I/O queues, bytes
+//!   --tcp-congestion NAME  TCP congestion control of the connections
+//!                   (e.g. reno; default: the system's)
+//!   --idle MODE     poll (default) or adaptive reactor idle policy (with
+//!                   --cores)
 
 use bdev::backends::malloc::{MallocBdev, MallocParams};
 use bdev::backends::null::{NullBdev, NullParams};
@@ -18,7 +22,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const USAGE: &str = "usage: nvmf-target LISTEN_ADDR[,LISTEN_ADDR...] SUBNQN [NAMESPACES] [SIZE_MIB] [SECONDS] \
-                     [--null] [--block-size N] [--cores LIST] [--digests-off] [--incapsule N]";
+                     [--null] [--block-size N] [--cores LIST] [--digests-off] [--incapsule N] \
+                     [--tcp-congestion NAME] [--idle poll|adaptive]";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut pos = Vec::new();
@@ -27,6 +32,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut cores: Option<Vec<usize>> = None;
     let mut digests = true;
     let mut incapsule: Option<u32> = None;
+    let mut congestion: Option<String> = None;
+    let mut idle = IdlePolicy::AlwaysPoll;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -34,6 +41,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--digests-off" => digests = false,
             "--block-size" => bs = args.next().ok_or(USAGE)?.parse()?,
             "--incapsule" => incapsule = Some(args.next().ok_or(USAGE)?.parse()?),
+            "--tcp-congestion" => congestion = Some(args.next().ok_or(USAGE)?),
+            "--idle" => {
+                idle = match args.next().ok_or(USAGE)?.as_str() {
+                    "poll" => IdlePolicy::AlwaysPoll,
+                    "adaptive" => IdlePolicy::default(),
+                    _ => return Err(USAGE.into()),
+                }
+            }
             "--cores" => {
                 cores = Some(args.next().ok_or(USAGE)?.split(',').map(str::parse).collect::<Result<_, _>>()?);
             }
@@ -62,13 +77,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let mut cfg = TargetConfig::new(listeners, vec![SubsystemConfig::new(nqn, ns)]);
     cfg.allow_digests = digests;
+    cfg.tcp_congestion = congestion;
     if let Some(n) = incapsule {
         cfg.incapsule = n;
     }
     let mut reactors = None;
     let t = match cores {
         Some(cores) => {
-            let r = Reactors::start(&ReactorConfig { cores, pin: true, idle: IdlePolicy::AlwaysPoll })?;
+            let r = Reactors::start(&ReactorConfig { cores, pin: true, idle })?;
             let t = Target::start_on(cfg, r.handles())?;
             reactors = Some(r);
             t

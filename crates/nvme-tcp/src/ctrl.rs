@@ -158,14 +158,24 @@ struct Slot {
     received: u32,
     /// Write data arrived with a data digest error.
     data_error: bool,
+    /// Aborted while waiting for its write data: completes with Command
+    /// Abort Requested once the data is in, without running.
+    aborted: bool,
 }
 
-const FREE: Slot = Slot { state: SlotState::Free, cid: 0, len: 0, received: 0, data_error: false };
+const FREE: Slot = Slot { state: SlotState::Free, cid: 0, len: 0, received: 0, data_error: false, aborted: false };
 
 /// The status of a command whose data was corrupted on the wire.
 fn transport_error() -> Status {
     use nvme_spec::status::{GenericStatus, StatusCode};
     Status::new(StatusCode::Generic(GenericStatus::TransientTransportError), false)
+}
+
+/// The status of a command ended by an Abort command (Command Abort
+/// Requested).
+pub fn abort_requested() -> Status {
+    use nvme_spec::status::{GenericStatus, StatusCode};
+    Status::new(StatusCode::Generic(GenericStatus::AbortRequested), false)
 }
 
 /// Command IDs of the commands a queue holds (a bitmap over all 65536).
@@ -234,8 +244,7 @@ impl DataSink for Sink<'_> {
                         let s = self.free.pop().ok_or(PlacementError::UnknownCommand(cid))?;
                         self.cids.insert(cid);
                         if let Some(sl) = self.slots.get_mut(usize::from(s)) {
-                            *sl =
-                                Slot { state: SlotState::Capsule, cid, len: *data_len, received: 0, data_error: false };
+                            *sl = Slot { state: SlotState::Capsule, cid, len: *data_len, ..FREE };
                         }
                         *self.capsule_slot = Some(s);
                         s
@@ -468,13 +477,17 @@ impl CtrlQueue {
     }
 
     /// Sends an R2T for the write data of `slot` (after
-    /// [`CmdData::ToController`]).
+    /// [`CmdData::ToController`]). A command aborted meanwhile
+    /// ([`CtrlQueue::abort_waiting_for_data`]) completes instead.
     pub fn request_data(&mut self, slot: u16) -> Result<(), CtrlError> {
         let s = self
             .slots
             .get_mut(usize::from(slot))
             .filter(|s| s.state == SlotState::NeedData)
             .ok_or(CtrlError::BadSlot(slot))?;
+        if s.aborted {
+            return self.complete(slot, Cqe::new(0, abort_requested()), 0);
+        }
         s.state = SlotState::Receiving;
         s.received = 0;
         let pdu = Pdu::R2T(DataPdu { cccid: s.cid, ttag: slot, offset: 0, length: s.len, last: false, success: false });
@@ -523,6 +536,36 @@ impl CtrlQueue {
             s.state = SlotState::Sending;
         }
         Ok(())
+    }
+
+    /// The slot of command `cid` while the application runs it (after
+    /// [`CtrlEvent::Command`] without write data to fetch, or after
+    /// [`CtrlEvent::DataReady`], until [`CtrlQueue::complete`]).
+    pub fn executing_slot(&self, cid: u16) -> Option<u16> {
+        if !self.cids.contains(cid) {
+            return None;
+        }
+        let i = self.slots.iter().position(|s| s.cid == cid && s.state == SlotState::Executing)?;
+        u16::try_from(i).ok()
+    }
+
+    /// Aborts command `cid` if it waits for its write data (no R2T sent
+    /// yet, or data still arriving): it never reaches the application
+    /// (no [`CtrlEvent::DataReady`]); data already asked for is received
+    /// and dropped, then the command completes with Command Abort
+    /// Requested. Returns whether the command was aborted.
+    pub fn abort_waiting_for_data(&mut self, cid: u16) -> bool {
+        if !self.cids.contains(cid) {
+            return false;
+        }
+        let waiting = |s: &Slot| s.cid == cid && matches!(s.state, SlotState::NeedData | SlotState::Receiving);
+        match self.slots.iter_mut().find(|s| waiting(s)) {
+            Some(s) => {
+                s.aborted = true;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Ends the queue: returns the slots the application still holds so it
@@ -589,6 +632,9 @@ impl CtrlQueue {
                 s.data_error |= bad_data;
                 if s.received == s.len {
                     s.state = SlotState::Executing;
+                    if s.aborted {
+                        return self.complete(d.ttag, Cqe::new(0, abort_requested()), 0);
+                    }
                     if s.data_error {
                         // Corrupt write data: the command is not run.
                         return self.complete(d.ttag, Cqe::new(0, transport_error()), 0);
@@ -656,7 +702,7 @@ impl CtrlQueue {
             CmdData::None | CmdData::BadSgl => (SlotState::Executing, 0),
         };
         if let Some(s) = self.slots.get_mut(usize::from(slot)) {
-            *s = Slot { state, cid, len, received: 0, data_error: false };
+            *s = Slot { state, cid, len, ..FREE };
         }
         if bad_data {
             // Corrupt in-capsule data: the command is not run.

@@ -619,4 +619,10 @@ impl<R: Read + ?Sized> Read for ReadAdapter<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         self.0.read(buf)
     }
+
+    // Forwarded so a socket's vectored read (data into the IO buffer and
+    // the following headers into the stage, in one call) is kept.
+    fn read_vectored(&mut self, bufs: &mut [std::io::IoSliceMut<'_>]) -> std::io::Result<usize> {
+        self.0.read_vectored(bufs)
+    }
 }

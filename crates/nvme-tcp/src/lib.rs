@@ -26,13 +26,16 @@
 //!
 //! All code is safe Rust except the private `dma` module, which turns IO
 //! buffer segments (raw `IoVec`s under the bdev buffer contract) into
-//! slices so socket reads and writes touch them directly.
+//! slices so socket reads and writes touch them directly, and the private
+//! `ffi` module (socket options `std::net` lacks).
 
 #![deny(unsafe_code)]
 
 pub mod ctrl;
 #[allow(unsafe_code)]
 mod dma;
+#[allow(unsafe_code)]
+mod ffi;
 pub mod host;
 pub mod initiator;
 pub mod nvmf;

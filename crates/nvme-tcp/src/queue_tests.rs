@@ -341,3 +341,54 @@ fn ctrl_placement_error_sends_termination_request() {
     assert_eq!((t.fes, t.fei), (crate::pdu::Fes::InvalidHeaderField, 10));
     assert_eq!(data, &h2c[..24]);
 }
+
+#[test]
+fn host_reads_data_and_the_next_header_in_one_vectored_read() {
+    use std::io::{self, IoSliceMut, Read};
+    /// Serves `data`: the first read only `first` bytes, later ones as
+    /// much as fits, across all buffers; records the buffer count of each
+    /// vectored read.
+    struct Src {
+        data: Vec<u8>,
+        pos: usize,
+        first: usize,
+        vectored: Vec<usize>,
+    }
+    impl Read for Src {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.read_vectored(&mut [IoSliceMut::new(buf)])
+        }
+        fn read_vectored(&mut self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
+            self.vectored.push(bufs.len());
+            let mut limit = if self.pos == 0 { self.first } else { usize::MAX };
+            let mut n = 0;
+            for b in bufs.iter_mut() {
+                let k = b.len().min(self.data.len() - self.pos).min(limit);
+                b[..k].copy_from_slice(&self.data[self.pos..self.pos + k]);
+                self.pos += k;
+                limit -= k;
+                n += k;
+            }
+            if n == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        }
+    }
+    let (mut q, mut b) = host();
+    let a = q.submit(read_sqe(), DataDir::FromController(4096), 1).expect("submit");
+    let c = q.submit(read_sqe(), DataDir::FromController(4096), 2).expect("submit");
+    let mut data = c2h(a, 0, 4096, true, true);
+    data.extend(c2h(c, 0, 4096, true, true));
+    // The first read ends early in the first PDU's data.
+    let mut src = Src { data, pos: 0, first: 24 + 100, vectored: vec![] };
+    let mut done = vec![];
+    while done.len() < 2 {
+        q.poll_receive(&mut src, &mut b, &mut |t, _| done.push(t)).expect("receive");
+    }
+    assert_eq!(done, vec![1, 2]);
+    // The rest of the first data part and the second PDU came in one
+    // vectored read: the reader got both buffers.
+    assert_eq!(src.vectored.get(1), Some(&2), "{:?}", src.vectored);
+    assert_eq!(src.pos, src.data.len());
+}

@@ -231,6 +231,35 @@ fn io_against_own_target_with_digests() {
 }
 
 #[test]
+fn large_in_capsule_writes() {
+    // A target taking up to 128 KiB in the capsule: writes go without R2T.
+    for digests in [false, true] {
+        let ns = malloc("ic0", 8192, 512);
+        let mut cfg = TargetConfig::new(vec![any_port()], vec![SubsystemConfig::new(NQN, vec![ns.clone()])]);
+        cfg.incapsule = 128 << 10;
+        let target = Target::start(cfg).expect("target");
+        let mut o = opts(target.addrs()[0], NQN);
+        o.hdgst = digests;
+        o.ddgst = digests;
+        let c = NvmfController::connect("ic", o).expect("connect");
+        let b: Arc<dyn Bdev> = c.bdevs().remove(0);
+        let mut ch = Chan::open(b.clone());
+        write_read_verify(&mut ch, 512, 0, &[1, 16, 17, 64, 255, 256, 3], 20);
+        // The data is on the target's bdev.
+        let mut direct = Chan::open(ns.clone());
+        let mut r = DmaBuf::zeroed(256 * 512).expect("dma");
+        let lba = 1 + 16 + 17 + 64 + 255;
+        assert_eq!(direct.run(&[IoRequest::read(lba, 256, IoVecs::single(r.iovec()), 0)]), vec![IoStatus::Success]);
+        assert_eq!(r.as_slice(), &pattern(256 * 512, 25)[..]);
+        drop(direct);
+        drop(ch);
+        drop(b);
+        c.detach();
+        target.stop();
+    }
+}
+
+#[test]
 fn channels_on_several_threads() {
     let s = setup(2);
     let c = NvmfController::connect("mt", opts(s.target.addrs()[0], NQN)).expect("connect");
@@ -388,4 +417,60 @@ fn target_on_reactors() {
     drop(b);
     c.detach();
     reactors.stop();
+}
+
+#[test]
+fn target_on_parked_reactors_answers_without_waiting_for_the_park_timeout() {
+    use reactor::{IdlePolicy, ReactorConfig, Reactors};
+    let ns = malloc("pk0", 8192, 512);
+    // The reactors park for up to a minute at a time: only the sockets
+    // (and connections handed between the two poll groups) wake them.
+    let idle = IdlePolicy::Adaptive { spin: Duration::from_micros(50), max_sleep: Duration::from_secs(60) };
+    let reactors = Reactors::start(&ReactorConfig { cores: vec![0, 1], pin: false, idle }).expect("reactors");
+    let cfg = TargetConfig::new(vec![any_port()], vec![SubsystemConfig::new(NQN, vec![ns.clone()])]);
+    let target = Target::start_on(cfg, reactors.handles()).expect("target on reactors");
+    // Connecting (admin queue, then I/O queues landing on both groups)
+    // needs every step answered within the admin timeout.
+    let mut o = opts(target.addrs()[0], NQN);
+    o.io_queues = 2;
+    o.admin_timeout = Duration::from_secs(5);
+    let c = NvmfController::connect("pk", o).expect("connect while the target's reactors park");
+    let b: Arc<dyn Bdev> = c.bdevs().remove(0);
+    let reg = Registry::new();
+    reg.register(b.clone()).expect("register");
+    let descs: Vec<_> = (0..2).map(|_| reg.open("pkn1", true).expect("open")).collect();
+    let mut chans: Vec<BdevChannel> = descs.iter().map(|d| d.channel().expect("channel")).collect();
+    let parks = || reactors.handles().iter().map(|h| h.counters().1).collect::<Vec<_>>();
+    for round in 0..3u64 {
+        for (i, ch) in chans.iter_mut().enumerate() {
+            // Idle far longer than the spin: the reactors park.
+            std::thread::sleep(Duration::from_millis(30));
+            assert!(parks().iter().all(|&p| p > 0), "reactors parked: {:?}", parks());
+            let mut w = DmaBuf::alloc(4096).expect("dma");
+            w.as_mut_slice().copy_from_slice(&pattern(4096, 60 + round * 2 + i as u64));
+            let mut r = DmaBuf::zeroed(4096).expect("dma");
+            let lba = i as u64 * 8;
+            for req in [
+                IoRequest::write(lba, 8, IoVecs::single(w.iovec()), 1),
+                IoRequest::read(lba, 8, IoVecs::single(r.iovec()), 2),
+            ] {
+                ch.submit(&req).expect("submit");
+                let mut st = None;
+                let t0 = Instant::now();
+                while st.is_none() {
+                    ch.poll(&mut |_, s| st = Some(s));
+                    // Far below the park timeout.
+                    assert!(t0.elapsed() < Duration::from_secs(5), "io waited for the park timeout");
+                }
+                assert_eq!(st, Some(IoStatus::Success));
+            }
+            assert!(w.as_slice() == r.as_slice(), "channel {i}");
+        }
+    }
+    drop(chans);
+    drop(descs);
+    let _ = reg.unregister("pkn1");
+    drop(b);
+    c.detach();
+    target.stop();
 }

@@ -5,12 +5,14 @@
 //! registered on it and is touched only by its thread; other threads reach it with messages.
 //!
 //! Idle policy: while pollers report work the loop spins; after `spin` without work it parks
-//! (woken by [`ReactorHandle::notify`] or by its next timer), so an idle process burns no core.
+//! (woken by [`ReactorHandle::notify`], by its next timer, or by a descriptor a poller watches
+//! with [`Ctx::watch_fd`] becoming readable, e.g. a socket), so an idle process burns no core.
 //! [`IdlePolicy::AlwaysPoll`] never parks (benchmarks).
 
 use bdev::clock;
 use crossbeam_queue::SegQueue;
 use crossbeam_utils::CachePadded;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::{JoinHandle, Thread};
@@ -115,13 +117,43 @@ struct Shared {
     thread: std::sync::OnceLock<Thread>,
     loops: AtomicU64,
     parks: AtomicU64,
+    /// What a parked reactor waits on besides watched descriptors (`None`
+    /// if no eventfd could be made: it parks the thread, and watched
+    /// descriptors do not wake it).
+    event: Option<ffi::EventFd>,
 }
+
+mod ffi;
+
+impl Shared {
+    /// Ends a park.
+    fn wake_up(&self) {
+        match &self.event {
+            Some(e) => e.signal(),
+            None => {
+                if let Some(t) = self.thread.get() {
+                    t.unpark();
+                }
+            }
+        }
+    }
+}
+
+/// Identifies a descriptor watched by a parked reactor ([`Ctx::watch_fd`]).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct FdWatch(u64);
 
 /// A handle to one reactor, usable from any thread.
 #[derive(Clone)]
 pub struct ReactorHandle {
     index: usize,
     shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for ReactorHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReactorHandle").field("index", &self.index).finish()
+    }
 }
 
 impl ReactorHandle {
@@ -157,9 +189,7 @@ impl ReactorHandle {
     pub fn notify(&self) {
         self.shared.wake.store(true, Ordering::SeqCst);
         if self.shared.sleeping.load(Ordering::SeqCst) {
-            if let Some(t) = self.shared.thread.get() {
-                t.unpark();
-            }
+            self.shared.wake_up();
         }
     }
 
@@ -185,6 +215,8 @@ pub struct Ctx {
     added: Vec<Poller>,
     removed: Vec<PollerId>,
     next_id: u64,
+    watched: Vec<(FdWatch, RawFd)>,
+    pollfds: Vec<libc::pollfd>,
 }
 
 thread_local! {
@@ -233,6 +265,29 @@ impl Ctx {
         self.added.retain(|p| p.id != id);
     }
 
+    /// Wakes this reactor from a park when `fd` becomes readable (a socket
+    /// a poller reads, say), so data arriving while it is parked is served
+    /// at once rather than after the park timeout. The descriptor must stay
+    /// open until [`Ctx::unwatch_fd`]; a poller that leaves readable data
+    /// unread while reporting [`PollStatus::Idle`] keeps the reactor from
+    /// sleeping.
+    pub fn watch_fd(&mut self, fd: &impl AsRawFd) -> FdWatch {
+        self.next_id += 1;
+        let w = FdWatch(self.next_id);
+        self.watched.push((w, fd.as_raw_fd()));
+        w
+    }
+
+    /// Stops watching a descriptor.
+    pub fn unwatch_fd(&mut self, w: FdWatch) {
+        self.watched.retain(|(x, _)| *x != w);
+    }
+
+    /// Number of descriptors watched.
+    pub fn watched_fds(&self) -> usize {
+        self.watched.len()
+    }
+
     /// Names of registered pollers and timers.
     pub fn poller_names(&self) -> Vec<String> {
         self.pollers.iter().chain(&self.added).map(|p| p.name.clone()).collect()
@@ -278,6 +333,9 @@ impl Reactors {
                         thread: std::sync::OnceLock::new(),
                         loops: AtomicU64::new(0),
                         parks: AtomicU64::new(0),
+                        event: ffi::EventFd::new()
+                            .map_err(|e| log::warn!("reactor {index}: no eventfd ({e}); parking the thread"))
+                            .ok(),
                     }),
                 })
                 .collect(),
@@ -344,9 +402,7 @@ impl Reactors {
         for h in self.handles.iter() {
             h.shared.stop.store(true, Ordering::Release);
             h.notify();
-            if let Some(t) = h.shared.thread.get() {
-                t.unpark();
-            }
+            h.shared.wake_up();
         }
         for t in self.threads.drain(..) {
             let _ = t.join();
@@ -368,6 +424,22 @@ fn num_cpus_configured() -> usize {
         .unwrap_or(1)
 }
 
+/// Waits for a notification, a watched descriptor or `sleep` to pass.
+fn park(shared: &Shared, ctx: &mut Ctx, sleep: Duration) {
+    let Some(ev) = &shared.event else {
+        std::thread::park_timeout(sleep);
+        return;
+    };
+    ctx.pollfds.clear();
+    ctx.pollfds.push(ffi::readable(ev.as_raw_fd()));
+    ctx.pollfds.extend(ctx.watched.iter().map(|&(_, fd)| ffi::readable(fd)));
+    if let Err(e) = ffi::wait(&mut ctx.pollfds, sleep) {
+        log::warn!("reactor {}: ppoll failed ({e}); parking the thread", ctx.index);
+        std::thread::park_timeout(sleep);
+    }
+    ev.drain();
+}
+
 fn run(index: usize, core: usize, pin: bool, idle: IdlePolicy, handles: Arc<Vec<ReactorHandle>>) {
     if pin {
         if let Err(e) = bdev::ffi::pin_to_cpu(core) {
@@ -376,7 +448,16 @@ fn run(index: usize, core: usize, pin: bool, idle: IdlePolicy, handles: Arc<Vec<
     }
     CURRENT_INDEX.with(|c| c.set(Some(index)));
     let shared = handles[index].shared.clone();
-    let mut ctx = Ctx { index, handles, pollers: Vec::new(), added: Vec::new(), removed: Vec::new(), next_id: 0 };
+    let mut ctx = Ctx {
+        index,
+        handles,
+        pollers: Vec::new(),
+        added: Vec::new(),
+        removed: Vec::new(),
+        next_id: 0,
+        watched: Vec::new(),
+        pollfds: Vec::new(),
+    };
     let (spin_ticks, max_sleep) = match idle {
         IdlePolicy::AlwaysPoll => (u64::MAX, Duration::ZERO),
         IdlePolicy::Adaptive { spin, max_sleep } => (clock::ns_to_ticks(spin.as_nanos() as u64), max_sleep),
@@ -442,7 +523,7 @@ fn run(index: usize, core: usize, pin: bool, idle: IdlePolicy, handles: Arc<Vec<
         shared.sleeping.store(true, Ordering::SeqCst);
         if !shared.wake.swap(false, Ordering::SeqCst) && shared.msgs.is_empty() && !sleep.is_zero() {
             shared.parks.fetch_add(1, Ordering::Relaxed);
-            std::thread::park_timeout(sleep);
+            park(&shared, &mut ctx, sleep);
         }
         shared.sleeping.store(false, Ordering::SeqCst);
         shared.wake.store(false, Ordering::SeqCst);

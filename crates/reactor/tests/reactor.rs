@@ -94,3 +94,90 @@ fn call_to_self_is_refused_not_deadlocked() {
     let res = r.get(0).unwrap().call(move |_| h.call(|_| 1).err().map(|e| e.to_string())).unwrap();
     assert_eq!(res.as_deref(), Some("reactor 0 cannot wait for a call to itself"));
 }
+
+#[test]
+fn parked_reactor_wakes_on_a_watched_socket() {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    // Parks for up to a minute at a time: only the socket can wake it.
+    let park = Duration::from_secs(60);
+    let r =
+        Reactors::start(&cfg(1, IdlePolicy::Adaptive { spin: Duration::from_micros(50), max_sleep: park })).unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (server, _) = l.accept().unwrap();
+    server.set_nonblocking(true).unwrap();
+    // An echo poller on the reactor, watching its socket.
+    let served = Arc::new(AtomicU64::new(0));
+    let s2 = served.clone();
+    // Parks counted so far; each message and each ping wakes the reactor,
+    // so another park follows.
+    let mut parks = r.get(0).unwrap().counters().1;
+    let watched = r
+        .get(0)
+        .unwrap()
+        .call(move |ctx| {
+            ctx.watch_fd(&server);
+            let mut server = server;
+            ctx.add_poller("echo", move |_| {
+                let mut b = [0u8; 64];
+                match server.read(&mut b) {
+                    Ok(n) if n > 0 => {
+                        s2.fetch_add(1, Ordering::Relaxed);
+                        server.write_all(&b[..n]).unwrap();
+                        PollStatus::Busy
+                    }
+                    _ => PollStatus::Idle,
+                }
+            });
+            ctx.watched_fds()
+        })
+        .unwrap();
+    assert_eq!(watched, 1);
+    for round in 0..3 {
+        // Wait until the reactor has parked again.
+        let t0 = Instant::now();
+        loop {
+            std::thread::sleep(Duration::from_millis(5));
+            let (_, p) = r.get(0).unwrap().counters();
+            if p > parks {
+                parks = p;
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(5), "reactor never parked");
+        }
+        let t0 = Instant::now();
+        client.write_all(b"ping").unwrap();
+        let mut back = [0u8; 4];
+        client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        client.read_exact(&mut back).unwrap();
+        let took = t0.elapsed();
+        assert_eq!(&back, b"ping");
+        assert_eq!(served.load(Ordering::Relaxed), round + 1);
+        // Far below the park timeout: the socket woke the reactor.
+        assert!(took < Duration::from_secs(5), "served after {took:?}");
+    }
+}
+
+#[test]
+fn unwatched_descriptors_do_not_wake_a_parked_reactor() {
+    let r = Reactors::start(&cfg(
+        1,
+        IdlePolicy::Adaptive { spin: Duration::from_micros(50), max_sleep: Duration::from_millis(20) },
+    ))
+    .unwrap();
+    let n = r
+        .get(0)
+        .unwrap()
+        .call(|ctx| {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let w = ctx.watch_fd(&l);
+            let w2 = ctx.watch_fd(&l);
+            ctx.unwatch_fd(w);
+            let after_one = ctx.watched_fds();
+            ctx.unwatch_fd(w2);
+            (after_one, ctx.watched_fds())
+        })
+        .unwrap();
+    assert_eq!(n, (1, 0));
+}

@@ -96,7 +96,7 @@ impl AdminQueue {
             stage_len: 16 << 10,
             ..HostConfig::default()
         };
-        let mut conn = Connection::open(opts.addr, cfg, opts.admin_timeout)?;
+        let mut conn = Connection::open(opts.addr, cfg, opts.admin_timeout, opts.tcp_congestion.as_deref())?;
         let kato = if subnqn == DISCOVERY_NQN { 0 } else { opts.kato_ms };
         let cntlid = fabrics_connect(&mut conn, opts, subnqn, 0, 31, kato, 0xffff)?;
         let mut a = Self { conn, cntlid, cap: Cap(0), vs: Vs(0), timeout: opts.admin_timeout };
@@ -320,7 +320,7 @@ pub fn connect_io_queue(
     }
     let cfg =
         HostConfig { depth, hdgst: opts.hdgst, ddgst: opts.ddgst, incapsule_max: incapsule, ..HostConfig::default() };
-    let mut conn = Connection::open(opts.addr, cfg, opts.admin_timeout)?;
+    let mut conn = Connection::open(opts.addr, cfg, opts.admin_timeout, opts.tcp_congestion.as_deref())?;
     let got = fabrics_connect(&mut conn, opts, &opts.subnqn, qid, depth - 1, 0, cntlid)?;
     if got != cntlid {
         return Err(InitError::Controller(format!("io queue connect answered controller {got}, expected {cntlid}")));

@@ -53,10 +53,20 @@ impl HostBuffers for OneBuf<'_, '_> {
 }
 
 impl Connection {
-    /// Connects to `addr` and performs the IC exchange within `timeout`.
-    pub fn open(addr: SocketAddr, cfg: HostConfig, timeout: Duration) -> Result<Self, InitError> {
+    /// Connects to `addr` and performs the IC exchange within `timeout`;
+    /// `tcp_congestion` names a TCP congestion control algorithm for the
+    /// socket (`None`: the system default).
+    pub fn open(
+        addr: SocketAddr,
+        cfg: HostConfig,
+        timeout: Duration,
+        tcp_congestion: Option<&str>,
+    ) -> Result<Self, InitError> {
         let stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| InitError::io("connect", e))?;
         stream.set_nodelay(true).map_err(|e| InitError::io("set TCP_NODELAY", e))?;
+        if let Some(cc) = tcp_congestion {
+            crate::ffi::set_congestion(&stream, cc).map_err(|e| InitError::io("set TCP_CONGESTION", e))?;
+        }
         stream.set_nonblocking(true).map_err(|e| InitError::io("set non-blocking", e))?;
         let mut c = Self { stream, q: HostQueue::new(cfg), peer: addr, async_done: Vec::new() };
         let deadline = Instant::now() + timeout;

@@ -112,13 +112,18 @@ pub struct ConnectOpts {
     /// `Timeout`, the others in flight with `PathError`, and the queue
     /// reconnects. Zero: no timeout.
     pub io_timeout: Duration,
+    /// TCP congestion control algorithm of the connections (`TCP_CONGESTION`,
+    /// e.g. `"reno"`); `None` keeps the system default. On loopback the
+    /// pacing of BBR holds large transfers back.
+    pub tcp_congestion: Option<String>,
 }
 
 impl ConnectOpts {
     /// Options with defaults: generated host identity, KATO 10 s, no
     /// digests, 128 commands per queue, 4 I/O queues, 10 s admin timeout,
     /// reconnect after 1 s, backing off to 8 s, for up to 60 s, fail IO
-    /// after 5 s disconnected, IO timeout 30 s.
+    /// after 5 s disconnected, IO timeout 30 s, the system's TCP congestion
+    /// control.
     pub fn new(addr: SocketAddr, subnqn: &str) -> Self {
         Self {
             addr,
@@ -135,6 +140,7 @@ impl ConnectOpts {
             ctrl_loss_timeout: Duration::from_secs(60),
             fast_io_fail_timeout: Duration::from_secs(5),
             io_timeout: Duration::from_secs(30),
+            tcp_congestion: None,
         }
     }
 

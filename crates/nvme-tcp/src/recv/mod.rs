@@ -361,10 +361,18 @@ impl PduReceiver {
         }
     }
 
-    /// While in the data part of a PDU: one read from `src` directly into
-    /// the sink's buffer. `Direct::Read(_, short)` tells whether the read
-    /// returned fewer bytes than asked (the source is probably empty).
-    fn read_data_direct<R: Read>(&mut self, src: &mut R, sink: &mut dyn DataSink) -> Result<Direct, RecvError> {
+    /// While in the data part of a PDU: one vectored read from `src`
+    /// directly into the sink's buffer (the rest of this PDU's data there)
+    /// and on into `ahead` (the following bytes: next headers), so a PDU
+    /// boundary costs no extra read. Returns the PDU if it completed, the
+    /// bytes that went to `ahead`, and whether the read returned less than
+    /// asked (the source is probably empty).
+    fn read_data_direct<R: Read>(
+        &mut self,
+        src: &mut R,
+        sink: &mut dyn DataSink,
+        ahead: &mut [u8],
+    ) -> Result<Direct, RecvError> {
         let State::Data { pdu, l, done, crc } = self.state else {
             return Ok(Direct::NotInData);
         };
@@ -373,15 +381,24 @@ impl PduReceiver {
             Ok(_) => return Err(self.fail(empty_buffer(&pdu, done))),
             Err(e) => return Err(self.fail(e)),
         };
-        let want = (l.data_len as usize - done).min(dst.len());
+        let remaining = l.data_len as usize - done;
+        let want = remaining.min(dst.len());
         let dst = &mut dst[..want];
-        let n = match src.read(dst) {
-            Ok(0) => return Err(RecvError::Closed),
-            Ok(n) => n,
-            Err(e) => return Err(RecvError::Io(e)),
+        // Read ahead only when this read finishes the PDU's data (a
+        // scatter list's next segment must come before later bytes).
+        let ahead = if want == remaining { ahead } else { &mut [][..] };
+        let asked = want + ahead.len();
+        let n = {
+            let mut bufs = [io::IoSliceMut::new(dst), io::IoSliceMut::new(ahead)];
+            match src.read_vectored(&mut bufs) {
+                Ok(0) => return Err(RecvError::Closed),
+                Ok(n) => n,
+                Err(e) => return Err(RecvError::Io(e)),
+            }
         };
-        let crc = if l.ddgst { digest::crc32c_append(crc, dst.get(..n).unwrap_or(&[])) } else { crc };
-        Ok(Direct::Read(self.data_progress(pdu, l, done + n, crc), n < want))
+        let in_data = n.min(want);
+        let crc = if l.ddgst { digest::crc32c_append(crc, dst.get(..in_data).unwrap_or(&[])) } else { crc };
+        Ok(Direct::Read { pdu: self.data_progress(pdu, l, done + in_data, crc), ahead: n - in_data, short: n < asked })
     }
 }
 
@@ -401,12 +418,19 @@ fn empty_buffer(pdu: &Pdu, at: usize) -> PlacementError {
 
 enum Direct {
     NotInData,
-    Read(Option<Pdu>, bool),
+    Read { pdu: Option<Pdu>, ahead: usize, short: bool },
 }
 
 /// Data parts shorter than this are read through the staging buffer
 /// (together with the following headers) rather than directly.
 const DIRECT_MIN: usize = 1024;
+
+/// Data parts at least this large are followed by a short read-ahead.
+const BIG_DATA: usize = 32 << 10;
+
+/// Read-ahead after a large data part: room for the next headers and the
+/// start of a data part.
+const READ_AHEAD_SMALL: usize = 4096;
 
 /// A [`PduReceiver`] reading from a byte source (a non-blocking socket)
 /// through a staging buffer for headers and directly into IO buffers for
@@ -466,10 +490,17 @@ impl StagedReceiver {
                 self.drained = false;
                 return Ok(None);
             }
-            if self.rx.data_remaining().unwrap_or(0) >= DIRECT_MIN {
-                match self.rx.read_data_direct(src, sink) {
-                    Ok(Direct::Read(p, short)) => {
+            if let Some(remaining) = self.rx.data_remaining().filter(|&r| r >= DIRECT_MIN) {
+                // After a large data part, read ahead only a little: the
+                // next PDU is probably large too and its data is better
+                // read directly.
+                let ahead_len = if remaining >= BIG_DATA { READ_AHEAD_SMALL } else { self.stage.len() };
+                let ahead_len = ahead_len.min(self.stage.len());
+                let ahead = self.stage.get_mut(..ahead_len).unwrap_or(&mut []);
+                match self.rx.read_data_direct(src, sink, ahead) {
+                    Ok(Direct::Read { pdu: p, ahead, short }) => {
                         self.drained = short;
+                        self.end = ahead;
                         match p {
                             Some(p) => return Ok(Some(p)),
                             None => continue,

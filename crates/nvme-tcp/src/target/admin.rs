@@ -97,8 +97,12 @@ pub(crate) fn connect(conn: &mut TgtConn, shared: &Shared, slot: u16, args: Conn
                 aen_config: 0,
                 wce: true,
                 io_qids: Vec::new(),
+                aborts: Vec::new(),
+                abort_answers: Vec::new(),
             }),
             dead: AtomicBool::new(false),
+            abort_asked: AtomicBool::new(false),
+            abort_answered: AtomicBool::new(false),
         });
         sub.ctrls().insert(cntlid, ctrl.clone());
         log::info!("nvmf target: controller {cntlid} of {} for {}", sub.nqn, ctrl.hostnqn);
@@ -392,8 +396,7 @@ fn admin(
                 conn.aers.push(slot);
             }
         }
-        // Nothing runs long enough to abort: "command not aborted".
-        AdminCommand::Abort { .. } => conn.complete(slot, Status::SUCCESS, 1, 0),
+        AdminCommand::Abort { sqid, cid } => super::abort::request(conn, ctrl, slot, sqid, cid),
         _ => conn.complete(slot, generic(GenericStatus::InvalidOpcode), 0, 0),
     }
 }

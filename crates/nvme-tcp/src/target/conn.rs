@@ -1,7 +1,7 @@
 //! Poll groups and target connections.
 
 use super::io::IoState;
-use super::{admin, Ctrl, Shared};
+use super::{abort, admin, Ctrl, Shared};
 use crate::ctrl::{bad_sgl_status, CmdData, CtrlBuffers, CtrlConfig, CtrlEvent, CtrlQueue};
 use bdev::DmaBuf;
 use nvme_spec::command::{Command, FabricsCommand, QueueType};
@@ -179,7 +179,19 @@ impl TgtConn {
         self.events = events;
         if let Some(mut io) = self.io.take() {
             work |= io.poll(self);
+            if let ConnRole::Io { ctrl, qid } = &self.role {
+                if ctrl.abort_asked.load(Ordering::Acquire) {
+                    let (ctrl, qid) = (ctrl.clone(), *qid);
+                    work |= abort::serve(self, &mut io, &ctrl, qid);
+                }
+            }
             self.io = Some(io);
+        }
+        if let ConnRole::Admin(c) = &self.role {
+            if c.abort_answered.load(Ordering::Acquire) {
+                let c = c.clone();
+                work |= abort::answer(self, &c);
+            }
         }
         if self.q.wants_transmit() {
             let mut released = 0usize;
@@ -301,7 +313,7 @@ impl TgtConn {
         }
         self.io = None;
         if let ConnRole::Io { ctrl, qid } = &self.role {
-            ctrl.regs().io_qids.retain(|q| q != qid);
+            abort::queue_gone(ctrl, *qid);
         }
         if let ConnRole::Admin(c) = &self.role {
             c.dead.store(true, Ordering::Release);
@@ -317,16 +329,27 @@ pub(crate) fn seq_error() -> Status {
 }
 
 /// Connections accepted by one poll group and handed to another.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct Inbox {
     pending: AtomicBool,
     conns: Mutex<Vec<(TcpStream, usize)>>,
+    /// The reactor serving the group, woken when a connection arrives.
+    waker: std::sync::OnceLock<reactor::ReactorHandle>,
+}
+
+impl std::fmt::Debug for Inbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inbox").field("pending", &self.pending).finish()
+    }
 }
 
 impl Inbox {
     fn push(&self, s: TcpStream, listener: usize) {
         self.conns.lock().unwrap_or_else(|e| e.into_inner()).push((s, listener));
         self.pending.store(true, Ordering::Release);
+        if let Some(h) = self.waker.get() {
+            h.notify();
+        }
     }
 }
 
@@ -340,6 +363,8 @@ pub struct PollGroup {
     inbox: Arc<Inbox>,
     next_accept: u64,
     accept_period: u64,
+    /// Changes whenever a connection is added or closed.
+    generation: u64,
 }
 
 impl std::fmt::Debug for PollGroup {
@@ -353,7 +378,31 @@ impl PollGroup {
         let inbox = Arc::new(Inbox::default());
         shared.inboxes.lock().unwrap_or_else(|e| e.into_inner()).push(inbox.clone());
         let accept_period = bdev::clock::ns_to_ticks(ACCEPT_PERIOD_NS).max(1);
-        Self { shared, conns: Vec::new(), inbox, next_accept: 0, accept_period }
+        Self { shared, conns: Vec::new(), inbox, next_accept: 0, accept_period, generation: 0 }
+    }
+
+    /// Has `h` woken when another group hands this one a connection (the
+    /// reactor the group runs on).
+    pub(crate) fn set_waker(&self, h: reactor::ReactorHandle) {
+        let _ = self.inbox.waker.set(h);
+    }
+
+    /// A number that changes whenever the group's set of sockets does.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Calls `f` with every socket the group reads: the listeners and the
+    /// connections (to wake a parked reactor when one becomes readable;
+    /// valid until [`PollGroup::generation`] changes).
+    pub fn for_each_fd(&self, f: &mut dyn FnMut(std::os::fd::RawFd)) {
+        use std::os::fd::AsRawFd;
+        for l in &self.shared.listeners {
+            f(l.as_raw_fd());
+        }
+        for c in &self.conns {
+            f(c.stream.as_raw_fd());
+        }
     }
 
     /// Number of connections served.
@@ -373,6 +422,7 @@ impl PollGroup {
             Ok(c) => {
                 log::debug!("nvmf target: connection from {peer:?} on listener {listener}");
                 self.conns.push(c);
+                self.generation += 1;
             }
             Err(e) => log::warn!("nvmf target: accepting {peer:?}: {e}"),
         }
@@ -428,6 +478,7 @@ impl PollGroup {
             if self.conns[i].closed {
                 let mut c = self.conns.swap_remove(i);
                 c.teardown();
+                self.generation += 1;
                 work = true;
             } else {
                 i += 1;

@@ -207,6 +207,21 @@ impl IoState {
         }
     }
 
+    /// Takes the IO of the command in `slot` back if none of it has reached
+    /// the bdev (all of it waits in the retry queue); returns whether it
+    /// did. The command is then the caller's to complete.
+    pub(crate) fn cancel_queued(&mut self, slot: u16) -> bool {
+        let tag = u64::from(slot);
+        let Some(s) = self.slots.get_mut(usize::from(slot)) else { return false };
+        let queued = self.retry.iter().filter(|(_, r)| r.tag == tag).count();
+        if s.remaining == 0 || queued != s.remaining as usize {
+            return false;
+        }
+        self.retry.retain(|(_, r)| r.tag != tag);
+        *s = IDLE;
+        true
+    }
+
     fn start(&mut self, conn: &mut TgtConn, slot: u16, n: u32) {
         if n == 0 {
             conn.complete(slot, Status::SUCCESS, 0, 0);

@@ -7,8 +7,13 @@
 //! channels of their I/O queues. New connections are spread over the poll
 //! groups round robin. [`Target::start`] runs poll groups on threads of
 //! their own; [`Target::start_on`] runs one as a poller on each given
-//! reactor (the data path then never sleeps or changes threads);
-//! [`Target::poll_group`] gives one to drive by hand.
+//! reactor (the data path then never sleeps or changes threads; a reactor
+//! that parks when idle is woken by its sockets); [`Target::poll_group`]
+//! gives one to drive by hand.
+//!
+//! Abort ends a command that has not reached the bdev (waiting for its
+//! write data, or queued behind a full bdev channel) with Command Abort
+//! Requested; commands on the bdev run on ("not aborted").
 //!
 //! ANA: each listener is a port group with its own ANA state (one ANA
 //! group, ID 1, holds every namespace of a subsystem); a controller reports
@@ -18,6 +23,7 @@
 //! status. [`Target::set_ana_state`] changes a listener's state at run
 //! time.
 
+mod abort;
 mod admin;
 mod conn;
 mod io;
@@ -127,11 +133,16 @@ pub struct TargetConfig {
     pub max_io_queues: u16,
     /// Initial ANA state of each listener (missing entries: optimized).
     pub ana_states: Vec<bdev::AnaState>,
+    /// TCP congestion control algorithm of accepted connections (set on
+    /// the listeners, which pass it on; e.g. `"reno"`); `None` keeps the
+    /// system default.
+    pub tcp_congestion: Option<String>,
 }
 
 impl TargetConfig {
     /// Defaults: one poll group, digests allowed, depth 128, 128 KiB
-    /// transfers, 8 KiB in-capsule data, 16 I/O queues.
+    /// transfers, 8 KiB in-capsule data, 16 I/O queues, the system's TCP
+    /// congestion control.
     pub fn new(listeners: Vec<SocketAddr>, subsystems: Vec<SubsystemConfig>) -> Self {
         Self {
             listeners,
@@ -143,6 +154,7 @@ impl TargetConfig {
             incapsule: 8192,
             max_io_queues: 16,
             ana_states: Vec::new(),
+            tcp_congestion: None,
         }
     }
 }
@@ -180,6 +192,11 @@ pub(crate) struct CtrlRegs {
     pub(crate) wce: bool,
     /// I/O queue IDs connected.
     pub(crate) io_qids: Vec<u16>,
+    /// Abort commands waiting for the connection of their I/O queue.
+    pub(crate) aborts: Vec<abort::AbortRequest>,
+    /// Answers to Abort commands for the admin queue: (admin slot,
+    /// completion dword 0).
+    pub(crate) abort_answers: Vec<(u16, u32)>,
 }
 
 /// One controller (association) of a subsystem.
@@ -192,6 +209,10 @@ pub(crate) struct Ctrl {
     pub(crate) regs: Mutex<CtrlRegs>,
     /// Torn down (keep-alive expiry or admin queue gone).
     pub(crate) dead: AtomicBool,
+    /// `regs.aborts` is not empty.
+    pub(crate) abort_asked: AtomicBool,
+    /// `regs.abort_answers` is not empty.
+    pub(crate) abort_answered: AtomicBool,
 }
 
 impl Ctrl {
@@ -313,6 +334,8 @@ impl Shared {
 pub struct Target {
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
+    /// Reactors running poll groups (woken to notice a stop).
+    reactors: Vec<ReactorHandle>,
 }
 
 impl Target {
@@ -348,6 +371,9 @@ impl Target {
         for a in &cfg.listeners {
             let l = TcpListener::bind(a).map_err(|e| TargetError::Listen { addr: *a, source: e })?;
             l.set_nonblocking(true).map_err(|e| TargetError::Listen { addr: *a, source: e })?;
+            if let Some(cc) = &cfg.tcp_congestion {
+                crate::ffi::set_congestion(&l, cc).map_err(|e| TargetError::Listen { addr: *a, source: e })?;
+            }
             addrs.push(l.local_addr().map_err(|e| TargetError::Listen { addr: *a, source: e })?);
             listeners.push(l);
         }
@@ -387,6 +413,7 @@ impl Target {
                 addrs,
             }),
             threads: Vec::new(),
+            reactors: Vec::new(),
         })
     }
 
@@ -436,20 +463,31 @@ impl Target {
         if reactors.is_empty() {
             return Err(TargetError::Config("no reactor to run poll groups on".into()));
         }
-        let t = Self::new(cfg)?;
+        let mut t = Self::new(cfg)?;
+        t.reactors = reactors.to_vec();
         for h in reactors {
             let shared = t.shared.clone();
             shared.reactor_groups.fetch_add(1, Ordering::AcqRel);
             // Created here so a message the reactor drops unrun (it was
             // stopped) still counts the group as finished.
             let done = GroupDone(shared.clone());
+            let handle = h.clone();
             let sent = h.send(move |ctx| {
                 let me = std::rc::Rc::new(std::cell::Cell::new(None));
                 let me2 = me.clone();
-                let mut group = Some((PollGroup::new(shared.clone()), done));
+                let pg = PollGroup::new(shared.clone());
+                pg.set_waker(handle);
+                let mut group = Some((pg, done));
+                // Sockets watched while the reactor is parked, and the
+                // group generation they were taken at.
+                let mut watched: Vec<reactor::FdWatch> = Vec::new();
+                let mut watched_gen = u64::MAX;
                 let id = ctx.add_poller("nvmf-target", move |ctx| {
                     let Some((pg, _)) = group.as_mut() else { return PollStatus::Idle };
                     if shared.stop.load(Ordering::Acquire) {
+                        for w in watched.drain(..) {
+                            ctx.unwatch_fd(w);
+                        }
                         // Dropping the group closes its connections and
                         // then reports it finished.
                         group = None;
@@ -460,7 +498,16 @@ impl Target {
                     }
                     // Busy while commands are in flight, so an adaptive
                     // reactor does not park with IO outstanding.
-                    if pg.poll() || pg.commands_in_flight() {
+                    let busy = pg.poll() || pg.commands_in_flight();
+                    // A parked reactor wakes when a socket becomes readable.
+                    if pg.generation() != watched_gen {
+                        for w in watched.drain(..) {
+                            ctx.unwatch_fd(w);
+                        }
+                        pg.for_each_fd(&mut |fd| watched.push(ctx.watch_fd(&fd)));
+                        watched_gen = pg.generation();
+                    }
+                    if busy {
                         PollStatus::Busy
                     } else {
                         PollStatus::Idle
@@ -523,6 +570,9 @@ impl Target {
             let _ = t.join();
         }
         // Poll groups on reactors notice the flag on their next pass.
+        for h in &self.reactors {
+            h.notify();
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.shared.reactor_groups.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
             if reactor::Ctx::current_index().is_some() {
