@@ -54,7 +54,7 @@ trap cleanup EXIT
 cat > "$tmp/nvmf.json" <<EOF
 {"reactor": {"cores": [$INI_CORE], "pin": true, "idle": "poll"},
  "base_devices": [{"method": "nvmf", "params": {"name": "nvmf0", "addr": "127.0.0.1", "port": $PORT,
-   "nqn": "$NQN", "queue_depth": 128, "io_queues": 1}}]}
+   "nqn": "$NQN", "queue_depth": 128, "io_queues": 1$([ "$TCP_CC" = system ] || echo ", \"tcp_congestion\": \"$TCP_CC\"")}}]}
 EOF
 cat > "$tmp/null.json" <<EOF
 {"reactor": {"cores": [$INI_CORE], "pin": true, "idle": "poll"},

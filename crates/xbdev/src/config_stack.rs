@@ -209,6 +209,15 @@ pub(crate) fn parse_nvmf(p: &mut Obj) -> Result<crate::config::NvmfParams, Confi
     if let Some(n) = p.opt_u64("io_timeout_ms")? {
         o.io_timeout = Duration::from_millis(n);
     }
+    // TCP congestion control of the connections (e.g. "reno"; default: the system's).
+    let cc_path = p.field_path("tcp_congestion");
+    if p.get("tcp_congestion").is_some() {
+        let cc = p.string("tcp_congestion")?;
+        if cc.len() > 15 || !cc.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+            return Err(invalid(&cc_path, format!("'{cc}' is not a congestion control algorithm name")));
+        }
+        o.tcp_congestion = Some(cc);
+    }
     Ok(crate::config::NvmfParams { name, opts: o })
 }
 

@@ -76,7 +76,7 @@ fn nvmf_paths_from_config_assemble_into_a_multipath_device() {
     let ports: Vec<u16> = target.addrs().iter().map(|a| a.port()).collect();
     let cfg = format!(
         r#"{{"reactor": {{"cores": [0], "pin": false}}, "base_devices": [
-        {{"method": "nvmf", "params": {{"name": "tcpA", "addr": "127.0.0.1", "port": {}, "nqn": "{nqn}", "queue_depth": 32, "io_queues": 2}}}},
+        {{"method": "nvmf", "params": {{"name": "tcpA", "addr": "127.0.0.1", "port": {}, "nqn": "{nqn}", "queue_depth": 32, "io_queues": 2, "tcp_congestion": "reno"}}}},
         {{"method": "nvmf", "params": {{"name": "tcpB", "addr": "127.0.0.1", "port": {}, "nqn": "{nqn}", "hdgst": true, "ddgst": true}}}}]}}"#,
         ports[0], ports[1]
     );
@@ -103,6 +103,14 @@ fn nvmf_paths_from_config_assemble_into_a_multipath_device() {
     )
     .unwrap_err();
     assert_eq!(bad.to_string(), "base_devices[0].params.port: 70000 is not a TCP port");
+    let bad = Config::from_json_str(
+        r#"{"base_devices": [{"method": "nvmf", "params": {"name": "x", "addr": "127.0.0.1", "nqn": "n", "tcp_congestion": "re no"}}]}"#,
+    )
+    .unwrap_err();
+    assert_eq!(
+        bad.to_string(),
+        "base_devices[0].params.tcp_congestion: 're no' is not a congestion control algorithm name"
+    );
 }
 
 #[test]
