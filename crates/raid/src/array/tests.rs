@@ -9,6 +9,7 @@ use proptest::prelude::*;
 use super::meta::BdevMember;
 use super::*;
 use crate::offline::OfflineArray;
+use crate::superblock::format_uuid;
 
 /// Member size: 4 MiB of data plus 1 MiB of metadata.
 const MEMBER_BLOCKS: u64 = 10 * 1024;
