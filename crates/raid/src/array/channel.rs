@@ -18,7 +18,8 @@ use std::sync::Arc;
 
 use bdev::{BdevChannel, IoChannel, IoRequest, IoStatus, IoType, IoVecs, QueueFull};
 
-use super::shared::Shared;
+use super::intent::write_bits;
+use super::shared::{ControlMsg, Shared};
 use super::slab::Slab;
 use super::stripe::StripeOp;
 use crate::geometry::{Geometry, MemberSector, Target};
@@ -110,7 +111,18 @@ pub(super) struct Parent {
     pub outstanding: u32,
     pub status: IoStatus,
     pub issued: bool,
+    /// Write-intent state ([`INTENT_NONE`], [`INTENT_WAIT`] or
+    /// [`INTENT_READY`]) and the bitmap chunks the request covers.
+    pub intent: u8,
+    pub intent_bits: (u64, u64),
 }
+
+/// The request does not take part in the write-intent bitmap (yet).
+pub(super) const INTENT_NONE: u8 = 0;
+/// Counted in its chunks; waits for their bits to reach the disks.
+pub(super) const INTENT_WAIT: u8 = 1;
+/// Counted in its chunks, bits on disk.
+pub(super) const INTENT_READY: u8 = 2;
 
 impl Parent {
     fn empty() -> Parent {
@@ -125,6 +137,8 @@ impl Parent {
             outstanding: 0,
             status: IoStatus::Success,
             issued: false,
+            intent: INTENT_NONE,
+            intent_bits: (0, 0),
         }
     }
 
@@ -314,6 +328,11 @@ impl RaidChannel {
 
     fn complete_parent(&mut self, p: u32) {
         if let Some(par) = self.parents.get(p) {
+            if par.intent != INTENT_NONE {
+                if let Some(wi) = self.sh.intent.as_ref() {
+                    wi.end(par.intent_bits.0..par.intent_bits.1);
+                }
+            }
             self.done.push_back((par.tag, par.status));
         }
         self.parents.release(p);
@@ -325,6 +344,9 @@ impl RaidChannel {
             return Progress::Done;
         };
         let (io_type, lba, sectors) = (par.io_type, par.lba, par.sectors);
+        if io_type.is_write_like() && !self.intent_ready(p) {
+            return Progress::Blocked;
+        }
         let progress = match (io_type, &self.sh.geometry) {
             (IoType::Flush, _) => self.advance_flush(p),
             (IoType::Write, Geometry::Striped(_)) => self.advance_parity_write(p),
@@ -343,6 +365,36 @@ impl RaidChannel {
             }
         }
         progress
+    }
+
+    /// Counts write `p` in its bitmap chunks (once) and tells whether
+    /// their bits are on disk; the first writer to a clear chunk wakes the
+    /// control thread to write the bit.
+    fn intent_ready(&mut self, p: u32) -> bool {
+        let sh = &self.sh;
+        let (Some(wi), Some(par)) = (sh.intent.as_ref(), self.parents.get_mut(p)) else {
+            return true;
+        };
+        match par.intent {
+            INTENT_READY => true,
+            INTENT_WAIT => {
+                let ready = wi.ready(par.intent_bits.0..par.intent_bits.1);
+                if ready {
+                    par.intent = INTENT_READY;
+                }
+                ready
+            }
+            _ => {
+                let bits = write_bits(&wi.layout(), &sh.geometry, par.lba, par.sectors);
+                par.intent_bits = (bits.start, bits.end);
+                let started = wi.start(bits);
+                par.intent = if started.ready { INTENT_READY } else { INTENT_WAIT };
+                if started.flush {
+                    sh.notify(ControlMsg::Kick);
+                }
+                started.ready
+            }
+        }
     }
 
     fn advance_flush(&mut self, p: u32) -> Progress {
@@ -749,6 +801,8 @@ impl IoChannel for RaidChannel {
                 outstanding: 0,
                 status: IoStatus::Success,
                 issued: false,
+                intent: INTENT_NONE,
+                intent_bits: (0, 0),
             };
         }
         if self.work.is_empty() {

@@ -219,14 +219,17 @@ impl Worker {
 pub(crate) fn run(sh: Arc<Shared>, rx: Receiver<ControlMsg>) {
     let mut w = Worker::new(sh.clone());
     let mut last_sb_write = Instant::now();
+    let mut bitmap = BitmapDaemon { last: Vec::new(), pass: Instant::now() };
     loop {
         let busy = sh.sync.kind() != SyncKind::Idle && !sh.sync.paused.load(Ordering::Acquire);
-        let wait = if busy { Duration::ZERO } else { Duration::from_millis(200) };
+        let idle = sh.intent.as_ref().map_or(200, |wi| wi.daemon_ms.load(Ordering::Acquire).clamp(1, 200));
+        let wait = if busy { Duration::ZERO } else { Duration::from_millis(idle) };
         match rx.recv_timeout(wait) {
             Ok(ControlMsg::Stop) | Err(RecvTimeoutError::Disconnected) => break,
             Ok(ControlMsg::MemberFailed(i)) => member_failed(&sh, i),
             Ok(ControlMsg::Kick) | Err(RecvTimeoutError::Timeout) => {}
         }
+        bitmap.run(&sh);
         if sh.sync.kind() == SyncKind::Idle {
             start_recovery_if_possible(&sh);
         }
@@ -238,6 +241,37 @@ pub(crate) fn run(sh: Arc<Shared>, rx: Receiver<ControlMsg>) {
                 meta.write_superblocks(&sh);
                 last_sb_write = Instant::now();
             }
+        }
+    }
+}
+
+/// Writes the bitmap when writes wait for bits, and clears idle bits
+/// every daemon period (md's bitmap daemon).
+struct BitmapDaemon {
+    /// The image last written.
+    last: Vec<u8>,
+    /// Time of the last daemon pass.
+    pass: Instant,
+}
+
+impl BitmapDaemon {
+    fn run(&mut self, sh: &Arc<Shared>) {
+        let Some(wi) = sh.intent.as_ref() else {
+            return;
+        };
+        if wi.flush_wanted.swap(false, Ordering::AcqRel) {
+            lock(&sh.meta).write_bitmap(sh, &mut self.last, false);
+        }
+        let period = Duration::from_millis(wi.daemon_ms.load(Ordering::Acquire));
+        if self.pass.elapsed() < period {
+            return;
+        }
+        self.pass = Instant::now();
+        // Bits stay set while the array is degraded (they record what a
+        // returning member misses) or has failed.
+        let whole = sh.slots.iter().all(|s| s.state() == SlotState::InSync);
+        if whole && !sh.failed.load(Ordering::Acquire) && wi.daemon_pass(false) > 0 {
+            lock(&sh.meta).write_bitmap(sh, &mut self.last, true);
         }
     }
 }
@@ -350,14 +384,41 @@ fn step(sh: &Arc<Shared>, w: &mut Worker) {
                 }
             }
         }
-        SyncKind::Resync => match w.resync_range(pos, n) {
-            Ok(done) => Some(done.max(1)),
-            Err(st) => {
-                log::error!("raid {}: resync failed at {pos}: {st}", sh.name);
-                sh.sync.set_idle();
-                None
+        SyncKind::Resync => {
+            // With a bitmap only the chunks whose bits say so are resynced.
+            let chunk = sh.intent.as_ref().map(|wi| {
+                let bit = wi.layout().bit_of(pos);
+                (bit, wi.needed(bit), wi.layout().sectors_of(bit).end)
+            });
+            match chunk {
+                Some((_, false, chunk_end)) => {
+                    let skip = chunk_end.min(end).saturating_sub(pos).max(1);
+                    sh.sync.skipped.fetch_add(skip, Ordering::AcqRel);
+                    sh.sync.position.store(pos + skip, Ordering::Release);
+                    if pos + skip >= end {
+                        finish(sh, kind);
+                    }
+                    return;
+                }
+                _ => match w.resync_range(pos, chunk.map_or(n, |(_, _, e)| n.min(e.saturating_sub(pos).max(1)))) {
+                    Ok(done) => {
+                        let done = done.max(1);
+                        sh.sync.resynced.fetch_add(done, Ordering::AcqRel);
+                        if let (Some(wi), Some((bit, _, chunk_end))) = (sh.intent.as_ref(), chunk) {
+                            if pos + done >= chunk_end.min(end) {
+                                wi.synced(bit);
+                            }
+                        }
+                        Some(done)
+                    }
+                    Err(st) => {
+                        log::error!("raid {}: resync failed at {pos}: {st}", sh.name);
+                        sh.sync.set_idle();
+                        None
+                    }
+                },
             }
-        },
+        }
         SyncKind::Idle => None,
     };
     if let Some(n) = advanced {

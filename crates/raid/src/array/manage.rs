@@ -8,8 +8,8 @@ use crate::superblock::{format_uuid, DevRole};
 use super::meta::DevRecord;
 use super::shared::{lock, ControlMsg, SlotState};
 use super::{
-    emit, member_dev, open_member, ArrayState, DiskDetail, DiskState, ManageCmd, MdArray, MdDetail, MdError, MdEvent,
-    SyncKind,
+    emit, member_dev, open_member, ArrayState, BitmapDetail, DiskDetail, DiskState, ManageCmd, MdArray, MdDetail,
+    MdError, MdEvent, SyncKind,
 };
 
 impl MdArray {
@@ -107,6 +107,12 @@ impl MdArray {
             resync_speed: speed,
             events: meta.sb.events,
             disks,
+            bitmap: sh.intent.as_ref().map(|wi| BitmapDetail {
+                chunk_kib: wi.layout().chunk_sectors / 2,
+                bits: wi.layout().bits(),
+                dirty: wi.dirty_bits(),
+                daemon_ms: wi.daemon_ms.load(Ordering::Acquire),
+            }),
         }
     }
 

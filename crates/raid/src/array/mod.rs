@@ -9,14 +9,16 @@
 //! locks besides the per-stripe atomic locks; a control thread per array
 //! writes superblocks, activates spares and runs recovery and resync.
 //!
-//! Dirty tracking is conservative: while an array runs its superblocks say
-//! "dirty" (and an internal bitmap has every bit set); a clean stop
-//! records it clean. After a crash md (or this module) resyncs the whole
-//! array.
+//! Dirty tracking: while an array runs its superblocks say "dirty"; a
+//! clean stop records it clean. With an internal bitmap ([`intent`](self))
+//! a write first sets its chunks' bits on every member, bits of chunks
+//! without writes are cleared lazily, and after a crash only the chunks
+//! whose bits are set are resynced; without one the whole array is.
 
 mod channel;
 mod control;
 mod examine;
+mod intent;
 mod locks;
 mod manage;
 mod meta;
@@ -26,6 +28,8 @@ mod slab;
 mod stripe;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_bitmap;
 mod types;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -38,8 +42,8 @@ pub use self::shortcuts::{
     md_monitor, md_run, md_stop,
 };
 pub use self::types::{
-    ArrayState, AssembleOptions, DiskDetail, DiskState, ManageCmd, MdConfig, MdDetail, MdError, MdEvent, Monitor,
-    StripeStats, SyncKind,
+    ArrayState, AssembleOptions, BitmapDetail, DiskDetail, DiskState, ManageCmd, MdConfig, MdDetail, MdError, MdEvent,
+    Monitor, StripeStats, SyncKind, SyncStats,
 };
 
 use bdev::{Bdev, BdevError, BdevInfo, IoChannel, IoType, IoTypeSet, Registry, Uuid};
@@ -51,6 +55,7 @@ use crate::offline::{self, Examined};
 use crate::parity::Parity;
 use crate::superblock::{DevRole, MAX_SECTOR};
 
+use self::intent::WriteIntent;
 use self::locks::StripeLocks;
 use self::meta::{BdevMember, DevRecord, Meta};
 use self::shared::{lock, ControlMsg, MemberDev, Shared, Slot, SlotState, SyncState};
@@ -153,6 +158,10 @@ fn build(name: &str, geometry: Geometry, slots: Vec<Slot>, meta: Meta, block_siz
         return Err(MdError::BlockSize(name.to_string()));
     }
     let num_blocks = geometry.array_sectors() / spb;
+    let intent = match meta.bitmap.as_ref() {
+        Some(b) if geometry.level().redundancy() > 0 => Some(WriteIntent::new(b.layout(), b.daemon_sleep)),
+        _ => None,
+    };
     let shared = Arc::new(Shared {
         name: name.to_string(),
         geometry,
@@ -170,6 +179,7 @@ fn build(name: &str, geometry: Geometry, slots: Vec<Slot>, meta: Meta, block_siz
         sync: SyncState::new(),
         monitors: Mutex::new(Vec::new()),
         stats: shared::OpStats::default(),
+        intent,
     });
     Ok(Built { shared, block_size, num_blocks })
 }
@@ -228,6 +238,10 @@ pub fn md_create(
     let meta = Meta { sb: template, devices, bitmap: created.bitmap.clone(), next_dev_id: members.len() as u64 + 1 };
     let built = build(name, created.geometry.clone(), slots, meta, array_bs)?;
     let array = MdArray::new(registry, name, built, cfg.stripe_cache);
+    if let (Some(wi), false) = (array.sh.intent.as_ref(), cfg.assume_clean) {
+        // Nothing is consistent yet: every chunk needs the initial resync.
+        wi.mark_all_needed();
+    }
     array.run()?;
     if !cfg.assume_clean && level.redundancy() > 0 {
         array.start_resync(0);
@@ -303,6 +317,7 @@ pub fn md_assemble(
     let meta = Meta { sb: template, devices, bitmap, next_dev_id: next_id };
     let built = build(name, plan.geometry.clone(), slots, meta, array_bs)?;
     let array = MdArray::new(registry, name, built, opts.stripe_cache);
+    array.load_bitmap(resync_from != MAX_SECTOR);
     if plan.degraded() > 0 && !opts.run_degraded {
         return Ok(array);
     }
@@ -427,6 +442,15 @@ impl MdArray {
         let resync_pending = self.sh.sync.kind() == SyncKind::Resync;
         meta.sb.resync_offset = if resync_pending { self.sh.sync.position.load(Ordering::Acquire) } else { MAX_SECTOR };
         self.sh.sync.set_idle();
+        if let Some(wi) = self.sh.intent.as_ref() {
+            // md clears the bitmap on a clean stop of a whole array: the
+            // members are flushed, then the clear bits written.
+            let whole = self.sh.slots.iter().all(|s| s.state() == SlotState::InSync);
+            if whole && !resync_pending {
+                wi.daemon_pass(true);
+                meta.write_bitmap(&self.sh, &mut Vec::new(), true);
+            }
+        }
         let errors = meta.write_superblocks(&self.sh);
         for slot in &self.sh.slots {
             slot.replace_device(None);
@@ -436,6 +460,69 @@ impl MdArray {
         match errors.into_iter().next() {
             Some((device, status)) => Err(MdError::SuperblockWrite { device, status }),
             None => Ok(()),
+        }
+    }
+
+    /// Leaves like a crash: no superblock or bitmap is written, the
+    /// members are released as they are.
+    #[cfg(test)]
+    pub(crate) fn crash(&self) {
+        if !self.running.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let _ = self.registry.unregister(&self.sh.name);
+        self.shutdown_thread();
+        self.sh.sync.set_idle();
+        let mut meta = lock(&self.sh.meta);
+        for slot in &self.sh.slots {
+            slot.replace_device(None);
+        }
+        meta.devices.clear();
+        self.sh.bump_generation();
+    }
+
+    /// Loads the bits of the bitmap from the members: after an unclean
+    /// stop (`dirty`) the regions they cover need a resync; a stale bitmap
+    /// or one that cannot be read means every region does.
+    fn load_bitmap(&self, dirty: bool) {
+        let Some(wi) = self.sh.intent.as_ref() else {
+            return;
+        };
+        let meta = lock(&self.sh.meta);
+        let stale = meta.bitmap.as_ref().is_some_and(|b| b.state.is_stale());
+        match meta.read_bitmap_bits(&self.sh) {
+            Some(bits) if !stale => {
+                for bit in wi.layout().set_bits(&bits) {
+                    if dirty {
+                        wi.mark_needed(bit);
+                    } else {
+                        wi.mark_ondisk(bit);
+                    }
+                }
+            }
+            _ if dirty || stale => wi.mark_all_needed(),
+            _ => {}
+        }
+    }
+
+    /// Sets the bitmap daemon period (md's bitmap `time_base`, the
+    /// header's `daemon_sleep`): bits of regions without writes are
+    /// cleared after one to two periods.
+    pub fn set_bitmap_daemon_sleep(&self, period: std::time::Duration) {
+        if let Some(wi) = self.sh.intent.as_ref() {
+            let ms = u64::try_from(period.as_millis()).unwrap_or(u64::MAX).max(1);
+            wi.daemon_ms.store(ms, Ordering::Release);
+            self.sh.notify(ControlMsg::Kick);
+        }
+    }
+
+    /// Counters of the background synchronisation since the array was
+    /// built.
+    pub fn sync_stats(&self) -> SyncStats {
+        let s = &self.sh.sync;
+        SyncStats {
+            resynced_sectors: s.resynced.load(Ordering::Acquire),
+            skipped_sectors: s.skipped.load(Ordering::Acquire),
         }
     }
 

@@ -134,6 +134,10 @@ pub(crate) struct SyncState {
     pub paused: AtomicBool,
     /// Activate spares and recover automatically.
     pub auto: AtomicBool,
+    /// Sectors resynced since the array was built.
+    pub resynced: AtomicU64,
+    /// Sectors a resync skipped because their bitmap bits were clear.
+    pub skipped: AtomicU64,
 }
 
 impl SyncState {
@@ -148,6 +152,8 @@ impl SyncState {
             speed_kib: AtomicU64::new(0),
             paused: AtomicBool::new(false),
             auto: AtomicBool::new(true),
+            resynced: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
         }
     }
 
@@ -224,6 +230,8 @@ pub(crate) struct Shared {
     pub sync: SyncState,
     pub monitors: Mutex<Vec<super::Monitor>>,
     pub stats: OpStats,
+    /// The write-intent bitmap, when the array has one.
+    pub intent: Option<super::intent::WriteIntent>,
 }
 
 impl Shared {

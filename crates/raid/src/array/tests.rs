@@ -23,7 +23,7 @@ struct Rig {
     bs: u64,
 }
 
-fn add_member(reg: &Arc<Registry>, i: usize, bs: u32) -> Arc<FaultBdev> {
+pub(super) fn add_member(reg: &Arc<Registry>, i: usize, bs: u32) -> Arc<FaultBdev> {
     let blocks = MEMBER_BLOCKS * 512 / u64::from(bs);
     let m = MallocBdev::new(MallocParams { name: format!("m{i}"), num_blocks: blocks, block_size: bs }).unwrap();
     reg.register(Arc::new(m)).unwrap();
@@ -44,7 +44,7 @@ fn rig(level: Level, layout: Option<u32>, disks: usize, chunk_kib: u32, bs: u32)
     Rig { reg, faults, array, ch, model: vec![0; size], bs: u64::from(bs) }
 }
 
-fn wait(ch: &mut BdevChannel, tags: &[u64]) -> Vec<IoStatus> {
+pub(super) fn wait(ch: &mut BdevChannel, tags: &[u64]) -> Vec<IoStatus> {
     let mut got: Vec<Option<IoStatus>> = vec![None; tags.len()];
     let t0 = Instant::now();
     while got.iter().any(Option::is_none) {

@@ -276,6 +276,8 @@ pub struct MdDetail {
     pub events: u64,
     /// Devices.
     pub disks: Vec<DiskDetail>,
+    /// The internal write-intent bitmap, if the array has one.
+    pub bitmap: Option<BitmapDetail>,
 }
 
 /// How the stripe operations of a raid4/5/6 array were carried out.
@@ -291,4 +293,27 @@ pub struct StripeStats {
     pub reconstruct: u64,
     /// Reads rebuilt from parity.
     pub degraded_reads: u64,
+}
+
+/// Background synchronisation counters ([`super::MdArray::sync_stats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SyncStats {
+    /// Sync-range sectors resynced (read and made consistent).
+    pub resynced_sectors: u64,
+    /// Sync-range sectors a resync skipped because the write-intent bitmap
+    /// said they were clean.
+    pub skipped_sectors: u64,
+}
+
+/// The write-intent bitmap in [`MdDetail`] (what /proc/mdstat shows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BitmapDetail {
+    /// KiB of sync range per bit.
+    pub chunk_kib: u64,
+    /// Bits.
+    pub bits: u64,
+    /// Bits set (regions that may be inconsistent after a crash).
+    pub dirty: u64,
+    /// Flush and clear period in milliseconds.
+    pub daemon_ms: u64,
 }
