@@ -196,7 +196,8 @@ impl RaidChannel {
         }
         let mut ch = RaidChannel {
             gen: u64::MAX,
-            members: (0..n).map(|_| None).collect(),
+            // Slots, then their replacements.
+            members: (0..2 * n).map(|_| None).collect(),
             retired: Vec::new(),
             parents: Slab::new(depth, Parent::empty),
             children: Slab::new(CHILDREN, Child::empty),
@@ -225,7 +226,7 @@ impl RaidChannel {
         }
         self.gen = g;
         for i in 0..self.members.len() {
-            let dev = self.sh.slot(i).and_then(|s| s.device());
+            let dev = self.sh.slot_any(i).and_then(|s| s.device());
             let cur = self.members.get(i).and_then(|m| m.as_ref()).map(|m| m.dev_id);
             if dev.as_ref().map(|d| d.id) == cur {
                 continue;
@@ -256,7 +257,14 @@ impl RaidChannel {
     }
 
     pub(super) fn writable(&self, m: usize) -> bool {
-        matches!(self.members.get(m), Some(Some(_))) && self.sh.slot(m).is_some_and(|s| s.writable())
+        matches!(self.members.get(m), Some(Some(_))) && self.sh.slot_any(m).is_some_and(|s| s.writable())
+    }
+
+    /// The replacement of slot `m`, if one is being rebuilt (writes go to
+    /// it too).
+    pub(super) fn replacement(&self, m: usize) -> Option<usize> {
+        let r = m + self.sh.slots.len();
+        self.writable(r).then_some(r)
     }
 
     /// Allocates and submits a child IO; `None` when no child entry is free.
@@ -579,6 +587,12 @@ impl RaidChannel {
             }
             self.issue(Owner::Group(g), c.member, IoType::Write, c.sector, n, iovs, lba, io_offset);
             any = true;
+            if let Some(r) = self.replacement(c.member) {
+                if let Some(grp) = self.groups.get_mut(g) {
+                    grp.pending += 1;
+                }
+                self.issue(Owner::Group(g), r, IoType::Write, c.sector, n, iovs, lba, io_offset);
+            }
         }
         if !any {
             self.finish_group(g);
@@ -625,7 +639,7 @@ impl RaidChannel {
         // A failing member is taken out unless the array needs it.
         // A device that already left its slot is out.
         let member_out = failed && {
-            let current = self.sh.slot(child.slot).and_then(|s| s.device()).map(|d| d.id);
+            let current = self.sh.slot_any(child.slot).and_then(|s| s.device()).map(|d| d.id);
             current != Some(child.dev_id) || self.sh.fail_member(child.slot)
         };
         match child.owner {

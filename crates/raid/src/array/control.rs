@@ -33,11 +33,11 @@ pub(crate) struct Worker {
 impl Worker {
     pub(crate) fn new(sh: Arc<Shared>) -> Worker {
         let n = sh.slots.len();
-        Worker { sh, ios: (0..n).map(|_| None).collect() }
+        Worker { sh, ios: (0..2 * n).map(|_| None).collect() }
     }
 
     fn io(&mut self, m: usize) -> Option<(&mut SyncIo, u64)> {
-        let dev = self.sh.slot(m)?.device()?;
+        let dev = self.sh.slot_any(m)?.device()?;
         let entry = self.ios.get_mut(m)?;
         if entry.as_ref().is_none_or(|(id, _)| *id != dev.id) {
             *entry = SyncIo::open(&dev.desc).ok().map(|io| (dev.id, io));
@@ -59,11 +59,16 @@ impl Worker {
         self.sh.slot(m).is_some_and(|s| s.readable(sector, n))
     }
 
-    /// Rebuilds `[sector, sector + n)` of slot `t` (n inside one window).
-    /// Returns false when the data cannot be rebuilt.
+    /// Rebuilds `[sector, sector + n)` of slot `t` (n inside one window),
+    /// or of a replacement (`t` past the slots), which is copied from the
+    /// slot it replaces while that one is readable. Returns false when the
+    /// data cannot be rebuilt.
     fn recover_range(&mut self, t: usize, sector: u64, n: u64) -> Result<bool, IoStatus> {
         let sh = self.sh.clone();
-        let ext = sh.geometry.member_extent(t, sector).map_err(|_| IoStatus::Invalid)?;
+        let src = sh.source_slot(t);
+        // A slot being recovered is not read; a replaced one is.
+        let skip = (src == t).then_some(t);
+        let ext = sh.geometry.member_extent(src, sector).map_err(|_| IoStatus::Invalid)?;
         let n = n.min(ext.sectors);
         let bytes = (n * 512) as usize;
         match (&sh.geometry, ext.content) {
@@ -81,7 +86,7 @@ impl Worker {
                 let result = (|| {
                     let mut blocks: Vec<Option<Vec<u8>>> = Vec::with_capacity(layout.raid_disks());
                     for m in 0..layout.raid_disks() {
-                        if m != t && self.readable(m, sector, n) {
+                        if Some(m) != skip && self.readable(m, sector, n) {
                             let mut b = vec![0u8; bytes];
                             match self.read(m, sector, &mut b) {
                                 Ok(()) => blocks.push(Some(b)),
@@ -97,7 +102,7 @@ impl Worker {
                     if solve_stripe(&sh.parity, &layout, &mut blocks).is_none() {
                         return Ok(false);
                     }
-                    let data = blocks.get(t).and_then(|b| b.as_deref()).ok_or(IoStatus::Invalid)?;
+                    let data = blocks.get(src).and_then(|b| b.as_deref()).ok_or(IoStatus::Invalid)?;
                     self.write(t, sector, data)?;
                     Ok(true)
                 })();
@@ -112,7 +117,9 @@ impl Worker {
                 sh.locks.lock_blocking(key);
                 let result = (|| {
                     let mut buf = vec![0u8; bytes];
-                    let sources: Vec<_> = sh.geometry.copies(lba).filter(|c| c.member != t).collect();
+                    let mut sources: Vec<_> = sh.geometry.copies(lba).filter(|c| Some(c.member) != skip).collect();
+                    // A replacement copies its own slot first.
+                    sources.sort_by_key(|c| c.member != src);
                     let mut got = false;
                     for c in sources {
                         if !self.readable(c.member, c.sector, n) {
@@ -277,6 +284,10 @@ impl BitmapDaemon {
 }
 
 fn member_failed(sh: &Arc<Shared>, slot: usize) {
+    if let Some(r) = slot.checked_sub(sh.slots.len()) {
+        super::replace::failed(sh, r);
+        return;
+    }
     let name = {
         let mut meta = lock(&sh.meta);
         let rec = meta.slot_device(slot).map(|r| (r.sb.dev_number, r.dev.name().to_string()));
@@ -286,6 +297,7 @@ fn member_failed(sh: &Arc<Shared>, slot: usize) {
         if let Some(r) = meta.sb.dev_roles.get_mut(dev_number as usize) {
             *r = DevRole::Faulty;
         }
+        super::replace::promote(sh, &mut meta, slot);
         for (dev, st) in meta.write_superblocks(sh) {
             log::error!("raid {}: cannot write the superblock of {dev}: {st}", sh.name);
         }
@@ -308,6 +320,9 @@ fn member_failed(sh: &Arc<Shared>, slot: usize) {
 /// recovery.
 pub(crate) fn start_recovery_if_possible(sh: &Arc<Shared>) {
     if !sh.sync.auto.load(Ordering::Acquire) || sh.failed.load(Ordering::Acquire) {
+        return;
+    }
+    if super::replace::resume(sh) {
         return;
     }
     // A slot already recovering resumes.
@@ -362,11 +377,11 @@ fn step(sh: &Arc<Shared>, w: &mut Worker) {
     let advanced = match kind {
         SyncKind::Recovery => {
             let t = sh.sync.slot.load(Ordering::Acquire) as usize;
-            let ext = sh.geometry.member_extent(t, pos).map(|e| e.sectors).unwrap_or(n);
+            let ext = sh.geometry.member_extent(sh.source_slot(t), pos).map(|e| e.sectors).unwrap_or(n);
             let n = n.min(ext).min(sh.window_sectors - pos % sh.window_sectors).max(1);
             match w.recover_range(t, pos, n) {
                 Ok(true) => {
-                    if let Some(slot) = sh.slot(t) {
+                    if let Some(slot) = sh.slot_any(t) {
                         slot.set_recovered(pos + n);
                     }
                     Some(n)
@@ -442,6 +457,10 @@ fn finish(sh: &Arc<Shared>, kind: SyncKind) {
     match kind {
         SyncKind::Recovery => {
             let t = sh.sync.slot.load(Ordering::Acquire) as usize;
+            if let Some(r) = t.checked_sub(sh.slots.len()) {
+                super::replace::finish(sh, r);
+                return;
+            }
             if let Some(slot) = sh.slot(t) {
                 slot.set_recovered(MAX_SECTOR);
                 slot.set_state(SlotState::InSync);

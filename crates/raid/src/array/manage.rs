@@ -6,6 +6,7 @@ use crate::create;
 use crate::superblock::{format_uuid, DevRole};
 
 use super::meta::DevRecord;
+use super::replace;
 use super::shared::{lock, ControlMsg, SlotState};
 use super::{
     emit, member_dev, open_member, ArrayState, BitmapDetail, DiskDetail, DiskState, ManageCmd, MdArray, MdDetail,
@@ -23,6 +24,7 @@ impl MdArray {
         for rec in &meta.devices {
             let role = meta.sb.dev_roles.get(rec.sb.dev_number as usize).copied();
             let (state, role_text) = match role {
+                Some(DevRole::Active(s)) if rec.replacing => (DiskState::Sync, format!("replacement {s}")),
                 Some(DevRole::Active(s)) => match sh.slot(s as usize).map(|x| x.state()) {
                     Some(SlotState::InSync) => (DiskState::Active, format!("active {s}")),
                     Some(SlotState::Recovering) => (DiskState::Sync, format!("rebuilding {s}")),
@@ -125,19 +127,20 @@ impl MdArray {
         let sh = &self.sh;
         match cmd {
             ManageCmd::AddDisk(dev) | ManageCmd::AddSpare(dev) => {
-                self.add_spare(&dev)?;
+                self.add_device(&dev, None)?;
                 sh.notify(ControlMsg::Kick);
                 Ok(())
             }
             ManageCmd::RemoveDisk(dev) | ManageCmd::RemoveSpare(dev) => self.remove(&dev),
             ManageCmd::ReplaceDisk { old, new } => {
                 let slot = self.slot_of(&old).ok_or_else(|| MdError::NoSuchDevice(old.clone()))?;
-                self.add_spare(&new)?;
-                if !sh.fail_member(slot) {
-                    return Err(MdError::Busy(format!("'{old}' cannot be failed: the array needs it")));
+                if sh.geometry.level().redundancy() == 0 {
+                    return Err(MdError::Busy(format!("{} has no redundancy to rebuild from", sh.geometry.level())));
                 }
-                sh.notify(ControlMsg::Kick);
-                Ok(())
+                if sh.slot(slot).is_none_or(|s| s.state() != SlotState::InSync) {
+                    return Err(MdError::Busy(format!("'{old}' is not an in-sync member")));
+                }
+                self.add_device(&new, Some(slot))
             }
             ManageCmd::SetFaulty(dev) => {
                 let slot = self.slot_of(&dev).ok_or_else(|| MdError::NoSuchDevice(dev.clone()))?;
@@ -172,10 +175,20 @@ impl MdArray {
         }
     }
 
-    fn add_spare(&self, dev: &str) -> Result<(), MdError> {
+    /// Adds `dev` as a spare, or as the replacement of slot `replace`.
+    fn add_device(&self, dev: &str, replace: Option<usize>) -> Result<(), MdError> {
         let sh = &self.sh;
         let desc = open_member(&self.registry, dev, &sh.name)?;
         let mut meta = lock(&sh.meta);
+        if replace.is_some() {
+            // Checked under the lock the control thread takes to start work.
+            if sh.sync.kind() != SyncKind::Idle {
+                return Err(MdError::Busy("a resync or recovery is running".into()));
+            }
+            if (0..sh.slots.len()).any(|i| replace::active(sh, i)) {
+                return Err(MdError::Busy("a replacement is running".into()));
+            }
+        }
         let dev_number = meta.free_dev_number().ok_or_else(|| MdError::Busy("no free device number".into()))?;
         let mut sb = meta.sb.clone();
         let sectors = desc.info().size_bytes() / 512;
@@ -194,10 +207,18 @@ impl MdArray {
         if bs != sh.block_size {
             return Err(MdError::BlockSize(dev.to_string()));
         }
+        let rec = DevRecord { dev: member, sb, replacing: false };
+        if let Some(slot) = replace {
+            replace::start(sh, &mut meta, slot, rec);
+            drop(meta);
+            emit(sh, &MdEvent::DeviceAdded { device: dev.to_string() });
+            emit(sh, &MdEvent::RecoveryStarted { slot });
+            return Ok(());
+        }
         if let Some(r) = meta.sb.dev_roles.get_mut(dev_number as usize) {
             *r = DevRole::Spare;
         }
-        meta.devices.push(DevRecord { dev: member, sb });
+        meta.devices.push(rec);
         if let Some((device, status)) = meta.write_superblocks(sh).into_iter().next() {
             return Err(MdError::SuperblockWrite { device, status });
         }

@@ -145,6 +145,8 @@ pub(crate) struct DevRecord {
     /// The superblock last written to this device (its per-device fields
     /// are authoritative: dev_number, device_uuid, data offset and size).
     pub sb: Superblock,
+    /// Being rebuilt as the replacement of the slot its role names.
+    pub replacing: bool,
 }
 
 /// Control-plane state of an array.
@@ -159,9 +161,9 @@ pub(crate) struct Meta {
 impl Meta {
     /// The record of the device in slot `slot`.
     pub(crate) fn slot_device(&self, slot: usize) -> Option<&DevRecord> {
-        self.devices
-            .iter()
-            .find(|d| self.sb.dev_roles.get(d.sb.dev_number as usize) == Some(&DevRole::Active(slot as u16)))
+        self.devices.iter().find(|d| {
+            !d.replacing && self.sb.dev_roles.get(d.sb.dev_number as usize) == Some(&DevRole::Active(slot as u16))
+        })
     }
 
     /// The bits of the bitmap as stored on the first in-sync member.
@@ -215,8 +217,17 @@ impl Meta {
             sb.bblog_offset = rec.sb.bblog_offset;
             sb.cnt_corrected_read = rec.sb.cnt_corrected_read;
             sb.feature_map.remove(FeatureMap::RECOVERY_OFFSET);
+            sb.feature_map.remove(FeatureMap::REPLACEMENT);
             sb.recovery_offset = 0;
-            if let Some(DevRole::Active(s)) = role {
+            if rec.replacing {
+                // md's replacement: the slot's role, the replacement flag
+                // and how far the copy got.
+                sb.feature_map.insert(FeatureMap::REPLACEMENT);
+                if let Some(DevRole::Active(s)) = role {
+                    sb.feature_map.insert(FeatureMap::RECOVERY_OFFSET);
+                    sb.recovery_offset = sh.repl.get(s as usize).map_or(0, |r| r.recovered());
+                }
+            } else if let Some(DevRole::Active(s)) = role {
                 if let Some(slot) = sh.slot(s as usize) {
                     if slot.state() == SlotState::Recovering {
                         sb.feature_map.insert(FeatureMap::RECOVERY_OFFSET);
@@ -319,6 +330,9 @@ fn working<'a>(
         let role = roles.get(rec.sb.dev_number as usize).copied();
         let failed = match role {
             Some(DevRole::Faulty) => true,
+            Some(DevRole::Active(s)) if rec.replacing => {
+                sh.repl.get(s as usize).is_some_and(|x| x.state() == SlotState::Faulty)
+            }
             Some(DevRole::Active(s)) => sh.slot(s as usize).is_some_and(|x| x.state() == SlotState::Faulty),
             _ => false,
         };

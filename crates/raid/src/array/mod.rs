@@ -22,6 +22,7 @@ mod intent;
 mod locks;
 mod manage;
 mod meta;
+mod replace;
 mod shared;
 mod shortcuts;
 mod slab;
@@ -30,6 +31,8 @@ mod stripe;
 mod tests;
 #[cfg(test)]
 mod tests_bitmap;
+#[cfg(test)]
+mod tests_replace;
 mod types;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -167,6 +170,7 @@ fn build(name: &str, geometry: Geometry, slots: Vec<Slot>, meta: Meta, block_siz
         geometry,
         block_size,
         spb,
+        repl: (0..slots.len()).map(|_| Slot::new(None, SlotState::Empty, 0)).collect(),
         slots,
         generation: AtomicU64::new(1),
         locks: StripeLocks::new(),
@@ -233,7 +237,7 @@ pub fn md_create(
         if i < raid_disks {
             slots.push(Slot::new(Some(dev.clone()), SlotState::InSync, MAX_SECTOR));
         }
-        devices.push(DevRecord { dev, sb: sb.clone() });
+        devices.push(DevRecord { dev, sb: sb.clone(), replacing: false });
     }
     let meta = Meta { sb: template, devices, bitmap: created.bitmap.clone(), next_dev_id: members.len() as u64 + 1 };
     let built = build(name, created.geometry.clone(), slots, meta, array_bs)?;
@@ -293,7 +297,7 @@ pub fn md_assemble(
                 *sd = Some((dev.clone(), recovered));
             }
         }
-        devices.push(DevRecord { dev, sb: e.superblock.clone() });
+        devices.push(DevRecord { dev, sb: e.superblock.clone(), replacing: false });
     }
     let slots: Vec<Slot> = slot_devs
         .into_iter()
@@ -442,6 +446,7 @@ impl MdArray {
         let resync_pending = self.sh.sync.kind() == SyncKind::Resync;
         meta.sb.resync_offset = if resync_pending { self.sh.sync.position.load(Ordering::Acquire) } else { MAX_SECTOR };
         self.sh.sync.set_idle();
+        replace::cancel_all(&self.sh, &mut meta);
         if let Some(wi) = self.sh.intent.as_ref() {
             // md clears the bitmap on a clean stop of a whole array: the
             // members are flushed, then the clear bits written.

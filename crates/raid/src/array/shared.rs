@@ -215,6 +215,9 @@ pub(crate) struct Shared {
     /// 512-byte sectors per array block.
     pub spb: u64,
     pub slots: Vec<Slot>,
+    /// Replacements being rebuilt (md's want_replacement), one per slot;
+    /// in IO and sync code they are members `slots.len() + slot`.
+    pub repl: Vec<Slot>,
     /// Changes whenever a slot gets a different device.
     pub generation: AtomicU64,
     pub locks: StripeLocks,
@@ -237,6 +240,21 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn slot(&self, i: usize) -> Option<&Slot> {
         self.slots.get(i)
+    }
+
+    /// A slot (`i < slots.len()`) or the replacement of slot
+    /// `i - slots.len()`.
+    pub(crate) fn slot_any(&self, i: usize) -> Option<&Slot> {
+        match i.checked_sub(self.slots.len()) {
+            None => self.slots.get(i),
+            Some(r) => self.repl.get(r),
+        }
+    }
+
+    /// The slot whose data member `i` holds (itself, or the slot a
+    /// replacement replaces).
+    pub(crate) fn source_slot(&self, i: usize) -> usize {
+        i.checked_sub(self.slots.len()).unwrap_or(i)
     }
 
     pub(crate) fn generation(&self) -> u64 {
@@ -262,6 +280,23 @@ impl Shared {
     /// when the array could not run without it, as md keeps its last
     /// working devices.
     pub(crate) fn fail_member(&self, i: usize) -> bool {
+        if i >= self.slots.len() {
+            // A replacement that fails leaves; the array never needs it.
+            let Some(r) = self.slot_any(i) else {
+                return false;
+            };
+            let prev = r.state();
+            if prev == SlotState::Recovering
+                && r.state
+                    .compare_exchange(prev as u8, SlotState::Faulty as u8, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            {
+                log::warn!("raid {}: replacement for slot {} failed", self.name, i - self.slots.len());
+                self.bump_generation();
+                self.notify(ControlMsg::MemberFailed(i));
+            }
+            return true;
+        }
         let Some(slot) = self.slot(i) else {
             return false;
         };

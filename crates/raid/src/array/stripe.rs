@@ -611,10 +611,12 @@ impl RaidChannel {
                 continue;
             }
             let Some(iovs) = parent_iovs.slice(s.io_off * 512, (s.b - s.a) * 512) else { continue };
-            if let Some(op) = self.ops.get_mut(o) {
-                op.pending += 1;
+            for t in [Some(m), self.replacement(m)].into_iter().flatten() {
+                if let Some(op) = self.ops.get_mut(o) {
+                    op.pending += 1;
+                }
+                self.issue(Owner::Op(o), t, IoType::Write, base + s.a, s.b - s.a, iovs, 0, 0);
             }
-            self.issue(Owner::Op(o), m, IoType::Write, base + s.a, s.b - s.a, iovs, 0, 0);
         }
         for m in [Some(layout.p_member()), layout.q_member()].into_iter().flatten() {
             if !self.writable(m) {
@@ -622,10 +624,12 @@ impl RaidChannel {
             }
             let iov = self.ops.get_mut(o).and_then(|op| op.bufs.get_mut(m)?.as_mut()?.iovec_range(0, len));
             let Some(iov) = iov else { continue };
-            if let Some(op) = self.ops.get_mut(o) {
-                op.pending += 1;
+            for t in [Some(m), self.replacement(m)].into_iter().flatten() {
+                if let Some(op) = self.ops.get_mut(o) {
+                    op.pending += 1;
+                }
+                self.issue(Owner::Op(o), t, IoType::Write, base + r0, r1 - r0, IoVecs::single(iov), 0, 0);
             }
-            self.issue(Owner::Op(o), m, IoType::Write, base + r0, r1 - r0, IoVecs::single(iov), 0, 0);
         }
         if self.ops.get(o).is_some_and(|op| op.pending == 0) {
             self.op_finish(o);

@@ -14,13 +14,13 @@ use crate::superblock::format_uuid;
 /// Member size: 4 MiB of data plus 1 MiB of metadata.
 const MEMBER_BLOCKS: u64 = 10 * 1024;
 
-struct Rig {
-    reg: Arc<Registry>,
-    faults: Vec<Arc<FaultBdev>>,
-    array: Arc<MdArray>,
-    ch: BdevChannel,
-    model: Vec<u8>,
-    bs: u64,
+pub(super) struct Rig {
+    pub(super) reg: Arc<Registry>,
+    pub(super) faults: Vec<Arc<FaultBdev>>,
+    pub(super) array: Arc<MdArray>,
+    pub(super) ch: BdevChannel,
+    pub(super) model: Vec<u8>,
+    pub(super) bs: u64,
 }
 
 pub(super) fn add_member(reg: &Arc<Registry>, i: usize, bs: u32) -> Arc<FaultBdev> {
@@ -32,7 +32,7 @@ pub(super) fn add_member(reg: &Arc<Registry>, i: usize, bs: u32) -> Arc<FaultBde
     f
 }
 
-fn rig(level: Level, layout: Option<u32>, disks: usize, chunk_kib: u32, bs: u32) -> Rig {
+pub(super) fn rig(level: Level, layout: Option<u32>, disks: usize, chunk_kib: u32, bs: u32) -> Rig {
     let reg = Registry::new();
     let faults: Vec<_> = (0..disks).map(|i| add_member(&reg, i, bs)).collect();
     let names: Vec<String> = (0..disks).map(|i| format!("f{i}")).collect();
@@ -59,19 +59,19 @@ pub(super) fn wait(ch: &mut BdevChannel, tags: &[u64]) -> Vec<IoStatus> {
 }
 
 #[derive(Debug, Clone)]
-enum Op {
+pub(super) enum Op {
     Write { at: u64, blocks: u64, seed: u8 },
     Read { at: u64, blocks: u64 },
     Fail { member: usize },
 }
 
 impl Rig {
-    fn blocks(&self) -> u64 {
+    pub(super) fn blocks(&self) -> u64 {
         self.model.len() as u64 / self.bs
     }
 
     /// Runs a batch concurrently (the caller keeps writes disjoint).
-    fn batch(&mut self, ops: &[Op]) {
+    pub(super) fn batch(&mut self, ops: &[Op]) {
         let mut bufs = Vec::new();
         let mut tags = Vec::new();
         for (i, op) in ops.iter().enumerate() {
@@ -122,7 +122,7 @@ impl Rig {
         }
     }
 
-    fn read_all(&mut self) {
+    pub(super) fn read_all(&mut self) {
         let total = self.blocks();
         let step = 256u64.min(total);
         let mut at = 0;
@@ -134,7 +134,7 @@ impl Rig {
     }
 
     /// Stops the array and checks the members with the offline reader.
-    fn check_on_disk(self) {
+    pub(super) fn check_on_disk(self) {
         let Rig { reg, array, ch, model, faults, .. } = self;
         drop(ch);
         array.stop().unwrap();

@@ -118,8 +118,10 @@ pub enum ManageCmd {
     AddSpare(String),
     /// Remove a hot spare.
     RemoveSpare(String),
-    /// Replace a member: the new device is added and rebuilt, the old one
-    /// is failed (redundancy is reduced while the rebuild runs).
+    /// Replace a member (md's want_replacement): the new device is rebuilt
+    /// while the old one keeps serving reads and taking writes, so the
+    /// array keeps its redundancy; then the new device takes the slot and
+    /// the old one is failed and released.
     ReplaceDisk {
         /// Member to replace.
         old: String,
