@@ -45,17 +45,21 @@ impl Worker {
         entry.as_mut().map(|(_, io)| (io, dev.data_offset))
     }
 
-    fn read(&mut self, m: usize, sector: u64, buf: &mut [u8]) -> Result<(), IoStatus> {
+    pub(super) fn shared(&self) -> Arc<Shared> {
+        self.sh.clone()
+    }
+
+    pub(super) fn read(&mut self, m: usize, sector: u64, buf: &mut [u8]) -> Result<(), IoStatus> {
         let (io, off) = self.io(m).ok_or(IoStatus::PathError)?;
         io.read_at((off + sector) * 512, buf)
     }
 
-    fn write(&mut self, m: usize, sector: u64, buf: &[u8]) -> Result<(), IoStatus> {
+    pub(super) fn write(&mut self, m: usize, sector: u64, buf: &[u8]) -> Result<(), IoStatus> {
         let (io, off) = self.io(m).ok_or(IoStatus::PathError)?;
         io.write_at((off + sector) * 512, buf)
     }
 
-    fn readable(&self, m: usize, sector: u64, n: u64) -> bool {
+    pub(super) fn readable(&self, m: usize, sector: u64, n: u64) -> bool {
         self.sh.slot(m).is_some_and(|s| s.readable(sector, n))
     }
 
@@ -434,6 +438,17 @@ fn step(sh: &Arc<Shared>, w: &mut Worker) {
                 },
             }
         }
+        SyncKind::Check | SyncKind::Repair => match w.scrub_range(pos, n, kind == SyncKind::Repair) {
+            Ok((done, bad)) => {
+                sh.sync.mismatches.fetch_add(bad, Ordering::AcqRel);
+                Some(done.max(1))
+            }
+            Err(st) => {
+                log::error!("raid {}: {kind:?} failed at {pos}: {st}", sh.name);
+                sh.sync.set_idle();
+                None
+            }
+        },
         SyncKind::Idle => None,
     };
     if let Some(n) = advanced {
@@ -474,6 +489,11 @@ fn finish(sh: &Arc<Shared>, kind: SyncKind) {
             sh.sync.set_idle();
             lock(&sh.meta).write_superblocks(sh);
             super::emit(sh, &MdEvent::ResyncFinished);
+        }
+        SyncKind::Check | SyncKind::Repair => {
+            sh.sync.set_idle();
+            let mismatch_sectors = sh.sync.mismatches.load(Ordering::Acquire);
+            super::emit(sh, &MdEvent::CheckFinished { repair: kind == SyncKind::Repair, mismatch_sectors });
         }
         SyncKind::Idle => {}
     }

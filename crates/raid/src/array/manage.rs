@@ -91,6 +91,8 @@ impl MdArray {
             SyncKind::Idle => "idle",
             SyncKind::Resync => "resync",
             SyncKind::Recovery => "recovery",
+            SyncKind::Check => "check",
+            SyncKind::Repair => "repair",
         };
         MdDetail {
             level: sh.geometry.level(),
@@ -108,6 +110,7 @@ impl MdArray {
             resync_progress: progress,
             resync_speed: speed,
             events: meta.sb.events,
+            mismatch_cnt: sh.sync.mismatches.load(Ordering::Acquire),
             disks,
             bitmap: sh.intent.as_ref().map(|wi| BitmapDetail {
                 chunk_kib: wi.layout().chunk_sectors / 2,
@@ -172,7 +175,30 @@ impl MdArray {
                 sh.sync.speed_kib.store(kib, Ordering::Release);
                 Ok(())
             }
+            ManageCmd::Check => self.scrub(SyncKind::Check),
+            ManageCmd::Repair => self.scrub(SyncKind::Repair),
         }
+    }
+
+    /// Starts a check or repair over the whole sync range.
+    fn scrub(&self, kind: SyncKind) -> Result<(), MdError> {
+        let sh = &self.sh;
+        if sh.geometry.level().redundancy() == 0 {
+            return Err(MdError::Busy(format!("{} has no redundancy to check", sh.geometry.level())));
+        }
+        // The meta lock orders this against the control thread starting a
+        // recovery.
+        let _meta = lock(&sh.meta);
+        if sh.sync.kind() != SyncKind::Idle {
+            return Err(MdError::Busy("a resync or recovery is running".into()));
+        }
+        if sh.slots.iter().any(|s| s.state() != SlotState::InSync) {
+            return Err(MdError::Busy("the array is degraded".into()));
+        }
+        sh.sync.mismatches.store(0, Ordering::Release);
+        sh.sync.begin(kind, 0, 0, sh.geometry.resync_sectors());
+        sh.notify(ControlMsg::Kick);
+        Ok(())
     }
 
     /// Adds `dev` as a spare, or as the replacement of slot `replace`.

@@ -23,6 +23,7 @@ mod locks;
 mod manage;
 mod meta;
 mod replace;
+mod scrub;
 mod shared;
 mod shortcuts;
 mod slab;
@@ -33,6 +34,8 @@ mod tests;
 mod tests_bitmap;
 #[cfg(test)]
 mod tests_replace;
+#[cfg(test)]
+mod tests_scrub;
 mod types;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -138,6 +138,9 @@ pub(crate) struct SyncState {
     pub resynced: AtomicU64,
     /// Sectors a resync skipped because their bitmap bits were clear.
     pub skipped: AtomicU64,
+    /// Mismatched sectors found by the last check or repair (md's
+    /// mismatch_cnt).
+    pub mismatches: AtomicU64,
 }
 
 impl SyncState {
@@ -154,6 +157,7 @@ impl SyncState {
             auto: AtomicBool::new(true),
             resynced: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
+            mismatches: AtomicU64::new(0),
         }
     }
 
@@ -161,6 +165,8 @@ impl SyncState {
         match self.kind.load(Ordering::Acquire) {
             1 => super::SyncKind::Resync,
             2 => super::SyncKind::Recovery,
+            3 => super::SyncKind::Check,
+            4 => super::SyncKind::Repair,
             _ => super::SyncKind::Idle,
         }
     }
@@ -175,6 +181,8 @@ impl SyncState {
             super::SyncKind::Idle => 0,
             super::SyncKind::Resync => 1,
             super::SyncKind::Recovery => 2,
+            super::SyncKind::Check => 3,
+            super::SyncKind::Repair => 4,
         };
         self.kind.store(k, Ordering::Release);
     }

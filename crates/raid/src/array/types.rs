@@ -59,6 +59,13 @@ pub enum MdEvent {
         /// Its bdev.
         device: String,
     },
+    /// A check or repair went through the whole array.
+    CheckFinished {
+        /// It was a repair.
+        repair: bool,
+        /// Mismatched sectors found (md's mismatch_cnt).
+        mismatch_sectors: u64,
+    },
 }
 
 /// Background synchronisation in progress.
@@ -70,6 +77,10 @@ pub enum SyncKind {
     Resync,
     /// Rebuilding a slot onto a new device.
     Recovery,
+    /// Scrub: reading everything and counting mismatches (md's `check`).
+    Check,
+    /// Scrub that rewrites mismatches (md's `repair`).
+    Repair,
 }
 
 /// Array state (md_detail).
@@ -138,8 +149,14 @@ pub enum ManageCmd {
     StartRebuild,
     /// Pause recovery/resync.
     StopRebuild,
-    /// Limit recovery/resync to this many KiB/s (0: unlimited).
+    /// Limit recovery/resync/scrub to this many KiB/s (0: unlimited).
     SetSyncSpeed(u64),
+    /// Scrub: read every stripe and count parity/mirror mismatches into
+    /// `mismatch_cnt` (md's sync_action `check`).
+    Check,
+    /// Scrub and rewrite what mismatches: parity from the data, mirrors
+    /// from the first copy (md's sync_action `repair`).
+    Repair,
 }
 
 /// Errors of the md API.
@@ -268,7 +285,8 @@ pub struct MdDetail {
     pub uuid: String,
     /// Slots without an in-sync device.
     pub degraded: bool,
-    /// "idle", "resync" or "recovery" (paused ones end in " (paused)").
+    /// "idle", "resync", "recovery", "check" or "repair" (paused ones end
+    /// in " (paused)").
     pub resync_status: String,
     /// Progress of the resync/recovery in percent.
     pub resync_progress: f32,
@@ -276,6 +294,9 @@ pub struct MdDetail {
     pub resync_speed: u64,
     /// Event count.
     pub events: u64,
+    /// Sectors found inconsistent by the last check or repair (md's
+    /// mismatch_cnt).
+    pub mismatch_cnt: u64,
     /// Devices.
     pub disks: Vec<DiskDetail>,
     /// The internal write-intent bitmap, if the array has one.
