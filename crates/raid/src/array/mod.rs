@@ -36,6 +36,8 @@ mod tests_bitmap;
 mod tests_replace;
 #[cfg(test)]
 mod tests_scrub;
+#[cfg(test)]
+mod tests_zero;
 mod types;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -342,8 +344,19 @@ impl MdArray {
             "raid",
             built.block_size,
             built.num_blocks,
-            IoTypeSet::of(&[IoType::Read, IoType::Write, IoType::Flush, IoType::Reset]),
+            IoTypeSet::of(&[
+                IoType::Read,
+                IoType::Write,
+                IoType::Flush,
+                IoType::Reset,
+                IoType::WriteZeroes,
+                IoType::Unmap,
+            ]),
         );
+        // Unmapped blocks read back as zeroes on every level: unmap goes
+        // down only to members that guarantee it and is zeroing elsewhere
+        // (always on raid4/5/6, where parity must cover it).
+        info.unmap_zeroes = true;
         {
             let meta = lock(&built.shared.meta);
             info.uuid = Uuid(meta.sb.set_uuid);

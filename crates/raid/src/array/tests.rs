@@ -60,9 +60,24 @@ pub(super) fn wait(ch: &mut BdevChannel, tags: &[u64]) -> Vec<IoStatus> {
 
 #[derive(Debug, Clone)]
 pub(super) enum Op {
-    Write { at: u64, blocks: u64, seed: u8 },
-    Read { at: u64, blocks: u64 },
-    Fail { member: usize },
+    Write {
+        at: u64,
+        blocks: u64,
+        seed: u8,
+    },
+    /// Write-zeroes, or unmap (which reads back as zeroes on an array).
+    Zero {
+        at: u64,
+        blocks: u64,
+        unmap: bool,
+    },
+    Read {
+        at: u64,
+        blocks: u64,
+    },
+    Fail {
+        member: usize,
+    },
 }
 
 impl Rig {
@@ -89,6 +104,13 @@ impl Rig {
                     bufs.push((i, None, b));
                     tags.push(i as u64);
                 }
+                Op::Zero { at, blocks, unmap } => {
+                    let off = (at * self.bs) as usize;
+                    self.model[off..off + (blocks * self.bs) as usize].fill(0);
+                    let t = if unmap { bdev::IoType::Unmap } else { bdev::IoType::WriteZeroes };
+                    self.ch.submit(&IoRequest::no_data(t, at, blocks, i as u64)).unwrap();
+                    tags.push(i as u64);
+                }
                 Op::Read { at, blocks } => {
                     let len = (blocks * self.bs) as usize;
                     let mut b = DmaBuf::zeroed(len).unwrap();
@@ -113,8 +135,8 @@ impl Rig {
             }
         }
         let st = wait(&mut self.ch, &tags);
-        for (k, (i, read_at, b)) in bufs.iter().enumerate() {
-            assert_eq!(st[k], IoStatus::Success, "op {i}: {:?}", ops[*i]);
+        assert!(st.iter().all(|s| *s == IoStatus::Success), "{st:?} for {ops:?}");
+        for (i, read_at, b) in bufs.iter() {
             if let Some(at) = read_at {
                 let off = (*at * self.bs) as usize;
                 assert!(b.as_slice() == &self.model[off..off + b.len()], "read {:?} differs", ops[*i]);
@@ -151,7 +173,7 @@ impl Rig {
     }
 }
 
-fn levels() -> Vec<(Level, Option<u32>, usize)> {
+pub(super) fn levels() -> Vec<(Level, Option<u32>, usize)> {
     vec![
         (Level::Linear, None, 3),
         (Level::Raid0, None, 3),
@@ -401,7 +423,7 @@ fn case() -> impl Strategy<Value = Case> {
     (
         0usize..13,
         proptest::collection::vec(
-            proptest::collection::vec((0u8..3, any::<u64>(), 1u64..300, any::<u8>()), 1..6),
+            proptest::collection::vec((0u8..5, any::<u64>(), 1u64..300, any::<u8>()), 1..6),
             1..8,
         ),
         proptest::collection::vec((0usize..8, 0usize..6), 0..3),
@@ -445,7 +467,11 @@ proptest! {
                     continue;
                 }
                 used.push((at, at + blocks));
-                ops.push(if kind == 0 { Op::Read { at, blocks } } else { Op::Write { at, blocks, seed } });
+                ops.push(match kind {
+                    0 => Op::Read { at, blocks },
+                    3 | 4 => Op::Zero { at, blocks, unmap: kind == 4 },
+                    _ => Op::Write { at, blocks, seed },
+                });
             }
             r.batch(&ops);
         }
