@@ -362,6 +362,9 @@ pub struct RaidEntry {
     pub base_bdevs: Vec<String>,
     /// Hot spares.
     pub spares: Vec<String>,
+    /// Members failed right after creation (mdadm `--fail`), to run the
+    /// array degraded.
+    pub faulty: Vec<String>,
     /// md creation options.
     pub cfg: raid::array::MdConfig,
 }
@@ -380,7 +383,8 @@ fn names(path: &str, v: &Value) -> Result<Vec<String>, ConfigError> {
 }
 
 /// Parse `raid_devices` (seed 8.2: `method` raid0/raid1/raid4/raid5/raid6/raid10/linear,
-/// `params` name, base_bdevs, strip_size_kb, spares).
+/// `params` name, base_bdevs, strip_size_kb, spares; also layout,
+/// assume_clean, bitmap_chunk_kb and faulty: members to fail at once).
 pub(crate) fn parse_raid(v: &Value) -> Result<Vec<RaidEntry>, ConfigError> {
     use raid::Level;
     let arr = v.as_array().ok_or_else(|| invalid("raid_devices", format!("expected an array, found {}", kind(v))))?;
@@ -445,6 +449,14 @@ pub(crate) fn parse_raid(v: &Value) -> Result<Vec<RaidEntry>, ConfigError> {
         if let Some(k) = p.opt_u64("bitmap_chunk_kb")? {
             cfg.bitmap_chunk_kib = Some(u32::try_from(k).map_err(|_| invalid(&bcp, format!("{k} is too large")))?);
         }
+        let fp = p.field_path("faulty");
+        let faulty = match p.get("faulty") {
+            None => Vec::new(),
+            Some(v) => names(&fp, v)?,
+        };
+        if let Some(f) = faulty.iter().find(|f| !base_bdevs.contains(f)) {
+            return Err(invalid(&fp, format!("'{f}' is not one of the base_bdevs")));
+        }
         p.finish()?;
         let mut all = base_bdevs.clone();
         all.extend(spares.iter().cloned());
@@ -460,7 +472,7 @@ pub(crate) fn parse_raid(v: &Value) -> Result<Vec<RaidEntry>, ConfigError> {
             ));
         }
         cfg.spares = spares.len();
-        out.push(RaidEntry { name, level, base_bdevs, spares, cfg });
+        out.push(RaidEntry { name, level, base_bdevs, spares, faulty, cfg });
     }
     Ok(out)
 }

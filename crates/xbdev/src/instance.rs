@@ -180,6 +180,14 @@ impl Xbdev {
                             message: e.to_string(),
                         }
                     })?;
+                for f in &r.faulty {
+                    a.manage(raid::array::ManageCmd::SetFaulty(f.clone())).map_err(|e| {
+                        crate::config::ConfigError::Invalid {
+                            path: format!("raid_devices[{i}].params.faulty"),
+                            message: format!("cannot fail '{f}': {e}"),
+                        }
+                    })?;
+                }
                 xb.inner.arrays.lock().unwrap_or_else(|e| e.into_inner()).push(a);
             }
             crate::config_stack::apply_lvol(&xb.inner.lvol, &cfg.lvol)?;

@@ -231,8 +231,31 @@ fn raid_devices_from_config_serve_io_and_reassemble_from_superblocks() {
             r#"[{"method": "raid1", "params": {"name": "x", "base_bdevs": ["a", "a"]}}]"#,
             "raid_devices[0].params.base_bdevs: bdev 'a' is listed twice",
         ),
+        (
+            r#"[{"method": "raid1", "params": {"name": "x", "base_bdevs": ["a", "b"], "faulty": ["c"]}}]"#,
+            "raid_devices[0].params.faulty: 'c' is not one of the base_bdevs",
+        ),
     ] {
         let e = Config::from_json_str(&format!(r#"{{"raid_devices": {json}}}"#)).unwrap_err().to_string();
         assert!(e.starts_with(want), "got {e}\nwant {want}");
     }
+}
+
+#[test]
+fn raid_devices_with_faulty_members_run_degraded() {
+    let cfg = r#"{"reactor": {"cores": [0], "pin": false},
+        "base_devices": [{"method": "malloc", "params": {"name": "a", "size_mb": 8, "block_size": 512}},
+                         {"method": "malloc", "params": {"name": "b", "size_mb": 8, "block_size": 512}},
+                         {"method": "malloc", "params": {"name": "c", "size_mb": 8, "block_size": 512}}],
+        "raid_devices": [{"method": "raid5", "params": {"name": "md0", "base_bdevs": ["a", "b", "c"],
+                           "assume_clean": true, "faulty": ["b"]}}]}"#;
+    let xb = Xbdev::start(&Config::from_json_str(cfg).unwrap()).unwrap();
+    let d = xb.arrays()[0].detail();
+    assert!(d.degraded && d.active_disks == 2, "{d:?}");
+    let h = xb.open("md0", true).unwrap();
+    let data: Vec<u8> = (0..65536u32).map(|i| (i * 7 % 251) as u8).collect();
+    h.write(&data, 4096).unwrap();
+    let mut back = vec![0u8; data.len()];
+    h.read(&mut back, 4096).unwrap();
+    assert_eq!(back, data);
 }

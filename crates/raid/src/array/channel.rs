@@ -8,6 +8,15 @@
 //! in fixed slabs allocated when the channel opens; a request that finds no
 //! free entry waits in a queue and continues from the next poll.
 //!
+//! Write-zeroes and unmap: on linear, raid0, raid1 and raid10 they are
+//! split like writes and passed down; a member without write-zeroes gets
+//! zeroes written from a zeroed window, and unmap only reaches members that
+//! read unmapped blocks back as zeroes (elsewhere it zeroes), so mirrors
+//! never diverge. On raid4/5/6 both are stripe writes of zeroes (parity
+//! computed over them; data members get write-zeroes or unmap where they
+//! take it), so parity stays correct; the array reads unmapped blocks as
+//! zeroes on every level.
+//!
 //! Errors: a path error is retried once on the same member; a media error,
 //! or a path error that persists, fails the member (unless the array needs
 //! it to run, as md keeps its last devices) and the piece is redone from
@@ -16,9 +25,10 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use bdev::{BdevChannel, IoChannel, IoRequest, IoStatus, IoType, IoVecs, QueueFull};
+use bdev::{BdevChannel, DmaBuf, IoChannel, IoRequest, IoStatus, IoType, IoVecs, QueueFull};
 
-use super::shared::Shared;
+use super::intent::write_bits;
+use super::shared::{ControlMsg, Shared};
 use super::slab::Slab;
 use super::stripe::StripeOp;
 use crate::geometry::{Geometry, MemberSector, Target};
@@ -35,6 +45,10 @@ pub(super) struct MemberCh {
     /// Member sectors per member block.
     spb: u64,
     pub outstanding: u32,
+    /// The member takes write-zeroes.
+    zeroes: bool,
+    /// The member takes unmap and reads unmapped blocks as zeroes.
+    unmap: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,7 +124,18 @@ pub(super) struct Parent {
     pub outstanding: u32,
     pub status: IoStatus,
     pub issued: bool,
+    /// Write-intent state ([`INTENT_NONE`], [`INTENT_WAIT`] or
+    /// [`INTENT_READY`]) and the bitmap chunks the request covers.
+    pub intent: u8,
+    pub intent_bits: (u64, u64),
 }
+
+/// The request does not take part in the write-intent bitmap (yet).
+pub(super) const INTENT_NONE: u8 = 0;
+/// Counted in its chunks; waits for their bits to reach the disks.
+pub(super) const INTENT_WAIT: u8 = 1;
+/// Counted in its chunks, bits on disk.
+pub(super) const INTENT_READY: u8 = 2;
 
 impl Parent {
     fn empty() -> Parent {
@@ -125,6 +150,8 @@ impl Parent {
             outstanding: 0,
             status: IoStatus::Success,
             issued: false,
+            intent: INTENT_NONE,
+            intent_bits: (0, 0),
         }
     }
 
@@ -162,6 +189,9 @@ pub(crate) struct RaidChannel {
     pub plan_buf: Vec<(usize, u64, u64)>,
     /// Round-robin position for mirrored reads.
     rr: usize,
+    /// Zeroes (one window) for members without write-zeroes and for
+    /// zeroing parity-level stripes.
+    zero: DmaBuf,
     redo: VecDeque<Redo>,
 }
 
@@ -182,7 +212,8 @@ impl RaidChannel {
         }
         let mut ch = RaidChannel {
             gen: u64::MAX,
-            members: (0..n).map(|_| None).collect(),
+            // Slots, then their replacements.
+            members: (0..2 * n).map(|_| None).collect(),
             retired: Vec::new(),
             parents: Slab::new(depth, Parent::empty),
             children: Slab::new(CHILDREN, Child::empty),
@@ -196,6 +227,7 @@ impl RaidChannel {
             batch: Vec::with_capacity(CHILDREN),
             plan_buf: Vec::with_capacity(n + 2),
             rr: 0,
+            zero: DmaBuf::zeroed(window_bytes)?,
             redo: VecDeque::with_capacity(CHILDREN),
             sh,
         };
@@ -211,7 +243,7 @@ impl RaidChannel {
         }
         self.gen = g;
         for i in 0..self.members.len() {
-            let dev = self.sh.slot(i).and_then(|s| s.device());
+            let dev = self.sh.slot_any(i).and_then(|s| s.device());
             let cur = self.members.get(i).and_then(|m| m.as_ref()).map(|m| m.dev_id);
             if dev.as_ref().map(|d| d.id) == cur {
                 continue;
@@ -219,7 +251,18 @@ impl RaidChannel {
             let new = dev.and_then(|d| match d.desc.channel() {
                 Ok(ch) => {
                     let mspb = (u64::from(d.block_size) / 512).max(1);
-                    Some(MemberCh { dev_id: d.id, ch, data_offset: d.data_offset, spb: mspb, outstanding: 0 })
+                    let info = d.desc.info();
+                    let zeroes = info.supported.contains(IoType::WriteZeroes);
+                    let unmap = info.supported.contains(IoType::Unmap) && info.unmap_zeroes;
+                    Some(MemberCh {
+                        dev_id: d.id,
+                        ch,
+                        data_offset: d.data_offset,
+                        spb: mspb,
+                        outstanding: 0,
+                        zeroes,
+                        unmap,
+                    })
                 }
                 Err(e) => {
                     log::error!("raid {}: cannot open a channel to {}: {e}", self.sh.name, d.name());
@@ -242,7 +285,61 @@ impl RaidChannel {
     }
 
     pub(super) fn writable(&self, m: usize) -> bool {
-        matches!(self.members.get(m), Some(Some(_))) && self.sh.slot(m).is_some_and(|s| s.writable())
+        matches!(self.members.get(m), Some(Some(_))) && self.sh.slot_any(m).is_some_and(|s| s.writable())
+    }
+
+    /// The replacement of slot `m`, if one is being rebuilt (writes go to
+    /// it too).
+    pub(super) fn replacement(&self, m: usize) -> Option<usize> {
+        let r = m + self.sh.slots.len();
+        self.writable(r).then_some(r)
+    }
+
+    /// Zeroes for `n` sectors (at most a window).
+    pub(super) fn zeroes(&mut self, n: u64) -> Option<IoVecs> {
+        self.zero.iovec_range(0, usize::try_from(n * 512).ok()?).map(IoVecs::single)
+    }
+
+    /// Whether zeroing `n` sectors on slot `m` must be written from
+    /// [`RaidChannel::zeroes`] (so at most a window at a time).
+    pub(super) fn zeroes_by_write(&self, m: usize, io_type: IoType) -> bool {
+        let Some(Some(mc)) = self.members.get(m) else {
+            return false;
+        };
+        match io_type {
+            IoType::Unmap => !mc.unmap && !mc.zeroes,
+            IoType::WriteZeroes => !mc.zeroes,
+            _ => false,
+        }
+    }
+
+    /// Issues a write-like child: writes as they are; write-zeroes passed
+    /// down, or written from zeroes where the member lacks it; unmap passed
+    /// down where the member reads unmapped blocks back as zeroes, else
+    /// zeroed, so every copy and every parity stays consistent.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn issue_write(
+        &mut self,
+        owner: Owner,
+        slot: usize,
+        io_type: IoType,
+        sector: u64,
+        sectors: u64,
+        iovs: IoVecs,
+        lba: u64,
+        io_offset: u64,
+    ) -> Option<u32> {
+        let (zeroes, unmap) = match self.members.get(slot) {
+            Some(Some(m)) => (m.zeroes, m.unmap),
+            _ => (true, true),
+        };
+        let (t, iovs) = match io_type {
+            IoType::Unmap if unmap => (IoType::Unmap, IoVecs::new()),
+            IoType::Unmap | IoType::WriteZeroes if zeroes => (IoType::WriteZeroes, IoVecs::new()),
+            IoType::Unmap | IoType::WriteZeroes => (IoType::Write, self.zeroes(sectors)?),
+            t => (t, iovs),
+        };
+        self.issue(owner, slot, t, sector, sectors, iovs, lba, io_offset)
     }
 
     /// Allocates and submits a child IO; `None` when no child entry is free.
@@ -314,6 +411,11 @@ impl RaidChannel {
 
     fn complete_parent(&mut self, p: u32) {
         if let Some(par) = self.parents.get(p) {
+            if par.intent != INTENT_NONE {
+                if let Some(wi) = self.sh.intent.as_ref() {
+                    wi.end(par.intent_bits.0..par.intent_bits.1);
+                }
+            }
             self.done.push_back((par.tag, par.status));
         }
         self.parents.release(p);
@@ -325,9 +427,12 @@ impl RaidChannel {
             return Progress::Done;
         };
         let (io_type, lba, sectors) = (par.io_type, par.lba, par.sectors);
+        if io_type.is_write_like() && !self.intent_ready(p) {
+            return Progress::Blocked;
+        }
         let progress = match (io_type, &self.sh.geometry) {
             (IoType::Flush, _) => self.advance_flush(p),
-            (IoType::Write, Geometry::Striped(_)) => self.advance_parity_write(p),
+            (IoType::Write | IoType::WriteZeroes | IoType::Unmap, Geometry::Striped(_)) => self.advance_parity_write(p),
             _ => self.advance_pieces(p, io_type, lba, sectors),
         };
         if progress == Progress::Done {
@@ -343,6 +448,36 @@ impl RaidChannel {
             }
         }
         progress
+    }
+
+    /// Counts write `p` in its bitmap chunks (once) and tells whether
+    /// their bits are on disk; the first writer to a clear chunk wakes the
+    /// control thread to write the bit.
+    fn intent_ready(&mut self, p: u32) -> bool {
+        let sh = &self.sh;
+        let (Some(wi), Some(par)) = (sh.intent.as_ref(), self.parents.get_mut(p)) else {
+            return true;
+        };
+        match par.intent {
+            INTENT_READY => true,
+            INTENT_WAIT => {
+                let ready = wi.ready(par.intent_bits.0..par.intent_bits.1);
+                if ready {
+                    par.intent = INTENT_READY;
+                }
+                ready
+            }
+            _ => {
+                let bits = write_bits(&wi.layout(), &sh.geometry, par.lba, par.sectors);
+                par.intent_bits = (bits.start, bits.end);
+                let started = wi.start(bits);
+                par.intent = if started.ready { INTENT_READY } else { INTENT_WAIT };
+                if started.flush {
+                    sh.notify(ControlMsg::Kick);
+                }
+                started.ready
+            }
+        }
     }
 
     fn advance_flush(&mut self, p: u32) -> Progress {
@@ -404,7 +539,7 @@ impl RaidChannel {
             // Mirrored writes lock their region, so recovery and resync
             // (which copy region by region under the same lock) never copy
             // data a write is changing.
-            let mirrored_write = io_type == IoType::Write && matches!(target, Target::Mirrored);
+            let mirrored_write = io_type.is_write_like() && matches!(target, Target::Mirrored);
             let lock = if mirrored_write {
                 let w = self.sh.window_sectors;
                 n = n.min(w - at % w);
@@ -415,7 +550,14 @@ impl RaidChannel {
             if self.children.available() < self.sh.slots.len() + 1 {
                 return Progress::Blocked;
             }
-            let iovs = match par.iovs.slice(next * 512, n * 512) {
+            let zeroing = matches!(io_type, IoType::WriteZeroes | IoType::Unmap);
+            if let (true, Target::Single(ms)) = (zeroing, &target) {
+                if self.zeroes_by_write(ms.member, io_type) {
+                    n = n.min(self.sh.window_sectors);
+                }
+            }
+            let iovs = if zeroing { Some(IoVecs::new()) } else { par.iovs.slice(next * 512, n * 512) };
+            let iovs = match iovs {
                 Some(v) => v,
                 None => {
                     if let Some(par) = self.parents.get_mut(p) {
@@ -428,7 +570,7 @@ impl RaidChannel {
             let issued = match target {
                 Target::Single(ms) => {
                     self.add_outstanding(p);
-                    self.issue(Owner::Parent(p), ms.member, io_type, ms.sector, n, iovs, at, next);
+                    self.issue_write(Owner::Parent(p), ms.member, io_type, ms.sector, n, iovs, at, next);
                     true
                 }
                 Target::Stripe(c) => {
@@ -455,7 +597,7 @@ impl RaidChannel {
                     }
                     true
                 }
-                Target::Mirrored => self.start_mirror_write(p, at, n, iovs, next, lock),
+                Target::Mirrored => self.start_mirror_write(p, io_type, at, n, iovs, next, lock),
             };
             if !issued {
                 return Progress::Blocked;
@@ -492,9 +634,11 @@ impl RaidChannel {
         best.map(|(_, c)| c)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn start_mirror_write(
         &mut self,
         p: u32,
+        io_type: IoType,
         lba: u64,
         n: u64,
         iovs: IoVecs,
@@ -525,8 +669,14 @@ impl RaidChannel {
             if let Some(grp) = self.groups.get_mut(g) {
                 grp.pending += 1;
             }
-            self.issue(Owner::Group(g), c.member, IoType::Write, c.sector, n, iovs, lba, io_offset);
+            self.issue_write(Owner::Group(g), c.member, io_type, c.sector, n, iovs, lba, io_offset);
             any = true;
+            if let Some(r) = self.replacement(c.member) {
+                if let Some(grp) = self.groups.get_mut(g) {
+                    grp.pending += 1;
+                }
+                self.issue_write(Owner::Group(g), r, io_type, c.sector, n, iovs, lba, io_offset);
+            }
         }
         if !any {
             self.finish_group(g);
@@ -573,7 +723,7 @@ impl RaidChannel {
         // A failing member is taken out unless the array needs it.
         // A device that already left its slot is out.
         let member_out = failed && {
-            let current = self.sh.slot(child.slot).and_then(|s| s.device()).map(|d| d.id);
+            let current = self.sh.slot_any(child.slot).and_then(|s| s.device()).map(|d| d.id);
             current != Some(child.dev_id) || self.sh.fail_member(child.slot)
         };
         match child.owner {
@@ -714,9 +864,8 @@ impl IoChannel for RaidChannel {
         self.refresh();
         let spb = self.sh.spb;
         let early = match io.io_type {
-            IoType::Read | IoType::Write | IoType::Flush => None,
+            IoType::Read | IoType::Write | IoType::Flush | IoType::Unmap | IoType::WriteZeroes => None,
             IoType::Reset => Some(IoStatus::Success),
-            _ => Some(IoStatus::Invalid),
         };
         let early = early.or_else(|| {
             if io.io_type.is_write_like() && self.sh.readonly.load(std::sync::atomic::Ordering::Acquire) {
@@ -749,6 +898,8 @@ impl IoChannel for RaidChannel {
                 outstanding: 0,
                 status: IoStatus::Success,
                 issued: false,
+                intent: INTENT_NONE,
+                intent_bits: (0, 0),
             };
         }
         if self.work.is_empty() {

@@ -33,11 +33,11 @@ pub(crate) struct Worker {
 impl Worker {
     pub(crate) fn new(sh: Arc<Shared>) -> Worker {
         let n = sh.slots.len();
-        Worker { sh, ios: (0..n).map(|_| None).collect() }
+        Worker { sh, ios: (0..2 * n).map(|_| None).collect() }
     }
 
     fn io(&mut self, m: usize) -> Option<(&mut SyncIo, u64)> {
-        let dev = self.sh.slot(m)?.device()?;
+        let dev = self.sh.slot_any(m)?.device()?;
         let entry = self.ios.get_mut(m)?;
         if entry.as_ref().is_none_or(|(id, _)| *id != dev.id) {
             *entry = SyncIo::open(&dev.desc).ok().map(|io| (dev.id, io));
@@ -45,25 +45,34 @@ impl Worker {
         entry.as_mut().map(|(_, io)| (io, dev.data_offset))
     }
 
-    fn read(&mut self, m: usize, sector: u64, buf: &mut [u8]) -> Result<(), IoStatus> {
+    pub(super) fn shared(&self) -> Arc<Shared> {
+        self.sh.clone()
+    }
+
+    pub(super) fn read(&mut self, m: usize, sector: u64, buf: &mut [u8]) -> Result<(), IoStatus> {
         let (io, off) = self.io(m).ok_or(IoStatus::PathError)?;
         io.read_at((off + sector) * 512, buf)
     }
 
-    fn write(&mut self, m: usize, sector: u64, buf: &[u8]) -> Result<(), IoStatus> {
+    pub(super) fn write(&mut self, m: usize, sector: u64, buf: &[u8]) -> Result<(), IoStatus> {
         let (io, off) = self.io(m).ok_or(IoStatus::PathError)?;
         io.write_at((off + sector) * 512, buf)
     }
 
-    fn readable(&self, m: usize, sector: u64, n: u64) -> bool {
+    pub(super) fn readable(&self, m: usize, sector: u64, n: u64) -> bool {
         self.sh.slot(m).is_some_and(|s| s.readable(sector, n))
     }
 
-    /// Rebuilds `[sector, sector + n)` of slot `t` (n inside one window).
-    /// Returns false when the data cannot be rebuilt.
+    /// Rebuilds `[sector, sector + n)` of slot `t` (n inside one window),
+    /// or of a replacement (`t` past the slots), which is copied from the
+    /// slot it replaces while that one is readable. Returns false when the
+    /// data cannot be rebuilt.
     fn recover_range(&mut self, t: usize, sector: u64, n: u64) -> Result<bool, IoStatus> {
         let sh = self.sh.clone();
-        let ext = sh.geometry.member_extent(t, sector).map_err(|_| IoStatus::Invalid)?;
+        let src = sh.source_slot(t);
+        // A slot being recovered is not read; a replaced one is.
+        let skip = (src == t).then_some(t);
+        let ext = sh.geometry.member_extent(src, sector).map_err(|_| IoStatus::Invalid)?;
         let n = n.min(ext.sectors);
         let bytes = (n * 512) as usize;
         match (&sh.geometry, ext.content) {
@@ -81,7 +90,7 @@ impl Worker {
                 let result = (|| {
                     let mut blocks: Vec<Option<Vec<u8>>> = Vec::with_capacity(layout.raid_disks());
                     for m in 0..layout.raid_disks() {
-                        if m != t && self.readable(m, sector, n) {
+                        if Some(m) != skip && self.readable(m, sector, n) {
                             let mut b = vec![0u8; bytes];
                             match self.read(m, sector, &mut b) {
                                 Ok(()) => blocks.push(Some(b)),
@@ -97,7 +106,7 @@ impl Worker {
                     if solve_stripe(&sh.parity, &layout, &mut blocks).is_none() {
                         return Ok(false);
                     }
-                    let data = blocks.get(t).and_then(|b| b.as_deref()).ok_or(IoStatus::Invalid)?;
+                    let data = blocks.get(src).and_then(|b| b.as_deref()).ok_or(IoStatus::Invalid)?;
                     self.write(t, sector, data)?;
                     Ok(true)
                 })();
@@ -112,7 +121,9 @@ impl Worker {
                 sh.locks.lock_blocking(key);
                 let result = (|| {
                     let mut buf = vec![0u8; bytes];
-                    let sources: Vec<_> = sh.geometry.copies(lba).filter(|c| c.member != t).collect();
+                    let mut sources: Vec<_> = sh.geometry.copies(lba).filter(|c| Some(c.member) != skip).collect();
+                    // A replacement copies its own slot first.
+                    sources.sort_by_key(|c| c.member != src);
                     let mut got = false;
                     for c in sources {
                         if !self.readable(c.member, c.sector, n) {
@@ -219,14 +230,17 @@ impl Worker {
 pub(crate) fn run(sh: Arc<Shared>, rx: Receiver<ControlMsg>) {
     let mut w = Worker::new(sh.clone());
     let mut last_sb_write = Instant::now();
+    let mut bitmap = BitmapDaemon { last: Vec::new(), pass: Instant::now() };
     loop {
         let busy = sh.sync.kind() != SyncKind::Idle && !sh.sync.paused.load(Ordering::Acquire);
-        let wait = if busy { Duration::ZERO } else { Duration::from_millis(200) };
+        let idle = sh.intent.as_ref().map_or(200, |wi| wi.daemon_ms.load(Ordering::Acquire).clamp(1, 200));
+        let wait = if busy { Duration::ZERO } else { Duration::from_millis(idle) };
         match rx.recv_timeout(wait) {
             Ok(ControlMsg::Stop) | Err(RecvTimeoutError::Disconnected) => break,
             Ok(ControlMsg::MemberFailed(i)) => member_failed(&sh, i),
             Ok(ControlMsg::Kick) | Err(RecvTimeoutError::Timeout) => {}
         }
+        bitmap.run(&sh);
         if sh.sync.kind() == SyncKind::Idle {
             start_recovery_if_possible(&sh);
         }
@@ -242,7 +256,42 @@ pub(crate) fn run(sh: Arc<Shared>, rx: Receiver<ControlMsg>) {
     }
 }
 
+/// Writes the bitmap when writes wait for bits, and clears idle bits
+/// every daemon period (md's bitmap daemon).
+struct BitmapDaemon {
+    /// The image last written.
+    last: Vec<u8>,
+    /// Time of the last daemon pass.
+    pass: Instant,
+}
+
+impl BitmapDaemon {
+    fn run(&mut self, sh: &Arc<Shared>) {
+        let Some(wi) = sh.intent.as_ref() else {
+            return;
+        };
+        if wi.flush_wanted.swap(false, Ordering::AcqRel) {
+            lock(&sh.meta).write_bitmap(sh, &mut self.last, false);
+        }
+        let period = Duration::from_millis(wi.daemon_ms.load(Ordering::Acquire));
+        if self.pass.elapsed() < period {
+            return;
+        }
+        self.pass = Instant::now();
+        // Bits stay set while the array is degraded (they record what a
+        // returning member misses) or has failed.
+        let whole = sh.slots.iter().all(|s| s.state() == SlotState::InSync);
+        if whole && !sh.failed.load(Ordering::Acquire) && wi.daemon_pass(false) > 0 {
+            lock(&sh.meta).write_bitmap(sh, &mut self.last, true);
+        }
+    }
+}
+
 fn member_failed(sh: &Arc<Shared>, slot: usize) {
+    if let Some(r) = slot.checked_sub(sh.slots.len()) {
+        super::replace::failed(sh, r);
+        return;
+    }
     let name = {
         let mut meta = lock(&sh.meta);
         let rec = meta.slot_device(slot).map(|r| (r.sb.dev_number, r.dev.name().to_string()));
@@ -252,6 +301,7 @@ fn member_failed(sh: &Arc<Shared>, slot: usize) {
         if let Some(r) = meta.sb.dev_roles.get_mut(dev_number as usize) {
             *r = DevRole::Faulty;
         }
+        super::replace::promote(sh, &mut meta, slot);
         for (dev, st) in meta.write_superblocks(sh) {
             log::error!("raid {}: cannot write the superblock of {dev}: {st}", sh.name);
         }
@@ -274,6 +324,9 @@ fn member_failed(sh: &Arc<Shared>, slot: usize) {
 /// recovery.
 pub(crate) fn start_recovery_if_possible(sh: &Arc<Shared>) {
     if !sh.sync.auto.load(Ordering::Acquire) || sh.failed.load(Ordering::Acquire) {
+        return;
+    }
+    if super::replace::resume(sh) {
         return;
     }
     // A slot already recovering resumes.
@@ -328,11 +381,11 @@ fn step(sh: &Arc<Shared>, w: &mut Worker) {
     let advanced = match kind {
         SyncKind::Recovery => {
             let t = sh.sync.slot.load(Ordering::Acquire) as usize;
-            let ext = sh.geometry.member_extent(t, pos).map(|e| e.sectors).unwrap_or(n);
+            let ext = sh.geometry.member_extent(sh.source_slot(t), pos).map(|e| e.sectors).unwrap_or(n);
             let n = n.min(ext).min(sh.window_sectors - pos % sh.window_sectors).max(1);
             match w.recover_range(t, pos, n) {
                 Ok(true) => {
-                    if let Some(slot) = sh.slot(t) {
+                    if let Some(slot) = sh.slot_any(t) {
                         slot.set_recovered(pos + n);
                     }
                     Some(n)
@@ -350,10 +403,48 @@ fn step(sh: &Arc<Shared>, w: &mut Worker) {
                 }
             }
         }
-        SyncKind::Resync => match w.resync_range(pos, n) {
-            Ok(done) => Some(done.max(1)),
+        SyncKind::Resync => {
+            // With a bitmap only the chunks whose bits say so are resynced.
+            let chunk = sh.intent.as_ref().map(|wi| {
+                let bit = wi.layout().bit_of(pos);
+                (bit, wi.needed(bit), wi.layout().sectors_of(bit).end)
+            });
+            match chunk {
+                Some((_, false, chunk_end)) => {
+                    let skip = chunk_end.min(end).saturating_sub(pos).max(1);
+                    sh.sync.skipped.fetch_add(skip, Ordering::AcqRel);
+                    sh.sync.position.store(pos + skip, Ordering::Release);
+                    if pos + skip >= end {
+                        finish(sh, kind);
+                    }
+                    return;
+                }
+                _ => match w.resync_range(pos, chunk.map_or(n, |(_, _, e)| n.min(e.saturating_sub(pos).max(1)))) {
+                    Ok(done) => {
+                        let done = done.max(1);
+                        sh.sync.resynced.fetch_add(done, Ordering::AcqRel);
+                        if let (Some(wi), Some((bit, _, chunk_end))) = (sh.intent.as_ref(), chunk) {
+                            if pos + done >= chunk_end.min(end) {
+                                wi.synced(bit);
+                            }
+                        }
+                        Some(done)
+                    }
+                    Err(st) => {
+                        log::error!("raid {}: resync failed at {pos}: {st}", sh.name);
+                        sh.sync.set_idle();
+                        None
+                    }
+                },
+            }
+        }
+        SyncKind::Check | SyncKind::Repair => match w.scrub_range(pos, n, kind == SyncKind::Repair) {
+            Ok((done, bad)) => {
+                sh.sync.mismatches.fetch_add(bad, Ordering::AcqRel);
+                Some(done.max(1))
+            }
             Err(st) => {
-                log::error!("raid {}: resync failed at {pos}: {st}", sh.name);
+                log::error!("raid {}: {kind:?} failed at {pos}: {st}", sh.name);
                 sh.sync.set_idle();
                 None
             }
@@ -381,6 +472,10 @@ fn finish(sh: &Arc<Shared>, kind: SyncKind) {
     match kind {
         SyncKind::Recovery => {
             let t = sh.sync.slot.load(Ordering::Acquire) as usize;
+            if let Some(r) = t.checked_sub(sh.slots.len()) {
+                super::replace::finish(sh, r);
+                return;
+            }
             if let Some(slot) = sh.slot(t) {
                 slot.set_recovered(MAX_SECTOR);
                 slot.set_state(SlotState::InSync);
@@ -394,6 +489,11 @@ fn finish(sh: &Arc<Shared>, kind: SyncKind) {
             sh.sync.set_idle();
             lock(&sh.meta).write_superblocks(sh);
             super::emit(sh, &MdEvent::ResyncFinished);
+        }
+        SyncKind::Check | SyncKind::Repair => {
+            sh.sync.set_idle();
+            let mismatch_sectors = sh.sync.mismatches.load(Ordering::Acquire);
+            super::emit(sh, &MdEvent::CheckFinished { repair: kind == SyncKind::Repair, mismatch_sectors });
         }
         SyncKind::Idle => {}
     }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bdev::{BdevChannel, BdevError, Desc, DmaBuf, IoRequest, IoStatus, IoVecs};
 
 use crate::offline::MemberIo;
-use crate::superblock::bitmap::BitmapSuper;
+use crate::superblock::bitmap::{BitmapSuper, BITMAP_SB_BYTES};
 use crate::superblock::{DevRole, FeatureMap, MdTime, Superblock};
 
 use super::shared::{MemberDev, Shared, SlotState};
@@ -145,6 +145,8 @@ pub(crate) struct DevRecord {
     /// The superblock last written to this device (its per-device fields
     /// are authoritative: dev_number, device_uuid, data offset and size).
     pub sb: Superblock,
+    /// Being rebuilt as the replacement of the slot its role names.
+    pub replacing: bool,
 }
 
 /// Control-plane state of an array.
@@ -159,9 +161,26 @@ pub(crate) struct Meta {
 impl Meta {
     /// The record of the device in slot `slot`.
     pub(crate) fn slot_device(&self, slot: usize) -> Option<&DevRecord> {
-        self.devices
-            .iter()
-            .find(|d| self.sb.dev_roles.get(d.sb.dev_number as usize) == Some(&DevRole::Active(slot as u16)))
+        self.devices.iter().find(|d| {
+            !d.replacing && self.sb.dev_roles.get(d.sb.dev_number as usize) == Some(&DevRole::Active(slot as u16))
+        })
+    }
+
+    /// The bits of the bitmap as stored on the first in-sync member.
+    pub(crate) fn read_bitmap_bits(&self, sh: &Shared) -> Option<Vec<u8>> {
+        let b = self.bitmap.as_ref()?;
+        let len = usize::try_from(b.layout().bit_bytes()).ok()?;
+        let rec = (0..sh.slots.len())
+            .filter(|&i| sh.slot(i).is_some_and(|s| s.state() == SlotState::InSync))
+            .find_map(|i| self.slot_device(i))?;
+        if !rec.sb.feature_map.contains(FeatureMap::BITMAP_OFFSET) {
+            return None;
+        }
+        let at = rec.sb.super_offset.checked_add_signed(i64::from(rec.sb.bitmap_offset))?;
+        let mut io = SyncIo::open(&rec.dev.desc).ok()?;
+        let mut bits = vec![0u8; len];
+        io.read_at(at * 512 + BITMAP_SB_BYTES as u64, &mut bits).ok()?;
+        Some(bits)
     }
 
     /// A free device number.
@@ -170,27 +189,23 @@ impl Meta {
     }
 
     /// Bumps the event count and writes every working device's superblock
-    /// (and the bitmap header). Devices that cannot be written are
-    /// reported in the result.
+    /// (and the bitmap). Devices that cannot be written are reported in
+    /// the result.
     pub(crate) fn write_superblocks(&mut self, sh: &Shared) -> Vec<(String, IoStatus)> {
         self.sb.events += 1;
         self.sb.utime = MdTime::now();
+        let events = self.sb.events;
         if let Some(b) = self.bitmap.as_mut() {
-            b.events = self.sb.events;
-            b.events_cleared = self.sb.events;
+            b.events = events;
+            if b.events_cleared == 0 {
+                b.events_cleared = events;
+            }
         }
+        let (image, pending) = self.bitmap_image(sh);
         let mut errors = Vec::new();
-        for rec in &mut self.devices {
-            let role = self.sb.dev_roles.get(rec.sb.dev_number as usize).copied();
-            if role == Some(DevRole::Faulty) {
-                continue;
-            }
-            if let Some(DevRole::Active(s)) = role {
-                if sh.slot(s as usize).is_some_and(|x| x.state() == SlotState::Faulty) {
-                    continue;
-                }
-            }
-            let mut sb = self.sb.clone();
+        let Meta { sb: template, devices, .. } = self;
+        for (rec, role) in working(devices, &template.dev_roles, sh) {
+            let mut sb = template.clone();
             sb.dev_number = rec.sb.dev_number;
             sb.device_uuid = rec.sb.device_uuid;
             sb.data_offset = rec.sb.data_offset;
@@ -202,8 +217,17 @@ impl Meta {
             sb.bblog_offset = rec.sb.bblog_offset;
             sb.cnt_corrected_read = rec.sb.cnt_corrected_read;
             sb.feature_map.remove(FeatureMap::RECOVERY_OFFSET);
+            sb.feature_map.remove(FeatureMap::REPLACEMENT);
             sb.recovery_offset = 0;
-            if let Some(DevRole::Active(s)) = role {
+            if rec.replacing {
+                // md's replacement: the slot's role, the replacement flag
+                // and how far the copy got.
+                sb.feature_map.insert(FeatureMap::REPLACEMENT);
+                if let Some(DevRole::Active(s)) = role {
+                    sb.feature_map.insert(FeatureMap::RECOVERY_OFFSET);
+                    sb.recovery_offset = sh.repl.get(s as usize).map_or(0, |r| r.recovered());
+                }
+            } else if let Some(DevRole::Active(s)) = role {
                 if let Some(slot) = sh.slot(s as usize) {
                     if slot.state() == SlotState::Recovering {
                         sb.feature_map.insert(FeatureMap::RECOVERY_OFFSET);
@@ -211,47 +235,128 @@ impl Meta {
                     }
                 }
             }
-            let result = write_device_metadata(&rec.dev.desc, &sb, self.bitmap.as_ref());
+            let result = write_device_metadata(&rec.dev.desc, &sb, image.as_deref());
             match result {
                 Ok(()) => rec.sb = sb,
                 Err(st) => errors.push((rec.dev.name().to_string(), st)),
             }
         }
+        if errors.is_empty() {
+            if let Some(wi) = sh.intent.as_ref() {
+                wi.commit(&pending);
+            }
+        }
         errors
+    }
+
+    /// The whole bitmap (header and bits, whole 4 KiB blocks) as the
+    /// write-intent state says, and the bits it turns from pending to set.
+    fn bitmap_image(&self, sh: &Shared) -> (Option<Vec<u8>>, Vec<u64>) {
+        let Some(b) = self.bitmap.as_ref() else {
+            return (None, Vec::new());
+        };
+        let layout = b.layout();
+        let Ok(total) = usize::try_from(layout.total_bytes(4096)) else {
+            return (None, Vec::new());
+        };
+        let mut img = vec![0u8; total];
+        if b.encode_into(&mut img).is_err() {
+            return (None, Vec::new());
+        }
+        let pending = match (sh.intent.as_ref(), img.get_mut(BITMAP_SB_BYTES..)) {
+            (Some(wi), Some(bits)) => wi.image(bits),
+            _ => Vec::new(),
+        };
+        (Some(img), pending)
+    }
+
+    /// Writes the bitmap (header and the 4 KiB pages whose bits differ
+    /// from `last`, which is updated) to every working device; with
+    /// `flush_first`, members are flushed before, so data written before
+    /// bits are cleared is durable when the cleared bits are.
+    pub(crate) fn write_bitmap(&mut self, sh: &Shared, last: &mut Vec<u8>, flush_first: bool) -> bool {
+        let events = self.sb.events;
+        if let Some(b) = self.bitmap.as_mut() {
+            b.events = events;
+            if flush_first {
+                b.events_cleared = events;
+            }
+        }
+        let (Some(img), pending) = self.bitmap_image(sh) else {
+            return true;
+        };
+        let mut ok = true;
+        for (rec, _) in working(&mut self.devices, &self.sb.dev_roles, sh) {
+            if !rec.sb.feature_map.contains(FeatureMap::BITMAP_OFFSET) {
+                continue;
+            }
+            let result = (|| {
+                let mut io = SyncIo::open(&rec.dev.desc).map_err(|_| IoStatus::PathError)?;
+                if flush_first {
+                    flushed(io.flush())?;
+                }
+                let at = rec.sb.super_offset.checked_add_signed(i64::from(rec.sb.bitmap_offset));
+                let at = at.ok_or(IoStatus::Invalid)? * 512;
+                for (i, page) in img.chunks(4096).enumerate() {
+                    let old = last.get(i * 4096..(i * 4096 + page.len()));
+                    if i == 0 || old != Some(page) {
+                        io.write_at(at + (i * 4096) as u64, page)?;
+                    }
+                }
+                flushed(io.flush())
+            })();
+            if let Err(st) = result {
+                log::error!("raid {}: cannot write the bitmap of {}: {st}", sh.name, rec.dev.name());
+                ok = false;
+            }
+        }
+        if ok {
+            if let Some(wi) = sh.intent.as_ref() {
+                wi.commit(&pending);
+            }
+            *last = img;
+        }
+        ok
     }
 }
 
-/// Writes a superblock to one device, and the bitmap when the array has
-/// one: all bits set while the array is dirty (running), clear when clean.
-pub(crate) fn write_device_metadata(
-    desc: &Desc,
-    sb: &Superblock,
-    bitmap: Option<&BitmapSuper>,
-) -> Result<(), IoStatus> {
-    let mut io = SyncIo::open(desc).map_err(|_| IoStatus::PathError)?;
-    let bytes = sb.encode(4096).map_err(|_| IoStatus::Invalid)?;
-    io.write_at(sb.super_offset * 512, &bytes)?;
-    if let (Some(b), true) = (bitmap, sb.feature_map.contains(FeatureMap::BITMAP_OFFSET)) {
-        let at = sb.super_offset.checked_add_signed(i64::from(sb.bitmap_offset)).ok_or(IoStatus::Invalid)?;
-        let layout = b.layout();
-        let total = usize::try_from(layout.total_bytes(4096)).map_err(|_| IoStatus::Invalid)?;
-        let mut img = vec![0u8; total];
-        b.encode_into(&mut img).map_err(|_| IoStatus::Invalid)?;
-        // While the array runs every bit is set (any region may be dirty,
-        // so md resyncs everything after a crash); a clean stop clears them.
-        if sb.resync_offset != crate::superblock::MAX_SECTOR {
-            let bits = layout.bits();
-            if let Some(area) = img.get_mut(crate::superblock::bitmap::BITMAP_SB_BYTES..) {
-                for bit in 0..bits {
-                    let _ = layout.set(area, bit, true);
-                }
+/// The devices that get metadata (not failed), with their roles.
+fn working<'a>(
+    devices: &'a mut [DevRecord],
+    roles: &'a [DevRole],
+    sh: &'a Shared,
+) -> impl Iterator<Item = (&'a mut DevRecord, Option<DevRole>)> + 'a {
+    devices.iter_mut().filter_map(move |rec| {
+        let role = roles.get(rec.sb.dev_number as usize).copied();
+        let failed = match role {
+            Some(DevRole::Faulty) => true,
+            Some(DevRole::Active(s)) if rec.replacing => {
+                sh.repl.get(s as usize).is_some_and(|x| x.state() == SlotState::Faulty)
             }
-        }
-        io.write_at(at * 512, &img)?;
-    }
-    match io.flush() {
+            Some(DevRole::Active(s)) => sh.slot(s as usize).is_some_and(|x| x.state() == SlotState::Faulty),
+            _ => false,
+        };
+        (!failed).then_some((rec, role))
+    })
+}
+
+fn flushed(st: IoStatus) -> Result<(), IoStatus> {
+    match st {
         // Devices without a write cache may not take flushes.
         IoStatus::Success | IoStatus::Invalid => Ok(()),
         st => Err(st),
     }
+}
+
+/// Writes a superblock to one device, and the bitmap image (header and
+/// bits) when the array has one.
+pub(crate) fn write_device_metadata(desc: &Desc, sb: &Superblock, bitmap: Option<&[u8]>) -> Result<(), IoStatus> {
+    let mut io = SyncIo::open(desc).map_err(|_| IoStatus::PathError)?;
+    let bytes = sb.encode(4096).map_err(|_| IoStatus::Invalid)?;
+    io.write_at(sb.super_offset * 512, &bytes)?;
+    if let (Some(img), true) = (bitmap, sb.feature_map.contains(FeatureMap::BITMAP_OFFSET)) {
+        let at = sb.super_offset.checked_add_signed(i64::from(sb.bitmap_offset)).ok_or(IoStatus::Invalid)?;
+        io.write_at(at * 512, img)?;
+    }
+    flushed(io.flush())
 }

@@ -9,22 +9,36 @@
 //! locks besides the per-stripe atomic locks; a control thread per array
 //! writes superblocks, activates spares and runs recovery and resync.
 //!
-//! Dirty tracking is conservative: while an array runs its superblocks say
-//! "dirty" (and an internal bitmap has every bit set); a clean stop
-//! records it clean. After a crash md (or this module) resyncs the whole
-//! array.
+//! Dirty tracking: while an array runs its superblocks say "dirty"; a
+//! clean stop records it clean. With an internal bitmap ([`intent`](self))
+//! a write first sets its chunks' bits on every member, bits of chunks
+//! without writes are cleared lazily, and after a crash only the chunks
+//! whose bits are set are resynced; without one the whole array is.
 
 mod channel;
 mod control;
 mod examine;
+mod intent;
 mod locks;
+mod manage;
 mod meta;
+mod replace;
+mod scrub;
 mod shared;
 mod shortcuts;
 mod slab;
 mod stripe;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_bitmap;
+#[cfg(test)]
+mod tests_replace;
+#[cfg(test)]
+mod tests_scrub;
+#[cfg(test)]
+mod tests_zero;
+mod types;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -35,302 +49,24 @@ pub use self::shortcuts::{
     md_create_linear, md_create_raid0, md_create_raid1, md_create_raid10, md_create_raid5, md_detail, md_manage,
     md_monitor, md_run, md_stop,
 };
+pub use self::types::{
+    ArrayState, AssembleOptions, BitmapDetail, DiskDetail, DiskState, ManageCmd, MdConfig, MdDetail, MdError, MdEvent,
+    Monitor, StripeStats, SyncKind, SyncStats,
+};
 
 use bdev::{Bdev, BdevError, BdevInfo, IoChannel, IoType, IoTypeSet, Registry, Uuid};
-use thiserror::Error;
 
-use crate::assemble::{self, AssembleError};
-use crate::create::{self, CreateError, CreateParams};
+use crate::assemble;
+use crate::create::{self, CreateParams};
 use crate::geometry::{Geometry, Level};
-use crate::offline::{self, Examined, OfflineError};
+use crate::offline::{self, Examined};
 use crate::parity::Parity;
-use crate::superblock::{format_uuid, DevRole, MAX_SECTOR};
+use crate::superblock::{DevRole, MAX_SECTOR};
 
+use self::intent::WriteIntent;
 use self::locks::StripeLocks;
 use self::meta::{BdevMember, DevRecord, Meta};
 use self::shared::{lock, ControlMsg, MemberDev, Shared, Slot, SlotState, SyncState};
-
-/// Callback receiving [`MdEvent`]s (md_monitor).
-pub type Monitor = Arc<dyn Fn(&MdEvent) + Send + Sync>;
-
-/// What the monitor reports.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MdEvent {
-    /// A member failed and left the array.
-    DeviceFailed {
-        /// Its slot.
-        slot: usize,
-        /// Its bdev.
-        device: String,
-    },
-    /// The array runs without full redundancy.
-    Degraded,
-    /// Too many members failed: IO fails.
-    ArrayFailed,
-    /// A hot spare took over a slot.
-    SpareActivated {
-        /// The slot.
-        slot: usize,
-        /// The spare's bdev.
-        device: String,
-    },
-    /// Recovery of a slot started.
-    RecoveryStarted {
-        /// The slot.
-        slot: usize,
-    },
-    /// Recovery of a slot finished: the array is whole again.
-    RecoveryFinished {
-        /// The slot.
-        slot: usize,
-    },
-    /// A resync started.
-    ResyncStarted,
-    /// The resync finished.
-    ResyncFinished,
-    /// A device was added (as a spare).
-    DeviceAdded {
-        /// Its bdev.
-        device: String,
-    },
-    /// A device was removed.
-    DeviceRemoved {
-        /// Its bdev.
-        device: String,
-    },
-}
-
-/// Background synchronisation in progress.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SyncKind {
-    /// None.
-    Idle,
-    /// Making parity/mirrors consistent (after creation or a crash).
-    Resync,
-    /// Rebuilding a slot onto a new device.
-    Recovery,
-}
-
-/// Array state (md_detail).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ArrayState {
-    /// Stopped cleanly.
-    Clean,
-    /// Running with full redundancy.
-    Active,
-    /// Running with members missing.
-    Degraded,
-    /// Resync in progress.
-    Resyncing,
-    /// Recovery in progress.
-    Recovering,
-    /// Writes refused.
-    Readonly,
-    /// Too many members failed.
-    Failed,
-}
-
-/// Member state (md_detail).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DiskState {
-    /// In sync in its slot.
-    Active,
-    /// Failed.
-    Faulty,
-    /// Hot spare.
-    Spare,
-    /// Being rebuilt.
-    Sync,
-    /// Slot without a device.
-    Removed,
-}
-
-/// Management commands (md_manage).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ManageCmd {
-    /// Add a device; it becomes a spare and, if the array is degraded, is
-    /// rebuilt into the missing slot.
-    AddDisk(String),
-    /// Remove a failed device or a spare.
-    RemoveDisk(String),
-    /// Add a hot spare.
-    AddSpare(String),
-    /// Remove a hot spare.
-    RemoveSpare(String),
-    /// Replace a member: the new device is added and rebuilt, the old one
-    /// is failed (redundancy is reduced while the rebuild runs).
-    ReplaceDisk {
-        /// Member to replace.
-        old: String,
-        /// New device.
-        new: String,
-    },
-    /// Fail a member.
-    SetFaulty(String),
-    /// Refuse writes.
-    SetReadonly,
-    /// Accept writes again.
-    SetReadwrite,
-    /// Start (or resume) recovery/resync and automatic spare activation.
-    StartRebuild,
-    /// Pause recovery/resync.
-    StopRebuild,
-    /// Limit recovery/resync to this many KiB/s (0: unlimited).
-    SetSyncSpeed(u64),
-}
-
-/// Errors of the md API.
-#[derive(Debug, Error)]
-pub enum MdError {
-    /// The block layer refused.
-    #[error("bdev")]
-    Bdev(#[from] BdevError),
-    /// Creating the metadata failed.
-    #[error("create")]
-    Create(#[from] CreateError),
-    /// The members do not form a runnable array.
-    #[error("assemble")]
-    Assemble(#[from] AssembleError),
-    /// Reading a member failed.
-    #[error("examine")]
-    Offline(#[from] OfflineError),
-    /// No such device in the array.
-    #[error("no device '{0}' in the array")]
-    NoSuchDevice(String),
-    /// The operation is not possible in the current state.
-    #[error("{0}")]
-    Busy(String),
-    /// Members with different block sizes or unaligned offsets.
-    #[error("member '{0}' has a block size the array layout does not fit")]
-    BlockSize(String),
-    /// A metadata write failed.
-    #[error("cannot write the superblock of '{device}': {status}")]
-    SuperblockWrite {
-        /// Device.
-        device: String,
-        /// IO status.
-        status: bdev::IoStatus,
-    },
-    /// A degraded array was assembled without `run_degraded`.
-    #[error("array is degraded; run it explicitly")]
-    NotStarted,
-}
-
-/// Options of [`md_create`] (the seed's `xbdev_md_config_t`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MdConfig {
-    /// Chunk size in KiB (0: 512 KiB).
-    pub chunk_kib: u32,
-    /// Layout number (`None`: md's default for the level).
-    pub layout: Option<u32>,
-    /// Skip the initial resync (members' contents are already consistent,
-    /// e.g. zeroed).
-    pub assume_clean: bool,
-    /// Internal write-intent bitmap with this chunk in KiB (0: default).
-    pub bitmap_chunk_kib: Option<u32>,
-    /// How many of the members (the last ones) are hot spares.
-    pub spares: usize,
-    /// Data offset in KiB (`None`: 1 MiB).
-    pub data_offset_kib: Option<u64>,
-    /// Stripe operations per channel (the stripe cache; raid4/5/6).
-    pub stripe_cache: usize,
-}
-
-impl Default for MdConfig {
-    fn default() -> Self {
-        MdConfig {
-            chunk_kib: 0,
-            layout: None,
-            assume_clean: false,
-            bitmap_chunk_kib: None,
-            spares: 0,
-            data_offset_kib: None,
-            stripe_cache: 16,
-        }
-    }
-}
-
-/// Options of [`md_assemble`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AssembleOptions {
-    /// Start the array even when degraded (mdadm `--run`).
-    pub run_degraded: bool,
-    /// Stripe operations per channel.
-    pub stripe_cache: usize,
-}
-
-impl Default for AssembleOptions {
-    fn default() -> Self {
-        AssembleOptions { run_degraded: false, stripe_cache: 16 }
-    }
-}
-
-/// A member in [`MdDetail`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DiskDetail {
-    /// Device number (index into the superblock's role table).
-    pub number: u32,
-    /// Bdev name.
-    pub name: String,
-    /// State.
-    pub state: DiskState,
-    /// Data size in KiB.
-    pub size_kib: u64,
-    /// "active 2", "spare", "faulty", "rebuilding 1".
-    pub role: String,
-}
-
-/// md_detail.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MdDetail {
-    /// Level.
-    pub level: Level,
-    /// Slots.
-    pub raid_disks: usize,
-    /// Slots in sync.
-    pub active_disks: usize,
-    /// Devices working (in sync, rebuilding or spare).
-    pub working_disks: usize,
-    /// Failed devices still listed.
-    pub failed_disks: usize,
-    /// Spares.
-    pub spare_disks: usize,
-    /// Array size in KiB.
-    pub size_kib: u64,
-    /// Chunk in KiB.
-    pub chunk_kib: u64,
-    /// State.
-    pub state: ArrayState,
-    /// Array UUID (mdadm format).
-    pub uuid: String,
-    /// Slots without an in-sync device.
-    pub degraded: bool,
-    /// "idle", "resync" or "recovery" (paused ones end in " (paused)").
-    pub resync_status: String,
-    /// Progress of the resync/recovery in percent.
-    pub resync_progress: f32,
-    /// Its speed in KiB/s.
-    pub resync_speed: u64,
-    /// Event count.
-    pub events: u64,
-    /// Devices.
-    pub disks: Vec<DiskDetail>,
-}
-
-/// How the stripe operations of a raid4/5/6 array were carried out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct StripeStats {
-    /// Full-stripe writes (no reads).
-    pub full: u64,
-    /// Read-modify-write writes.
-    pub rmw: u64,
-    /// Reconstruct-writes.
-    pub rcw: u64,
-    /// Writes that rebuilt missing data first (degraded).
-    pub reconstruct: u64,
-    /// Reads rebuilt from parity.
-    pub degraded_reads: u64,
-}
 
 /// The RAID bdev.
 pub struct RaidBdev {
@@ -430,11 +166,16 @@ fn build(name: &str, geometry: Geometry, slots: Vec<Slot>, meta: Meta, block_siz
         return Err(MdError::BlockSize(name.to_string()));
     }
     let num_blocks = geometry.array_sectors() / spb;
+    let intent = match meta.bitmap.as_ref() {
+        Some(b) if geometry.level().redundancy() > 0 => Some(WriteIntent::new(b.layout(), b.daemon_sleep)),
+        _ => None,
+    };
     let shared = Arc::new(Shared {
         name: name.to_string(),
         geometry,
         block_size,
         spb,
+        repl: (0..slots.len()).map(|_| Slot::new(None, SlotState::Empty, 0)).collect(),
         slots,
         generation: AtomicU64::new(1),
         locks: StripeLocks::new(),
@@ -447,6 +188,7 @@ fn build(name: &str, geometry: Geometry, slots: Vec<Slot>, meta: Meta, block_siz
         sync: SyncState::new(),
         monitors: Mutex::new(Vec::new()),
         stats: shared::OpStats::default(),
+        intent,
     });
     Ok(Built { shared, block_size, num_blocks })
 }
@@ -500,11 +242,15 @@ pub fn md_create(
         if i < raid_disks {
             slots.push(Slot::new(Some(dev.clone()), SlotState::InSync, MAX_SECTOR));
         }
-        devices.push(DevRecord { dev, sb: sb.clone() });
+        devices.push(DevRecord { dev, sb: sb.clone(), replacing: false });
     }
     let meta = Meta { sb: template, devices, bitmap: created.bitmap.clone(), next_dev_id: members.len() as u64 + 1 };
     let built = build(name, created.geometry.clone(), slots, meta, array_bs)?;
     let array = MdArray::new(registry, name, built, cfg.stripe_cache);
+    if let (Some(wi), false) = (array.sh.intent.as_ref(), cfg.assume_clean) {
+        // Nothing is consistent yet: every chunk needs the initial resync.
+        wi.mark_all_needed();
+    }
     array.run()?;
     if !cfg.assume_clean && level.redundancy() > 0 {
         array.start_resync(0);
@@ -556,7 +302,7 @@ pub fn md_assemble(
                 *sd = Some((dev.clone(), recovered));
             }
         }
-        devices.push(DevRecord { dev, sb: e.superblock.clone() });
+        devices.push(DevRecord { dev, sb: e.superblock.clone(), replacing: false });
     }
     let slots: Vec<Slot> = slot_devs
         .into_iter()
@@ -580,6 +326,7 @@ pub fn md_assemble(
     let meta = Meta { sb: template, devices, bitmap, next_dev_id: next_id };
     let built = build(name, plan.geometry.clone(), slots, meta, array_bs)?;
     let array = MdArray::new(registry, name, built, opts.stripe_cache);
+    array.load_bitmap(resync_from != MAX_SECTOR);
     if plan.degraded() > 0 && !opts.run_degraded {
         return Ok(array);
     }
@@ -597,8 +344,19 @@ impl MdArray {
             "raid",
             built.block_size,
             built.num_blocks,
-            IoTypeSet::of(&[IoType::Read, IoType::Write, IoType::Flush, IoType::Reset]),
+            IoTypeSet::of(&[
+                IoType::Read,
+                IoType::Write,
+                IoType::Flush,
+                IoType::Reset,
+                IoType::WriteZeroes,
+                IoType::Unmap,
+            ]),
         );
+        // Unmapped blocks read back as zeroes on every level: unmap goes
+        // down only to members that guarantee it and is zeroing elsewhere
+        // (always on raid4/5/6, where parity must cover it).
+        info.unmap_zeroes = true;
         {
             let meta = lock(&built.shared.meta);
             info.uuid = Uuid(meta.sb.set_uuid);
@@ -704,6 +462,16 @@ impl MdArray {
         let resync_pending = self.sh.sync.kind() == SyncKind::Resync;
         meta.sb.resync_offset = if resync_pending { self.sh.sync.position.load(Ordering::Acquire) } else { MAX_SECTOR };
         self.sh.sync.set_idle();
+        replace::cancel_all(&self.sh, &mut meta);
+        if let Some(wi) = self.sh.intent.as_ref() {
+            // md clears the bitmap on a clean stop of a whole array: the
+            // members are flushed, then the clear bits written.
+            let whole = self.sh.slots.iter().all(|s| s.state() == SlotState::InSync);
+            if whole && !resync_pending {
+                wi.daemon_pass(true);
+                meta.write_bitmap(&self.sh, &mut Vec::new(), true);
+            }
+        }
         let errors = meta.write_superblocks(&self.sh);
         for slot in &self.sh.slots {
             slot.replace_device(None);
@@ -713,6 +481,69 @@ impl MdArray {
         match errors.into_iter().next() {
             Some((device, status)) => Err(MdError::SuperblockWrite { device, status }),
             None => Ok(()),
+        }
+    }
+
+    /// Leaves like a crash: no superblock or bitmap is written, the
+    /// members are released as they are.
+    #[cfg(test)]
+    pub(crate) fn crash(&self) {
+        if !self.running.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let _ = self.registry.unregister(&self.sh.name);
+        self.shutdown_thread();
+        self.sh.sync.set_idle();
+        let mut meta = lock(&self.sh.meta);
+        for slot in &self.sh.slots {
+            slot.replace_device(None);
+        }
+        meta.devices.clear();
+        self.sh.bump_generation();
+    }
+
+    /// Loads the bits of the bitmap from the members: after an unclean
+    /// stop (`dirty`) the regions they cover need a resync; a stale bitmap
+    /// or one that cannot be read means every region does.
+    fn load_bitmap(&self, dirty: bool) {
+        let Some(wi) = self.sh.intent.as_ref() else {
+            return;
+        };
+        let meta = lock(&self.sh.meta);
+        let stale = meta.bitmap.as_ref().is_some_and(|b| b.state.is_stale());
+        match meta.read_bitmap_bits(&self.sh) {
+            Some(bits) if !stale => {
+                for bit in wi.layout().set_bits(&bits) {
+                    if dirty {
+                        wi.mark_needed(bit);
+                    } else {
+                        wi.mark_ondisk(bit);
+                    }
+                }
+            }
+            _ if dirty || stale => wi.mark_all_needed(),
+            _ => {}
+        }
+    }
+
+    /// Sets the bitmap daemon period (md's bitmap `time_base`, the
+    /// header's `daemon_sleep`): bits of regions without writes are
+    /// cleared after one to two periods.
+    pub fn set_bitmap_daemon_sleep(&self, period: std::time::Duration) {
+        if let Some(wi) = self.sh.intent.as_ref() {
+            let ms = u64::try_from(period.as_millis()).unwrap_or(u64::MAX).max(1);
+            wi.daemon_ms.store(ms, Ordering::Release);
+            self.sh.notify(ControlMsg::Kick);
+        }
+    }
+
+    /// Counters of the background synchronisation since the array was
+    /// built.
+    pub fn sync_stats(&self) -> SyncStats {
+        let s = &self.sh.sync;
+        SyncStats {
+            resynced_sectors: s.resynced.load(Ordering::Acquire),
+            skipped_sectors: s.skipped.load(Ordering::Acquire),
         }
     }
 
@@ -731,227 +562,6 @@ impl MdArray {
     /// Adds an event callback (md_monitor).
     pub fn monitor(&self, cb: Monitor) {
         lock(&self.sh.monitors).push(cb);
-    }
-
-    /// The array's state and members (md_detail).
-    pub fn detail(&self) -> MdDetail {
-        let meta = lock(&self.sh.meta);
-        let sh = &self.sh;
-        let mut disks = Vec::new();
-        let mut failed = 0;
-        let mut spares = 0;
-        for rec in &meta.devices {
-            let role = meta.sb.dev_roles.get(rec.sb.dev_number as usize).copied();
-            let (state, role_text) = match role {
-                Some(DevRole::Active(s)) => match sh.slot(s as usize).map(|x| x.state()) {
-                    Some(SlotState::InSync) => (DiskState::Active, format!("active {s}")),
-                    Some(SlotState::Recovering) => (DiskState::Sync, format!("rebuilding {s}")),
-                    _ => (DiskState::Faulty, "faulty".to_string()),
-                },
-                Some(DevRole::Faulty) => (DiskState::Faulty, "faulty".to_string()),
-                _ => (DiskState::Spare, "spare".to_string()),
-            };
-            match state {
-                DiskState::Faulty => failed += 1,
-                DiskState::Spare => spares += 1,
-                _ => {}
-            }
-            disks.push(DiskDetail {
-                number: rec.sb.dev_number,
-                name: rec.dev.name().to_string(),
-                state,
-                size_kib: rec.sb.data_size / 2,
-                role: role_text,
-            });
-        }
-        for (i, slot) in sh.slots.iter().enumerate() {
-            if slot.device().is_none() {
-                disks.push(DiskDetail {
-                    number: u32::MAX,
-                    name: String::new(),
-                    state: DiskState::Removed,
-                    size_kib: 0,
-                    role: format!("removed {i}"),
-                });
-            }
-        }
-        let active = sh.slots.iter().filter(|s| s.state() == SlotState::InSync).count();
-        let working =
-            disks.iter().filter(|d| matches!(d.state, DiskState::Active | DiskState::Sync | DiskState::Spare)).count();
-        let kind = sh.sync.kind();
-        let paused = sh.sync.paused.load(Ordering::Acquire);
-        let (pos, end) = (sh.sync.position.load(Ordering::Acquire), sh.sync.end.load(Ordering::Acquire));
-        let progress = if kind == SyncKind::Idle || end == 0 { 0.0 } else { (pos as f64 * 100.0 / end as f64) as f32 };
-        let speed = match *lock(&sh.sync.started) {
-            Some(t) if kind != SyncKind::Idle => {
-                let secs = t.elapsed().as_secs_f64().max(1e-3);
-                (sh.sync.done_sectors.load(Ordering::Acquire) as f64 / 2.0 / secs) as u64
-            }
-            _ => 0,
-        };
-        let degraded = active < sh.slots.len();
-        let state = if sh.failed.load(Ordering::Acquire) {
-            ArrayState::Failed
-        } else if sh.readonly.load(Ordering::Acquire) {
-            ArrayState::Readonly
-        } else if kind == SyncKind::Recovery {
-            ArrayState::Recovering
-        } else if kind == SyncKind::Resync {
-            ArrayState::Resyncing
-        } else if degraded {
-            ArrayState::Degraded
-        } else if self.is_running() {
-            ArrayState::Active
-        } else {
-            ArrayState::Clean
-        };
-        let status = match kind {
-            SyncKind::Idle => "idle",
-            SyncKind::Resync => "resync",
-            SyncKind::Recovery => "recovery",
-        };
-        MdDetail {
-            level: sh.geometry.level(),
-            raid_disks: sh.slots.len(),
-            active_disks: active,
-            working_disks: working,
-            failed_disks: failed,
-            spare_disks: spares,
-            size_kib: sh.geometry.array_sectors() / 2,
-            chunk_kib: sh.geometry.chunk_sectors() / 2,
-            state,
-            uuid: format_uuid(&meta.sb.set_uuid),
-            degraded,
-            resync_status: if paused && kind != SyncKind::Idle { format!("{status} (paused)") } else { status.into() },
-            resync_progress: progress,
-            resync_speed: speed,
-            events: meta.sb.events,
-            disks,
-        }
-    }
-
-    fn slot_of(&self, name: &str) -> Option<usize> {
-        self.sh.slots.iter().position(|s| s.device().is_some_and(|d| d.name() == name))
-    }
-
-    /// Runs a management command (md_manage).
-    pub fn manage(&self, cmd: ManageCmd) -> Result<(), MdError> {
-        let sh = &self.sh;
-        match cmd {
-            ManageCmd::AddDisk(dev) | ManageCmd::AddSpare(dev) => {
-                self.add_spare(&dev)?;
-                sh.notify(ControlMsg::Kick);
-                Ok(())
-            }
-            ManageCmd::RemoveDisk(dev) | ManageCmd::RemoveSpare(dev) => self.remove(&dev),
-            ManageCmd::ReplaceDisk { old, new } => {
-                let slot = self.slot_of(&old).ok_or_else(|| MdError::NoSuchDevice(old.clone()))?;
-                self.add_spare(&new)?;
-                if !sh.fail_member(slot) {
-                    return Err(MdError::Busy(format!("'{old}' cannot be failed: the array needs it")));
-                }
-                sh.notify(ControlMsg::Kick);
-                Ok(())
-            }
-            ManageCmd::SetFaulty(dev) => {
-                let slot = self.slot_of(&dev).ok_or_else(|| MdError::NoSuchDevice(dev.clone()))?;
-                if sh.fail_member(slot) {
-                    Ok(())
-                } else {
-                    Err(MdError::Busy(format!("'{dev}' cannot be failed: the array needs it")))
-                }
-            }
-            ManageCmd::SetReadonly => {
-                sh.readonly.store(true, Ordering::Release);
-                Ok(())
-            }
-            ManageCmd::SetReadwrite => {
-                sh.readonly.store(false, Ordering::Release);
-                Ok(())
-            }
-            ManageCmd::StartRebuild => {
-                sh.sync.paused.store(false, Ordering::Release);
-                sh.sync.auto.store(true, Ordering::Release);
-                sh.notify(ControlMsg::Kick);
-                Ok(())
-            }
-            ManageCmd::StopRebuild => {
-                sh.sync.paused.store(true, Ordering::Release);
-                Ok(())
-            }
-            ManageCmd::SetSyncSpeed(kib) => {
-                sh.sync.speed_kib.store(kib, Ordering::Release);
-                Ok(())
-            }
-        }
-    }
-
-    fn add_spare(&self, dev: &str) -> Result<(), MdError> {
-        let sh = &self.sh;
-        let desc = open_member(&self.registry, dev, &sh.name)?;
-        let mut meta = lock(&sh.meta);
-        let dev_number = meta.free_dev_number().ok_or_else(|| MdError::Busy("no free device number".into()))?;
-        let mut sb = meta.sb.clone();
-        let sectors = desc.info().size_bytes() / 512;
-        sb.dev_number = dev_number;
-        sb.device_uuid = create::random_uuid();
-        sb.data_size = sectors.saturating_sub(sb.data_offset);
-        sb.recovery_offset = 0;
-        let need = sh.geometry.member_used_sectors(0);
-        if sb.data_size < need {
-            return Err(MdError::Busy(format!("'{dev}' is too small ({} < {need} sectors)", sb.data_size)));
-        }
-        let mut bs = sh.block_size;
-        let id = meta.next_dev_id;
-        meta.next_dev_id += 1;
-        let member = member_dev(desc, id, sb.data_offset, &mut bs)?;
-        if bs != sh.block_size {
-            return Err(MdError::BlockSize(dev.to_string()));
-        }
-        if let Some(r) = meta.sb.dev_roles.get_mut(dev_number as usize) {
-            *r = DevRole::Spare;
-        }
-        meta.devices.push(DevRecord { dev: member, sb });
-        if let Some((device, status)) = meta.write_superblocks(sh).into_iter().next() {
-            return Err(MdError::SuperblockWrite { device, status });
-        }
-        drop(meta);
-        emit(sh, &MdEvent::DeviceAdded { device: dev.to_string() });
-        Ok(())
-    }
-
-    fn remove(&self, dev: &str) -> Result<(), MdError> {
-        let sh = &self.sh;
-        let mut meta = lock(&sh.meta);
-        let idx =
-            meta.devices.iter().position(|d| d.dev.name() == dev).ok_or_else(|| MdError::NoSuchDevice(dev.into()))?;
-        let dev_number = meta.devices.get(idx).map_or(0, |d| d.sb.dev_number);
-        let role = meta.sb.dev_roles.get(dev_number as usize).copied();
-        let slot = self.slot_of(dev);
-        let removable = match role {
-            Some(DevRole::Spare) | Some(DevRole::Faulty) => true,
-            Some(DevRole::Active(_)) => slot.and_then(|s| sh.slot(s)).is_some_and(|s| s.state() == SlotState::Faulty),
-            _ => false,
-        };
-        if !removable {
-            return Err(MdError::Busy(format!("'{dev}' is an active member; fail it first")));
-        }
-        if let Some(s) = slot.and_then(|s| sh.slot(s)) {
-            s.replace_device(None);
-            s.set_state(SlotState::Empty);
-            sh.bump_generation();
-        }
-        if let Some(r) = meta.sb.dev_roles.get_mut(dev_number as usize) {
-            *r = DevRole::Spare;
-        }
-        meta.devices.remove(idx);
-        let errors = meta.write_superblocks(sh);
-        drop(meta);
-        emit(sh, &MdEvent::DeviceRemoved { device: dev.to_string() });
-        match errors.into_iter().next() {
-            Some((device, status)) => Err(MdError::SuperblockWrite { device, status }),
-            None => Ok(()),
-        }
     }
 }
 

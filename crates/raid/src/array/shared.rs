@@ -134,6 +134,13 @@ pub(crate) struct SyncState {
     pub paused: AtomicBool,
     /// Activate spares and recover automatically.
     pub auto: AtomicBool,
+    /// Sectors resynced since the array was built.
+    pub resynced: AtomicU64,
+    /// Sectors a resync skipped because their bitmap bits were clear.
+    pub skipped: AtomicU64,
+    /// Mismatched sectors found by the last check or repair (md's
+    /// mismatch_cnt).
+    pub mismatches: AtomicU64,
 }
 
 impl SyncState {
@@ -148,6 +155,9 @@ impl SyncState {
             speed_kib: AtomicU64::new(0),
             paused: AtomicBool::new(false),
             auto: AtomicBool::new(true),
+            resynced: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+            mismatches: AtomicU64::new(0),
         }
     }
 
@@ -155,6 +165,8 @@ impl SyncState {
         match self.kind.load(Ordering::Acquire) {
             1 => super::SyncKind::Resync,
             2 => super::SyncKind::Recovery,
+            3 => super::SyncKind::Check,
+            4 => super::SyncKind::Repair,
             _ => super::SyncKind::Idle,
         }
     }
@@ -169,6 +181,8 @@ impl SyncState {
             super::SyncKind::Idle => 0,
             super::SyncKind::Resync => 1,
             super::SyncKind::Recovery => 2,
+            super::SyncKind::Check => 3,
+            super::SyncKind::Repair => 4,
         };
         self.kind.store(k, Ordering::Release);
     }
@@ -209,6 +223,9 @@ pub(crate) struct Shared {
     /// 512-byte sectors per array block.
     pub spb: u64,
     pub slots: Vec<Slot>,
+    /// Replacements being rebuilt (md's want_replacement), one per slot;
+    /// in IO and sync code they are members `slots.len() + slot`.
+    pub repl: Vec<Slot>,
     /// Changes whenever a slot gets a different device.
     pub generation: AtomicU64,
     pub locks: StripeLocks,
@@ -224,11 +241,28 @@ pub(crate) struct Shared {
     pub sync: SyncState,
     pub monitors: Mutex<Vec<super::Monitor>>,
     pub stats: OpStats,
+    /// The write-intent bitmap, when the array has one.
+    pub intent: Option<super::intent::WriteIntent>,
 }
 
 impl Shared {
     pub(crate) fn slot(&self, i: usize) -> Option<&Slot> {
         self.slots.get(i)
+    }
+
+    /// A slot (`i < slots.len()`) or the replacement of slot
+    /// `i - slots.len()`.
+    pub(crate) fn slot_any(&self, i: usize) -> Option<&Slot> {
+        match i.checked_sub(self.slots.len()) {
+            None => self.slots.get(i),
+            Some(r) => self.repl.get(r),
+        }
+    }
+
+    /// The slot whose data member `i` holds (itself, or the slot a
+    /// replacement replaces).
+    pub(crate) fn source_slot(&self, i: usize) -> usize {
+        i.checked_sub(self.slots.len()).unwrap_or(i)
     }
 
     pub(crate) fn generation(&self) -> u64 {
@@ -254,6 +288,23 @@ impl Shared {
     /// when the array could not run without it, as md keeps its last
     /// working devices.
     pub(crate) fn fail_member(&self, i: usize) -> bool {
+        if i >= self.slots.len() {
+            // A replacement that fails leaves; the array never needs it.
+            let Some(r) = self.slot_any(i) else {
+                return false;
+            };
+            let prev = r.state();
+            if prev == SlotState::Recovering
+                && r.state
+                    .compare_exchange(prev as u8, SlotState::Faulty as u8, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            {
+                log::warn!("raid {}: replacement for slot {} failed", self.name, i - self.slots.len());
+                self.bump_generation();
+                self.notify(ControlMsg::MemberFailed(i));
+            }
+            return true;
+        }
         let Some(slot) = self.slot(i) else {
             return false;
         };

@@ -577,15 +577,23 @@ impl RaidChannel {
         let Some(op) = self.ops.get(o) else {
             return;
         };
-        let Some(parent_iovs) = self.parents.get(op.parent).map(|par| par.iovs) else {
+        let Some((parent_iovs, io_type)) = self.parents.get(op.parent).map(|par| (par.iovs, par.io_type)) else {
             return self.fail_op(o, IoStatus::Aborted);
         };
         let Some(layout) = op.layout else {
             return self.fail_op(o, IoStatus::Invalid);
         };
         let (r0, r1) = (op.r0, op.r1);
-        let len = ((r1 - r0) * 512) as usize;
         let base = op.stripe * chunk;
+        let parent_iovs = if matches!(io_type, IoType::WriteZeroes | IoType::Unmap) {
+            match self.zeroes(sh.window_sectors) {
+                Some(z) => Source::Zeroes(z),
+                None => return self.fail_op(o, IoStatus::Invalid),
+            }
+        } else {
+            Source::Iovs(parent_iovs)
+        };
+        let len = ((r1 - r0) * 512) as usize;
         let outcome = match self.ops.get_mut(o) {
             Some(op) => compute(&sh.parity, &layout, op, parent_iovs, len),
             None => return,
@@ -611,10 +619,12 @@ impl RaidChannel {
                 continue;
             }
             let Some(iovs) = parent_iovs.slice(s.io_off * 512, (s.b - s.a) * 512) else { continue };
-            if let Some(op) = self.ops.get_mut(o) {
-                op.pending += 1;
+            for t in [Some(m), self.replacement(m)].into_iter().flatten() {
+                if let Some(op) = self.ops.get_mut(o) {
+                    op.pending += 1;
+                }
+                self.issue_write(Owner::Op(o), t, io_type, base + s.a, s.b - s.a, iovs, 0, 0);
             }
-            self.issue(Owner::Op(o), m, IoType::Write, base + s.a, s.b - s.a, iovs, 0, 0);
         }
         for m in [Some(layout.p_member()), layout.q_member()].into_iter().flatten() {
             if !self.writable(m) {
@@ -622,13 +632,34 @@ impl RaidChannel {
             }
             let iov = self.ops.get_mut(o).and_then(|op| op.bufs.get_mut(m)?.as_mut()?.iovec_range(0, len));
             let Some(iov) = iov else { continue };
-            if let Some(op) = self.ops.get_mut(o) {
-                op.pending += 1;
+            for t in [Some(m), self.replacement(m)].into_iter().flatten() {
+                if let Some(op) = self.ops.get_mut(o) {
+                    op.pending += 1;
+                }
+                self.issue(Owner::Op(o), t, IoType::Write, base + r0, r1 - r0, IoVecs::single(iov), 0, 0);
             }
-            self.issue(Owner::Op(o), m, IoType::Write, base + r0, r1 - r0, IoVecs::single(iov), 0, 0);
         }
         if self.ops.get(o).is_some_and(|op| op.pending == 0) {
             self.op_finish(o);
+        }
+    }
+}
+
+/// Where the new data of a write comes from.
+#[derive(Clone, Copy)]
+enum Source {
+    /// The request's buffers.
+    Iovs(IoVecs),
+    /// Zeroes (write-zeroes and unmap), at least a window long.
+    Zeroes(IoVecs),
+}
+
+impl Source {
+    /// `len` bytes at byte `off` of the request.
+    fn slice(&self, off: u64, len: u64) -> Option<IoVecs> {
+        match self {
+            Source::Iovs(v) => v.slice(off, len),
+            Source::Zeroes(z) => z.slice(0, len),
         }
     }
 }
@@ -640,7 +671,7 @@ fn compute(
     parity: &Parity,
     layout: &StripeLayout,
     op: &mut StripeOp,
-    parent_iovs: IoVecs,
+    parent_iovs: Source,
     len: usize,
 ) -> Result<bool, IoStatus> {
     let r0 = op.r0;

@@ -9,20 +9,21 @@ use proptest::prelude::*;
 use super::meta::BdevMember;
 use super::*;
 use crate::offline::OfflineArray;
+use crate::superblock::format_uuid;
 
 /// Member size: 4 MiB of data plus 1 MiB of metadata.
 const MEMBER_BLOCKS: u64 = 10 * 1024;
 
-struct Rig {
-    reg: Arc<Registry>,
-    faults: Vec<Arc<FaultBdev>>,
-    array: Arc<MdArray>,
-    ch: BdevChannel,
-    model: Vec<u8>,
-    bs: u64,
+pub(super) struct Rig {
+    pub(super) reg: Arc<Registry>,
+    pub(super) faults: Vec<Arc<FaultBdev>>,
+    pub(super) array: Arc<MdArray>,
+    pub(super) ch: BdevChannel,
+    pub(super) model: Vec<u8>,
+    pub(super) bs: u64,
 }
 
-fn add_member(reg: &Arc<Registry>, i: usize, bs: u32) -> Arc<FaultBdev> {
+pub(super) fn add_member(reg: &Arc<Registry>, i: usize, bs: u32) -> Arc<FaultBdev> {
     let blocks = MEMBER_BLOCKS * 512 / u64::from(bs);
     let m = MallocBdev::new(MallocParams { name: format!("m{i}"), num_blocks: blocks, block_size: bs }).unwrap();
     reg.register(Arc::new(m)).unwrap();
@@ -31,7 +32,7 @@ fn add_member(reg: &Arc<Registry>, i: usize, bs: u32) -> Arc<FaultBdev> {
     f
 }
 
-fn rig(level: Level, layout: Option<u32>, disks: usize, chunk_kib: u32, bs: u32) -> Rig {
+pub(super) fn rig(level: Level, layout: Option<u32>, disks: usize, chunk_kib: u32, bs: u32) -> Rig {
     let reg = Registry::new();
     let faults: Vec<_> = (0..disks).map(|i| add_member(&reg, i, bs)).collect();
     let names: Vec<String> = (0..disks).map(|i| format!("f{i}")).collect();
@@ -43,7 +44,7 @@ fn rig(level: Level, layout: Option<u32>, disks: usize, chunk_kib: u32, bs: u32)
     Rig { reg, faults, array, ch, model: vec![0; size], bs: u64::from(bs) }
 }
 
-fn wait(ch: &mut BdevChannel, tags: &[u64]) -> Vec<IoStatus> {
+pub(super) fn wait(ch: &mut BdevChannel, tags: &[u64]) -> Vec<IoStatus> {
     let mut got: Vec<Option<IoStatus>> = vec![None; tags.len()];
     let t0 = Instant::now();
     while got.iter().any(Option::is_none) {
@@ -58,19 +59,34 @@ fn wait(ch: &mut BdevChannel, tags: &[u64]) -> Vec<IoStatus> {
 }
 
 #[derive(Debug, Clone)]
-enum Op {
-    Write { at: u64, blocks: u64, seed: u8 },
-    Read { at: u64, blocks: u64 },
-    Fail { member: usize },
+pub(super) enum Op {
+    Write {
+        at: u64,
+        blocks: u64,
+        seed: u8,
+    },
+    /// Write-zeroes, or unmap (which reads back as zeroes on an array).
+    Zero {
+        at: u64,
+        blocks: u64,
+        unmap: bool,
+    },
+    Read {
+        at: u64,
+        blocks: u64,
+    },
+    Fail {
+        member: usize,
+    },
 }
 
 impl Rig {
-    fn blocks(&self) -> u64 {
+    pub(super) fn blocks(&self) -> u64 {
         self.model.len() as u64 / self.bs
     }
 
     /// Runs a batch concurrently (the caller keeps writes disjoint).
-    fn batch(&mut self, ops: &[Op]) {
+    pub(super) fn batch(&mut self, ops: &[Op]) {
         let mut bufs = Vec::new();
         let mut tags = Vec::new();
         for (i, op) in ops.iter().enumerate() {
@@ -86,6 +102,13 @@ impl Rig {
                     let io = IoRequest::write(at, blocks, IoVecs::single(b.iovec()), i as u64);
                     self.ch.submit(&io).unwrap();
                     bufs.push((i, None, b));
+                    tags.push(i as u64);
+                }
+                Op::Zero { at, blocks, unmap } => {
+                    let off = (at * self.bs) as usize;
+                    self.model[off..off + (blocks * self.bs) as usize].fill(0);
+                    let t = if unmap { bdev::IoType::Unmap } else { bdev::IoType::WriteZeroes };
+                    self.ch.submit(&IoRequest::no_data(t, at, blocks, i as u64)).unwrap();
                     tags.push(i as u64);
                 }
                 Op::Read { at, blocks } => {
@@ -112,8 +135,8 @@ impl Rig {
             }
         }
         let st = wait(&mut self.ch, &tags);
-        for (k, (i, read_at, b)) in bufs.iter().enumerate() {
-            assert_eq!(st[k], IoStatus::Success, "op {i}: {:?}", ops[*i]);
+        assert!(st.iter().all(|s| *s == IoStatus::Success), "{st:?} for {ops:?}");
+        for (i, read_at, b) in bufs.iter() {
             if let Some(at) = read_at {
                 let off = (*at * self.bs) as usize;
                 assert!(b.as_slice() == &self.model[off..off + b.len()], "read {:?} differs", ops[*i]);
@@ -121,7 +144,7 @@ impl Rig {
         }
     }
 
-    fn read_all(&mut self) {
+    pub(super) fn read_all(&mut self) {
         let total = self.blocks();
         let step = 256u64.min(total);
         let mut at = 0;
@@ -133,7 +156,7 @@ impl Rig {
     }
 
     /// Stops the array and checks the members with the offline reader.
-    fn check_on_disk(self) {
+    pub(super) fn check_on_disk(self) {
         let Rig { reg, array, ch, model, faults, .. } = self;
         drop(ch);
         array.stop().unwrap();
@@ -150,7 +173,7 @@ impl Rig {
     }
 }
 
-fn levels() -> Vec<(Level, Option<u32>, usize)> {
+pub(super) fn levels() -> Vec<(Level, Option<u32>, usize)> {
     vec![
         (Level::Linear, None, 3),
         (Level::Raid0, None, 3),
@@ -400,7 +423,7 @@ fn case() -> impl Strategy<Value = Case> {
     (
         0usize..13,
         proptest::collection::vec(
-            proptest::collection::vec((0u8..3, any::<u64>(), 1u64..300, any::<u8>()), 1..6),
+            proptest::collection::vec((0u8..5, any::<u64>(), 1u64..300, any::<u8>()), 1..6),
             1..8,
         ),
         proptest::collection::vec((0usize..8, 0usize..6), 0..3),
@@ -444,7 +467,11 @@ proptest! {
                     continue;
                 }
                 used.push((at, at + blocks));
-                ops.push(if kind == 0 { Op::Read { at, blocks } } else { Op::Write { at, blocks, seed } });
+                ops.push(match kind {
+                    0 => Op::Read { at, blocks },
+                    3 | 4 => Op::Zero { at, blocks, unmap: kind == 4 },
+                    _ => Op::Write { at, blocks, seed },
+                });
             }
             r.batch(&ops);
         }
