@@ -161,39 +161,8 @@ done
 # Write a pattern, check it in a later job, trim it, check it reads back as zeroes: one fio run,
 # stonewalled jobs (thread mode: the jobs share the instance, so malloc data persists too).
 trim_seq() {  # trim_seq CONF DEVICE MODE
-    cat > "$work/trimseq.fio" <<EOF
-[global]
-ioengine=external:$engine
-xbdev_conf=$1
-xbdev_mode=$3
-filename=$2
-bs=64k
-size=8m
-iodepth=8
-thread
-exitall_on_error=1
-[write]
-rw=write
-verify=pattern
-verify_pattern=0x77
-do_verify=0
-[check-written]
-stonewall
-rw=write
-verify=pattern
-verify_pattern=0x77
-verify_only=1
-[trim]
-stonewall
-rw=trim
-[check-zero]
-stonewall
-rw=write
-verify=pattern
-verify_pattern=0x00
-verify_only=1
-EOF
-    fio "$work/trimseq.fio" > "$work/trimseq.out" 2>&1 || { cat "$work/trimseq.out"; return 1; }
+    XB_ENGINE=$engine XB_CONF=$1 XB_FILE=$2 XB_MODE=$3 XB_BS=64k XB_SIZE=8m \
+        fio "$here/jobs/trim-sequence.fio" > "$work/trimseq.out" 2>&1 || { cat "$work/trimseq.out"; return 1; }
     cat "$work/trimseq.out"
     [ "$(grep -c 'err= 0' "$work/trimseq.out")" -eq 4 ]
 }

@@ -65,38 +65,8 @@ run_fio() { # NAME ARGS...
 trim_seq() { # NAME CONF
     local name=$1
     selected "$name" || return 0
-    cat > "$work/$name.fio" <<EOF
-[global]
-ioengine=external:$engine
-xbdev_conf=$2
-filename=md0
-bs=12k
-size=6m
-iodepth=8
-thread
-exitall_on_error=1
-[write]
-rw=write
-verify=pattern
-verify_pattern=0x77
-do_verify=0
-[check-written]
-stonewall
-rw=write
-verify=pattern
-verify_pattern=0x77
-verify_only=1
-[trim]
-stonewall
-rw=trim
-[check-zero]
-stonewall
-rw=write
-verify=pattern
-verify_pattern=0x00
-verify_only=1
-EOF
-    if timeout -k 10 300 fio "$work/$name.fio" > "$work/$name.log" 2>&1 \
+    if XB_ENGINE=$engine XB_CONF=$2 XB_FILE=md0 XB_MODE=inline XB_BS=12k XB_SIZE=6m \
+        timeout -k 10 300 fio "$repo/crates/fio-engine/tests/jobs/trim-sequence.fio" > "$work/$name.log" 2>&1 \
         && [ "$(grep -c 'err= 0' "$work/$name.log")" -eq 4 ]; then
         passed=$((passed + 1)); echo "ok    $name"
     else
