@@ -1,38 +1,11 @@
 //! The engine's job logic against a real xbdev instance, in both IO paths, without fio.
 
+mod common;
+use common::*;
+
 use bdev::IoStatus;
-use fio_xbdev::{EngineError, Job, JobSpec, Op, QueueOutcome};
+use fio_xbdev::{EngineError, Job, Op, QueueOutcome};
 use std::time::Duration;
-
-fn spec(dir: &std::path::Path, mode: &str) -> JobSpec {
-    let p = dir.join("xb.json");
-    std::fs::write(
-        &p,
-        r#"{"reactor": {"cores": [0], "pin": false},
-            "base_devices": [
-              {"method": "malloc", "params": {"name": "m0", "num_blocks": 256, "block_size": 4096}},
-              {"method": "malloc", "params": {"name": "m1", "num_blocks": 2048, "block_size": 512}}]}"#,
-    )
-    .unwrap();
-    JobSpec::from_options(p.to_str(), None, None).unwrap().with_mode(Some(mode)).unwrap()
-}
-
-fn start(cfg: &xbdev::Config) -> Result<xbdev::Xbdev, xbdev::XbdevError> {
-    xbdev::Xbdev::start(cfg)
-}
-
-/// Reap exactly `n` completions, returning (user, status) pairs.
-fn reap(job: &mut Job, n: usize) -> Vec<(u64, IoStatus)> {
-    let mut out = Vec::new();
-    while out.len() < n {
-        let got = job.getevents(1, n - out.len(), Some(Duration::from_secs(10)));
-        assert!(got > 0, "no completion within 10 s");
-        for i in 0..got {
-            out.push(job.event(i).unwrap());
-        }
-    }
-    out
-}
 
 fn queue_ok(job: &mut Job, file: u32, op: Op, off: u64, len: u64, buf_off: Option<usize>, user: u64) {
     let iov = buf_off.map(|o| job.iomem_iovec(o, len as usize).unwrap());
