@@ -373,24 +373,7 @@ fn target_on_reactors() {
     let descs: Vec<_> = (0..3).map(|_| reg.open("ren1", true).expect("open")).collect();
     let mut raw: Vec<BdevChannel> = descs.iter().map(|d| d.channel().expect("channel")).collect();
     for (i, ch) in raw.iter_mut().enumerate() {
-        let mut w = DmaBuf::alloc(4096).expect("dma");
-        w.as_mut_slice().copy_from_slice(&pattern(4096, 40 + i as u64));
-        let mut r = DmaBuf::zeroed(4096).expect("dma");
-        let lba = i as u64 * 8;
-        for req in [
-            IoRequest::write(lba, 8, IoVecs::single(w.iovec()), 1),
-            IoRequest::read(lba, 8, IoVecs::single(r.iovec()), 2),
-        ] {
-            ch.submit(&req).expect("submit");
-            let mut st = None;
-            let t0 = Instant::now();
-            while st.is_none() {
-                ch.poll(&mut |_, s| st = Some(s));
-                assert!(t0.elapsed() < Duration::from_secs(20), "io hung");
-            }
-            assert_eq!(st, Some(IoStatus::Success));
-        }
-        assert!(w.as_slice() == r.as_slice(), "channel {i}");
+        write_read_back(ch, i as u64 * 8, 40 + i as u64, Duration::from_secs(20), "io hung", i);
     }
     // Stopping the target ends its pollers and closes the connections.
     let t0 = Instant::now();
@@ -446,25 +429,9 @@ fn target_on_parked_reactors_answers_without_waiting_for_the_park_timeout() {
             // Idle far longer than the spin: the reactors park.
             std::thread::sleep(Duration::from_millis(30));
             assert!(parks().iter().all(|&p| p > 0), "reactors parked: {:?}", parks());
-            let mut w = DmaBuf::alloc(4096).expect("dma");
-            w.as_mut_slice().copy_from_slice(&pattern(4096, 60 + round * 2 + i as u64));
-            let mut r = DmaBuf::zeroed(4096).expect("dma");
-            let lba = i as u64 * 8;
-            for req in [
-                IoRequest::write(lba, 8, IoVecs::single(w.iovec()), 1),
-                IoRequest::read(lba, 8, IoVecs::single(r.iovec()), 2),
-            ] {
-                ch.submit(&req).expect("submit");
-                let mut st = None;
-                let t0 = Instant::now();
-                while st.is_none() {
-                    ch.poll(&mut |_, s| st = Some(s));
-                    // Far below the park timeout.
-                    assert!(t0.elapsed() < Duration::from_secs(5), "io waited for the park timeout");
-                }
-                assert_eq!(st, Some(IoStatus::Success));
-            }
-            assert!(w.as_slice() == r.as_slice(), "channel {i}");
+            // Each IO within far less than the park timeout.
+            let seed = 60 + round * 2 + i as u64;
+            write_read_back(ch, i as u64 * 8, seed, Duration::from_secs(5), "io waited for the park timeout", i);
         }
     }
     drop(chans);
@@ -473,4 +440,25 @@ fn target_on_parked_reactors_answers_without_waiting_for_the_park_timeout() {
     drop(b);
     c.detach();
     target.stop();
+}
+
+/// Writes 4 KiB of `pattern(seed)` at `lba` through `ch`, reads it back and compares (`channel`
+/// names the channel in the message); each IO must complete within `limit` (else `late`).
+fn write_read_back(ch: &mut BdevChannel, lba: u64, seed: u64, limit: Duration, late: &str, channel: usize) {
+    let mut w = DmaBuf::alloc(4096).expect("dma");
+    w.as_mut_slice().copy_from_slice(&pattern(4096, seed));
+    let mut r = DmaBuf::zeroed(4096).expect("dma");
+    for req in
+        [IoRequest::write(lba, 8, IoVecs::single(w.iovec()), 1), IoRequest::read(lba, 8, IoVecs::single(r.iovec()), 2)]
+    {
+        ch.submit(&req).expect("submit");
+        let mut st = None;
+        let t0 = Instant::now();
+        while st.is_none() {
+            ch.poll(&mut |_, s| st = Some(s));
+            assert!(t0.elapsed() < limit, "{late}");
+        }
+        assert_eq!(st, Some(IoStatus::Success));
+    }
+    assert!(w.as_slice() == r.as_slice(), "channel {channel}");
 }

@@ -152,78 +152,97 @@ impl Worker {
         }
     }
 
-    /// Makes `[lba.., n)` (parity: stripe rows of member sectors) consistent.
-    fn resync_range(&mut self, cursor: u64, n: u64) -> Result<u64, IoStatus> {
+    /// Clamps `n` sync-range sectors at `cursor` to one lock window, runs `f` under that
+    /// window's lock with the window and the clamped length, and returns the length with `f`'s
+    /// result; `None` for levels without redundancy. Parity levels: `cursor` counts member
+    /// sectors and the window is rows of one stripe; mirrors: `cursor` is an array sector.
+    pub(super) fn in_sync_window<T>(
+        &mut self,
+        cursor: u64,
+        n: u64,
+        f: impl FnOnce(&mut Self, &SyncWindow, u64) -> Result<T, IoStatus>,
+    ) -> Option<Result<(u64, T), IoStatus>> {
         let sh = self.sh.clone();
-        match &sh.geometry {
+        let w = sh.window_sectors;
+        let (window, n, key) = match &sh.geometry {
             Geometry::Striped(g) => {
-                // `cursor` counts member sectors.
                 let chunk = g.chunk_sectors();
                 let stripe = cursor / chunk;
                 let row = cursor % chunk;
-                let w = sh.window_sectors;
                 let n = n.min(w - row % w).min(chunk - row);
-                let bytes = (n * 512) as usize;
-                let layout = g.stripe_layout(stripe);
-                let key = sh.stripe_key(stripe, row - row % w);
-                sh.locks.lock_blocking(key);
-                let result = (|| {
-                    let mut blocks: Vec<Vec<u8>> = Vec::with_capacity(layout.raid_disks());
-                    for m in 0..layout.raid_disks() {
-                        let mut b = vec![0u8; bytes];
-                        if matches!(layout.role_of(m), Some(StripeRole::Data(_))) {
-                            if !self.readable(m, cursor, n) {
-                                // Degraded: nothing to make consistent here.
-                                return Ok(());
-                            }
-                            self.read(m, cursor, &mut b)?;
-                        }
-                        blocks.push(b);
-                    }
-                    regenerate_parity(&sh.parity, &layout, &mut blocks).map_err(|_| IoStatus::Invalid)?;
-                    for m in [Some(layout.p_member()), layout.q_member()].into_iter().flatten() {
-                        if sh.slot(m).is_some_and(|s| s.writable()) {
-                            if let Some(b) = blocks.get(m) {
-                                self.write(m, cursor, b)?;
-                            }
-                        }
-                    }
-                    Ok(())
-                })();
-                sh.locks.unlock(key);
-                result.map(|()| n)
+                (SyncWindow::Stripe(g.stripe_layout(stripe)), n, sh.stripe_key(stripe, row - row % w))
             }
             Geometry::Raid1 { .. } | Geometry::Raid10(_) => {
-                // `cursor` is an array sector.
-                let w = sh.window_sectors;
                 let chunk = sh.geometry.chunk_sectors();
                 let mut n = n.min(w - cursor % w);
                 if chunk > 0 {
                     n = n.min(chunk - cursor % chunk);
                 }
-                let bytes = (n * 512) as usize;
-                let key = sh.region_key(cursor);
-                sh.locks.lock_blocking(key);
-                let result = (|| {
-                    let copies: Vec<_> = sh.geometry.copies(cursor).collect();
-                    let Some(src) = copies.iter().find(|c| self.readable(c.member, c.sector, n)).copied() else {
-                        return Ok(());
-                    };
-                    let mut buf = vec![0u8; bytes];
-                    self.read(src.member, src.sector, &mut buf)?;
-                    for c in copies {
-                        if c != src && sh.slot(c.member).is_some_and(|s| s.writable()) {
-                            self.write(c.member, c.sector, &buf)?;
+                (SyncWindow::Mirrored, n, sh.region_key(cursor))
+            }
+            _ => return None,
+        };
+        sh.locks.lock_blocking(key);
+        let result = f(self, &window, n);
+        sh.locks.unlock(key);
+        Some(result.map(|r| (n, r)))
+    }
+
+    /// Makes `[lba.., n)` (parity: stripe rows of member sectors) consistent.
+    fn resync_range(&mut self, cursor: u64, n: u64) -> Result<u64, IoStatus> {
+        let sh = self.sh.clone();
+        let done = self.in_sync_window(cursor, n, |me, window, n| {
+            let bytes = (n * 512) as usize;
+            match window {
+                SyncWindow::Stripe(layout) => {
+                    let mut blocks: Vec<Vec<u8>> = Vec::with_capacity(layout.raid_disks());
+                    for m in 0..layout.raid_disks() {
+                        let mut b = vec![0u8; bytes];
+                        if matches!(layout.role_of(m), Some(StripeRole::Data(_))) {
+                            if !me.readable(m, cursor, n) {
+                                // Degraded: nothing to make consistent here.
+                                return Ok(());
+                            }
+                            me.read(m, cursor, &mut b)?;
+                        }
+                        blocks.push(b);
+                    }
+                    regenerate_parity(&sh.parity, layout, &mut blocks).map_err(|_| IoStatus::Invalid)?;
+                    for m in [Some(layout.p_member()), layout.q_member()].into_iter().flatten() {
+                        if sh.slot(m).is_some_and(|s| s.writable()) {
+                            if let Some(b) = blocks.get(m) {
+                                me.write(m, cursor, b)?;
+                            }
                         }
                     }
                     Ok(())
-                })();
-                sh.locks.unlock(key);
-                result.map(|()| n)
+                }
+                SyncWindow::Mirrored => {
+                    let copies: Vec<_> = sh.geometry.copies(cursor).collect();
+                    let Some(src) = copies.iter().find(|c| me.readable(c.member, c.sector, n)).copied() else {
+                        return Ok(());
+                    };
+                    let mut buf = vec![0u8; bytes];
+                    me.read(src.member, src.sector, &mut buf)?;
+                    for c in copies {
+                        if c != src && sh.slot(c.member).is_some_and(|s| s.writable()) {
+                            me.write(c.member, c.sector, &buf)?;
+                        }
+                    }
+                    Ok(())
+                }
             }
-            _ => Ok(n),
-        }
+        });
+        done.map_or(Ok(n), |r| r.map(|(n, ())| n))
     }
+}
+
+/// The lock window [`Worker::in_sync_window`] hands to a sync or scrub pass.
+pub(super) enum SyncWindow {
+    /// Rows of one stripe of a parity level, laid out as this.
+    Stripe(crate::geometry::StripeLayout),
+    /// A region of a mirrored level.
+    Mirrored,
 }
 
 /// The thread body.

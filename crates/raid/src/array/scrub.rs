@@ -10,10 +10,10 @@
 
 use bdev::IoStatus;
 
-use crate::geometry::{Geometry, StripeRole};
+use crate::geometry::StripeRole;
 use crate::offline::regenerate_parity;
 
-use super::control::Worker;
+use super::control::{SyncWindow, Worker};
 
 /// Sectors counted per mismatching page.
 const PAGE_SECTORS: u64 = 8;
@@ -41,26 +41,18 @@ impl Worker {
     /// most `n`. Returns the sectors handled and the mismatched sectors.
     pub(super) fn scrub_range(&mut self, cursor: u64, n: u64, repair: bool) -> Result<(u64, u64), IoStatus> {
         let sh = self.shared();
-        match &sh.geometry {
-            Geometry::Striped(g) => {
-                let chunk = g.chunk_sectors();
-                let stripe = cursor / chunk;
-                let row = cursor % chunk;
-                let w = sh.window_sectors;
-                let n = n.min(w - row % w).min(chunk - row);
-                let bytes = (n * 512) as usize;
-                let layout = g.stripe_layout(stripe);
-                let key = sh.stripe_key(stripe, row - row % w);
-                sh.locks.lock_blocking(key);
-                let result = (|| {
+        let done = self.in_sync_window(cursor, n, |me, window, n| {
+            let bytes = (n * 512) as usize;
+            match window {
+                SyncWindow::Stripe(layout) => {
                     let members = layout.raid_disks();
-                    if (0..members).any(|m| !self.readable(m, cursor, n)) {
+                    if (0..members).any(|m| !me.readable(m, cursor, n)) {
                         return Ok(0);
                     }
                     let mut blocks: Vec<Vec<u8>> = Vec::with_capacity(members);
                     for m in 0..members {
                         let mut b = vec![0u8; bytes];
-                        self.read(m, cursor, &mut b)?;
+                        me.read(m, cursor, &mut b)?;
                         blocks.push(b);
                     }
                     let mut want: Vec<Vec<u8>> = blocks
@@ -71,7 +63,7 @@ impl Worker {
                             _ => Vec::new(),
                         })
                         .collect();
-                    regenerate_parity(&sh.parity, &layout, &mut want).map_err(|_| IoStatus::Invalid)?;
+                    regenerate_parity(&sh.parity, layout, &mut want).map_err(|_| IoStatus::Invalid)?;
                     let mut pages = vec![false; bytes.div_ceil(PAGE)];
                     let pq = [Some(layout.p_member()), layout.q_member()];
                     for m in pq.into_iter().flatten() {
@@ -83,28 +75,15 @@ impl Worker {
                     if repair && bad > 0 {
                         for m in pq.into_iter().flatten() {
                             if let Some(good) = want.get(m) {
-                                self.write(m, cursor, good)?;
+                                me.write(m, cursor, good)?;
                             }
                         }
                     }
                     Ok(bad)
-                })();
-                sh.locks.unlock(key);
-                result.map(|bad| (n, bad))
-            }
-            Geometry::Raid1 { .. } | Geometry::Raid10(_) => {
-                let w = sh.window_sectors;
-                let chunk = sh.geometry.chunk_sectors();
-                let mut n = n.min(w - cursor % w);
-                if chunk > 0 {
-                    n = n.min(chunk - cursor % chunk);
                 }
-                let bytes = (n * 512) as usize;
-                let key = sh.region_key(cursor);
-                sh.locks.lock_blocking(key);
-                let result = (|| {
+                SyncWindow::Mirrored => {
                     let copies: Vec<_> = sh.geometry.copies(cursor).collect();
-                    if copies.iter().any(|c| !self.readable(c.member, c.sector, n)) {
+                    if copies.iter().any(|c| !me.readable(c.member, c.sector, n)) {
                         return Ok(0);
                     }
                     let mut first = vec![0u8; bytes];
@@ -113,10 +92,10 @@ impl Worker {
                     let mut differs = Vec::new();
                     for (i, c) in copies.iter().enumerate() {
                         if i == 0 {
-                            self.read(c.member, c.sector, &mut first)?;
+                            me.read(c.member, c.sector, &mut first)?;
                             continue;
                         }
-                        self.read(c.member, c.sector, &mut other)?;
+                        me.read(c.member, c.sector, &mut other)?;
                         if other != first {
                             mark_diff(&first, &other, &mut pages);
                             differs.push(*c);
@@ -124,16 +103,14 @@ impl Worker {
                     }
                     if repair {
                         for c in differs {
-                            self.write(c.member, c.sector, &first)?;
+                            me.write(c.member, c.sector, &first)?;
                         }
                     }
                     Ok(counted(&pages))
-                })();
-                sh.locks.unlock(key);
-                result.map(|bad| (n, bad))
+                }
             }
-            _ => Ok((n, 0)),
-        }
+        });
+        done.unwrap_or(Ok((n, 0)))
     }
 }
 
