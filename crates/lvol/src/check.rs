@@ -29,6 +29,9 @@ pub struct CheckReport {
     pub free_clusters: u64,
     /// Compressed chunks.
     pub chunks: u64,
+    /// Clusters freed (by unmaps, shrinks, deletes...) not yet reusable: their record is not
+    /// durable yet, or IO that looked up the old mapping may still be in progress.
+    pub releasing_clusters: u64,
 }
 
 /// Check a store: the super blocks and the current checkpoint on disk, then the volume table,
@@ -176,6 +179,18 @@ pub fn check(store: &Store) -> Result<CheckReport, CheckError> {
             p.push(format!("cluster {pc} is used but the allocator may hand it out"));
         }
     }
+    // Space waiting for reuse: free in the bitmap, not mapped, and held from the allocator.
+    let mut releasing = 0u64;
+    for f in md.pending_frees() {
+        if let crate::state::Freed::Cluster(pc) = f {
+            releasing += 1;
+            if pc >= l.total_clusters || st.alloc.get(pc) || owner.contains_key(&pc) || live.contains_key(&pc) {
+                p.push(format!("cluster {pc} waits for reuse but is in use"));
+            } else if !st.inuse.get(pc) {
+                p.push(format!("cluster {pc} waits for reuse but the allocator may hand it out"));
+            }
+        }
+    }
     let free = l.total_clusters - st.alloc.count();
     if p.is_empty() {
         Ok(CheckReport {
@@ -184,6 +199,7 @@ pub fn check(store: &Store) -> Result<CheckReport, CheckError> {
             packed_clusters: live.len() as u64,
             free_clusters: free,
             chunks,
+            releasing_clusters: releasing,
         })
     } else {
         Err(CheckError { problems: p })

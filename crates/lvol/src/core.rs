@@ -61,11 +61,15 @@ pub enum CoreError {
     Setup(String),
 }
 
-/// Per-channel count of IOs in progress, read by freezes.
+/// Per-channel count of IOs in progress, read by freezes, and the channel's reuse epoch.
 #[derive(Default)]
 pub struct Gate {
     /// IOs admitted and not completed.
     pub busy: AtomicU64,
+    /// While `busy > 0`: no IO of the channel in progress was admitted before this epoch of
+    /// [`Core::epoch`] (published by the channel at the end of each submit and poll; never
+    /// larger than the epoch of an IO in progress).
+    pub oldest: AtomicU64,
 }
 
 struct Pending {
@@ -98,7 +102,10 @@ pub struct Md {
     /// The state.
     pub st: MdState,
     pending: Vec<Pending>,
+    /// Space freed by records not yet durable: (record sequence number, space).
     quarantine: Vec<(u64, Freed)>,
+    /// Space freed by durable records, waiting for IO that may still use it: (epoch, space).
+    grace: Vec<(u64, Freed)>,
     /// IO views by volume id.
     pub views: HashMap<u32, Arc<View>>,
     /// Loaded keys by volume id.
@@ -111,6 +118,12 @@ impl Md {
     /// Rebuild IO views (after a structural change or a key change).
     pub fn rebuild_views(&mut self) {
         self.views = build_views(&self.st, &self.keys);
+    }
+
+    /// Space freed by records and not yet reusable: waiting for its record to be durable, or
+    /// for IO that looked up the old mapping to finish.
+    pub fn pending_frees(&self) -> Vec<Freed> {
+        self.quarantine.iter().chain(self.grace.iter()).map(|x| x.1).collect()
     }
 }
 
@@ -128,6 +141,10 @@ pub struct Core {
     pub md: Mutex<Md>,
     /// Bumped at each change of views; channels refresh when it moves.
     pub gen: AtomicU64,
+    /// Reuse epoch: bumped when freed space becomes durable. Every IO is stamped with the
+    /// epoch at its admission; space freed at epoch `e` is reused once no IO admitted before
+    /// `e` is in progress (see [`Core::reclaim`]).
+    pub epoch: AtomicU64,
     /// New IO waits while set.
     pub frozen: AtomicBool,
     gates: Mutex<Vec<Weak<Gate>>>,
@@ -399,8 +416,16 @@ impl Core {
         let geo = Geo::of(&st);
         let seq = st.seq;
         let device_zeroes = base.info().supported.contains(bdev::IoType::WriteZeroes);
-        let mut md =
-            Md { st, pending: Vec::new(), quarantine: Vec::new(), views: HashMap::new(), keys: HashMap::new(), jr, sb };
+        let mut md = Md {
+            st,
+            pending: Vec::new(),
+            quarantine: Vec::new(),
+            grace: Vec::new(),
+            views: HashMap::new(),
+            keys: HashMap::new(),
+            jr,
+            sb,
+        };
         md.rebuild_views();
         let core = Arc::new(Core {
             name,
@@ -409,6 +434,7 @@ impl Core {
             geo,
             md: Mutex::new(md),
             gen: AtomicU64::new(1),
+            epoch: AtomicU64::new(1),
             frozen: AtomicBool::new(false),
             gates: Mutex::new(Vec::new()),
             durable: AtomicU64::new(seq),
@@ -482,6 +508,37 @@ impl Core {
             self.gen.fetch_add(1, Ordering::AcqRel);
         }
         Ok(md.st.seq)
+    }
+
+    /// Hand space in grace back to the allocator once no IO that may have looked up the old
+    /// mapping is in progress: space tagged with epoch `e` is reusable when every channel is
+    /// idle or has published an oldest admission epoch of at least `e`.
+    ///
+    /// Why this is enough: a channel marks itself busy (SeqCst store, SeqCst fence) before it
+    /// loads the epoch and looks up any map. Here the epoch was bumped after the map change,
+    /// then a SeqCst fence, then each gate is read. Either this read sees the channel busy
+    /// (and its published oldest epoch is at most that of its IO), or the channel's fence comes
+    /// after ours and its lookups see the changed maps.
+    pub fn reclaim(&self, md: &mut Md) {
+        if md.grace.is_empty() {
+            return;
+        }
+        fence(Ordering::SeqCst);
+        let mut safe = u64::MAX;
+        for g in lock(&self.gates).iter().filter_map(|w| w.upgrade()) {
+            if g.busy.load(Ordering::SeqCst) > 0 {
+                safe = safe.min(g.oldest.load(Ordering::SeqCst));
+            }
+        }
+        let mut keep = Vec::new();
+        for (e, f) in std::mem::take(&mut md.grace) {
+            if e <= safe {
+                md.st.release(f);
+            } else {
+                keep.push((e, f));
+            }
+        }
+        md.grace = keep;
     }
 
     /// Wake the metadata thread.
@@ -568,16 +625,23 @@ impl Core {
         self.dur_cv.notify_all();
     }
 
+    /// Records up to `seq` are durable: what they freed waits for IO that may still use it
+    /// (grace), the durability waiters wake.
     fn publish(&self, md: &mut Md, seq: u64) {
         let mut keep = Vec::new();
+        let mut epoch = None;
         for (s, f) in std::mem::take(&mut md.quarantine) {
             if s <= seq {
-                md.st.release(f);
+                // One new epoch for everything made durable here: the maps no longer point at
+                // this space (they changed when the record was applied, before now).
+                let e = *epoch.get_or_insert_with(|| self.epoch.fetch_add(1, Ordering::SeqCst) + 1);
+                md.grace.push((e, f));
             } else {
                 keep.push((s, f));
             }
         }
         md.quarantine = keep;
+        self.reclaim(md);
         if self.durable.load(Ordering::Acquire) < seq {
             self.durable.store(seq, Ordering::Release);
         }
@@ -769,5 +833,8 @@ fn md_main(weak: Weak<Core>) {
         if let Err(e) = core.md_step(&mut io) {
             core.fail(&e);
         }
+        // Space in grace becomes reusable as channels move past it.
+        let mut md = core.lock_md();
+        core.reclaim(&mut md);
     }
 }

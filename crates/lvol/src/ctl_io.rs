@@ -106,6 +106,7 @@ pub fn write_granule(core: &Core, io: &mut SyncIo, id: u32, g: u64, data: &[u8])
         let view = md.views.get(&id).cloned().ok_or_else(|| CoreError::Setup(format!("volume {id} vanished")))?;
         let mut e = view.ext.ent(lc);
         if e == 0 {
+            core.reclaim(&mut md);
             let runs = md.st.reserve_clusters(1).ok_or(CoreError::Io(SyncIoError::Status {
                 op: "allocate",
                 offset: 0,

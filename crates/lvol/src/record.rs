@@ -289,6 +289,19 @@ pub enum Record {
         /// Encoded [`ChunkLoc`], or 0.
         entry: u64,
     },
+    /// Release granules of the cluster mapped at `lc` (which must be `pc`): clear their valid
+    /// bits so they read as zeroes; a cluster left with no valid bit is unmapped and freed.
+    /// Only granules the volume does not read from a parent (at or past `parent_limit`).
+    Release {
+        /// Volume.
+        id: u32,
+        /// Logical cluster.
+        lc: u64,
+        /// Physical cluster expected there.
+        pc: u64,
+        /// Granule bits to clear (each must be set).
+        mask: u64,
+    },
     /// Checkpoint: a volume.
     PutVolume(VolDesc),
     /// Checkpoint: cluster-map entries (logical cluster, entry, valid mask).
@@ -331,6 +344,7 @@ impl Record {
             Record::SetValid { .. } => 12,
             Record::Remap { .. } => 13,
             Record::ChunkWrite { .. } => 14,
+            Record::Release { .. } => 15,
             Record::PutVolume(_) => 20,
             Record::PutClusters { .. } => 21,
             Record::PutChunks { .. } => 22,
@@ -403,7 +417,7 @@ impl Record {
                     p.u32(*n);
                 }
             }
-            Record::SetValid { id, lc, pc, mask } => {
+            Record::SetValid { id, lc, pc, mask } | Record::Release { id, lc, pc, mask } => {
                 p.u32(*id);
                 p.u64(*lc);
                 p.u64(*pc);
@@ -505,6 +519,7 @@ impl Record {
             12 => Record::SetValid { id: p.u32()?, lc: p.u64()?, pc: p.u64()?, mask: p.u64()? },
             13 => Record::Remap { id: p.u32()?, lc: p.u64()?, pc: p.u64()?, flags: p.u64()?, valid: p.u64()? },
             14 => Record::ChunkWrite { id: p.u32()?, chunk: p.u64()?, entry: p.u64()? },
+            15 => Record::Release { id: p.u32()?, lc: p.u64()?, pc: p.u64()?, mask: p.u64()? },
             20 => Record::PutVolume(VolDesc::decode(&mut p)?),
             21 => {
                 let id = p.u32()?;
@@ -582,6 +597,7 @@ mod tests {
             Record::SetValid { id: 2, lc: 1, pc: 4, mask: 0b101 },
             Record::Remap { id: 2, lc: 1, pc: 5, flags: 0, valid: 1 },
             Record::ChunkWrite { id: 2, chunk: 8, entry: 77 },
+            Record::Release { id: 2, lc: 3, pc: 9, mask: 0b110 },
             Record::PutVolume(desc()),
             Record::PutClusters { id: 2, entries: vec![(0, 1, 2)] },
             Record::PutChunks { id: 2, entries: vec![(0, 1)] },
@@ -608,6 +624,26 @@ mod tests {
         let mut bad = w.buf.clone();
         bad[0] = 99;
         assert!(matches!(Record::decode(&mut Reader::new(&bad, "t")), Err(FormatError::UnknownRecord(99))));
+    }
+
+    #[test]
+    fn release_has_its_own_kind_and_layout() {
+        let mut w = Writer::default();
+        Record::Release { id: 7, lc: 0x0102, pc: 0x0304, mask: 0x8000_0000_0000_0001 }.encode(&mut w);
+        // kind 15, payload of 28 bytes: id u32, lc u64, pc u64, mask u64.
+        assert_eq!(&w.buf[..6], &[15, 0, 28, 0, 0, 0]);
+        assert_eq!(&w.buf[6..10], &7u32.to_le_bytes());
+        assert_eq!(&w.buf[10..18], &0x0102u64.to_le_bytes());
+        assert_eq!(&w.buf[18..26], &0x0304u64.to_le_bytes());
+        assert_eq!(&w.buf[26..34], &0x8000_0000_0000_0001u64.to_le_bytes());
+        for cut in 0..w.buf.len() {
+            assert!(Record::decode(&mut Reader::new(&w.buf[..cut], "t")).is_err());
+        }
+        // A longer payload than the kind defines is refused.
+        let mut long = w.buf.clone();
+        long[2] = 29;
+        long.push(0);
+        assert!(Record::decode(&mut Reader::new(&long, "t")).is_err());
     }
 
     #[test]

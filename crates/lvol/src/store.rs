@@ -57,6 +57,9 @@ pub struct StoreInfo {
     pub total_clusters: u64,
     /// Clusters free for allocation.
     pub free_clusters: u64,
+    /// Clusters freed (by unmap, shrink, delete...) and not yet free for allocation: waiting
+    /// for their record to be durable or for IO that may still use them to finish.
+    pub releasing_clusters: u64,
     /// Clusters holding packed (compressed) data.
     pub packed_clusters: u64,
     /// Journal bytes.
@@ -183,8 +186,10 @@ impl Store {
 
     /// Description.
     pub fn info(&self) -> StoreInfo {
-        let md = self.core.lock_md();
+        let mut md = self.core.lock_md();
+        self.core.reclaim(&mut md);
         let l = &self.core.layout;
+        let releasing = md.pending_frees().iter().filter(|f| matches!(f, crate::state::Freed::Cluster(_))).count();
         StoreInfo {
             name: self.core.name.clone(),
             uuid: self.uuid(),
@@ -194,6 +199,7 @@ impl Store {
             granule_size: l.granule_size,
             total_clusters: l.total_clusters,
             free_clusters: l.total_clusters - md.st.inuse.count(),
+            releasing_clusters: releasing as u64,
             packed_clusters: md.st.packed.len() as u64,
             journal_size: l.journal_size,
             checkpoints: self.core.checkpoints.load(std::sync::atomic::Ordering::Relaxed),
@@ -318,6 +324,7 @@ impl Store {
         let geo = self.core.geo;
         let runs = {
             let mut md = self.core.lock_md();
+            self.core.reclaim(&mut md);
             let free = self.core.layout.total_clusters - md.st.inuse.count();
             md.st.reserve_clusters(n).ok_or(LvolError::NoSpace { lvs: self.core.name.clone(), need: n, free })?
         };

@@ -61,6 +61,8 @@ pub struct View {
     pub parent_limit: u64,
     /// Read-only (a snapshot).
     pub snapshot: bool,
+    /// Thin provisioned: unmap and write-zeroes release the granules they cover.
+    pub thin: bool,
     /// Compression level of new writes (0 off).
     pub comp_level: u8,
     /// New clusters and chunks are encrypted.
@@ -178,6 +180,7 @@ pub fn build_views(s: &MdState, keys: &HashMap<u32, Arc<Cipher>>) -> HashMap<u32
             size_blocks: d.size_blocks,
             parent_limit: if parent.is_some() { d.parent_limit } else { 0 },
             snapshot: d.is_snapshot(),
+            thin: d.flags & crate::record::VOL_THIN != 0,
             comp_level: d.comp_level,
             enc: d.enc.is_some(),
             key: keys.get(&id).cloned(),

@@ -11,6 +11,15 @@
 //!   journal the granules' valid bits and complete once that record is durable.
 //! - On a compressing volume each granule is rewritten whole: read-modify-write, compress,
 //!   write to newly reserved packed sectors, journal the new chunk location.
+//! - Unmap and write-zeroes on a thin volume release the granules they cover whole and that
+//!   the volume does not read from a parent: one `Release` record per cluster (and a chunk
+//!   removal per compressed granule); a cluster left empty is freed. The rest is written as
+//!   zeroes. The request completes once those records are durable.
+//! - Reuse safety: each IO is stamped with the store's reuse epoch when admitted; the channel
+//!   publishes the oldest epoch of its IO in progress at the end of each submit and poll, and
+//!   freed space is reused only after every busy channel moved past the epoch it was freed in
+//!   (see [`Core::reclaim`](crate::core::Core::reclaim)). A first write whose cluster was
+//!   released meanwhile, or whose granules it relied on being valid were, is redone.
 //!
 //! Steady state allocates nothing: op slots are fixed; bounce buffer sets are created on first
 //! use (at most [`MAX_SETS`]) and reused.
@@ -100,6 +109,9 @@ struct W {
     sector: u64,
     nsect: u64,
     loc: u64,
+    /// Granules of `mask` the write relied on being valid (not filled): they must still be
+    /// valid when its valid bits are journaled, else the piece is redone.
+    assumed: u64,
 }
 
 #[derive(Copy, Clone)]
@@ -119,6 +131,12 @@ struct Op {
     seq: u64,
     rd: Rd,
     w: W,
+    /// Reuse epoch at admission.
+    ep: u64,
+    /// Records were journaled without waiting: wait for `seq` before completing.
+    sync_end: bool,
+    /// Blocks `[rel.0, rel.1)` are released rather than written (zeroing ops on thin volumes).
+    rel: (u64, u64),
 }
 
 const RD0: Rd = Rd {
@@ -135,7 +153,8 @@ const RD0: Rd = Rd {
     g: 0,
     loc: 0,
 };
-const W0: W = W { k: 0, lc: 0, pc: 0, head: 0, tail: 0, mask: 0, enc: false, g: 0, sector: 0, nsect: 0, loc: 0 };
+const W0: W =
+    W { k: 0, lc: 0, pc: 0, head: 0, tail: 0, mask: 0, enc: false, g: 0, sector: 0, nsect: 0, loc: 0, assumed: 0 };
 
 /// A volume's IO channel.
 pub struct VolChannel {
@@ -164,6 +183,14 @@ pub struct VolChannel {
     kick: bool,
     /// Source of write-zeroes and unmap data (created on first use).
     zeros: Option<DmaBuf>,
+    /// Reuse epoch of the newest admissions, and how many of those IOs are in progress.
+    ep_cur: u64,
+    n_cur: u64,
+    /// Oldest reuse epoch among older IOs in progress, and how many they are.
+    ep_old: u64,
+    n_old: u64,
+    /// Last value stored in the gate's `oldest`.
+    ep_published: u64,
 }
 
 /// Fill `dst` with the op's data at byte `off` of the request (or zeroes).
@@ -208,6 +235,9 @@ impl VolChannel {
             seq: 0,
             rd: RD0,
             w: W0,
+            ep: 0,
+            sync_end: false,
+            rel: (0, 0),
         };
         Ok(VolChannel {
             id,
@@ -232,6 +262,11 @@ impl VolChannel {
             stage_len: (128 << 10).max(4 * g),
             kick: false,
             zeros: None,
+            ep_cur: 0,
+            n_cur: 0,
+            ep_old: 0,
+            n_old: 0,
+            ep_published: 0,
             core,
         })
     }
@@ -251,10 +286,24 @@ impl VolChannel {
         op.iovs.slice(op.pos * bs, k * bs)
     }
 
+    /// End of a submit or poll: wake the metadata thread if records were queued, and publish
+    /// the oldest reuse epoch of the IO in progress (only ever moves forward while busy; an
+    /// idle channel is recognized by its `busy` count).
     fn wake_md(&mut self) {
         if self.kick {
             self.kick = false;
             self.core.kick();
+        }
+        let oldest = if self.n_old > 0 {
+            self.ep_old
+        } else if self.n_cur > 0 {
+            self.ep_cur
+        } else {
+            return;
+        };
+        if oldest != self.ep_published {
+            self.ep_published = oldest;
+            self.gate.oldest.store(oldest, Ordering::SeqCst);
         }
     }
 
@@ -263,14 +312,29 @@ impl VolChannel {
         self.gate.busy.store(self.busy, Ordering::SeqCst);
     }
 
-    /// Admit an op past the freeze gate; false when the store is frozen.
-    fn admit(&mut self) -> bool {
+    /// Admit op `i` past the freeze gate and stamp it with the reuse epoch; false when the
+    /// store is frozen.
+    fn admit(&mut self, i: usize) -> bool {
         self.set_busy(1);
         fence(Ordering::SeqCst);
         if self.core.frozen.load(Ordering::SeqCst) {
             self.set_busy(-1);
             return false;
         }
+        // After the busy store and fence: see `Core::reclaim`.
+        let e = self.core.epoch.load(Ordering::SeqCst);
+        if e != self.ep_cur {
+            if self.n_cur > 0 {
+                if self.n_old == 0 {
+                    self.ep_old = self.ep_cur;
+                }
+                self.n_old += self.n_cur;
+                self.n_cur = 0;
+            }
+            self.ep_cur = e;
+        }
+        self.n_cur += 1;
+        self.ops[i].ep = e;
         let g = self.core.gen.load(Ordering::Acquire);
         if g != self.gen {
             let md = self.core.lock_md();
@@ -284,6 +348,11 @@ impl VolChannel {
     }
 
     fn finish(&mut self, i: usize, status: IoStatus) {
+        if self.ops[i].ep == self.ep_cur && self.n_cur > 0 {
+            self.n_cur -= 1;
+        } else {
+            self.n_old = self.n_old.saturating_sub(1);
+        }
         let op = &mut self.ops[i];
         let tag = op.tag;
         op.st = St::Idle;
@@ -358,7 +427,10 @@ impl VolChannel {
             IoType::Write | IoType::WriteZeroes | IoType::Unmap if self.view.snapshot => {
                 return self.finish(i, IoStatus::Invalid)
             }
-            IoType::Write | IoType::WriteZeroes | IoType::Unmap => self.ops[i].st = St::Next,
+            IoType::Write | IoType::WriteZeroes | IoType::Unmap => {
+                self.ops[i].rel = self.release_span(&op);
+                self.ops[i].st = St::Next;
+            }
             IoType::Flush => {
                 self.ops[i].st = St::FlushIo;
                 self.submit_base(i, IoRequest::no_data(IoType::Flush, 0, 0, 0));
@@ -598,22 +670,101 @@ impl VolChannel {
         }
     }
 
+    /// The blocks a zeroing op releases instead of writing: whole granules inside the op, on
+    /// a thin volume, at or past the parent limit. `(0, 0)` when none.
+    fn release_span(&self, op: &Op) -> (u64, u64) {
+        let v = &self.view;
+        if !op.zero || !v.thin || v.snapshot {
+            return (0, 0);
+        }
+        let gb = self.geo.gb;
+        let mut start = op.lba.div_ceil(gb) * gb;
+        if v.parent.is_some() {
+            start = start.max(v.parent_limit.div_ceil(gb) * gb);
+        }
+        let end = ((op.lba + op.n) / gb * gb).min(v.size_blocks);
+        if start < end {
+            (start, end)
+        } else {
+            (0, 0)
+        }
+    }
+
+    /// Release the granules of the release span from the op's position to the end of the
+    /// span or of the cluster: remove their chunks, clear their valid bits (freeing a cluster
+    /// left empty). Journaled without waiting; the op waits once at its end.
+    fn release_piece(&mut self, i: usize) -> bool {
+        let geo = self.geo;
+        let op = self.ops[i];
+        let lba = op.lba + op.pos;
+        let lc = lba / geo.cb;
+        let end = op.rel.1.min((lc + 1) * geo.cb);
+        let (b0, b1) = ((lba % geo.cb) / geo.gb, ((end - 1) % geo.cb) / geo.gb);
+        let view = self.view.clone();
+        let core = self.core.clone();
+        let mut seq = 0;
+        let res = {
+            let mut md = core.lock_md();
+            // The maps only change under this lock: what is read here is what the records apply to.
+            let mut res = Ok(());
+            if !view.ext.chunks.is_empty() {
+                for b in b0..=b1 {
+                    let g = lc * geo.gpc + b;
+                    if view.ext.chunk(g) != 0 && res.is_ok() {
+                        res = core
+                            .commit(&mut md, &[Record::ChunkWrite { id: self.id, chunk: g, entry: 0 }])
+                            .map(|s| seq = s);
+                    }
+                }
+            }
+            let m = view.ext.valid(lc) & mask_of(b0, b1);
+            if let (Some(pc), true, true) = (ent_pc(view.ext.ent(lc)), m != 0, res.is_ok()) {
+                res = core.commit(&mut md, &[Record::Release { id: self.id, lc, pc, mask: m }]).map(|s| seq = s);
+            }
+            res
+        };
+        if seq != 0 {
+            self.ops[i].seq = self.ops[i].seq.max(seq);
+            self.ops[i].sync_end = true;
+            self.kick = true;
+        }
+        if let Err(e) = res {
+            log::error!("volume {}: release failed: {e}", self.id);
+            self.finish(i, IoStatus::MediaError);
+            return false;
+        }
+        self.ops[i].pos += end - lba;
+        true
+    }
+
     /// Plan the next piece of a write. True to keep stepping.
     fn write_next(&mut self, i: usize) -> bool {
         let op = self.ops[i];
         if op.pos >= op.n {
+            if op.sync_end && self.core.durable.load(Ordering::Acquire) < op.seq {
+                self.ops[i].w.k = 0;
+                self.ops[i].st = St::Durable;
+                return true;
+            }
             self.finish(i, IoStatus::Success);
             return false;
         }
         let geo = self.geo;
         let lba = op.lba + op.pos;
+        if lba >= op.rel.0 && lba < op.rel.1 {
+            return self.release_piece(i);
+        }
         let view = self.view.clone();
         if view.comp_level > 0 {
+            // Pieces are single granules: one before the release span ends before it.
             return self.compressed_piece(i);
         }
         let lc = lba / geo.cb;
         let c_end = (lc + 1) * geo.cb;
         let mut k = (op.n - op.pos).min(c_end - lba);
+        if lba < op.rel.0 {
+            k = k.min(op.rel.0 - lba);
+        }
         if op.zero {
             k = k.min(self.stage_len as u64 / geo.bs);
         }
@@ -682,7 +833,7 @@ impl VolChannel {
                 self.finish(i, IoStatus::Invalid);
                 return false;
             };
-            self.ops[i].w = W { k, lc, pc, head, tail, mask: m, enc, ..W0 };
+            self.ops[i].w = W { k, lc, pc, head, tail, mask: m, enc, assumed: valid & m, ..W0 };
             self.ops[i].st = St::WriteIo { commit: true };
             self.submit_base(i, IoRequest::write(geo.cluster_block(pc, lba), k, iov, 0));
             return false;
@@ -695,7 +846,7 @@ impl VolChannel {
             k = (max_span - 2 * geo.gb).max(1).min(k - 1);
             (head, tail, m) = direct(k);
         }
-        self.ops[i].w = W { k, lc, pc, head, tail, mask: m, enc, ..W0 };
+        self.ops[i].w = W { k, lc, pc, head, tail, mask: m, enc, assumed: valid & m, ..W0 };
         if head < lba {
             self.ops[i].rd = Rd { lba: head, n: lba - head, dest: Dest::Stage(0), then: Then::FillTail, ..RD0 };
             self.ops[i].st = St::Read;
@@ -715,7 +866,13 @@ impl VolChannel {
         if e != 0 {
             return Some(e);
         }
-        let Some(runs) = md.st.reserve_clusters(1) else {
+        let mut runs = md.st.reserve_clusters(1);
+        if runs.is_none() {
+            // Space released by unmaps may be waiting for channels to move on.
+            core.reclaim(&mut md);
+            runs = md.st.reserve_clusters(1);
+        }
+        let Some(runs) = runs else {
             drop(md);
             self.finish(i, IoStatus::NoSpace);
             return None;
@@ -805,6 +962,17 @@ impl VolChannel {
     fn commit_then_wait(&mut self, i: usize, rec: Record) {
         let res = {
             let mut md = self.core.lock_md();
+            if let Record::SetValid { lc, pc, .. } = rec {
+                // A release may have unmapped the cluster written to (it stays unused until
+                // this op finishes) or cleared granules this write did not fill: redo the piece.
+                let ext = &self.view.ext;
+                let assumed = self.ops[i].w.assumed;
+                if ent_pc(ext.ent(lc)) != Some(pc) || ext.valid(lc) & assumed != assumed {
+                    drop(md);
+                    self.ops[i].st = St::Next;
+                    return self.step(i);
+                }
+            }
             let r = self.core.commit(&mut md, std::slice::from_ref(&rec));
             if r.is_err() {
                 if let Record::ChunkWrite { entry, .. } = rec {
@@ -849,8 +1017,11 @@ impl IoChannel for VolChannel {
             seq: 0,
             rd: RD0,
             w: W0,
+            ep: 0,
+            sync_end: false,
+            rel: (0, 0),
         };
-        if self.held.is_empty() && self.admit() {
+        if self.held.is_empty() && self.admit(i) {
             self.start(i);
         } else {
             self.held.push_back(idx);
@@ -905,7 +1076,7 @@ impl IoChannel for VolChannel {
         }
         // Admission of held requests.
         while let Some(&i) = self.held.front() {
-            if !self.admit() {
+            if !self.admit(i as usize) {
                 break;
             }
             self.held.pop_front();
