@@ -31,6 +31,16 @@ struct MVol {
 
 type Model = BTreeMap<String, MVol>;
 
+/// How a write op puts its data.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum How {
+    Data,
+    /// Write-zeroes (the data is zeroes).
+    Zeroes,
+    /// Unmap (the data is zeroes: volumes read unmapped blocks as zeroes).
+    Unmap,
+}
+
 #[derive(Clone)]
 enum Op {
     Create {
@@ -38,12 +48,12 @@ enum Op {
         bytes: u64,
         thin: bool,
     },
-    /// A write (of zeroes through write-zeroes when `zeroes`), then a flush.
+    /// A write (of zeroes through write-zeroes or unmap, as `how` says), then a flush.
     Write {
         vol: String,
         lba: u64,
         data: Vec<u8>,
-        zeroes: bool,
+        how: How,
     },
     Snapshot {
         vol: String,
@@ -92,8 +102,8 @@ enum Op {
 impl std::fmt::Debug for Op {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Op::Write { vol, lba, data, .. } => {
-                write!(f, "Write({vol}, lba {lba}, {} blocks, first byte {})", data.len() / 512, data[0])
+            Op::Write { vol, lba, data, how } => {
+                write!(f, "Write({vol}, lba {lba}, {} blocks, {how:?}, first byte {})", data.len() / 512, data[0])
             }
             Op::Create { name, bytes, thin } => write!(f, "Create({name}, {bytes}, thin {thin})"),
             Op::Snapshot { vol, snap } => write!(f, "Snapshot({vol} -> {snap})"),
@@ -304,14 +314,19 @@ fn gen_op(r: &mut Rng, m: &Model, store: &Store, n: &mut u32, prefix: &str) -> O
         8..=54 => {
             let vol = r.pick(&writable)?.clone();
             let size = m[&vol].data.len() as u64;
+            let how = match r.below(10) {
+                0 => How::Zeroes,
+                1 | 2 => How::Unmap,
+                _ => How::Data,
+            };
             let nb = 1 + r.below(24);
-            let nb = nb.min(size / BS);
+            // Zeroing ops: now and then the whole volume (its cluster goes back to the store).
+            let nb = if how != How::Data && r.below(3) == 0 { size / BS } else { nb.min(size / BS) };
             let lba = r.below(size / BS - nb + 1);
             let mut data = vec![0u8; (nb * BS) as usize];
             let compressible = r.below(2) == 0;
-            let zeroes = r.below(10) == 0;
             for (i, x) in data.iter_mut().enumerate() {
-                *x = if zeroes {
+                *x = if how != How::Data {
                     0
                 } else if compressible {
                     (i / 64) as u8 ^ (lba as u8)
@@ -319,7 +334,7 @@ fn gen_op(r: &mut Rng, m: &Model, store: &Store, n: &mut u32, prefix: &str) -> O
                     r.next() as u8
                 };
             }
-            Op::Write { vol, lba, data, zeroes }
+            Op::Write { vol, lba, data, how }
         }
         55..=61 => {
             if m.len() >= 8 {
@@ -357,15 +372,15 @@ fn gen_op(r: &mut Rng, m: &Model, store: &Store, n: &mut u32, prefix: &str) -> O
 fn exec(store: &Store, op: &Op) -> bool {
     match op {
         Op::Create { name, bytes, thin } => store.create_volume(name, *bytes, *thin).is_ok(),
-        Op::Write { vol, lba, data, zeroes } => {
+        Op::Write { vol, lba, data, how } => {
             let Ok(mut ch) = store.channel(vol) else { return false };
             let mut b = DmaBuf::alloc(data.len()).unwrap();
             b.as_mut_slice().copy_from_slice(data);
             let n = data.len() as u64 / BS;
-            let req = if *zeroes {
-                IoRequest::no_data(bdev::IoType::WriteZeroes, *lba, n, 0)
-            } else {
-                IoRequest::write(*lba, n, IoVecs::single(b.iovec()), 0)
+            let req = match how {
+                How::Zeroes => IoRequest::no_data(bdev::IoType::WriteZeroes, *lba, n, 0),
+                How::Unmap => IoRequest::no_data(bdev::IoType::Unmap, *lba, n, 0),
+                How::Data => IoRequest::write(*lba, n, IoVecs::single(b.iovec()), 0),
             };
             let st = sync_io(&mut ch, req);
             // A write is durable once a flush after it completes: the op is write + flush.
