@@ -1,5 +1,5 @@
-//! Property test: random writes (any size and alignment), snapshots, clones, codec toggles and
-//! reloads against an in-memory model of every volume's contents.
+//! Property test: random writes, unmaps and write-zeroes (any size and alignment), snapshots,
+//! clones, codec toggles and reloads against an in-memory model of every volume's contents.
 
 mod common;
 
@@ -15,6 +15,8 @@ const VOL: u64 = 256 << 10;
 #[derive(Clone, Debug)]
 enum Act {
     Write { vol: usize, lba: u64, nb: u64, seed: u8 },
+    /// Unmap (or write-zeroes when `wz`); `whole` covers the volume.
+    Zero { vol: usize, lba: u64, nb: u64, wz: bool, whole: bool },
     Snapshot { vol: usize },
     Clone { snap: usize },
     Compress { vol: usize, on: bool },
@@ -25,6 +27,8 @@ enum Act {
 fn act() -> impl Strategy<Value = Act> {
     prop_oneof![
         8 => (0..4usize, 0..VOL / BS, 1..64u64, any::<u8>()).prop_map(|(vol, lba, nb, seed)| Act::Write { vol, lba, nb, seed }),
+        3 => (0..4usize, 0..VOL / BS, 1..600u64, any::<bool>(), any::<bool>())
+            .prop_map(|(vol, lba, nb, wz, whole)| Act::Zero { vol, lba, nb, wz, whole }),
         1 => (0..4usize).prop_map(|vol| Act::Snapshot { vol }),
         1 => (0..4usize).prop_map(|snap| Act::Clone { snap }),
         1 => (0..4usize, any::<bool>()).prop_map(|(vol, on)| Act::Compress { vol, on }),
@@ -87,6 +91,18 @@ proptest! {
                     let m = model.get_mut(name).unwrap();
                     m.0[(lba * BS) as usize..((lba + nb) * BS) as usize].copy_from_slice(&data);
                 }
+                Act::Zero { vol, lba, nb, wz, whole } => {
+                    let name = &writable[vol % writable.len()];
+                    let (lba, nb) = if whole { (0, VOL / BS) } else { (lba, nb.min(VOL / BS - lba)) };
+                    let ty = if wz { bdev::IoType::WriteZeroes } else { bdev::IoType::Unmap };
+                    let mut ch = store.channel(name).unwrap();
+                    prop_assert_eq!(io(&mut ch, IoRequest::no_data(ty, lba, nb, 0)), IoStatus::Success);
+                    model.get_mut(name).unwrap().0[(lba * BS) as usize..((lba + nb) * BS) as usize].fill(0);
+                    let info = store.volume(name).unwrap();
+                    if whole && info.parent.is_none() {
+                        prop_assert_eq!((info.allocated_clusters, info.compressed_chunks), (0, 0), "{} kept space", name);
+                    }
+                }
                 Act::Snapshot { vol } => {
                     let name = writable[vol % writable.len()].clone();
                     n += 1;
@@ -118,10 +134,13 @@ proptest! {
                 }
             }
         }
-        check(&store).unwrap();
+        let rep = check(&store).unwrap();
         for (name, (data, _)) in &model {
             prop_assert!(read_all(&store, name) == *data, "volume {} differs", name);
         }
+        // Space accounting: mapped clusters are exactly what the volumes own.
+        let owned: u64 = store.volumes().iter().map(|v| v.allocated_clusters).sum();
+        prop_assert_eq!(owned, rep.mapped_clusters);
         store.close(false).unwrap();
         let _ = Arc::clone(&disk);
     }
