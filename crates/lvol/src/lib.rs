@@ -27,7 +27,14 @@
 //! before the write completes). When half the journal is used the whole state is checkpointed
 //! into the inactive checkpoint area and the super block (two alternating copies) switched to
 //! it; recovery reads the checkpoint and replays at most one journal's worth of records. Space
-//! freed by a record is reused only after that record is durable. Snapshot, clone, create,
+//! freed by a record is reused only after that record is durable, and after every IO channel
+//! moved past the reuse epoch it was freed in (IO in progress may still write to it).
+//!
+//! # Unmap
+//! Unmap and write-zeroes on a thin volume release whole granules the volume does not read
+//! from a parent (a `Release` record per cluster, chunk removal for compressed granules); a
+//! cluster left empty returns to the store. Partial granules, parent-backed granules and thick
+//! volumes get zeroes written. Either way the range reads as zeroes. Snapshot, clone, create,
 //! destroy, resize, rename, restore and merge are each one record; data-moving operations
 //! (inflate, decouple, merge's copies, encryption conversion) are sequences of records each of
 //! which leaves every volume's contents unchanged. `tests/crash.rs` checks this at every write

@@ -35,7 +35,8 @@ impl VolumeBdev {
         info.aliases = vec![v.uuid.to_string()];
         info.required_alignment = base.required_alignment;
         info.volatile_cache = base.volatile_cache;
-        // Unmap writes zeroes (it does not release space: a clone would show its parent).
+        // Unmapped blocks read as zeroes: thin volumes release what they own alone, and write
+        // zeroes where a parent's data would show through (and on thick volumes).
         info.unmap_zeroes = true;
         VolumeBdev { info, store, id: v.id }
     }
