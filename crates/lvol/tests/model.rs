@@ -14,13 +14,33 @@ const VOL: u64 = 256 << 10;
 
 #[derive(Clone, Debug)]
 enum Act {
-    Write { vol: usize, lba: u64, nb: u64, seed: u8 },
+    Write {
+        vol: usize,
+        lba: u64,
+        nb: u64,
+        seed: u8,
+    },
     /// Unmap (or write-zeroes when `wz`); `whole` covers the volume.
-    Zero { vol: usize, lba: u64, nb: u64, wz: bool, whole: bool },
-    Snapshot { vol: usize },
-    Clone { snap: usize },
-    Compress { vol: usize, on: bool },
-    Encrypt { vol: usize },
+    Zero {
+        vol: usize,
+        lba: u64,
+        nb: u64,
+        wz: bool,
+        whole: bool,
+    },
+    Snapshot {
+        vol: usize,
+    },
+    Clone {
+        snap: usize,
+    },
+    Compress {
+        vol: usize,
+        on: bool,
+    },
+    Encrypt {
+        vol: usize,
+    },
     Reload,
 }
 
