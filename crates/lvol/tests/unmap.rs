@@ -206,14 +206,9 @@ impl IoChannel for LateChannel {
         // Writes land after up to 200 us, one in 32 after 5 ms.
         let r = bdev::rand::next(&mut self.rng);
         let us = match io.io_type {
-            IoType::Write if self.only != 0 => {
-                if io.num_blocks == self.only {
-                    30_000
-                } else {
-                    0
-                }
-            }
-            IoType::Write if r % 32 == 0 => 5000,
+            IoType::Write if self.only != 0 && io.num_blocks == self.only => 30_000,
+            IoType::Write if self.only != 0 => 0,
+            IoType::Write if r.is_multiple_of(32) => 5000,
             IoType::Write => r % 200,
             _ => 0,
         };
