@@ -322,19 +322,18 @@ impl VolChannel {
             return false;
         }
         // After the busy store and fence: see `Core::reclaim`.
+        // Two generations: new IO joins the newest one; it moves to the epoch just read only
+        // once the older generation drained, so the oldest generation always drains (a stamp
+        // older than the epoch read is only more careful).
         let e = self.core.epoch.load(Ordering::SeqCst);
-        if e != self.ep_cur {
-            if self.n_cur > 0 {
-                if self.n_old == 0 {
-                    self.ep_old = self.ep_cur;
-                }
-                self.n_old += self.n_cur;
-                self.n_cur = 0;
-            }
+        if e != self.ep_cur && self.n_old == 0 {
+            self.ep_old = self.ep_cur;
+            self.n_old = self.n_cur;
+            self.n_cur = 0;
             self.ep_cur = e;
         }
         self.n_cur += 1;
-        self.ops[i].ep = e;
+        self.ops[i].ep = self.ep_cur;
         let g = self.core.gen.load(Ordering::Acquire);
         if g != self.gen {
             let md = self.core.lock_md();
