@@ -231,12 +231,22 @@ impl PduReceiver {
                             if l.data_len == 0 {
                                 return Ok((used, Some(pdu)));
                             }
-                            match sink.data_buffer(&pdu, 0) {
-                                Ok(d) if !d.is_empty() => {}
+                            // Validates the PDU against the command and
+                            // takes the data that came with the header.
+                            let dst = match sink.data_buffer(&pdu, 0) {
+                                Ok(d) if !d.is_empty() => d,
                                 Ok(_) => return Err(self.fail_at_data(rest, n, l, empty_buffer(&pdu, 0))),
                                 Err(e) => return Err(self.fail_at_data(rest, n, l, e)),
+                            };
+                            let body = rest.get(n..).unwrap_or(&[]);
+                            let k = body.len().min(l.data_len as usize).min(dst.len());
+                            let (src, dst) = (&body[..k], &mut dst[..k]);
+                            dst.copy_from_slice(src);
+                            let crc = if l.ddgst { digest::crc32c_append(0, src) } else { 0 };
+                            used += k;
+                            if let Some(p) = self.data_progress(pdu, l, k, crc) {
+                                return Ok((used, Some(p)));
                             }
-                            self.state = State::Data { pdu, l, done: 0, crc: 0 };
                             continue;
                         }
                     }
