@@ -5,7 +5,6 @@
 #![forbid(unsafe_code)]
 
 use crate::pdu::{self, digest, EncodeError, EncodedHeader, Pdu, TxConfig};
-use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 
 /// Most slices handed to one vectored write.
@@ -40,7 +39,7 @@ pub struct Release {
     pub kind: u8,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug)]
 struct Entry {
     hdr: EncodedHeader,
     data: Option<DataRef>,
@@ -51,6 +50,9 @@ struct Entry {
 }
 
 impl Entry {
+    const EMPTY: Entry =
+        Entry { hdr: EncodedHeader::EMPTY, data: None, ddgst: [0; 4], started: false, sent: 0, release: None };
+
     fn data_len(&self) -> usize {
         self.data.map_or(0, |d| d.len as usize)
     }
@@ -77,16 +79,64 @@ pub enum TxError {
 }
 
 /// A queue of PDUs waiting to be written.
+///
+/// Entries live in a ring that only grows: headers are encoded in place in
+/// the slot they are sent from, so queueing a PDU moves no header bytes.
 #[derive(Debug)]
 pub struct TxQueue {
-    q: VecDeque<Entry>,
+    ring: Vec<Entry>,
+    /// Index of the first entry.
+    head: usize,
+    /// Number of entries.
+    len: usize,
     cfg: TxConfig,
 }
 
 impl TxQueue {
     /// An empty queue with room for `capacity` PDUs before it grows.
     pub fn new(capacity: usize) -> Self {
-        Self { q: VecDeque::with_capacity(capacity), cfg: TxConfig::INITIAL }
+        Self { ring: vec![Entry::EMPTY; capacity], head: 0, len: 0, cfg: TxConfig::INITIAL }
+    }
+
+    /// Ring index of the `i`th entry (`i < ring.len()`).
+    fn idx(&self, i: usize) -> usize {
+        let j = self.head + i;
+        if j >= self.ring.len() {
+            j - self.ring.len()
+        } else {
+            j
+        }
+    }
+
+    /// The `i`th entry.
+    fn nth(&self, i: usize) -> Option<&Entry> {
+        if i >= self.len {
+            return None;
+        }
+        self.ring.get(self.idx(i))
+    }
+
+    /// Iterates over the entries in order.
+    fn iter(&self) -> impl Iterator<Item = &Entry> + '_ {
+        (0..self.len).filter_map(move |i| self.nth(i))
+    }
+
+    /// The slot the next entry goes to, growing the ring when it is full.
+    fn tail_slot(&mut self) -> usize {
+        if self.len == self.ring.len() {
+            self.ring.rotate_left(self.head);
+            self.head = 0;
+            let more = self.ring.len().max(4);
+            self.ring.resize(self.ring.len() + more, Entry::EMPTY);
+        }
+        self.idx(self.len)
+    }
+
+    fn pop_front(&mut self) {
+        if self.len > 0 {
+            self.head = self.idx(1);
+            self.len -= 1;
+        }
     }
 
     /// The encoding configuration.
@@ -101,39 +151,55 @@ impl TxQueue {
 
     /// Whether nothing is waiting.
     pub fn is_empty(&self) -> bool {
-        self.q.is_empty()
+        self.len == 0
     }
 
     /// Number of PDUs waiting.
     pub fn len(&self) -> usize {
-        self.q.len()
+        self.len
     }
 
     /// Queues `pdu`; its data (if `pdu.data_len() > 0`) comes from `data`.
     pub fn push(&mut self, pdu: &Pdu, data: Option<DataRef>, release: Option<Release>) -> Result<(), EncodeError> {
-        let hdr = pdu::encode(pdu, &self.cfg)?;
         let data = data.filter(|d| d.len > 0 && pdu.data_len() == d.len);
         if pdu.data_len() > 0 && data.is_none() {
             return Err(EncodeError::TooLong(pdu.data_len()));
         }
-        self.push_encoded(hdr, data, release);
+        let cfg = self.cfg;
+        let at = self.tail_slot();
+        let e = self.ring.get_mut(at).ok_or(EncodeError::TooLong(pdu.data_len()))?;
+        pdu::encode_into(pdu, &cfg, &mut e.hdr)?;
+        e.data = data;
+        e.started = false;
+        e.sent = 0;
+        e.release = release;
+        self.len += 1;
         Ok(())
     }
 
     /// Queues an already encoded header region (e.g. a termination request).
     pub fn push_encoded(&mut self, hdr: EncodedHeader, data: Option<DataRef>, release: Option<Release>) {
-        self.q.push_back(Entry { hdr, data, ddgst: [0; 4], started: false, sent: 0, release });
+        self.push_entry(Entry { hdr, data, ddgst: [0; 4], started: false, sent: 0, release });
+    }
+
+    fn push_entry(&mut self, e: Entry) {
+        let at = self.tail_slot();
+        if let Some(slot) = self.ring.get_mut(at) {
+            *slot = e;
+            self.len += 1;
+        }
     }
 
     /// Replaces what is queued by a termination request: PDUs not written
     /// at all are dropped (without release notices), a PDU partly written
     /// stays first so the stream remains well framed, and `term` follows.
     pub fn terminate(&mut self, term: EncodedHeader) {
-        let partial = self.q.pop_front().filter(|e| e.sent > 0);
-        self.q.clear();
+        let partial = self.nth(0).copied().filter(|e| e.sent > 0);
+        self.head = 0;
+        self.len = 0;
         if let Some(mut e) = partial {
             e.release = None;
-            self.q.push_back(e);
+            self.push_entry(e);
         }
         self.push_encoded(term, None, None);
     }
@@ -141,9 +207,20 @@ impl TxQueue {
     /// Drops queued PDUs of command `key` that have not started; returns
     /// how many were dropped.
     pub fn cancel_unstarted(&mut self, key: u16) -> usize {
-        let before = self.q.len();
-        self.q.retain(|e| e.started || e.release.is_none_or(|r| r.key != key));
-        before - self.q.len()
+        let before = self.len;
+        let mut kept = 0;
+        for i in 0..before {
+            let Some(e) = self.nth(i).copied() else { break };
+            if e.started || e.release.is_none_or(|r| r.key != key) {
+                let to = self.idx(kept);
+                if let Some(slot) = self.ring.get_mut(to) {
+                    *slot = e;
+                }
+                kept += 1;
+            }
+        }
+        self.len = kept;
+        before - kept
     }
 
     /// Writes as much as `w` accepts. Returns the bytes written; stops at
@@ -156,7 +233,7 @@ impl TxQueue {
         released: &mut dyn FnMut(Release),
     ) -> Result<usize, TxError> {
         let mut total = 0;
-        while !self.q.is_empty() {
+        while !self.is_empty() {
             self.start_entries(src)?;
             let n = {
                 let mut slices: [IoSlice<'_>; MAX_SLICES] = [IoSlice::new(&[]); MAX_SLICES];
@@ -177,7 +254,9 @@ impl TxQueue {
 
     /// Computes data digests of entries about to be written.
     fn start_entries(&mut self, src: &dyn TxData) -> Result<(), TxError> {
-        for e in self.q.iter_mut().take(MAX_SLICES / 2) {
+        for i in 0..self.len.min(MAX_SLICES / 2) {
+            let at = self.idx(i);
+            let Some(e) = self.ring.get_mut(at) else { break };
             if e.started {
                 continue;
             }
@@ -199,7 +278,7 @@ impl TxQueue {
     /// Fills `slices` with the unsent bytes of the first entries.
     fn gather<'a>(&'a self, src: &'a dyn TxData, slices: &mut [IoSlice<'a>; MAX_SLICES]) -> Result<usize, TxError> {
         let mut n = 0;
-        'entries: for e in &self.q {
+        'entries: for e in self.iter() {
             if !e.started {
                 break;
             }
@@ -239,7 +318,11 @@ impl TxQueue {
 
     fn advance(&mut self, mut n: usize, released: &mut dyn FnMut(Release)) {
         while n > 0 {
-            let Some(e) = self.q.front_mut() else {
+            if self.len == 0 {
+                return;
+            }
+            let head = self.head;
+            let Some(e) = self.ring.get_mut(head) else {
                 return;
             };
             let left = e.total() - e.sent;
@@ -251,7 +334,7 @@ impl TxQueue {
             if let Some(r) = e.release {
                 released(r);
             }
-            self.q.pop_front();
+            self.pop_front();
         }
     }
 }
@@ -349,6 +432,52 @@ mod tests {
             }
             assert_eq!(pos, w.out.len());
         }
+    }
+
+    #[test]
+    fn ring_wraps_grows_and_cancels_in_order() {
+        let bufs = Bufs((0..8u32).map(|k| (0..300u32).map(|i| (i + k) as u8).collect()).collect());
+        let mut q = TxQueue::new(3);
+        let mut w = Trickle { out: vec![], max: 50, block: false };
+        let mut rel = vec![];
+        let mut expect = vec![];
+        let push = |q: &mut TxQueue, key: u16, expect: &mut Vec<u16>| {
+            q.push(
+                &c2h(key, 0, 300, true),
+                Some(DataRef { key, offset: 0, len: 300 }),
+                Some(Release { key, kind: key as u8 }),
+            )
+            .unwrap();
+            expect.push(key);
+        };
+        // Fill, drain part of it so the ring wraps, then push past its size.
+        for key in 0..3 {
+            push(&mut q, key, &mut expect);
+        }
+        while rel.len() < 2 {
+            q.write_to(&mut w, &bufs, &mut |r| rel.push(r.key)).unwrap();
+        }
+        for key in 3..8 {
+            push(&mut q, key, &mut expect);
+        }
+        // Drop two unstarted PDUs from the middle.
+        assert_eq!(q.cancel_unstarted(5), 1);
+        assert_eq!(q.cancel_unstarted(6), 1);
+        expect.retain(|&k| k != 5 && k != 6);
+        while !q.is_empty() {
+            q.write_to(&mut w, &bufs, &mut |r| rel.push(r.key)).unwrap();
+        }
+        assert_eq!(rel, expect);
+        let rx =
+            RxConfig { role: Role::Host, hdgst: false, ddgst: false, align: 4, max_data: 1 << 20, max_incapsule: 0 };
+        let mut pos = 0;
+        for key in expect {
+            let (got, data, n) = parse_pdu(&w.out[pos..], &rx).unwrap();
+            assert_eq!(got, c2h(key, 0, 300, true));
+            assert_eq!(data, &bufs.0[usize::from(key)][..]);
+            pos += n;
+        }
+        assert_eq!(pos, w.out.len());
     }
 
     #[test]

@@ -700,6 +700,9 @@ pub struct EncodedHeader {
 }
 
 impl EncodedHeader {
+    /// An empty header region (to encode into with [`encode_into`]).
+    pub const EMPTY: EncodedHeader = EncodedHeader { bytes: [0; MAX_HEADER_REGION], len: 0, data_len: 0, ddgst: false };
+
     /// The header region bytes.
     pub fn as_slice(&self) -> &[u8] {
         self.bytes.get(..usize::from(self.len)).unwrap_or(&[])
@@ -723,12 +726,22 @@ pub enum EncodeError {
 /// Encodes the header region of `pdu`. For termination requests use
 /// [`encode_term_req`].
 pub fn encode(pdu: &Pdu, cfg: &TxConfig) -> Result<EncodedHeader, EncodeError> {
+    let mut out = EncodedHeader::EMPTY;
+    encode_into(pdu, cfg, &mut out)?;
+    Ok(out)
+}
+
+/// Encodes the header region of `pdu` into `out` (whatever it held
+/// before), so a transmit queue can encode in place. On error `out` is
+/// left unspecified.
+pub fn encode_into(pdu: &Pdu, cfg: &TxConfig, out: &mut EncodedHeader) -> Result<(), EncodeError> {
     let t = pdu.pdu_type();
     let hlen = t.hlen();
     let hdgst = cfg.hdgst && t.has_hdgst();
     let data_len = pdu.data_len();
     let mut flags = if hdgst { FLAG_HDGST } else { 0 };
-    let mut out = EncodedHeader { bytes: [0; MAX_HEADER_REGION], len: 0, data_len, ddgst: false };
+    out.data_len = data_len;
+    out.ddgst = false;
     let after_header = u32::from(hlen) + if hdgst { 4 } else { 0 };
     let (pdo, plen) = if data_len > 0 {
         if cfg.align.checked_rem(4) != Some(0) || cfg.align == 0 || cfg.align > 128 {
@@ -805,11 +818,12 @@ pub fn encode(pdu: &Pdu, cfg: &TxConfig) -> Result<EncodedHeader, EncodeError> {
         len += 4;
     }
     if data_len > 0 {
-        // Padding bytes are already zero.
+        let pad = out.bytes.get_mut(len..pdo as usize).ok_or(EncodeError::BadAlign(cfg.align))?;
+        pad.fill(0);
         len = pdo as usize;
     }
     out.len = len as u8;
-    Ok(out)
+    Ok(())
 }
 
 /// Encodes a complete termination request sent by `sender` carrying the

@@ -226,6 +226,29 @@ impl PduReceiver {
                     }
                     if have == 0 {
                         self.digest_error = None;
+                        if let Some((n, l, pdu)) = self.whole_header(rest) {
+                            used += n;
+                            if l.data_len == 0 {
+                                return Ok((used, Some(pdu)));
+                            }
+                            // Validates the PDU against the command and
+                            // takes the data that came with the header.
+                            let dst = match sink.data_buffer(&pdu, 0) {
+                                Ok(d) if !d.is_empty() => d,
+                                Ok(_) => return Err(self.fail_at_data(rest, n, l, empty_buffer(&pdu, 0))),
+                                Err(e) => return Err(self.fail_at_data(rest, n, l, e)),
+                            };
+                            let body = rest.get(n..).unwrap_or(&[]);
+                            let k = body.len().min(l.data_len as usize).min(dst.len());
+                            let (src, dst) = (&body[..k], &mut dst[..k]);
+                            dst.copy_from_slice(src);
+                            let crc = if l.ddgst { digest::crc32c_append(0, src) } else { 0 };
+                            used += k;
+                            if let Some(p) = self.data_progress(pdu, l, k, crc) {
+                                return Ok((used, Some(p)));
+                            }
+                            continue;
+                        }
                     }
                     let n = rest.len().min(8 - have);
                     self.hdr[have..have + n].copy_from_slice(&rest[..n]);
@@ -300,6 +323,32 @@ impl PduReceiver {
                 }
             }
         }
+    }
+
+    /// Fast path at a PDU boundary: when `input` holds the PDU's whole
+    /// header region and it parses, the PDU is decoded in place, without
+    /// collecting the header first. Returns the header region length, the
+    /// layout and the PDU; `None` (nothing consumed) leaves the PDU to the
+    /// byte-wise path, which reports errors and keeps the offending header.
+    fn whole_header(&self, input: &[u8]) -> Option<(usize, Layout, Pdu)> {
+        let ch = CommonHeader::read_from_bytes(input.get(..8)?).ok()?;
+        let l = pdu::layout(&ch, &self.cfg).ok()?;
+        if matches!(l.pdu_type, PduType::H2CTermReq | PduType::C2HTermReq) {
+            return None;
+        }
+        let region = input.get(..l.header_region)?;
+        let pdu = pdu::parse_header(region, &l).ok()?;
+        Some((l.header_region, l, pdu))
+    }
+
+    /// Fails after the fast path took a header whose data cannot be
+    /// placed, keeping the header for the termination request.
+    fn fail_at_data(&mut self, input: &[u8], n: usize, l: Layout, e: PlacementError) -> RecvError {
+        if let (Some(dst), Some(src)) = (self.hdr.get_mut(..n), input.get(..n)) {
+            dst.copy_from_slice(src);
+        }
+        self.state = State::Header { l, have: n };
+        self.fail(e)
     }
 
     /// Header bytes to collect: the header region, plus the data of

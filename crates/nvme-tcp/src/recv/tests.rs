@@ -259,6 +259,19 @@ fn placement_error_stops_receiver() {
     let mut rx = PduReceiver::new(host_cfg(false, false));
     let e = rx.feed(&b, &mut VecSink::default()).unwrap_err();
     assert!(matches!(e, RecvError::Placement(PlacementError::UnknownCommand(0xdead))));
+    // The whole header arrived in one chunk (decoded in place): the
+    // termination request still gets it, as when it arrives byte by byte.
+    assert_eq!(rx.partial_header(), &b[..24]);
+    let mut slow = PduReceiver::new(host_cfg(false, false));
+    let mut err = None;
+    for byte in b.chunks(1) {
+        if let Err(e) = slow.feed(byte, &mut VecSink::default()) {
+            err = Some(e);
+            break;
+        }
+    }
+    assert!(matches!(err, Some(RecvError::Placement(PlacementError::UnknownCommand(0xdead)))));
+    assert_eq!(slow.partial_header(), rx.partial_header());
 }
 
 #[test]

@@ -145,7 +145,9 @@ pub(crate) fn connect(conn: &mut TgtConn, shared: &Shared, slot: u16, args: Conn
             return;
         }
     }
-    conn.bufs.min_alloc = shared.cfg.max_transfer as usize;
+    if let Err(e) = conn.bufs.use_arena(shared.cfg.max_transfer as usize) {
+        log::warn!("nvmf target: no buffer arena for I/O queue {qid}, allocating per command: {e}");
+    }
     conn.q.set_incapsule_max(shared.cfg.incapsule);
     conn.q.set_success_flag(cattr & CATTR_DISABLE_SQ_FLOW != 0);
     let cntlid = ctrl.cntlid;
@@ -161,11 +163,10 @@ fn cap(shared: &Shared) -> Cap {
 /// Copies `bytes` into the slot buffer and completes with the host's
 /// transfer length (truncating or zero-padding).
 fn reply_data(conn: &mut TgtConn, slot: u16, bytes: &[u8], want: u32) {
-    let Some(b) = conn.bufs.ensure(slot, want) else {
+    let Some(dst) = conn.bufs.ensure(slot, want).and_then(|()| conn.bufs.data_mut(slot)) else {
         conn.complete(slot, Status::new(StatusCode::Generic(GenericStatus::InternalError), false), 0, 0);
         return;
     };
-    let dst = b.as_mut_slice();
     let n = (want as usize).min(bytes.len()).min(dst.len());
     dst[..n].copy_from_slice(&bytes[..n]);
     if let Some(rest) = dst.get_mut(n..want as usize) {

@@ -1,9 +1,9 @@
 //! Poll groups and target connections.
 
+use super::bufs::SlotBufs;
 use super::io::IoState;
 use super::{abort, admin, Ctrl, Shared};
-use crate::ctrl::{bad_sgl_status, CmdData, CtrlBuffers, CtrlConfig, CtrlEvent, CtrlQueue};
-use bdev::DmaBuf;
+use crate::ctrl::{bad_sgl_status, CmdData, CtrlConfig, CtrlEvent, CtrlQueue};
 use nvme_spec::command::{Command, FabricsCommand, QueueType};
 use nvme_spec::status::{GenericStatus, Status, StatusCode};
 use nvme_spec::{Cqe, Sqe};
@@ -11,57 +11,6 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// Per-slot data buffers of a connection.
-pub(crate) struct SlotBufs {
-    bufs: Vec<Option<DmaBuf>>,
-    pub(crate) lens: Vec<u32>,
-    /// Buffers smaller than this are allocated at this size (I/O queues:
-    /// the maximum transfer, so buffers are allocated once per slot).
-    pub(crate) min_alloc: usize,
-}
-
-impl SlotBufs {
-    fn new(depth: usize, min_alloc: usize) -> Self {
-        Self { bufs: (0..depth).map(|_| None).collect(), lens: vec![0; depth], min_alloc }
-    }
-
-    /// Makes the buffer of `slot` at least `len` bytes and sets its data
-    /// length; returns it.
-    pub(crate) fn ensure(&mut self, slot: u16, len: u32) -> Option<&mut DmaBuf> {
-        let i = usize::from(slot);
-        let b = self.bufs.get_mut(i)?;
-        let need = (len as usize).max(1);
-        if b.as_ref().is_none_or(|d| d.len() < need) {
-            *b = Some(DmaBuf::alloc(need.max(self.min_alloc)).ok()?);
-        }
-        *self.lens.get_mut(i)? = len;
-        b.as_mut()
-    }
-
-    /// The first `len` bytes of the buffer of `slot` (set by `ensure`).
-    pub(crate) fn data(&self, slot: u16) -> Option<&[u8]> {
-        let i = usize::from(slot);
-        let len = *self.lens.get(i)? as usize;
-        self.bufs.get(i)?.as_ref()?.as_slice().get(..len)
-    }
-}
-
-impl CtrlBuffers for SlotBufs {
-    fn dest(&mut self, slot: u16, len: u32, at: u32) -> Option<&mut [u8]> {
-        let cur = self.lens.get(usize::from(slot)).copied().unwrap_or(0);
-        let have = self.bufs.get(usize::from(slot)).and_then(|b| b.as_ref()).map_or(0, |b| b.len());
-        if at == 0 || cur != len || have < len as usize {
-            self.ensure(slot, len)?;
-        }
-        let b = self.bufs.get_mut(usize::from(slot))?.as_mut()?;
-        b.as_mut_slice().get_mut(at as usize..len as usize).filter(|s| !s.is_empty())
-    }
-
-    fn src(&self, slot: u16, at: u32) -> Option<&[u8]> {
-        self.data(slot)?.get(at as usize..).filter(|s| !s.is_empty())
-    }
-}
 
 /// What a connection is.
 pub(crate) enum ConnRole {
@@ -116,7 +65,7 @@ impl TgtConn {
         });
         Ok(Self {
             io: None,
-            bufs: SlotBufs::new(usize::from(depth), 0),
+            bufs: SlotBufs::new(usize::from(depth)),
             stream,
             q,
             role: ConnRole::New,
@@ -262,7 +211,7 @@ impl TgtConn {
             }
             CtrlEvent::DataReady { slot } => {
                 let sqe = self.sqes.get(usize::from(slot)).copied().unwrap_or(Sqe::new(0, 0));
-                let len = self.bufs.lens.get(usize::from(slot)).copied().unwrap_or(0);
+                let len = self.bufs.len(slot);
                 self.execute(slot, sqe, CmdData::InCapsule(len), shared);
             }
         }

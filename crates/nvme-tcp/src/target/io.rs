@@ -133,7 +133,7 @@ impl IoState {
                     fail(conn, generic(GenericStatus::DataSglLengthInvalid, true));
                     return;
                 }
-                let Some(iov) = conn.bufs.ensure(slot, len as u32).and_then(|b| b.iovec_range(0, len as usize)) else {
+                let Some(iov) = conn.bufs.ensure(slot, len as u32).and_then(|()| conn.bufs.iovec(slot)) else {
                     fail(conn, generic(GenericStatus::InternalError, false));
                     return;
                 };
