@@ -454,6 +454,28 @@ pub fn copy_from_iovs(iovs: &[IoVec], dst: &mut [u8]) -> usize {
     done
 }
 
+/// Most segments [`with_iov_slices`] takes.
+pub const MAX_VIEW_SEGMENTS: usize = 256;
+
+/// Calls `f` with each segment as a byte slice, to read a request's data in place (compute
+/// parity over it, say) instead of copying it out first; `None` (without calling `f`) when
+/// there are more than [`MAX_VIEW_SEGMENTS`] segments. Only for the buffers of a write in
+/// flight: the IoRequest buffer contract keeps them valid and unwritten until the write
+/// completes, and the slices do not outlive the call.
+pub fn with_iov_slices<R>(segs: &[IoVec], f: impl FnOnce(&[&[u8]]) -> R) -> Option<R> {
+    let mut views: [&[u8]; MAX_VIEW_SEGMENTS] = [&[]; MAX_VIEW_SEGMENTS];
+    for (view, v) in views.iter_mut().zip(segs) {
+        if v.len > 0 {
+            // SAFETY: the IoRequest buffer contract makes v valid for reads of v.len bytes and
+            // unwritten while its write is in flight, which outlasts this call; the slice is
+            // dropped when the call returns.
+            *view = unsafe { std::slice::from_raw_parts(v.base.cast_const(), v.len) };
+        }
+    }
+    let n = segs.len();
+    views.get(..n).map(f)
+}
+
 /// Fill the segments with zeroes.
 pub fn zero_iovs(iovs: &[IoVec]) {
     for v in iovs {

@@ -4,7 +4,8 @@
 //! `cargo run --release -p xbdev-raid --example raid_bench [seconds] [filter]`
 //!
 //! Environment: `MEMBER_MIB` (member size, default 256; SPDK's raid tests
-//! use 32), `QD` (queue depth, default 32), `BENCH` (`issue`, the default:
+//! use 32), `QD` (queue depth, default 32), `MEMCPY=0` (no memcpy
+//! baselines, e.g. under a profiler), `BENCH` (`issue`, the default:
 //! issue 6's workloads; `legacy`: the 512 KiB-chunk table of every level;
 //! `rebuild`: rebuild rate onto a spare; `all`). `filter` keeps only rows
 //! whose name contains it.
@@ -31,6 +32,7 @@ struct Env {
     member_mib: u64,
     qd: usize,
     secs: f64,
+    memcpy: bool,
 }
 
 fn member(reg: &Arc<Registry>, name: &str, mib: u64) {
@@ -180,7 +182,11 @@ fn spdk(array: &str, work: &str) -> Option<f64> {
 
 fn issue_row(env: &Env, array: &str, ch: &mut BdevChannel, footprint: &mut [u8], w: &Work) {
     let (bps, iops) = run(ch, w.write, w.bytes, w.pattern, env.qd, env.secs);
-    let mc = memcpy_rate(footprint, w.write, w.bytes as usize, w.pattern, env.qd, env.secs.min(1.0));
+    let mc = if env.memcpy {
+        memcpy_rate(footprint, w.write, w.bytes as usize, w.pattern, env.qd, env.secs.min(1.0))
+    } else {
+        f64::NAN
+    };
     let vs_spdk = match spdk(array, w.name) {
         Some(s) if w.bytes == 4096 => format!("{:>6.2}x of {:.2} M", iops / s, s / 1e6),
         Some(s) => format!("{:>6.2}x of {s:.1} GB/s", bps / 1e9 / s),
@@ -378,7 +384,8 @@ fn main() {
     let secs: f64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(2.0);
     let filter = std::env::args().nth(2).unwrap_or_default();
     let var = |k: &str, d: u64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
-    let env = Env { member_mib: var("MEMBER_MIB", 256), qd: var("QD", 32) as usize, secs };
+    let env =
+        Env { member_mib: var("MEMBER_MIB", 256), qd: var("QD", 32) as usize, secs, memcpy: var("MEMCPY", 1) != 0 };
     let mode = std::env::var("BENCH").unwrap_or_else(|_| "issue".into());
     if matches!(mode.as_str(), "issue" | "all") {
         issue(&env, &filter);

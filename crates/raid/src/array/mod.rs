@@ -33,6 +33,8 @@ mod tests;
 #[cfg(test)]
 mod tests_bitmap;
 #[cfg(test)]
+mod tests_fast;
+#[cfg(test)]
 mod tests_replace;
 #[cfg(test)]
 mod tests_scrub;
