@@ -185,7 +185,8 @@ pub(crate) struct RaidChannel {
     done: VecDeque<(u64, IoStatus)>,
     completions: Vec<(u64, IoStatus)>,
     batch: Vec<(u64, IoStatus)>,
-    /// Reads planned by a stripe operation (reused).
+    /// Reads planned by a stripe operation, or the copies a mirrored write
+    /// goes to (reused).
     pub plan_buf: Vec<(usize, u64, u64)>,
     /// Round-robin position for mirrored reads.
     rr: usize,
@@ -225,7 +226,7 @@ impl RaidChannel {
             done: VecDeque::with_capacity(depth),
             completions: Vec::with_capacity(CHILDREN),
             batch: Vec::with_capacity(CHILDREN),
-            plan_buf: Vec::with_capacity(n + 2),
+            plan_buf: Vec::with_capacity(2 * n + 2),
             rr: 0,
             zero: DmaBuf::zeroed(window_bytes)?,
             redo: VecDeque::with_capacity(CHILDREN),
@@ -671,24 +672,28 @@ impl RaidChannel {
             *grp = Group { parent: p, pending: 0, ok: 0, status: IoStatus::Success, lock };
         }
         self.add_outstanding(p);
-        let mut any = false;
-        let sh = self.sh.clone();
-        for c in sh.geometry.copies(lba) {
+        // The targets first (every writable copy and the replacements being
+        // rebuilt), in a reused list rather than through a clone of the
+        // shared state (an atomic increment and decrement per write).
+        let mut targets = std::mem::take(&mut self.plan_buf);
+        targets.clear();
+        for c in self.sh.geometry.copies(lba) {
             if !self.writable(c.member) {
                 continue;
             }
-            if let Some(grp) = self.groups.get_mut(g) {
-                grp.pending += 1;
-            }
-            self.issue_write(Owner::Group(g), c.member, io_type, c.sector, n, iovs, lba, io_offset);
-            any = true;
+            targets.push((c.member, c.sector, 0));
             if let Some(r) = self.replacement(c.member) {
-                if let Some(grp) = self.groups.get_mut(g) {
-                    grp.pending += 1;
-                }
-                self.issue_write(Owner::Group(g), r, io_type, c.sector, n, iovs, lba, io_offset);
+                targets.push((r, c.sector, 0));
             }
         }
+        if let Some(grp) = self.groups.get_mut(g) {
+            grp.pending = targets.len() as u32;
+        }
+        for &(m, sector, _) in &targets {
+            self.issue_write(Owner::Group(g), m, io_type, sector, n, iovs, lba, io_offset);
+        }
+        let any = !targets.is_empty();
+        self.plan_buf = targets;
         if !any {
             self.finish_group(g);
         }
