@@ -342,11 +342,12 @@ fn rebuild_one(env: &Env, name: &str, level: Level, disks: usize, layout: Option
     array.manage(ManageCmd::AddDisk(spare)).expect("add the spare");
     let mut ios = 0.0;
     let mut io_secs = 0.0;
-    while !finished.load(Ordering::Acquire) {
+    // With a load, at least one slice of IO even when the rebuild is quick.
+    while !finished.load(Ordering::Acquire) || (load && io_secs == 0.0) {
         if load {
-            let (_, iops) = run(&mut ch, true, 4096, Pattern::Random, env.qd, 0.05);
-            ios += iops * 0.05;
-            io_secs += 0.05;
+            let (_, iops) = run(&mut ch, true, 4096, Pattern::Random, env.qd, 0.01);
+            ios += iops * 0.01;
+            io_secs += 0.01;
         } else {
             std::thread::sleep(Duration::from_millis(1));
         }
