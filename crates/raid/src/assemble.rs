@@ -97,6 +97,10 @@ pub struct AssemblyPlan {
     pub geometry: Geometry,
     /// For each slot, the member filling it.
     pub slots: Vec<Option<SlotMember>>,
+    /// For each slot, a replacement being rebuilt for the member filling
+    /// it (md's want_replacement, interrupted by a stop): the copy resumes
+    /// from `recovered_to`.
+    pub replacements: Vec<Option<SlotMember>>,
     /// Candidates that are hot spares.
     pub spares: Vec<usize>,
     /// Candidates marked faulty by the freshest superblock.
@@ -169,6 +173,7 @@ pub fn plan(candidates: &[Superblock]) -> Result<AssemblyPlan, AssembleError> {
     }
     let raid_disks = auth.raid_disks as usize;
     let mut slots: Vec<Option<SlotMember>> = vec![None; raid_disks];
+    let mut replacements: Vec<Option<SlotMember>> = vec![None; raid_disks];
     let mut spares = Vec::new();
     let mut faulty = Vec::new();
     let mut stale = Vec::new();
@@ -196,13 +201,15 @@ pub fn plan(candidates: &[Superblock]) -> Result<AssemblyPlan, AssembleError> {
         match role {
             DevRole::Active(r) if (r as usize) < raid_disks => {
                 let slot = r as usize;
-                if let Some(Some(prev)) = slots.get(slot) {
-                    return Err(AssembleError::DuplicateRole { slot, first: prev.index, second: index });
-                }
                 let recovered_to = (sb.feature_map.contains(FeatureMap::RECOVERY_OFFSET)
                     && sb.recovery_offset != MAX_SECTOR)
                     .then_some(sb.recovery_offset);
-                if let Some(s) = slots.get_mut(slot) {
+                let table =
+                    if sb.feature_map.contains(FeatureMap::REPLACEMENT) { &mut replacements } else { &mut slots };
+                if let Some(Some(prev)) = table.get(slot) {
+                    return Err(AssembleError::DuplicateRole { slot, first: prev.index, second: index });
+                }
+                if let Some(s) = table.get_mut(slot) {
                     *s = Some(SlotMember { index, recovered_to });
                 }
             }
@@ -212,6 +219,13 @@ pub fn plan(candidates: &[Superblock]) -> Result<AssemblyPlan, AssembleError> {
             DevRole::Journal => {
                 return Err(AssembleError::UnsupportedFeatures(FeatureMap::JOURNAL));
             }
+        }
+    }
+    // A replacement whose slot has no member left is that slot's
+    // recovering member (as when the old device fails during the copy).
+    for (slot, r) in slots.iter_mut().zip(replacements.iter_mut()) {
+        if slot.is_none() {
+            *slot = r.take();
         }
     }
     // Linear and raid0 need each member's own data size.
@@ -230,7 +244,7 @@ pub fn plan(candidates: &[Superblock]) -> Result<AssemblyPlan, AssembleError> {
     if !can_run(&geometry, &present) {
         return Err(not_enough);
     }
-    Ok(AssemblyPlan { superblock: auth.clone(), params, geometry, slots, spares, faulty, stale, events })
+    Ok(AssemblyPlan { superblock: auth.clone(), params, geometry, slots, replacements, spares, faulty, stale, events })
 }
 
 /// Whether member sector `sector` of slot `member` holds data that the
