@@ -306,6 +306,34 @@ mod tests {
     }
 
     #[test]
+    fn replacements_beside_their_slot_or_in_it() {
+        let mut sbs = array(Level::Raid1, 2, 1);
+        // Device 2 (the spare) became slot 0's replacement, 100 sectors in.
+        for sb in sbs.iter_mut() {
+            sb.dev_roles[2] = DevRole::Active(0);
+        }
+        sbs[2].feature_map.insert(FeatureMap::REPLACEMENT);
+        sbs[2].feature_map.insert(FeatureMap::RECOVERY_OFFSET);
+        sbs[2].recovery_offset = 100;
+        let p = plan(&sbs).unwrap();
+        assert_eq!(p.slots[0], Some(SlotMember { index: 0, recovered_to: None }));
+        assert_eq!(p.replacements[0], Some(SlotMember { index: 2, recovered_to: Some(100) }));
+        assert!(p.replacements[1].is_none() && p.spares.is_empty());
+        assert_eq!(p.degraded(), 0);
+        // Without the device it replaces it is the slot's recovering member.
+        let p = plan(&sbs[1..]).unwrap();
+        assert_eq!(p.slots[0], Some(SlotMember { index: 1, recovered_to: Some(100) }));
+        assert!(p.replacements.iter().all(Option::is_none));
+        assert_eq!(p.degraded(), 1);
+        // Two replacements of one slot conflict.
+        let mut two = sbs.clone();
+        two[1] = two[2].clone();
+        two[1].dev_number = 1;
+        two[0].dev_roles[1] = DevRole::Active(0);
+        assert!(matches!(plan(&two), Err(AssembleError::DuplicateRole { slot: 0, .. })));
+    }
+
+    #[test]
     fn stale_members_are_left_out() {
         let mut sbs = array(Level::Raid1, 2, 0);
         sbs[1].events += 3;
