@@ -97,6 +97,10 @@ pub struct AssemblyPlan {
     pub geometry: Geometry,
     /// For each slot, the member filling it.
     pub slots: Vec<Option<SlotMember>>,
+    /// For each slot, a replacement being rebuilt for the member filling
+    /// it (md's want_replacement, interrupted by a stop): the copy resumes
+    /// from `recovered_to`.
+    pub replacements: Vec<Option<SlotMember>>,
     /// Candidates that are hot spares.
     pub spares: Vec<usize>,
     /// Candidates marked faulty by the freshest superblock.
@@ -169,6 +173,7 @@ pub fn plan(candidates: &[Superblock]) -> Result<AssemblyPlan, AssembleError> {
     }
     let raid_disks = auth.raid_disks as usize;
     let mut slots: Vec<Option<SlotMember>> = vec![None; raid_disks];
+    let mut replacements: Vec<Option<SlotMember>> = vec![None; raid_disks];
     let mut spares = Vec::new();
     let mut faulty = Vec::new();
     let mut stale = Vec::new();
@@ -196,13 +201,15 @@ pub fn plan(candidates: &[Superblock]) -> Result<AssemblyPlan, AssembleError> {
         match role {
             DevRole::Active(r) if (r as usize) < raid_disks => {
                 let slot = r as usize;
-                if let Some(Some(prev)) = slots.get(slot) {
-                    return Err(AssembleError::DuplicateRole { slot, first: prev.index, second: index });
-                }
                 let recovered_to = (sb.feature_map.contains(FeatureMap::RECOVERY_OFFSET)
                     && sb.recovery_offset != MAX_SECTOR)
                     .then_some(sb.recovery_offset);
-                if let Some(s) = slots.get_mut(slot) {
+                let table =
+                    if sb.feature_map.contains(FeatureMap::REPLACEMENT) { &mut replacements } else { &mut slots };
+                if let Some(Some(prev)) = table.get(slot) {
+                    return Err(AssembleError::DuplicateRole { slot, first: prev.index, second: index });
+                }
+                if let Some(s) = table.get_mut(slot) {
                     *s = Some(SlotMember { index, recovered_to });
                 }
             }
@@ -212,6 +219,13 @@ pub fn plan(candidates: &[Superblock]) -> Result<AssemblyPlan, AssembleError> {
             DevRole::Journal => {
                 return Err(AssembleError::UnsupportedFeatures(FeatureMap::JOURNAL));
             }
+        }
+    }
+    // A replacement whose slot has no member left is that slot's
+    // recovering member (as when the old device fails during the copy).
+    for (slot, r) in slots.iter_mut().zip(replacements.iter_mut()) {
+        if slot.is_none() {
+            *slot = r.take();
         }
     }
     // Linear and raid0 need each member's own data size.
@@ -230,7 +244,7 @@ pub fn plan(candidates: &[Superblock]) -> Result<AssemblyPlan, AssembleError> {
     if !can_run(&geometry, &present) {
         return Err(not_enough);
     }
-    Ok(AssemblyPlan { superblock: auth.clone(), params, geometry, slots, spares, faulty, stale, events })
+    Ok(AssemblyPlan { superblock: auth.clone(), params, geometry, slots, replacements, spares, faulty, stale, events })
 }
 
 /// Whether member sector `sector` of slot `member` holds data that the
@@ -289,6 +303,34 @@ mod tests {
         assert!(plan(&[sbs[1].clone(), sbs[3].clone()]).is_ok());
         assert!(plan(&[sbs[2].clone(), sbs[3].clone()]).is_err());
         assert!(plan(&[sbs[0].clone(), sbs[1].clone()]).is_err());
+    }
+
+    #[test]
+    fn replacements_beside_their_slot_or_in_it() {
+        let mut sbs = array(Level::Raid1, 2, 1);
+        // Device 2 (the spare) became slot 0's replacement, 100 sectors in.
+        for sb in sbs.iter_mut() {
+            sb.dev_roles[2] = DevRole::Active(0);
+        }
+        sbs[2].feature_map.insert(FeatureMap::REPLACEMENT);
+        sbs[2].feature_map.insert(FeatureMap::RECOVERY_OFFSET);
+        sbs[2].recovery_offset = 100;
+        let p = plan(&sbs).unwrap();
+        assert_eq!(p.slots[0], Some(SlotMember { index: 0, recovered_to: None }));
+        assert_eq!(p.replacements[0], Some(SlotMember { index: 2, recovered_to: Some(100) }));
+        assert!(p.replacements[1].is_none() && p.spares.is_empty());
+        assert_eq!(p.degraded(), 0);
+        // Without the device it replaces it is the slot's recovering member.
+        let p = plan(&sbs[1..]).unwrap();
+        assert_eq!(p.slots[0], Some(SlotMember { index: 1, recovered_to: Some(100) }));
+        assert!(p.replacements.iter().all(Option::is_none));
+        assert_eq!(p.degraded(), 1);
+        // Two replacements of one slot conflict.
+        let mut two = sbs.clone();
+        two[1] = two[2].clone();
+        two[1].dev_number = 1;
+        two[0].dev_roles[1] = DevRole::Active(0);
+        assert!(matches!(plan(&two), Err(AssembleError::DuplicateRole { slot: 0, .. })));
     }
 
     #[test]

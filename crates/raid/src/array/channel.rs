@@ -185,7 +185,8 @@ pub(crate) struct RaidChannel {
     done: VecDeque<(u64, IoStatus)>,
     completions: Vec<(u64, IoStatus)>,
     batch: Vec<(u64, IoStatus)>,
-    /// Reads planned by a stripe operation (reused).
+    /// Reads planned by a stripe operation, or the copies a mirrored write
+    /// goes to (reused).
     pub plan_buf: Vec<(usize, u64, u64)>,
     /// Round-robin position for mirrored reads.
     rr: usize,
@@ -225,7 +226,7 @@ impl RaidChannel {
             done: VecDeque::with_capacity(depth),
             completions: Vec::with_capacity(CHILDREN),
             batch: Vec::with_capacity(CHILDREN),
-            plan_buf: Vec::with_capacity(n + 2),
+            plan_buf: Vec::with_capacity(2 * n + 2),
             rr: 0,
             zero: DmaBuf::zeroed(window_bytes)?,
             redo: VecDeque::with_capacity(CHILDREN),
@@ -365,31 +366,35 @@ impl RaidChannel {
     }
 
     fn submit_child(&mut self, c: u32) {
-        let Some(child) = self.children.get(c).copied() else {
+        // Borrowed, not copied: a child is some 200 bytes.
+        let RaidChannel { children, members, completions, resubmit, .. } = self;
+        let Some(child) = children.get(c) else {
             return;
         };
-        let Some(Some(m)) = self.members.get_mut(child.slot) else {
+        let Some(Some(m)) = members.get_mut(child.slot) else {
             // The member went away: answer as a path error.
-            self.completions.push((u64::from(c), IoStatus::PathError));
+            completions.push((u64::from(c), IoStatus::PathError));
             return;
         };
         let start = m.data_offset + child.sector;
         if start % m.spb != 0 || child.sectors % m.spb != 0 {
-            self.completions.push((u64::from(c), IoStatus::Invalid));
+            completions.push((u64::from(c), IoStatus::Invalid));
             return;
         }
-        let io = IoRequest {
-            io_type: child.io_type,
-            offset_blocks: start / m.spb,
-            num_blocks: child.sectors / m.spb,
-            iovs: child.iovs,
-            tag: u64::from(c),
+        let io = if child.io_type == IoType::Flush {
+            IoRequest::no_data(IoType::Flush, 0, 0, u64::from(c))
+        } else {
+            IoRequest {
+                io_type: child.io_type,
+                offset_blocks: start / m.spb,
+                num_blocks: child.sectors / m.spb,
+                iovs: child.iovs,
+                tag: u64::from(c),
+            }
         };
-        let io =
-            if child.io_type == IoType::Flush { IoRequest::no_data(IoType::Flush, 0, 0, u64::from(c)) } else { io };
         match m.ch.submit(&io) {
             Ok(()) => m.outstanding += 1,
-            Err(QueueFull) => self.resubmit.push_back(c),
+            Err(QueueFull) => resubmit.push_back(c),
         }
     }
 
@@ -556,7 +561,14 @@ impl RaidChannel {
                     n = n.min(self.sh.window_sectors);
                 }
             }
-            let iovs = if zeroing { Some(IoVecs::new()) } else { par.iovs.slice(next * 512, n * 512) };
+            let iovs = if zeroing {
+                Some(IoVecs::new())
+            } else if next == 0 && n == sectors {
+                // The piece is the whole request: no re-slicing.
+                Some(par.iovs)
+            } else {
+                par.iovs.slice(next * 512, n * 512)
+            };
             let iovs = match iovs {
                 Some(v) => v,
                 None => {
@@ -660,24 +672,28 @@ impl RaidChannel {
             *grp = Group { parent: p, pending: 0, ok: 0, status: IoStatus::Success, lock };
         }
         self.add_outstanding(p);
-        let mut any = false;
-        let sh = self.sh.clone();
-        for c in sh.geometry.copies(lba) {
+        // The targets first (every writable copy and the replacements being
+        // rebuilt), in a reused list rather than through a clone of the
+        // shared state (an atomic increment and decrement per write).
+        let mut targets = std::mem::take(&mut self.plan_buf);
+        targets.clear();
+        for c in self.sh.geometry.copies(lba) {
             if !self.writable(c.member) {
                 continue;
             }
-            if let Some(grp) = self.groups.get_mut(g) {
-                grp.pending += 1;
-            }
-            self.issue_write(Owner::Group(g), c.member, io_type, c.sector, n, iovs, lba, io_offset);
-            any = true;
+            targets.push((c.member, c.sector, 0));
             if let Some(r) = self.replacement(c.member) {
-                if let Some(grp) = self.groups.get_mut(g) {
-                    grp.pending += 1;
-                }
-                self.issue_write(Owner::Group(g), r, io_type, c.sector, n, iovs, lba, io_offset);
+                targets.push((r, c.sector, 0));
             }
         }
+        if let Some(grp) = self.groups.get_mut(g) {
+            grp.pending = targets.len() as u32;
+        }
+        for &(m, sector, _) in &targets {
+            self.issue_write(Owner::Group(g), m, io_type, sector, n, iovs, lba, io_offset);
+        }
+        let any = !targets.is_empty();
+        self.plan_buf = targets;
         if !any {
             self.finish_group(g);
         }
@@ -704,14 +720,29 @@ impl RaidChannel {
     }
 
     fn child_done(&mut self, c: u32, st: IoStatus) {
+        // The common case reads a few fields; a failure copies the child.
+        let Some((slot, owner, io_type, dev_id)) =
+            self.children.get(c).map(|ch| (ch.slot, ch.owner, ch.io_type, ch.dev_id))
+        else {
+            return;
+        };
+        if let Some(Some(m)) = self.members.get_mut(slot) {
+            m.outstanding = m.outstanding.saturating_sub(1);
+        }
+        if st.is_ok() {
+            self.children.release(c);
+            match owner {
+                Owner::Parent(p) => self.finish_parent_part(p, st),
+                Owner::Group(g) => self.group_child_done(g, st, false),
+                Owner::Op(o) => self.op_child_done(o, slot, io_type, st, false),
+            }
+            return;
+        }
         let Some(child) = self.children.get(c).copied() else {
             return;
         };
-        if let Some(Some(m)) = self.members.get_mut(child.slot) {
-            m.outstanding = m.outstanding.saturating_sub(1);
-        }
-        let same_dev = self.members.get(child.slot).and_then(|m| m.as_ref()).is_some_and(|m| m.dev_id == child.dev_id);
-        if st.is_path_failure() && child.retries == 0 && same_dev && self.writable(child.slot) {
+        let same_dev = self.members.get(slot).and_then(|m| m.as_ref()).is_some_and(|m| m.dev_id == dev_id);
+        if st.is_path_failure() && child.retries == 0 && same_dev && self.writable(slot) {
             if let Some(ch) = self.children.get_mut(c) {
                 ch.retries = 1;
             }
@@ -734,26 +765,29 @@ impl RaidChannel {
                 }
                 self.redo_read(p, &child, st);
             }
-            Owner::Group(g) => {
-                let done = match self.groups.get_mut(g) {
-                    Some(grp) => {
-                        if st.is_ok() {
-                            grp.ok += 1;
-                        } else if !member_out && grp.status.is_ok() {
-                            // A copy that failed and left the array does not
-                            // fail the write while other copies hold it.
-                            grp.status = st;
-                        }
-                        grp.pending = grp.pending.saturating_sub(1);
-                        grp.pending == 0
-                    }
-                    None => false,
-                };
-                if done {
-                    self.finish_group(g);
-                }
-            }
+            Owner::Group(g) => self.group_child_done(g, st, member_out),
             Owner::Op(o) => self.op_child_done(o, child.slot, child.io_type, st, member_out),
+        }
+    }
+
+    /// A copy of mirrored write `g` finished.
+    fn group_child_done(&mut self, g: u32, st: IoStatus, member_out: bool) {
+        let done = match self.groups.get_mut(g) {
+            Some(grp) => {
+                if st.is_ok() {
+                    grp.ok += 1;
+                } else if !member_out && grp.status.is_ok() {
+                    // A copy that failed and left the array does not
+                    // fail the write while other copies hold it.
+                    grp.status = st;
+                }
+                grp.pending = grp.pending.saturating_sub(1);
+                grp.pending == 0
+            }
+            None => false,
+        };
+        if done {
+            self.finish_group(g);
         }
     }
 

@@ -33,6 +33,8 @@ mod tests;
 #[cfg(test)]
 mod tests_bitmap;
 #[cfg(test)]
+mod tests_fast;
+#[cfg(test)]
 mod tests_replace;
 #[cfg(test)]
 mod tests_scrub;
@@ -286,11 +288,13 @@ pub fn md_assemble(
     let mut array_bs = 512;
     let mut devices = Vec::new();
     let mut slot_devs: Vec<Option<(Arc<MemberDev>, Option<u64>)>> = vec![None; plan.slots.len()];
+    let mut repl_devs: Vec<(usize, Arc<MemberDev>, u64)> = Vec::new();
     let mut next_id = 1u64;
     for (i, (m, e)) in members.iter().zip(&examined).enumerate() {
         let in_slot = plan.slots.iter().position(|s| s.is_some_and(|s| s.index == i));
+        let replacing = plan.replacements.iter().position(|s| s.is_some_and(|s| s.index == i));
         let spare = plan.spares.contains(&i);
-        if in_slot.is_none() && !spare {
+        if in_slot.is_none() && replacing.is_none() && !spare {
             continue; // stale or faulty: left alone
         }
         let desc = open_member(registry, m, name)?;
@@ -302,7 +306,11 @@ pub fn md_assemble(
                 *sd = Some((dev.clone(), recovered));
             }
         }
-        devices.push(DevRecord { dev, sb: e.superblock.clone(), replacing: false });
+        if let Some(s) = replacing {
+            let recovered = plan.replacements.get(s).and_then(|x| x.and_then(|x| x.recovered_to));
+            repl_devs.push((s, dev.clone(), recovered.unwrap_or(MAX_SECTOR)));
+        }
+        devices.push(DevRecord { dev, sb: e.superblock.clone(), replacing: replacing.is_some() });
     }
     let slots: Vec<Slot> = slot_devs
         .into_iter()
@@ -325,6 +333,16 @@ pub fn md_assemble(
     let bitmap = examined.iter().find_map(|e| e.bitmap.clone());
     let meta = Meta { sb: template, devices, bitmap, next_dev_id: next_id };
     let built = build(name, plan.geometry.clone(), slots, meta, array_bs)?;
+    // Replacements interrupted by a stop resume where their copy got to
+    // (the control thread picks them up when the array runs).
+    for (s, dev, recovered) in repl_devs {
+        if let Some(r) = built.shared.repl.get(s) {
+            r.replace_device(Some(dev));
+            r.set_recovered(recovered.min(built.shared.geometry.member_used_sectors(s)));
+            r.set_state(SlotState::Recovering);
+        }
+    }
+    built.shared.bump_generation();
     let array = MdArray::new(registry, name, built, opts.stripe_cache);
     array.load_bitmap(resync_from != MAX_SECTOR);
     if plan.degraded() > 0 && !opts.run_degraded {
@@ -462,7 +480,6 @@ impl MdArray {
         let resync_pending = self.sh.sync.kind() == SyncKind::Resync;
         meta.sb.resync_offset = if resync_pending { self.sh.sync.position.load(Ordering::Acquire) } else { MAX_SECTOR };
         self.sh.sync.set_idle();
-        replace::cancel_all(&self.sh, &mut meta);
         if let Some(wi) = self.sh.intent.as_ref() {
             // md clears the bitmap on a clean stop of a whole array: the
             // members are flushed, then the clear bits written.
@@ -472,8 +489,11 @@ impl MdArray {
                 meta.write_bitmap(&self.sh, &mut Vec::new(), true);
             }
         }
+        // A replacement in progress keeps its role, flag and recovery
+        // offset on disk (md's want_replacement survives a stop): the next
+        // assembly resumes the copy.
         let errors = meta.write_superblocks(&self.sh);
-        for slot in &self.sh.slots {
+        for slot in self.sh.slots.iter().chain(&self.sh.repl) {
             slot.replace_device(None);
         }
         meta.devices.clear();

@@ -9,8 +9,9 @@
 //! `REPLACEMENT` feature bit and a recovery offset in its own superblock.
 //! If the old device fails during the copy the replacement simply becomes
 //! the slot's recovering device; if the replacement fails it leaves as a
-//! faulty device. A stop cancels a replacement in progress: the new device
-//! is recorded as a spare.
+//! faulty device. A stop leaves a replacement in progress recorded so
+//! (role, flag, recovery offset); assembling the array again resumes the
+//! copy from there, as md does.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -160,20 +161,4 @@ pub(crate) fn resume(sh: &Arc<Shared>) -> bool {
     sh.sync.begin(SyncKind::Recovery, (n + slot) as u64, from, sh.geometry.member_used_sectors(slot));
     super::emit(sh, &MdEvent::RecoveryStarted { slot });
     true
-}
-
-/// Stops every replacement (array stop): the new devices become spares.
-pub(crate) fn cancel_all(sh: &Shared, meta: &mut Meta) {
-    for r in &sh.repl {
-        let Some(dev) = r.replace_device(None) else { continue };
-        r.set_state(SlotState::Empty);
-        if let Some(rec) = meta.devices.iter_mut().find(|d| d.dev.id == dev.id) {
-            rec.replacing = false;
-            let n = rec.sb.dev_number as usize;
-            if let Some(role) = meta.sb.dev_roles.get_mut(n) {
-                *role = DevRole::Spare;
-            }
-        }
-    }
-    sh.bump_generation();
 }

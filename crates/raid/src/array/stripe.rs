@@ -19,8 +19,8 @@
 //! degraded.
 
 use bdev::dma::DmaError;
-use bdev::dma::{copy_from_iovs, copy_to_iovs};
-use bdev::{DmaBuf, IoStatus, IoType, IoVecs};
+use bdev::dma::{copy_from_iovs, copy_to_iovs, with_iov_slices};
+use bdev::{DmaBuf, IoStatus, IoType, IoVec, IoVecs};
 
 use super::channel::{Owner, Progress, RaidChannel};
 use crate::geometry::{Geometry, StripeLayout};
@@ -664,6 +664,52 @@ impl Source {
     }
 }
 
+/// Full-stripe writes from single-segment data: P (and Q) computed straight
+/// from the caller's buffers, without copying the data into the operation's
+/// buffers first. False (nothing done) when the data is not laid out so.
+fn parity_in_place(
+    parity: &Parity,
+    layout: &StripeLayout,
+    spans: &[Span],
+    bufs: &mut [Option<DmaBuf>],
+    src: Source,
+    len: usize,
+) -> bool {
+    let Source::Iovs(iovs) = src else {
+        return false;
+    };
+    let mut segs = [IoVec::EMPTY; MAX_SYNDROME_DATA];
+    let mut count = 0;
+    for m in layout.syndrome_members() {
+        let Some(s) = spans.iter().find(|s| layout.data_member(s.k) == m) else {
+            return false;
+        };
+        let one = iovs.slice(s.io_off * 512, len as u64).and_then(|v| (v.len() == 1).then(|| v.as_slice()[0]));
+        match (one, segs.get_mut(count)) {
+            (Some(v), Some(slot)) if v.len() == len => *slot = v,
+            _ => return false,
+        }
+        count += 1;
+    }
+    let pm = layout.p_member();
+    let mut pb = bufs.get_mut(pm).and_then(Option::take);
+    let mut qb = layout.q_member().and_then(|q| bufs.get_mut(q).and_then(Option::take));
+    let ok = with_iov_slices(&segs[..count], |data| match (slice_mut(&mut pb, 0, len), layout.q_member()) {
+        (Some(ps), Some(_)) => match slice_mut(&mut qb, 0, len) {
+            Some(qs) => parity.gen_pq(data, ps, qs).is_ok(),
+            None => false,
+        },
+        (Some(ps), None) => parity.xor(ps, data).is_ok(),
+        (None, _) => false,
+    })
+    .unwrap_or(false);
+    put(bufs, pm, pb);
+    if let Some(q) = layout.q_member() {
+        put(bufs, q, qb);
+    }
+    ok
+}
+
 /// The computing step of an operation whose reads are done: a degraded
 /// read is delivered (returns true); a write gets its new data and parity
 /// into the buffers (returns false: write next).
@@ -729,6 +775,7 @@ fn compute(
             }
             Ok(false)
         }
+        Mode::Full if parity_in_place(parity, layout, spans, bufs, parent_iovs, len) => Ok(false),
         Mode::Full | Mode::Rcw | Mode::Reconstruct => {
             if *mode == Mode::Reconstruct && !solve(parity, layout, bufs, have, len) {
                 return Err(IoStatus::MediaError);

@@ -123,3 +123,64 @@ fn failed_replacement_leaves_the_array_as_it_was() {
     r.read_all();
     r.check_on_disk();
 }
+
+#[test]
+fn a_stop_during_replace_resumes_it_on_the_next_assembly() {
+    for (level, layout, disks) in [(Level::Raid1, None, 2), (Level::Raid5, Some(2), 4)] {
+        let mut r = rig(level, layout, disks, 16, 512);
+        r.batch(&[Op::Write { at: 0, blocks: r.blocks(), seed: 7 }]);
+        let _new = add_member(&r.reg, disks, 512);
+        let new = format!("f{disks}");
+        r.array.manage(ManageCmd::SetSyncSpeed(1024)).unwrap();
+        r.array.manage(ManageCmd::ReplaceDisk { old: "f0".into(), new: new.clone() }).unwrap();
+        churn(&mut r, |d| d.resync_progress > 10.0);
+        let Rig { reg, array, ch, model, .. } = r;
+        drop(ch);
+        array.stop().unwrap();
+        drop(array);
+        // On disk it is still slot 0's replacement, with how far it got.
+        let ex = md_examine(&reg, &format!("m{disks}")).unwrap().superblock;
+        assert!(ex.feature_map.contains(FeatureMap::REPLACEMENT), "{level}");
+        assert!(ex.feature_map.contains(FeatureMap::RECOVERY_OFFSET), "{level}");
+        assert!(ex.recovery_offset > 0 && ex.recovery_offset < crate::superblock::MAX_SECTOR, "{level}");
+        assert_eq!(ex.dev_roles[ex.dev_number as usize], crate::superblock::DevRole::Active(0));
+        let names: Vec<String> = (0..=disks).map(|i| format!("f{i}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let a = md_assemble(&reg, "md1", &refs, &AssembleOptions { run_degraded: false, stripe_cache: 4 }).unwrap();
+        // Slowly again (the control thread starts the copy on its first
+        // round), to see where it resumes.
+        a.manage(ManageCmd::SetSyncSpeed(1024)).unwrap();
+        let d = a.detail();
+        let listed = |d: &MdDetail, role: &str| d.disks.iter().any(|x| x.name == new && x.role == role);
+        assert!(!d.degraded && d.spare_disks == 0 && listed(&d, "replacement 0"), "{level}: {d:?}");
+        let t0 = Instant::now();
+        let d = loop {
+            let d = a.detail();
+            if d.resync_status == "recovery" {
+                break d;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(5), "{level}: {d:?}");
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        // Resumed, not restarted: from the recorded offset on.
+        assert!(d.resync_progress >= 10.0, "{level}: {d:?}");
+        a.manage(ManageCmd::SetSyncSpeed(0)).unwrap();
+        let t0 = Instant::now();
+        let d = loop {
+            let d = a.detail();
+            if listed(&d, "active 0") && d.resync_status == "idle" {
+                break d;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(20), "{level}: {d:?}");
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        assert!(!d.disks.iter().any(|x| x.name == "f0"), "{level}: old device still listed: {d:?}");
+        let mut ch = reg.open("md1", true).unwrap().channel().unwrap();
+        let mut b = bdev::DmaBuf::zeroed(model.len()).unwrap();
+        ch.submit(&bdev::IoRequest::read(0, model.len() as u64 / 512, bdev::IoVecs::single(b.iovec()), 1)).unwrap();
+        assert_eq!(super::tests::wait(&mut ch, &[1]), vec![bdev::IoStatus::Success]);
+        assert!(b.as_slice() == &model[..], "{level}");
+        drop(ch);
+        a.stop().unwrap();
+    }
+}
