@@ -11,13 +11,15 @@ use nvme_tcp::initiator::{AdminQueue, ConnectOpts, SyncData};
 use nvme_tcp::nvmf::NvmfController;
 use nvme_tcp::target::{SubsystemConfig, Target, TargetConfig};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const NQN: &str = "nqn.2024-01.io.xbdev:ana";
 
-/// A target with two listeners (two port groups) and two namespaces.
-fn target() -> Target {
+/// The configuration of a target with two listeners (two port groups) and
+/// two namespaces.
+fn config() -> TargetConfig {
     let ns: Vec<Arc<dyn Bdev>> = (0..2)
         .map(|i| {
             let p = MallocParams { name: format!("a{i}"), num_blocks: 4096, block_size: 512 };
@@ -25,7 +27,12 @@ fn target() -> Target {
         })
         .collect();
     let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-    Target::start(TargetConfig::new(vec![any, any], vec![SubsystemConfig::new(NQN, ns)])).expect("target")
+    TargetConfig::new(vec![any, any], vec![SubsystemConfig::new(NQN, ns)])
+}
+
+/// A target with two listeners (two port groups) and two namespaces.
+fn target() -> Target {
+    Target::start(config()).expect("target")
 }
 
 fn opts(addr: SocketAddr) -> ConnectOpts {
@@ -143,6 +150,55 @@ fn ana_change_completes_an_async_event_request() {
     assert_eq!(dw0.expect("event"), 0x000c_0302);
     assert_eq!(ana_log(&mut a).groups[0].state, SpecAna::NonOptimized);
     a.close();
+}
+
+/// An ANA change the target's poll loop had not noticed yet when a Get Log
+/// Page (ANA) from the host arrived: the change happened before the read,
+/// while an Asynchronous Event Request was outstanding, so it is still
+/// reported with a notice (the read does not swallow it).
+#[test]
+fn ana_change_read_before_the_target_noticed_it_still_gets_a_notice() {
+    let t = Arc::new(Target::new(config()).expect("target"));
+    // The poll group runs between passes only while `gate` is free: the
+    // test holds it to keep the target from looking at its sockets.
+    let gate = Arc::new(Mutex::new(()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let poller = {
+        let (t, gate, stop) = (t.clone(), gate.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut pg = t.poll_group();
+            while !stop.load(Ordering::Acquire) {
+                let g = gate.lock().expect("gate");
+                pg.poll();
+                drop(g);
+                std::thread::sleep(Duration::from_micros(20));
+            }
+        })
+    };
+    let mut a = AdminQueue::connect(&opts(t.addrs()[0]), NQN).expect("admin");
+    a.enable_async_events(1 << 11).expect("enable ANA notices");
+    // The request went out with this command, so the target holds it.
+    a.keep_alive().expect("keep alive");
+    assert!(a.take_async_events().expect("events").is_empty());
+
+    let paused = gate.lock().expect("gate");
+    t.set_ana_state(0, AnaState::NonOptimized).expect("set");
+    let reader = std::thread::spawn(move || (ana_log(&mut a), a));
+    // Let the read reach the target's socket before its next pass (had it
+    // not, the target would notice the change first, the easy order).
+    std::thread::sleep(Duration::from_millis(50));
+    drop(paused);
+    let (log, mut a) = reader.join().expect("reader");
+    assert_eq!(log.groups[0].state, SpecAna::NonOptimized);
+    let mut events = Vec::new();
+    wait_for(Duration::from_secs(5), "the ANA change notice", || {
+        events.extend(a.take_async_events().expect("events"));
+        !events.is_empty()
+    });
+    assert_eq!(events, vec![0x000c_0302]);
+    a.close();
+    stop.store(true, Ordering::Release);
+    poller.join().expect("poller");
 }
 
 #[test]

@@ -289,7 +289,7 @@ fn admin(
             };
             reply_data(conn, slot, &page, want);
         }
-        AdminCommand::GetLogPage { lid, offset: off, .. } => {
+        AdminCommand::GetLogPage { lid, offset: off, rae, .. } => {
             let page: Vec<u8> = match lid {
                 LogPageId::ERROR => vec![0; 64],
                 LogPageId::SMART => {
@@ -307,7 +307,11 @@ fn admin(
                 }
                 LogPageId::DISCOVERY if sub.discovery => discovery_log(shared, conn, &ctrl.hostnqn),
                 LogPageId::ANA if !sub.discovery => {
-                    conn.ana_seen = shared.ana_chgcnt.load(Ordering::Acquire);
+                    // Loaded before the page is built: the page reports
+                    // at least the changes up to this count.
+                    let chgcnt = shared.ana_chgcnt.load(Ordering::Acquire);
+                    let enabled = ctrl.regs().aen_config & AEC_ANA_CHANGE != 0;
+                    conn.ana.log_read(chgcnt, enabled, rae);
                     ana_log(shared, conn.listener, sub)
                 }
                 _ => {

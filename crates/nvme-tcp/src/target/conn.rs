@@ -1,5 +1,6 @@
 //! Poll groups and target connections.
 
+use super::aen::AnaNotices;
 use super::bufs::SlotBufs;
 use super::io::IoState;
 use super::{abort, admin, Ctrl, Shared};
@@ -40,8 +41,8 @@ pub(crate) struct TgtConn {
     pub(crate) local: SocketAddr,
     pub(crate) sqes: Vec<Sqe>,
     pub(crate) aers: Vec<u16>,
-    /// ANA change count last reported to the host (log page or event).
-    pub(crate) ana_seen: u64,
+    /// ANA change notices.
+    pub(crate) ana: AnaNotices,
     pub(crate) closed: bool,
     pub(crate) accepted: Instant,
     events: Vec<CtrlEvent>,
@@ -73,7 +74,7 @@ impl TgtConn {
             local,
             sqes: vec![Sqe::new(0, 0); usize::from(depth)],
             aers: Vec::new(),
-            ana_seen: shared.ana_chgcnt.load(Ordering::Acquire),
+            ana: AnaNotices::new(shared.ana_chgcnt.load(Ordering::Acquire)),
             closed: false,
             accepted: Instant::now(),
             events: Vec::with_capacity(usize::from(depth)),
@@ -176,15 +177,14 @@ impl TgtConn {
     }
 
     /// Completes an outstanding Asynchronous Event Request with an ANA
-    /// change notice when the ANA state changed since the host last
-    /// looked (and it enabled those notices).
+    /// change notice when an ANA change event waits (see [`AnaNotices`]).
     fn ana_event(&mut self, shared: &Shared, aen_config: u32) -> bool {
         let now = shared.ana_chgcnt.load(Ordering::Acquire);
-        if now == self.ana_seen || aen_config & admin::AEC_ANA_CHANGE == 0 || self.aers.is_empty() {
+        let enabled = aen_config & admin::AEC_ANA_CHANGE != 0;
+        if !self.ana.take(now, enabled, !self.aers.is_empty()) {
             return false;
         }
         let slot = self.aers.remove(0);
-        self.ana_seen = now;
         self.complete(slot, Status::SUCCESS, admin::AEN_ANA_CHANGE, 0);
         true
     }

@@ -25,6 +25,7 @@
 
 mod abort;
 mod admin;
+mod aen;
 mod bufs;
 mod conn;
 mod io;
