@@ -166,6 +166,10 @@ pub struct Core {
     gates: Mutex<Vec<Weak<Gate>>>,
     /// Last durable record.
     pub durable: AtomicU64,
+    /// Last applied record (durable or not): a flush waits until it is durable, since IO
+    /// completed before the flush may rely on it (a write into a granule another write just
+    /// made valid).
+    pub applied: AtomicU64,
     kick: Mutex<bool>,
     kick_cv: Condvar,
     dur_lock: Mutex<()>,
@@ -456,6 +460,7 @@ impl Core {
             frozen: AtomicBool::new(false),
             gates: Mutex::new(Vec::new()),
             durable: AtomicU64::new(seq),
+            applied: AtomicU64::new(seq),
             kick: Mutex::new(false),
             kick_cv: Condvar::new(),
             dur_lock: Mutex::new(()),
@@ -508,6 +513,7 @@ impl Core {
                         md.rebuild_views();
                         self.gen.fetch_add(1, Ordering::AcqRel);
                     }
+                    self.applied.store(md.st.seq, Ordering::Release);
                     return Err(e.into());
                 }
             };
@@ -525,6 +531,7 @@ impl Core {
             md.rebuild_views();
             self.gen.fetch_add(1, Ordering::AcqRel);
         }
+        self.applied.store(md.st.seq, Ordering::Release);
         Ok(md.st.seq)
     }
 

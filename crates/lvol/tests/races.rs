@@ -4,7 +4,7 @@
 //! space waits for other channels. The base disk delays writes so the IO really overlaps.
 
 mod common;
-use common::late::late_disk;
+use common::late::{late_disk, LateDisk};
 use common::*;
 
 use bdev::{BdevChannel, DmaBuf, IoRequest, IoStatus, IoType, IoVecs, Registry};
@@ -17,14 +17,14 @@ const BS: u64 = 512;
 const GB: u64 = 32;
 
 /// A store `lvs` with 1 MiB clusters on a disk whose writes land late (`late_disk`'s `only`).
-fn late_store(bytes: u64, only: u64) -> (Arc<Registry>, Arc<Lvol>) {
+fn late_store(bytes: u64, only: u64) -> (Arc<Registry>, Arc<Lvol>, Arc<LateDisk>) {
     let reg = Registry::new();
     let lvol = Lvol::new(&reg);
-    late_disk(&reg, bytes, only);
+    let disk = late_disk(&reg, bytes, only);
     let opts = CreateOpts { cluster_size: MIB, journal_size: 1 << 20, max_volumes: 8 };
     lvol.lvs_create_opts("late", "lvs", &opts).unwrap();
     assert_eq!(lvol.stores()[0].granule_size, GB * BS);
-    (reg, lvol)
+    (reg, lvol, disk)
 }
 
 /// Submit every request at once and poll until all completed; each must succeed.
@@ -98,7 +98,7 @@ fn first_diff(got: &[u8], want: &[u8]) -> Option<u64> {
 
 #[test]
 fn first_writes_to_one_granule_from_one_channel_all_persist() {
-    let (reg, lvol) = late_store(32 * MIB, 0);
+    let (reg, lvol, _) = late_store(32 * MIB, 0);
     lvol.lvol_create("lvs", "v", 8, true).unwrap();
     let mut ch = chan(&reg, "lvs/v");
     let mut want = vec![0u8; (8 * MIB) as usize];
@@ -114,7 +114,7 @@ fn first_writes_to_one_granule_from_one_channel_all_persist() {
 
 #[test]
 fn first_writes_to_one_granule_from_two_threads_all_persist() {
-    let (reg, lvol) = late_store(32 * MIB, 0);
+    let (reg, lvol, _) = late_store(32 * MIB, 0);
     lvol.lvol_create("lvs", "v", 4, true).unwrap();
     let granules = 4 * MIB / BS / GB;
     let go = Arc::new(Barrier::new(2));
@@ -165,7 +165,7 @@ fn first_writes_to_one_granule_from_two_threads_all_persist() {
 
 #[test]
 fn first_writes_to_one_granule_of_a_clone_fill_from_the_parent_and_all_persist() {
-    let (reg, lvol) = late_store(32 * MIB, 0);
+    let (reg, lvol, _) = late_store(32 * MIB, 0);
     lvol.lvol_create("lvs", "v", 4, true).unwrap();
     let base = pattern((4 * MIB) as usize, 99);
     let (_b, ios) =
@@ -187,7 +187,7 @@ fn first_writes_to_one_granule_of_a_clone_fill_from_the_parent_and_all_persist()
 
 #[test]
 fn compressed_writes_to_one_granule_all_persist() {
-    let (reg, lvol) = late_store(32 * MIB, 0);
+    let (reg, lvol, _) = late_store(32 * MIB, 0);
     lvol.lvol_create("lvs", "z", 4, true).unwrap();
     let store = lvol.store("lvs").unwrap();
     store.set_compression("z", 1).unwrap();
@@ -208,7 +208,7 @@ fn compressed_writes_to_one_granule_all_persist() {
 #[test]
 fn an_unmap_racing_a_compressed_write_ends_as_one_of_the_two_orders() {
     // Writes of a whole granule (a raw chunk: the data does not compress) land 30 ms late.
-    let (reg, lvol) = late_store(32 * MIB, GB);
+    let (reg, lvol, _) = late_store(32 * MIB, GB);
     lvol.lvol_create("lvs", "z", 1, true).unwrap();
     let store = lvol.store("lvs").unwrap();
     store.set_compression("z", 1).unwrap();
@@ -271,7 +271,7 @@ fn an_unmap_racing_a_compressed_write_ends_as_one_of_the_two_orders() {
 #[test]
 fn a_write_on_a_full_store_waits_for_space_in_grace_instead_of_failing() {
     // Writes of 7 blocks land 30 ms late.
-    let (reg, lvol) = late_store(24 * MIB, 7);
+    let (reg, lvol, _) = late_store(24 * MIB, 7);
     lvol.lvol_create("lvs", "a", 1, true).unwrap();
     lvol.lvol_create("lvs", "b", 64, true).unwrap();
     lvol.lvol_create("lvs", "c", 1, true).unwrap();
@@ -313,4 +313,58 @@ fn a_write_on_a_full_store_waits_for_space_in_grace_instead_of_failing() {
         assert_eq!(write(&mut ac, 0, &whole), IoStatus::Success);
     }
     check(&store).unwrap();
+}
+
+#[test]
+fn a_flush_makes_a_write_into_a_granule_another_write_just_made_valid_durable() {
+    // Journal transactions (4 KiB) land 30 ms late: records stay applied but not durable.
+    let (reg, lvol, disk) = late_store(32 * MIB, 4096 / BS);
+    lvol.lvol_create("lvs", "v", 1, true).unwrap();
+    let mut ch = chan(&reg, "lvs/v");
+    // A first-writes blocks 0..4 of granule 0; B writes blocks 16..20 of it: B waits for A's
+    // claim, then overwrites the granule A made valid and completes before A's record is
+    // durable. A flush after B must make B's data durable: it waits for A's record.
+    let (a, b) = (pattern(4 * BS as usize, 1), pattern(4 * BS as usize, 2));
+    let (_bufs, ios) = writes(&[(0, a.clone()), (16, b.clone())]);
+    for io in &ios {
+        ch.submit(io).unwrap();
+    }
+    let t0 = Instant::now();
+    let mut b_done = false;
+    while !b_done {
+        ch.poll(&mut |tag, st| {
+            assert_eq!(st, IoStatus::Success);
+            b_done |= tag == 1;
+        });
+        assert!(t0.elapsed() < Duration::from_secs(30), "io stuck");
+    }
+    ch.submit(&IoRequest::no_data(IoType::Flush, 0, 0, 7)).unwrap();
+    let mut flushed = false;
+    while !flushed {
+        ch.poll(&mut |tag, st| {
+            assert_eq!(st, IoStatus::Success);
+            flushed |= tag == 7;
+        });
+        assert!(t0.elapsed() < Duration::from_secs(30), "io stuck");
+    }
+    // Crash now: load the store from what the disk holds.
+    let img = disk.image();
+    let reg2 = Registry::new();
+    let l2 = Lvol::new(&reg2);
+    let copy = malloc("copy", img.len() as u64, BS as u32);
+    let mut cc = copy.open_channel().unwrap();
+    let mut buf = DmaBuf::alloc(img.len()).unwrap();
+    buf.as_mut_slice().copy_from_slice(&img);
+    let n = img.len() as u64 / BS;
+    cc.submit(&IoRequest::write(0, n, IoVecs::single(buf.iovec()), 0)).unwrap();
+    let mut st = None;
+    while st.is_none() {
+        cc.poll(&mut |_, s| st = Some(s));
+    }
+    assert_eq!(st, Some(IoStatus::Success));
+    reg2.register(copy).unwrap();
+    let got = read(&mut chan(&reg2, "lvs/v"), 16, b.len());
+    assert!(got == b, "the flushed write is lost after a crash");
+    check(&l2.store("lvs").unwrap()).unwrap();
+    drop(ch);
 }

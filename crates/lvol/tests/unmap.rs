@@ -205,7 +205,7 @@ fn poll_until(ch: &mut BdevChannel, inflight: &mut usize, want: usize, bad: &mut
 fn writes_and_unmaps_racing_never_corrupt_another_volume() {
     let reg = Registry::new();
     let lvol = lvol::Lvol::new(&reg);
-    let late = late_disk(&reg, 6 * MIB, 0);
+    let late: Arc<dyn bdev::Bdev> = late_disk(&reg, 6 * MIB, 0);
     // 64 KiB clusters (4 KiB granules): 91 clusters, 57 of them in use at most: a freed
     // cluster is handed out again soon.
     let opts = CreateOpts { cluster_size: 64 << 10, journal_size: 256 << 10, max_volumes: 8 };

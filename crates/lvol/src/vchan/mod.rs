@@ -422,6 +422,16 @@ impl VolChannel {
         self.core.claim_gen.fetch_add(1, Ordering::Release);
     }
 
+    /// Give op `i`'s bounce set back (to an op waiting for one).
+    fn put_set(&mut self, i: usize) {
+        if let Some(s) = self.ops[i].set.take() {
+            self.free_sets.push(s);
+            if let Some(w) = self.set_wait.pop_front() {
+                self.ready.push(w);
+            }
+        }
+    }
+
     /// Park op `i` until a claim is dropped (`space` false; read `claim_gen` under the
     /// metadata lock that saw the claim) or space may have come back (`space`).
     fn park(&mut self, i: usize, space: bool, claim_gen: u64) {
@@ -433,6 +443,9 @@ impl VolChannel {
         } else {
             self.claim_seen = self.claim_seen.min(claim_gen);
         }
+        // It plans its piece again when it retries: the bounce set may serve an op meanwhile
+        // (perhaps the one holding the claim it waits for).
+        self.put_set(i);
         self.ops[i].wait_space = space;
         self.ops[i].st = St::Parked;
         self.parked.push_back(i as u16);
@@ -485,16 +498,11 @@ impl VolChannel {
             let mut md = core.lock_md();
             self.drop_claim(&mut md, i);
         }
+        self.put_set(i);
         let op = &mut self.ops[i];
         let tag = op.tag;
         op.st = St::Idle;
         op.queued = None;
-        if let Some(s) = op.set.take() {
-            self.free_sets.push(s);
-            if let Some(w) = self.set_wait.pop_front() {
-                self.ready.push(w);
-            }
-        }
         self.done.push_back((tag, status));
         self.free.push(i as u16);
         self.set_busy(-1);
@@ -564,6 +572,8 @@ impl VolChannel {
                 self.ops[i].st = St::Next;
             }
             IoType::Flush => {
+                // Records applied so far must be durable too when the flush completes.
+                self.ops[i].seq = self.core.applied.load(Ordering::Acquire);
                 self.ops[i].st = St::FlushIo;
                 self.submit_base(i, IoRequest::no_data(IoType::Flush, 0, 0, 0));
                 return;
@@ -1146,7 +1156,16 @@ impl VolChannel {
                 let rec = Record::ChunkWrite { id: self.id, chunk: w.g, entry: w.loc };
                 self.commit_then_wait(i, rec);
             }
-            St::FlushIo => self.finish(i, status),
+            St::FlushIo => {
+                if status != IoStatus::Success {
+                    return self.finish(i, status);
+                }
+                // Wait for the records (then finish: a flush has no blocks to write).
+                self.ops[i].w.k = 0;
+                self.ops[i].st = St::Durable;
+                self.kick = true;
+                self.step(i);
+            }
             _ => log::error!("volume {}: completion for op {i} in state {:?}", self.id, op.st),
         }
     }

@@ -26,14 +26,30 @@ struct LateChannel {
     only: u64,
 }
 
-pub fn late_disk(reg: &Registry, bytes: u64, only: u64) -> Arc<dyn Bdev> {
+pub fn late_disk(reg: &Registry, bytes: u64, only: u64) -> Arc<LateDisk> {
     let mem = Arc::new(
         MallocBdev::new(MallocParams { name: "mem".into(), num_blocks: bytes / BS, block_size: BS as u32 }).unwrap(),
     );
     let info = BdevInfo::new("late", "late", BS as u32, bytes / BS, mem.info().supported);
-    let late: Arc<dyn Bdev> = Arc::new(LateDisk { info, mem, only });
+    let late = Arc::new(LateDisk { info, mem, only });
     reg.register(late.clone()).unwrap();
     late
+}
+
+impl LateDisk {
+    /// What a crash now would leave: the memory without the writes still queued.
+    pub fn image(&self) -> Vec<u8> {
+        let mut ch = self.mem.open_channel().unwrap();
+        let len = (self.info.num_blocks * BS) as usize;
+        let mut b = bdev::DmaBuf::zeroed(len).unwrap();
+        ch.submit(&IoRequest::read(0, self.info.num_blocks, bdev::IoVecs::single(b.iovec()), 0)).unwrap();
+        let mut st = None;
+        while st.is_none() {
+            ch.poll(&mut |_, s| st = Some(s));
+        }
+        assert_eq!(st, Some(IoStatus::Success));
+        b.as_slice().to_vec()
+    }
 }
 
 impl Bdev for LateDisk {
