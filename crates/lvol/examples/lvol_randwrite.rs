@@ -32,8 +32,7 @@ fn run(ch: &mut BdevChannel, secs: f64, seed: u64, limit: u64) -> f64 {
     let dur = Duration::from_secs_f64(secs);
     loop {
         let stop = t0.elapsed() >= dur || issued >= limit;
-        while !stop {
-            let Some(slot) = free.pop() else { break };
+        while let Some(slot) = if stop { None } else { free.pop() } {
             let lba = (issued.wrapping_mul(mul) % slots) * IO / bs;
             let io = IoRequest::write(lba, IO / bs, IoVecs::single(bufs[slot].iovec()), slot as u64);
             if ch.submit(&io).is_err() {
