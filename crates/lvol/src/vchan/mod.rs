@@ -6,11 +6,18 @@
 //!   run whose mapping changed while it was read is read again.
 //! - Overwrites of valid granules go straight to the cluster (encrypted through a bounce
 //!   buffer when the cluster is). No metadata.
-//! - First writes allocate the cluster if needed, fill the uncovered part of partially written
-//!   granules from what the volume shows there (parent, packed chunk or zeroes), write, then
-//!   journal the granules' valid bits and complete once that record is durable.
-//! - On a compressing volume each granule is rewritten whole: read-modify-write, compress,
-//!   write to newly reserved packed sectors, journal the new chunk location.
+//! - First writes claim the granules they write that are not valid (see [`Md::claims`]),
+//!   allocate the cluster if needed, fill the uncovered part of partially written granules
+//!   from what the volume shows there (parent, packed chunk or zeroes), write, then journal the
+//!   granules' valid bits (dropping the claim) and complete once that record is durable.
+//! - On a compressing volume each granule is claimed and rewritten whole: read-modify-write,
+//!   compress, write to newly reserved packed sectors, journal the new chunk location.
+//! - An op that meets a claimed granule (a write, or a release of it), or an allocation on a
+//!   full store while freed space is pending reuse, is parked: retried on poll (claim waiters
+//!   once a claim was dropped anywhere, [`Core::claim_gen`]), planning its piece again with
+//!   the current reuse epoch. It holds no claim and no bounce set while parked.
+//! - A flush completes after the base flush and once every record applied before it is
+//!   durable (a write completed before it may rely on another op's valid bits).
 //! - Unmap and write-zeroes on a thin volume release the granules they cover whole and that
 //!   the volume does not read from a parent: one `Release` record per cluster (and a chunk
 //!   removal per compressed granule); a cluster left empty is freed. The rest is written as
