@@ -1053,6 +1053,7 @@ impl VolChannel {
         let e = match self.alloc_locked(&mut md, i, lc) {
             Alloc::Ent(e) => e,
             Alloc::Wait => {
+                self.drop_claim(&mut md, i);
                 drop(md);
                 self.park(i, true, 0);
                 return Claim::Stop;
