@@ -236,7 +236,7 @@ fn an_unmap_racing_a_compressed_write_ends_as_one_of_the_two_orders() {
             done += 1;
         });
     }
-    assert_eq!(done, 0, "the writes are still in flight");
+    // (Normally none completed yet; a descheduled test thread only makes the race rarer.)
     let unmaps: Vec<IoRequest> = (0..n).map(|g| IoRequest::no_data(IoType::Unmap, g * GB, GB, 100 + g)).collect();
     for io in &unmaps {
         ch.submit(io).unwrap();
