@@ -175,6 +175,7 @@ proptest! {
             }
         }
         let rep = check(&store).unwrap();
+        prop_assert_eq!(rep.claimed_granules, 0, "a claim outlived its write");
         for (name, (data, _)) in &model {
             prop_assert!(read_all(&store, name) == *data, "volume {} differs", name);
         }
