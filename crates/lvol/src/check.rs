@@ -32,6 +32,9 @@ pub struct CheckReport {
     /// Clusters freed (by unmaps, shrinks, deletes...) not yet reusable: their record is not
     /// durable yet, or IO that looked up the old mapping may still be in progress.
     pub releasing_clusters: u64,
+    /// Granules claimed by writes in progress (first writes, compressed rewrites); 0 when no
+    /// IO is in progress.
+    pub claimed_granules: u64,
 }
 
 /// Check a store: the super blocks and the current checkpoint on disk, then the volume table,
@@ -200,6 +203,7 @@ pub fn check(store: &Store) -> Result<CheckReport, CheckError> {
             free_clusters: free,
             chunks,
             releasing_clusters: releasing,
+            claimed_granules: md.claims.values().map(|m| m.count_ones() as u64).sum(),
         })
     } else {
         Err(CheckError { problems: p })

@@ -61,6 +61,9 @@ pub enum CoreError {
     Setup(String),
 }
 
+/// Granule claims the map holds without growing (more concurrent first writes allocate once).
+const CLAIMS: usize = 4096;
+
 /// Per-channel count of IOs in progress, read by freezes, and the channel's reuse epoch.
 #[derive(Default)]
 pub struct Gate {
@@ -106,6 +109,10 @@ pub struct Md {
     quarantine: Vec<(u64, Freed)>,
     /// Space freed by durable records, waiting for IO that may still use it: (epoch, space).
     grace: Vec<(u64, Freed)>,
+    /// Granules being written by a first write or a compressed rewrite, by (volume id,
+    /// logical cluster): one bit per granule. Another write of those granules (or a release)
+    /// waits until the claim is dropped, when the writer's record is applied.
+    pub claims: HashMap<(u32, u64), u64>,
     /// IO views by volume id.
     pub views: HashMap<u32, Arc<View>>,
     /// Loaded keys by volume id.
@@ -124,6 +131,12 @@ impl Md {
     /// for IO that looked up the old mapping to finish.
     pub fn pending_frees(&self) -> Vec<Freed> {
         self.quarantine.iter().chain(self.grace.iter()).map(|x| x.1).collect()
+    }
+
+    /// Whether freed space is on its way back to the allocator (an allocation that fails now
+    /// may succeed later).
+    pub fn space_pending(&self) -> bool {
+        !self.quarantine.is_empty() || !self.grace.is_empty()
     }
 }
 
@@ -145,11 +158,18 @@ pub struct Core {
     /// epoch at its admission; space freed at epoch `e` is reused once no IO admitted before
     /// `e` is in progress (see [`Core::reclaim`]).
     pub epoch: AtomicU64,
+    /// Bumped whenever a granule claim is dropped ([`Md::claims`]): writes waiting for a
+    /// claimed granule retry when it moves.
+    pub claim_gen: AtomicU64,
     /// New IO waits while set.
     pub frozen: AtomicBool,
     gates: Mutex<Vec<Weak<Gate>>>,
     /// Last durable record.
     pub durable: AtomicU64,
+    /// Last applied record (durable or not): a flush waits until it is durable, since IO
+    /// completed before the flush may rely on it (a write into a granule another write just
+    /// made valid).
+    pub applied: AtomicU64,
     kick: Mutex<bool>,
     kick_cv: Condvar,
     dur_lock: Mutex<()>,
@@ -421,6 +441,7 @@ impl Core {
             pending: Vec::new(),
             quarantine: Vec::new(),
             grace: Vec::new(),
+            claims: HashMap::with_capacity(CLAIMS),
             views: HashMap::new(),
             keys: HashMap::new(),
             jr,
@@ -435,9 +456,11 @@ impl Core {
             md: Mutex::new(md),
             gen: AtomicU64::new(1),
             epoch: AtomicU64::new(1),
+            claim_gen: AtomicU64::new(0),
             frozen: AtomicBool::new(false),
             gates: Mutex::new(Vec::new()),
             durable: AtomicU64::new(seq),
+            applied: AtomicU64::new(seq),
             kick: Mutex::new(false),
             kick_cv: Condvar::new(),
             dur_lock: Mutex::new(()),
@@ -490,6 +513,7 @@ impl Core {
                         md.rebuild_views();
                         self.gen.fetch_add(1, Ordering::AcqRel);
                     }
+                    self.applied.store(md.st.seq, Ordering::Release);
                     return Err(e.into());
                 }
             };
@@ -507,6 +531,7 @@ impl Core {
             md.rebuild_views();
             self.gen.fetch_add(1, Ordering::AcqRel);
         }
+        self.applied.store(md.st.seq, Ordering::Release);
         Ok(md.st.seq)
     }
 

@@ -41,12 +41,22 @@
 //! point of random workloads with [`crash::CrashDisk`].
 //!
 //! # Concurrency
-//! IO channels read maps lock-free (atomics) and take the metadata mutex only to allocate or
-//! to journal a first write. Control operations run on the caller's thread with their own base
-//! channel; operations that change maps (snapshot, resize, destroy, restore, merge, codec
-//! changes) freeze the store: new IO waits in the channels, in-progress IO drains (the caller
-//! must not hold a channel of the store with IO in flight on its own thread). Each store has a
-//! metadata thread that writes journal transactions (group commit) and checkpoints.
+//! IO channels read maps lock-free (atomics) and take the metadata mutex only to allocate, to
+//! claim granules for a first write and to journal it. A first write fills what it does not
+//! cover of its granules and writes them whole (a compressed write rewrites its granule
+//! whole), so it claims them first: another write of a claimed granule, or an unmap releasing
+//! it, waits in its channel (retried on poll, the reactor never blocks) until the claim is
+//! dropped, when the first write's record is applied; then it plans again (an overwrite now).
+//! Overwrites of valid granules take no lock and see no claims. An allocation on a full store
+//! while released space is still pending reuse waits likewise; it fails with `NoSpace` only
+//! when nothing is pending. A flush completes once the records applied before it are durable.
+//!
+//! Control operations run on the caller's thread with their own base channel; operations that
+//! change maps (snapshot, resize, destroy, restore, merge, codec changes) freeze the store:
+//! new IO waits in the channels, in-progress IO drains (the caller must not hold a channel of
+//! the store with IO in flight on its own thread; likewise IO waiting for released space needs
+//! the other channels with IO in flight to be polled). Each store has a metadata thread that
+//! writes journal transactions (group commit) and checkpoints.
 //!
 //! # Entry points
 //! [`Lvol`] (the seed's API by name: `lvs_create`, `lvol_create`, `snapshot_create`, ...),

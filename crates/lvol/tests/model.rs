@@ -14,11 +14,14 @@ const VOL: u64 = 256 << 10;
 
 #[derive(Clone, Debug)]
 enum Act {
+    /// A write, submitted as `split + 1` adjacent requests at once (they often share a
+    /// granule: the later ones wait for the first one's claim).
     Write {
         vol: usize,
         lba: u64,
         nb: u64,
         seed: u8,
+        split: u64,
     },
     /// Unmap (or write-zeroes when `wz`); `whole` covers the volume.
     Zero {
@@ -46,7 +49,8 @@ enum Act {
 
 fn act() -> impl Strategy<Value = Act> {
     prop_oneof![
-        8 => (0..4usize, 0..VOL / BS, 1..64u64, any::<u8>()).prop_map(|(vol, lba, nb, seed)| Act::Write { vol, lba, nb, seed }),
+        8 => (0..4usize, 0..VOL / BS, 1..64u64, any::<u8>(), 0..4u64)
+            .prop_map(|(vol, lba, nb, seed, split)| Act::Write { vol, lba, nb, seed, split }),
         3 => (0..4usize, 0..VOL / BS, 1..600u64, any::<bool>(), any::<bool>())
             .prop_map(|(vol, lba, nb, wz, whole)| Act::Zero { vol, lba, nb, wz, whole }),
         1 => (0..4usize).prop_map(|vol| Act::Snapshot { vol }),
@@ -100,14 +104,30 @@ proptest! {
             let writable: Vec<String> = model.iter().filter(|(_, v)| !v.1).map(|(k, _)| k.clone()).collect();
             let snaps: Vec<String> = model.iter().filter(|(_, v)| v.1).map(|(k, _)| k.clone()).collect();
             match a {
-                Act::Write { vol, lba, nb, seed } => {
+                Act::Write { vol, lba, nb, seed, split } => {
                     let name = &writable[vol % writable.len()];
                     let nb = nb.min(VOL / BS - lba);
                     let data: Vec<u8> = (0..nb * BS).map(|i| (i as u8).wrapping_mul(seed | 1).wrapping_add(seed)).collect();
                     let mut ch = store.channel(name).unwrap();
                     let mut b = DmaBuf::alloc(data.len()).unwrap();
                     b.as_mut_slice().copy_from_slice(&data);
-                    prop_assert_eq!(io(&mut ch, IoRequest::write(lba, nb, IoVecs::single(b.iovec()), 0)), IoStatus::Success);
+                    let parts = (split + 1).min(nb);
+                    for k in 0..parts {
+                        let (a, e) = (nb * k / parts, nb * (k + 1) / parts);
+                        let v = IoVecs::single(b.iovec_range((a * BS) as usize, ((e - a) * BS) as usize).unwrap());
+                        ch.submit(&IoRequest::write(lba + a, e - a, v, k)).unwrap();
+                    }
+                    let mut left = parts;
+                    let mut bad = None;
+                    while left > 0 {
+                        ch.poll(&mut |_, st| {
+                            left -= 1;
+                            if st != IoStatus::Success {
+                                bad = Some(st);
+                            }
+                        });
+                    }
+                    prop_assert_eq!(bad, None);
                     let m = model.get_mut(name).unwrap();
                     m.0[(lba * BS) as usize..((lba + nb) * BS) as usize].copy_from_slice(&data);
                 }
@@ -155,6 +175,7 @@ proptest! {
             }
         }
         let rep = check(&store).unwrap();
+        prop_assert_eq!(rep.claimed_granules, 0, "a claim outlived its write");
         for (name, (data, _)) in &model {
             prop_assert!(read_all(&store, name) == *data, "volume {} differs", name);
         }

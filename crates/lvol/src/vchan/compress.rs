@@ -3,12 +3,13 @@
 //! journaled as the chunk's new location; when no packed space is left the granule goes to a
 //! regular cluster instead.
 
-use super::{fill_src, BounceSet, Dest, Rd, St, Then, VolChannel, RD0, W, W0};
+use super::{fill_src, Alloc, BounceSet, Dest, Rd, St, Then, VolChannel, RD0, W, W0};
 use crate::codec::{chunk_tweak, compress_chunk};
 use crate::format::SECTOR;
 use crate::record::{ChunkLoc, ENT_ENC};
 use crate::state::ent_pc;
 use bdev::{IoRequest, IoStatus, IoVecs};
+use std::sync::atomic::Ordering;
 
 impl VolChannel {
     pub(super) fn compressed_piece(&mut self, i: usize) -> bool {
@@ -21,6 +22,23 @@ impl VolChannel {
         let g = lba / geo.gb;
         let gs = g * geo.gb;
         let k = (op.n - op.pos).min(gs + geo.gb - lba);
+        // Claim the granule: every write of it rewrites it whole, so two at once (or a release
+        // between this one's read and its record) would lose data.
+        let (lc, bit) = (lba / geo.cb, 1u64 << (g % geo.gpc));
+        {
+            let core = self.core.clone();
+            let mut md = core.lock_md();
+            let c = md.claims.entry((self.id, lc)).or_insert(0);
+            if *c & bit != 0 {
+                let g = core.claim_gen.load(Ordering::Acquire);
+                drop(md);
+                self.park(i, false, g);
+                return false;
+            }
+            *c |= bit;
+            self.ops[i].claim = bit;
+            self.ops[i].claim_lc = lc;
+        }
         self.ops[i].w = W { k, g, lc: lba / geo.cb, head: gs, tail: gs + geo.gb, mask: 1 << (g % geo.gpc), ..W0 };
         if k == geo.gb {
             return self.compress(i);
@@ -85,13 +103,25 @@ impl VolChannel {
         let geo = self.geo;
         let w = self.ops[i].w;
         let view = self.view.clone();
-        let mut e = view.ext.ent(w.lc);
-        if e == 0 {
-            match self.allocate(i, w.lc) {
-                Some(v) => e = v,
-                None => return false,
+        let e = {
+            let core = self.core.clone();
+            let mut md = core.lock_md();
+            match self.alloc_locked(&mut md, i, w.lc) {
+                Alloc::Ent(e) => e,
+                Alloc::Wait => {
+                    // Plan the granule again once space is back (it may change meanwhile).
+                    self.drop_claim(&mut md, i);
+                    drop(md);
+                    self.park(i, true, 0);
+                    return false;
+                }
+                Alloc::Fail(st) => {
+                    drop(md);
+                    self.finish(i, st);
+                    return false;
+                }
             }
-        }
+        };
         let pc = ent_pc(e).unwrap_or(0);
         let enc = e & ENT_ENC != 0;
         let gbytes = (geo.gb * geo.bs) as usize;

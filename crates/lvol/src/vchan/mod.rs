@@ -6,11 +6,18 @@
 //!   run whose mapping changed while it was read is read again.
 //! - Overwrites of valid granules go straight to the cluster (encrypted through a bounce
 //!   buffer when the cluster is). No metadata.
-//! - First writes allocate the cluster if needed, fill the uncovered part of partially written
-//!   granules from what the volume shows there (parent, packed chunk or zeroes), write, then
-//!   journal the granules' valid bits and complete once that record is durable.
-//! - On a compressing volume each granule is rewritten whole: read-modify-write, compress,
-//!   write to newly reserved packed sectors, journal the new chunk location.
+//! - First writes claim the granules they write that are not valid (see [`Md::claims`]),
+//!   allocate the cluster if needed, fill the uncovered part of partially written granules
+//!   from what the volume shows there (parent, packed chunk or zeroes), write, then journal the
+//!   granules' valid bits (dropping the claim) and complete once that record is durable.
+//! - On a compressing volume each granule is claimed and rewritten whole: read-modify-write,
+//!   compress, write to newly reserved packed sectors, journal the new chunk location.
+//! - An op that meets a claimed granule (a write, or a release of it), or an allocation on a
+//!   full store while freed space is pending reuse, is parked: retried on poll (claim waiters
+//!   once a claim was dropped anywhere, [`Core::claim_gen`]), planning its piece again with
+//!   the current reuse epoch. It holds no claim and no bounce set while parked.
+//! - A flush completes after the base flush and once every record applied before it is
+//!   durable (a write completed before it may rely on another op's valid bits).
 //! - Unmap and write-zeroes on a thin volume release the granules they cover whole and that
 //!   the volume does not read from a parent: one `Release` record per cluster (and a chunk
 //!   removal per compressed granule); a cluster left empty is freed. The rest is written as
@@ -25,7 +32,7 @@
 //! use (at most [`MAX_SETS`]) and reused.
 
 use crate::codec::{chunk_tweak, compress_bound, decompress_chunk};
-use crate::core::{Core, Gate};
+use crate::core::{Core, Gate, Md};
 use crate::dma;
 use crate::format::SECTOR;
 use crate::record::{ChunkLoc, Record, ENT_ENC};
@@ -89,11 +96,15 @@ enum St {
     Next,
     Read,
     ReadIo,
-    WriteIo { commit: bool },
+    WriteIo {
+        commit: bool,
+    },
     CompressIo,
     Durable,
     FlushIo,
     WaitSet,
+    /// Waiting in `parked` for a claimed granule or for space in grace; re-planned on poll.
+    Parked,
 }
 
 #[derive(Copy, Clone, Debug)]
@@ -137,6 +148,31 @@ struct Op {
     sync_end: bool,
     /// Blocks `[rel.0, rel.1)` are released rather than written (zeroing ops on thin volumes).
     rel: (u64, u64),
+    /// Granules of logical cluster `claim_lc` this op claimed in [`Md::claims`].
+    claim: u64,
+    claim_lc: u64,
+    /// Parked for space (else for a claim).
+    wait_space: bool,
+}
+
+/// Outcome of claiming the granules of a first write.
+enum Claim {
+    /// Claimed; the cluster's entry and valid bits (read under the claim).
+    Got(u64, u64),
+    /// The granules became valid meanwhile: plan again (an overwrite now).
+    Replan,
+    /// The op is parked or finished.
+    Stop,
+}
+
+/// Outcome of an allocation.
+enum Alloc {
+    /// The cluster's entry.
+    Ent(u64),
+    /// No free cluster, but freed space is pending reuse: wait for it.
+    Wait,
+    /// Failed with this status.
+    Fail(IoStatus),
 }
 
 const RD0: Rd = Rd {
@@ -191,6 +227,11 @@ pub struct VolChannel {
     n_old: u64,
     /// Last value stored in the gate's `oldest`.
     ep_published: u64,
+    /// Ops waiting for a claimed granule or for space, and how many of them wait for space.
+    parked: VecDeque<u16>,
+    n_space_wait: usize,
+    /// [`Core::claim_gen`] when the claim waiters last tried (at most: they retry when it moves).
+    claim_seen: u64,
 }
 
 /// Fill `dst` with the op's data at byte `off` of the request (or zeroes).
@@ -238,6 +279,9 @@ impl VolChannel {
             ep: 0,
             sync_end: false,
             rel: (0, 0),
+            claim: 0,
+            claim_lc: 0,
+            wait_space: false,
         };
         Ok(VolChannel {
             id,
@@ -267,6 +311,9 @@ impl VolChannel {
             ep_old: 0,
             n_old: 0,
             ep_published: 0,
+            parked: VecDeque::with_capacity(OPS),
+            n_space_wait: 0,
+            claim_seen: 0,
             core,
         })
     }
@@ -294,6 +341,11 @@ impl VolChannel {
             self.kick = false;
             self.core.kick();
         }
+        self.publish_oldest();
+    }
+
+    /// Publish the oldest reuse epoch of the IO in progress in the gate.
+    fn publish_oldest(&mut self) {
         let oldest = if self.n_old > 0 {
             self.ep_old
         } else if self.n_cur > 0 {
@@ -325,15 +377,7 @@ impl VolChannel {
         // Two generations: new IO joins the newest one; it moves to the epoch just read only
         // once the older generation drained, so the oldest generation always drains (a stamp
         // older than the epoch read is only more careful).
-        let e = self.core.epoch.load(Ordering::SeqCst);
-        if e != self.ep_cur && self.n_old == 0 {
-            self.ep_old = self.ep_cur;
-            self.n_old = self.n_cur;
-            self.n_cur = 0;
-            self.ep_cur = e;
-        }
-        self.n_cur += 1;
-        self.ops[i].ep = self.ep_cur;
+        self.join_epoch(i);
         let g = self.core.gen.load(Ordering::Acquire);
         if g != self.gen {
             let md = self.core.lock_md();
@@ -346,22 +390,126 @@ impl VolChannel {
         true
     }
 
-    fn finish(&mut self, i: usize, status: IoStatus) {
+    /// Stamp op `i` with the reuse epoch (the channel is busy and fenced: see `admit`).
+    fn join_epoch(&mut self, i: usize) {
+        let e = self.core.epoch.load(Ordering::SeqCst);
+        if e != self.ep_cur && self.n_old == 0 {
+            self.ep_old = self.ep_cur;
+            self.n_old = self.n_cur;
+            self.n_cur = 0;
+            self.ep_cur = e;
+        }
+        self.n_cur += 1;
+        self.ops[i].ep = self.ep_cur;
+    }
+
+    /// Op `i` no longer counts in its reuse epoch generation.
+    fn leave_epoch(&mut self, i: usize) {
         if self.ops[i].ep == self.ep_cur && self.n_cur > 0 {
             self.n_cur -= 1;
         } else {
             self.n_old = self.n_old.saturating_sub(1);
         }
+    }
+
+    /// Drop op `i`'s granule claim (under the metadata lock) and wake its waiters.
+    fn drop_claim(&mut self, md: &mut Md, i: usize) {
         let op = &mut self.ops[i];
-        let tag = op.tag;
-        op.st = St::Idle;
-        op.queued = None;
-        if let Some(s) = op.set.take() {
+        if op.claim == 0 {
+            return;
+        }
+        let key = (self.id, op.claim_lc);
+        if let Some(m) = md.claims.get_mut(&key) {
+            *m &= !op.claim;
+            if *m == 0 {
+                md.claims.remove(&key);
+            }
+        }
+        op.claim = 0;
+        self.core.claim_gen.fetch_add(1, Ordering::Release);
+    }
+
+    /// Give op `i`'s bounce set back (to an op waiting for one).
+    fn put_set(&mut self, i: usize) {
+        if let Some(s) = self.ops[i].set.take() {
             self.free_sets.push(s);
             if let Some(w) = self.set_wait.pop_front() {
                 self.ready.push(w);
             }
         }
+    }
+
+    /// Park op `i` until a claim is dropped (`space` false; read `claim_gen` under the
+    /// metadata lock that saw the claim) or space may have come back (`space`).
+    fn park(&mut self, i: usize, space: bool, claim_gen: u64) {
+        if space {
+            self.n_space_wait += 1;
+            self.kick = true;
+        } else if !self.parked.iter().any(|&p| !self.ops[p as usize].wait_space) {
+            self.claim_seen = claim_gen;
+        } else {
+            self.claim_seen = self.claim_seen.min(claim_gen);
+        }
+        // It plans its piece again when it retries: the bounce set may serve an op meanwhile
+        // (perhaps the one holding the claim it waits for).
+        self.put_set(i);
+        self.ops[i].wait_space = space;
+        self.ops[i].st = St::Parked;
+        self.parked.push_back(i as u16);
+    }
+
+    /// Retry parked ops: claim waiters once a claim was dropped, space waiters each poll (the
+    /// first that finds no space again ends the round). A retried op holds no mapping it
+    /// looked up before (it waits between pieces), so it takes the current reuse epoch: the
+    /// space it waits for may be in grace behind its own old stamp.
+    fn retry_parked(&mut self) {
+        let g = self.core.claim_gen.load(Ordering::Acquire);
+        let claims_moved = g != self.claim_seen;
+        if !claims_moved && self.n_space_wait == 0 {
+            return;
+        }
+        self.claim_seen = g;
+        let mut space_ok = true;
+        let mut take = [0u16; 64];
+        let mut n = 0;
+        for _ in 0..self.parked.len() {
+            let Some(p) = self.parked.pop_front() else { break };
+            let space = self.ops[p as usize].wait_space;
+            if n < take.len() && ((space && space_ok) || (!space && claims_moved)) {
+                if space {
+                    self.n_space_wait -= 1;
+                    space_ok = false;
+                }
+                take[n] = p;
+                n += 1;
+            } else {
+                self.parked.push_back(p);
+            }
+        }
+        for &p in &take[..n] {
+            self.leave_epoch(p as usize);
+            self.join_epoch(p as usize);
+        }
+        self.publish_oldest();
+        for &p in &take[..n] {
+            let i = p as usize;
+            self.ops[i].st = St::Next;
+            self.step(i);
+        }
+    }
+
+    fn finish(&mut self, i: usize, status: IoStatus) {
+        self.leave_epoch(i);
+        if self.ops[i].claim != 0 {
+            let core = self.core.clone();
+            let mut md = core.lock_md();
+            self.drop_claim(&mut md, i);
+        }
+        self.put_set(i);
+        let op = &mut self.ops[i];
+        let tag = op.tag;
+        op.st = St::Idle;
+        op.queued = None;
         self.done.push_back((tag, status));
         self.free.push(i as u16);
         self.set_busy(-1);
@@ -431,6 +579,8 @@ impl VolChannel {
                 self.ops[i].st = St::Next;
             }
             IoType::Flush => {
+                // Records applied so far must be durable too when the flush completes.
+                self.ops[i].seq = self.core.applied.load(Ordering::Acquire);
                 self.ops[i].st = St::FlushIo;
                 self.submit_base(i, IoRequest::no_data(IoType::Flush, 0, 0, 0));
                 return;
@@ -704,6 +854,14 @@ impl VolChannel {
         let mut seq = 0;
         let res = {
             let mut md = core.lock_md();
+            // A write of these granules in progress (it may have read what is released here, and
+            // would write it back): let it finish first.
+            if md.claims.get(&(self.id, lc)).is_some_and(|&c| c & mask_of(b0, b1) != 0) {
+                let g = core.claim_gen.load(Ordering::Acquire);
+                drop(md);
+                self.park(i, false, g);
+                return false;
+            }
             // The maps only change under this lock: what is read here is what the records apply to.
             let mut res = Ok(());
             if !view.ext.chunks.is_empty() {
@@ -809,13 +967,15 @@ impl VolChannel {
             self.submit_base(i, IoRequest::write(geo.cluster_block(pc, lba), k, IoVecs::single(iov), 0));
             return false;
         }
-        // First write.
-        if e == 0 {
-            match self.allocate(i, lc) {
-                Some(v) => e = v,
-                None => return false,
+        // First write: claim the granules it writes that are not valid (it may fill them).
+        let valid = match self.claim_first(i, lc, mask) {
+            Claim::Got(ent, valid) => {
+                e = ent;
+                valid
             }
-        }
+            Claim::Replan => return true,
+            Claim::Stop => return false,
+        };
         let pc = ent_pc(e).unwrap_or(0);
         let enc = e & ENT_ENC != 0;
         let direct = |k: u64| {
@@ -856,39 +1016,90 @@ impl VolChannel {
         true
     }
 
-    /// Allocate logical cluster `lc` (or find it allocated meanwhile). `None`: op finished.
-    fn allocate(&mut self, i: usize, lc: u64) -> Option<u64> {
+    /// Claim for op `i` the granules of `mask` in logical cluster `lc` that are not valid
+    /// (or hold a chunk), allocating the cluster if needed. A first write of a granule fills
+    /// what it does not cover and writes the granule whole: two at once would overwrite each
+    /// other's data with fill. A conflicting claim parks the op until it is dropped.
+    fn claim_first(&mut self, i: usize, lc: u64, mask: u64) -> Claim {
         let core = self.core.clone();
         let view = self.view.clone();
+        let geo = self.geo;
         let mut md = core.lock_md();
+        // Valid bits and chunks change only under this lock; granules this op claims stay as
+        // read here until it drops the claim (releases wait for claims too).
+        let valid = view.ext.valid(lc);
+        let mut need = mask & !valid;
+        if !view.ext.chunks.is_empty() {
+            for b in 0..geo.gpc.min(64) {
+                if mask & (1 << b) != 0 && view.ext.chunk(lc * geo.gpc + b) != 0 {
+                    need |= 1 << b;
+                }
+            }
+        }
+        // Its own claim, when it planned this piece before and waited for a bounce set.
+        let own = if self.ops[i].claim_lc == lc { self.ops[i].claim } else { 0 };
+        if need == 0 && view.ext.ent(lc) != 0 {
+            self.drop_claim(&mut md, i);
+            return Claim::Replan;
+        }
+        if md.claims.get(&(self.id, lc)).is_some_and(|&c| c & !own & need != 0) {
+            // Wait holding nothing (two ops must not hold what the other waits for).
+            self.drop_claim(&mut md, i);
+            let g = core.claim_gen.load(Ordering::Acquire);
+            drop(md);
+            self.park(i, false, g);
+            return Claim::Stop;
+        }
+        let e = match self.alloc_locked(&mut md, i, lc) {
+            Alloc::Ent(e) => e,
+            Alloc::Wait => {
+                self.drop_claim(&mut md, i);
+                drop(md);
+                self.park(i, true, 0);
+                return Claim::Stop;
+            }
+            Alloc::Fail(st) => {
+                drop(md);
+                self.finish(i, st);
+                return Claim::Stop;
+            }
+        };
+        let c = md.claims.entry((self.id, lc)).or_insert(0);
+        *c = (*c & !own) | need;
+        self.ops[i].claim = need;
+        self.ops[i].claim_lc = lc;
+        Claim::Got(e, valid)
+    }
+
+    /// Allocate logical cluster `lc` (or find it allocated meanwhile), under the metadata lock.
+    fn alloc_locked(&mut self, md: &mut Md, i: usize, lc: u64) -> Alloc {
+        let core = &self.core;
+        let view = &self.view;
         let e = view.ext.ent(lc);
         if e != 0 {
-            return Some(e);
+            return Alloc::Ent(e);
         }
         let mut runs = md.st.reserve_clusters(1);
         if runs.is_none() {
             // Space released by unmaps may be waiting for channels to move on.
-            core.reclaim(&mut md);
+            core.reclaim(md);
             runs = md.st.reserve_clusters(1);
         }
         let Some(runs) = runs else {
-            drop(md);
-            self.finish(i, IoStatus::NoSpace);
-            return None;
+            // Space still on its way back: wait for it rather than fail.
+            return if md.space_pending() { Alloc::Wait } else { Alloc::Fail(IoStatus::NoSpace) };
         };
         let flags = if view.enc { ENT_ENC } else { 0 };
         let rec = Record::AllocRuns { id: self.id, first_lc: lc, flags, valid: 0, runs: runs.clone() };
-        match core.commit(&mut md, &[rec]) {
+        match core.commit(md, &[rec]) {
             Ok(seq) => {
                 self.ops[i].seq = self.ops[i].seq.max(seq);
-                Some(view.ext.ent(lc))
+                Alloc::Ent(view.ext.ent(lc))
             }
             Err(e) => {
                 md.st.unreserve_clusters(&runs);
-                drop(md);
                 log::error!("volume {}: cluster allocation failed: {e}", self.id);
-                self.finish(i, IoStatus::MediaError);
-                None
+                Alloc::Fail(IoStatus::MediaError)
             }
         }
     }
@@ -953,14 +1164,26 @@ impl VolChannel {
                 let rec = Record::ChunkWrite { id: self.id, chunk: w.g, entry: w.loc };
                 self.commit_then_wait(i, rec);
             }
-            St::FlushIo => self.finish(i, status),
+            St::FlushIo => {
+                if status != IoStatus::Success {
+                    return self.finish(i, status);
+                }
+                // Wait for the records (then finish: a flush has no blocks to write).
+                self.ops[i].w.k = 0;
+                self.ops[i].st = St::Durable;
+                self.kick = true;
+                self.step(i);
+            }
             _ => log::error!("volume {}: completion for op {i} in state {:?}", self.id, op.st),
         }
     }
 
     fn commit_then_wait(&mut self, i: usize, rec: Record) {
         let res = {
-            let mut md = self.core.lock_md();
+            let core = self.core.clone();
+            let mut md = core.lock_md();
+            // The granules are written: after this record (or the redo) others may write them.
+            self.drop_claim(&mut md, i);
             if let Record::SetValid { lc, pc, .. } = rec {
                 // A release may have unmapped the cluster written to (it stays unused until
                 // this op finishes) or cleared granules this write did not fill: redo the piece.
@@ -972,7 +1195,7 @@ impl VolChannel {
                     return self.step(i);
                 }
             }
-            let r = self.core.commit(&mut md, std::slice::from_ref(&rec));
+            let r = core.commit(&mut md, std::slice::from_ref(&rec));
             if r.is_err() {
                 if let Record::ChunkWrite { entry, .. } = rec {
                     if let Some(l) = ChunkLoc::decode(entry) {
@@ -1019,6 +1242,9 @@ impl IoChannel for VolChannel {
             ep: 0,
             sync_end: false,
             rel: (0, 0),
+            claim: 0,
+            claim_lc: 0,
+            wait_space: false,
         };
         if self.held.is_empty() && self.admit(i) {
             self.start(i);
@@ -1072,6 +1298,10 @@ impl IoChannel for VolChannel {
                     k += 1;
                 }
             }
+        }
+        // Ops waiting for a claimed granule or for space.
+        if !self.parked.is_empty() {
+            self.retry_parked();
         }
         // Admission of held requests.
         while let Some(&i) = self.held.front() {

@@ -6,6 +6,8 @@ use bdev::{Bdev, BdevChannel, DmaBuf, IoRequest, IoStatus, IoVecs, Registry};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub mod late;
+
 /// One mebibyte.
 pub const MIB: u64 = 1 << 20;
 
