@@ -651,3 +651,79 @@ echo ==BITMAP2==; mdadm --examine-bitmap /dev/vda; echo ==END==
     let bm = section(&out, "BITMAP2");
     assert!(bm["Bitmap"].contains(" 0 dirty"), "bitmap after md {}", bm["Bitmap"]);
 }
+
+/// xbdev stops a raid1 in the middle of a hot replace (md's want_replacement): the new device
+/// is recorded as slot 0's replacement with how far the copy got. md must read it the same
+/// way (`mdadm --examine`: "Replacement device 0" and the recovery offset), assemble the array,
+/// finish the copy, fail the old device, and hold our data with no mirror mismatch.
+#[test]
+#[ignore = "boots a QEMU guest with mdadm (slow)"]
+fn bdev_to_md_raid1_replace_resumed() {
+    use raid::array::ManageCmd;
+    use raid::superblock::FeatureMap;
+    let _vm = VM.lock().unwrap_or_else(|e| e.into_inner());
+    let s = Scratch::new("x2md-raid1-replace");
+    let imgs = s.images(3);
+    let (reg, _names) = aio_registry(&imgs);
+    let cfg = MdConfig { assume_clean: true, ..MdConfig::default() };
+    let array = md_create(&reg, "md0", Level::Raid1, &["d0", "d1"], &cfg).expect("md_create");
+    let mut ch = reg.open("md0", true).expect("open").channel().expect("channel");
+    let size = (ch.num_blocks() * u64::from(ch.block_size())) as usize;
+    let pat = pattern(size, 21);
+    let mut buf = DmaBuf::alloc(1 << 20).expect("buffer");
+    for (i, piece) in pat.chunks(1 << 20).enumerate() {
+        buf.as_mut_slice()[..piece.len()].copy_from_slice(piece);
+        let iov = buf.iovec_range(0, piece.len()).expect("iovec");
+        let io = IoRequest::write((i << 20) as u64 / 512, (piece.len() / 512) as u64, IoVecs::single(iov), 0);
+        assert_eq!(run_io(&mut ch, io), IoStatus::Success);
+    }
+    drop(ch);
+    // Slowly, so that the stop lands in the middle of the copy.
+    array.manage(ManageCmd::SetSyncSpeed(2048)).expect("sync speed");
+    array.manage(ManageCmd::ReplaceDisk { old: "d0".into(), new: "d2".into() }).expect("replace");
+    let t0 = std::time::Instant::now();
+    while array.detail().resync_progress < 10.0 {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(60), "replace did not progress: {:?}", array.detail());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    array.stop().expect("stop");
+    drop(array);
+    let sb = examine(2, &open_images(&imgs)[2]).expect("examine").superblock;
+    assert!(sb.feature_map.contains(FeatureMap::REPLACEMENT), "not recorded as a replacement");
+    assert!(sb.feature_map.contains(FeatureMap::RECOVERY_OFFSET));
+    let offset = sb.recovery_offset;
+    assert!(offset > 0 && offset < (DISK_MIB << 11), "recovery offset {offset}");
+    fs::write(s.share.join("pattern.bin"), &pat).expect("pattern");
+    let script = "set -e
+echo ==EXAMINE==; mdadm --examine /dev/vdc; echo ==END==
+mdadm --assemble /dev/md0 /dev/vda /dev/vdb /dev/vdc
+sleep 1
+mdadm --wait /dev/md0 || true
+cat /proc/mdstat
+echo ==DETAIL==; mdadm --detail /dev/md0; echo ==END==
+cmp /dev/md0 /mnt/tb/pattern.bin && echo GUEST_CMP_OK
+echo check > /sys/block/md0/md/sync_action
+sleep 1
+mdadm --wait /dev/md0 || true
+echo MISMATCH=$(cat /sys/block/md0/md/mismatch_cnt)
+mdadm --stop /dev/md0
+";
+    let out = vm_run(&s.share, &imgs, script);
+    println!("{out}");
+    let ex = section(&out, "EXAMINE");
+    assert_eq!(ex.get("Device Role").map(String::as_str), Some("Replacement device 0"), "{ex:?}");
+    let md_offset = ex.get("Recovery Offset").map(|v| first_number(v));
+    assert_eq!(md_offset, Some(offset), "md reads another recovery offset");
+    let detail_lines: Vec<&str> =
+        out.lines().skip_while(|l| l.trim() != "==DETAIL==").take_while(|l| l.trim() != "==END==").collect();
+    assert!(
+        detail_lines.iter().any(|l| l.contains("/dev/vdc") && l.contains("active sync")),
+        "md did not finish the replacement: {detail_lines:?}"
+    );
+    assert!(
+        detail_lines.iter().any(|l| l.contains("/dev/vda") && l.contains("faulty")),
+        "md did not fail the replaced device: {detail_lines:?}"
+    );
+    assert!(out.contains("GUEST_CMP_OK"), "/dev/md0 differs from the pattern");
+    assert_eq!(marker(&out, "MISMATCH="), Some("0"), "md found mirror mismatches");
+}
