@@ -3,7 +3,7 @@
 //! journaled as the chunk's new location; when no packed space is left the granule goes to a
 //! regular cluster instead.
 
-use super::{fill_src, Alloc, BounceSet, Dest, Rd, St, Then, VolChannel, RD0, W, W0};
+use super::{Alloc, BounceSet, Dest, Rd, St, Then, VolChannel, RD0, W, W0};
 use crate::codec::{chunk_tweak, compress_chunk};
 use crate::format::SECTOR;
 use crate::record::{ChunkLoc, ENT_ENC};
@@ -53,17 +53,13 @@ impl VolChannel {
         let geo = self.geo;
         let op = self.ops[i];
         let w = op.w;
-        let lba = op.lba + op.pos;
         let gbytes = (geo.gb * geo.bs) as usize;
         let s = op.set.unwrap_or(0) as usize;
         let view = self.view.clone();
-        let Some(set) = self.sets.get_mut(s) else { return false };
-        let at = ((lba - w.head) * geo.bs) as usize;
-        let n = (w.k * geo.bs) as usize;
-        if !fill_src(&op, (op.pos * geo.bs) as usize, &mut set.stage.as_mut_slice()[at..at + n]) {
-            self.finish(i, IoStatus::Invalid);
+        if !self.overlay_piece(i) {
             return false;
         }
+        let Some(set) = self.sets.get_mut(s) else { return false };
         let BounceSet { stage, sect, .. } = set;
         let (nsect, raw) = match compress_chunk(&stage.as_slice()[..gbytes], sect.as_mut_slice()) {
             Some(ns) => (ns, false),

@@ -178,6 +178,34 @@ enum Alloc {
     Fail(IoStatus),
 }
 
+impl Op {
+    /// A fresh op for `io`, nothing done yet.
+    fn for_request(io: &IoRequest) -> Op {
+        Op {
+            tag: io.tag,
+            io_type: io.io_type,
+            lba: io.offset_blocks,
+            n: io.num_blocks,
+            iovs: io.iovs,
+            zero: matches!(io.io_type, IoType::WriteZeroes | IoType::Unmap),
+            pos: 0,
+            st: St::Idle,
+            resume: St::Idle,
+            set: None,
+            queued: None,
+            seq: 0,
+            rd: RD0,
+            w: W0,
+            ep: 0,
+            sync_end: false,
+            rel: (0, 0),
+            claim: 0,
+            claim_lc: 0,
+            wait_space: false,
+        }
+    }
+}
+
 const RD0: Rd = Rd {
     lba: 0,
     n: 0,
@@ -264,28 +292,7 @@ impl VolChannel {
         let gate = core.add_gate();
         let geo = core.geo;
         let g = (geo.gb * geo.bs) as usize;
-        let empty = Op {
-            tag: 0,
-            io_type: IoType::Read,
-            lba: 0,
-            n: 0,
-            iovs: IoVecs::new(),
-            zero: false,
-            pos: 0,
-            st: St::Idle,
-            resume: St::Idle,
-            set: None,
-            queued: None,
-            seq: 0,
-            rd: RD0,
-            w: W0,
-            ep: 0,
-            sync_end: false,
-            rel: (0, 0),
-            claim: 0,
-            claim_lc: 0,
-            wait_space: false,
-        };
+        let empty = Op::for_request(&IoRequest::no_data(IoType::Read, 0, 0, 0));
         Ok(VolChannel {
             id,
             gen,
@@ -334,6 +341,27 @@ impl VolChannel {
             return z.iovec_range(0, (k * bs) as usize).map(IoVecs::single);
         }
         op.iovs.slice(op.pos * bs, k * bs)
+    }
+
+    /// Copies the caller's data of op `i`'s current piece into its bounce set's stage, at the
+    /// piece's place in the planned span; false (the op finished as invalid) when that does not
+    /// fit or the request's buffers are shorter than the request.
+    fn overlay_piece(&mut self, i: usize) -> bool {
+        let geo = self.geo;
+        let op = self.ops[i];
+        let w = op.w;
+        let at = ((op.lba + op.pos - w.head) * geo.bs) as usize;
+        let n = (w.k * geo.bs) as usize;
+        let s = op.set.unwrap_or(0) as usize;
+        let ok = self
+            .sets
+            .get_mut(s)
+            .and_then(|set| set.stage.as_mut_slice().get_mut(at..at + n))
+            .is_some_and(|dst| fill_src(&op, (op.pos * geo.bs) as usize, dst));
+        if !ok {
+            self.finish(i, IoStatus::Invalid);
+        }
+        ok
     }
 
     fn finish(&mut self, i: usize, status: IoStatus) {
@@ -550,28 +578,7 @@ impl IoChannel for VolChannel {
     fn submit(&mut self, io: &IoRequest) -> Result<(), QueueFull> {
         let Some(idx) = self.free.pop() else { return Err(QueueFull) };
         let i = idx as usize;
-        self.ops[i] = Op {
-            tag: io.tag,
-            io_type: io.io_type,
-            lba: io.offset_blocks,
-            n: io.num_blocks,
-            iovs: io.iovs,
-            zero: matches!(io.io_type, IoType::WriteZeroes | IoType::Unmap),
-            pos: 0,
-            st: St::Idle,
-            resume: St::Idle,
-            set: None,
-            queued: None,
-            seq: 0,
-            rd: RD0,
-            w: W0,
-            ep: 0,
-            sync_end: false,
-            rel: (0, 0),
-            claim: 0,
-            claim_lc: 0,
-            wait_space: false,
-        };
+        self.ops[i] = Op::for_request(io);
         if self.held.is_empty() && self.admit(i) {
             self.start(i);
         } else {

@@ -294,7 +294,6 @@ impl VolChannel {
         let geo = self.geo;
         let op = self.ops[i];
         let w = op.w;
-        let lba = op.lba + op.pos;
         let s = op.set.unwrap_or(0) as usize;
         let span = ((w.tail - w.head) * geo.bs) as usize;
         let key = if w.enc { self.view.key.clone() } else { None };
@@ -302,13 +301,10 @@ impl VolChannel {
             self.finish(i, IoStatus::MediaError);
             return false;
         }
-        let Some(set) = self.sets.get_mut(s) else { return false };
-        let at = ((lba - w.head) * geo.bs) as usize;
-        let n = (w.k * geo.bs) as usize;
-        if !fill_src(&op, (op.pos * geo.bs) as usize, &mut set.stage.as_mut_slice()[at..at + n]) {
-            self.finish(i, IoStatus::Invalid);
+        if !self.overlay_piece(i) {
             return false;
         }
+        let Some(set) = self.sets.get_mut(s) else { return false };
         if let Some(k) = key {
             k.encrypt(&mut set.stage.as_mut_slice()[..span], geo.bs as usize, w.head as u128);
         }
