@@ -376,6 +376,7 @@ pub(crate) fn start_recovery_if_possible(sh: &Arc<Shared>) {
     }
     if let Some(slot) = sh.slot(t) {
         slot.set_recovered(0);
+        slot.set_bitmap_sync(false);
         slot.set_state(SlotState::Recovering);
         slot.replace_device(Some(dev.clone()));
     }
@@ -385,6 +386,38 @@ pub(crate) fn start_recovery_if_possible(sh: &Arc<Shared>) {
     sh.sync.begin(SyncKind::Recovery, t as u64, 0, sh.geometry.member_used_sectors(t));
     super::emit(sh, &MdEvent::SpareActivated { slot: t, device: dev.name().to_string() });
     super::emit(sh, &MdEvent::RecoveryStarted { slot: t });
+}
+
+/// For the bitmap-based recovery of slot `t` (a re-added member) at
+/// member sector `pos`: how many of the next `n` sectors lie in one bitmap
+/// chunk, and whether that chunk's bit is set (the member missed writes
+/// there). `None` when the recovery of `t` is a full one.
+fn bitmap_chunk(sh: &Shared, t: usize, pos: u64, n: u64) -> Option<(u64, bool)> {
+    let wi = sh.intent.as_ref()?;
+    if !sh.slot(t)?.bitmap_sync() {
+        return None;
+    }
+    let layout = wi.layout();
+    // The bitmap covers the sync range: stripe rows (parity levels, the
+    // member sector itself) or array sectors (mirrors; raid1's equal the
+    // member's).
+    let (start, n) = match &sh.geometry {
+        Geometry::Striped(_) | Geometry::Raid1 { .. } => (pos, n),
+        g => match g.member_extent(t, pos) {
+            Ok(e) => match e.content {
+                MemberContent::Data { lba } => (lba, n.min(e.sectors)),
+                _ => return Some((n.min(e.sectors).max(1), false)),
+            },
+            // Not mappable: rebuild it to be safe.
+            Err(_) => return Some((n, true)),
+        },
+    };
+    let bit = layout.bit_of(start);
+    if bit >= layout.bits() {
+        return Some((n, true));
+    }
+    let len = n.min(layout.sectors_of(bit).end.saturating_sub(start)).max(1);
+    Some((len, wi.is_set(bit)))
 }
 
 fn step(sh: &Arc<Shared>, w: &mut Worker) {
@@ -402,11 +435,30 @@ fn step(sh: &Arc<Shared>, w: &mut Worker) {
             let t = sh.sync.slot.load(Ordering::Acquire) as usize;
             let ext = sh.geometry.member_extent(sh.source_slot(t), pos).map(|e| e.sectors).unwrap_or(n);
             let n = n.min(ext).min(sh.window_sectors - pos % sh.window_sectors).max(1);
+            // A re-added member: only the chunks whose bits are set.
+            let n = match bitmap_chunk(sh, t, pos, n) {
+                Some((len, false)) => {
+                    let len = len.min(end - pos);
+                    if let Some(slot) = sh.slot(t) {
+                        slot.set_recovered(pos + len);
+                    }
+                    sh.sync.recovery_skipped.fetch_add(len, Ordering::AcqRel);
+                    sh.sync.position.store(pos + len, Ordering::Release);
+                    sh.sync.done_sectors.fetch_add(len, Ordering::AcqRel);
+                    if pos + len >= end {
+                        finish(sh, kind);
+                    }
+                    return;
+                }
+                Some((len, true)) => len,
+                None => n,
+            };
             match w.recover_range(t, pos, n) {
                 Ok(true) => {
                     if let Some(slot) = sh.slot_any(t) {
                         slot.set_recovered(pos + n);
                     }
+                    sh.sync.recovered.fetch_add(n, Ordering::AcqRel);
                     Some(n)
                 }
                 Ok(false) => {
@@ -498,6 +550,7 @@ fn finish(sh: &Arc<Shared>, kind: SyncKind) {
             if let Some(slot) = sh.slot(t) {
                 slot.set_recovered(MAX_SECTOR);
                 slot.set_state(SlotState::InSync);
+                slot.set_bitmap_sync(false);
             }
             sh.sync.set_idle();
             sh.bump_generation();
