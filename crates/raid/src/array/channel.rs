@@ -37,6 +37,8 @@ use crate::geometry::{Geometry, MemberSector, Target};
 const CHILDREN: usize = 4096;
 /// Mirror write groups per channel.
 const GROUPS: usize = 2048;
+/// Mirror regions (lock windows) one mirrored write piece may span.
+const MIRROR_SPAN: u64 = 8;
 
 pub(super) struct MemberCh {
     dev_id: u64,
@@ -109,7 +111,8 @@ pub(super) struct Group {
     pending: u32,
     ok: u32,
     status: IoStatus,
-    lock: Option<u64>,
+    /// Mirror regions held: the first key and how many consecutive ones.
+    lock: Option<(u64, u32)>,
 }
 
 pub(super) struct Parent {
@@ -545,17 +548,29 @@ impl RaidChannel {
             // (which copy region by region under the same lock) never copy
             // data a write is changing.
             let mirrored_write = io_type.is_write_like() && matches!(target, Target::Mirrored);
-            let lock = if mirrored_write {
+            let zeroing = matches!(io_type, IoType::WriteZeroes | IoType::Unmap);
+            if mirrored_write {
+                // A write spans up to MIRROR_SPAN regions (one piece, one
+                // child per copy); zeroing stays in one, as zeroes by
+                // write come from a one-window buffer.
                 let w = self.sh.window_sectors;
-                n = n.min(w - at % w);
-                Some(self.sh.region_key(at))
-            } else {
-                None
-            };
+                let span = if zeroing { 1 } else { MIRROR_SPAN };
+                n = n.min(span * w - at % w);
+            }
             if self.children.available() < self.sh.slots.len() + 1 {
                 return Progress::Blocked;
             }
-            let zeroing = matches!(io_type, IoType::WriteZeroes | IoType::Unmap);
+            let lock = if mirrored_write {
+                match self.lock_regions(at, n) {
+                    Some((key, count, len)) => {
+                        n = len;
+                        Some((key, count))
+                    }
+                    None => return Progress::Blocked,
+                }
+            } else {
+                None
+            };
             if let (true, Target::Single(ms)) = (zeroing, &target) {
                 if self.zeroes_by_write(ms.member, io_type) {
                     n = n.min(self.sh.window_sectors);
@@ -572,6 +587,9 @@ impl RaidChannel {
             let iovs = match iovs {
                 Some(v) => v,
                 None => {
+                    if let Some((key, count)) = lock {
+                        self.unlock_regions(key, count);
+                    }
                     if let Some(par) = self.parents.get_mut(p) {
                         par.fail(IoStatus::Invalid);
                         par.next = sectors;
@@ -655,16 +673,11 @@ impl RaidChannel {
         n: u64,
         iovs: IoVecs,
         io_offset: u64,
-        lock: Option<u64>,
+        lock: Option<(u64, u32)>,
     ) -> bool {
-        if let Some(key) = lock {
-            if !self.sh.locks.try_lock(key) {
-                return false;
-            }
-        }
         let Some(g) = self.groups.alloc() else {
-            if let Some(key) = lock {
-                self.sh.locks.unlock(key);
+            if let Some((key, count)) = lock {
+                self.unlock_regions(key, count);
             }
             return false;
         };
@@ -700,6 +713,30 @@ impl RaidChannel {
         true
     }
 
+    /// Locks the mirror regions of `[lba, lba + n)` from the first on, as
+    /// many as are free in a row: returns the first key, how many were
+    /// taken and the sectors they cover; `None` when the first is busy.
+    fn lock_regions(&self, lba: u64, n: u64) -> Option<(u64, u32, u64)> {
+        let w = self.sh.window_sectors;
+        let first = self.sh.region_key(lba);
+        if !self.sh.locks.try_lock(first) {
+            return None;
+        }
+        let last = self.sh.region_key(lba + n.max(1) - 1);
+        let mut count = 1u32;
+        while first + u64::from(count) <= last && self.sh.locks.try_lock(first + u64::from(count)) {
+            count += 1;
+        }
+        let end = ((first + u64::from(count)) * w).min(lba + n);
+        Some((first, count, end - lba))
+    }
+
+    fn unlock_regions(&self, key: u64, count: u32) {
+        for k in key..key + u64::from(count) {
+            self.sh.locks.unlock(k);
+        }
+    }
+
     fn finish_group(&mut self, g: u32) {
         let Some(grp) = self.groups.get(g) else {
             return;
@@ -712,8 +749,8 @@ impl RaidChannel {
         } else {
             IoStatus::MediaError
         };
-        if let Some(key) = lock {
-            self.sh.locks.unlock(key);
+        if let Some((key, count)) = lock {
+            self.unlock_regions(key, count);
         }
         self.groups.release(g);
         self.finish_parent_part(parent, status);
