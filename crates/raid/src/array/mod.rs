@@ -14,6 +14,13 @@
 //! a write first sets its chunks' bits on every member, bits of chunks
 //! without writes are cleared lazily, and after a crash only the chunks
 //! whose bits are set are resynced; without one the whole array is.
+//!
+//! Re-add: a member that dropped out and comes back (`ManageCmd::AddDisk`
+//! or `ManageCmd::ReAdd`, or a stale member at [`md_assemble`]) returns to
+//! its old slot when the bitmap covers what it missed (its events are not
+//! older than the bitmap's `events_cleared`); its recovery then rebuilds
+//! only the chunks whose bits are set, and its superblock records the
+//! recovery as md does (`RECOVERY_OFFSET` with `RECOVERY_BITMAP`).
 
 mod channel;
 mod control;
