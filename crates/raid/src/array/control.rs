@@ -361,6 +361,11 @@ pub(crate) fn start_recovery_if_possible(sh: &Arc<Shared>) {
         return;
     };
     let mut meta = lock(&sh.meta);
+    // A re-add may have filled the slot meanwhile (it does so under the
+    // meta lock).
+    if !sh.slot(t).is_some_and(|s| matches!(s.state(), SlotState::Faulty | SlotState::Empty)) {
+        return;
+    }
     let spare =
         meta.devices.iter().position(|d| meta.sb.dev_roles.get(d.sb.dev_number as usize) == Some(&DevRole::Spare));
     let Some(si) = spare else {
