@@ -256,7 +256,7 @@ pub(crate) fn run(sh: Arc<Shared>, rx: Receiver<ControlMsg>) {
         let wait = if busy { Duration::ZERO } else { Duration::from_millis(idle) };
         match rx.recv_timeout(wait) {
             Ok(ControlMsg::Stop) | Err(RecvTimeoutError::Disconnected) => break,
-            Ok(ControlMsg::MemberFailed(i)) => member_failed(&sh, i),
+            Ok(ControlMsg::MemberFailed(i, dev)) => member_failed(&sh, i, dev),
             Ok(ControlMsg::Kick) | Err(RecvTimeoutError::Timeout) => {}
         }
         bitmap.run(&sh);
@@ -306,27 +306,37 @@ impl BitmapDaemon {
     }
 }
 
-fn member_failed(sh: &Arc<Shared>, slot: usize) {
+/// The device `dev_id` of slot `slot` (or of a replacement) failed.
+fn member_failed(sh: &Arc<Shared>, slot: usize, dev_id: u64) {
     if let Some(r) = slot.checked_sub(sh.slots.len()) {
         super::replace::failed(sh, r);
         return;
     }
     let name = {
         let mut meta = lock(&sh.meta);
-        let rec = meta.slot_device(slot).map(|r| (r.sb.dev_number, r.dev.name().to_string()));
+        // The device that failed, by identity: the slot may hold another
+        // one by now (a spare activated or a member re-added since), and a
+        // device removed since had its role recorded by the remove.
+        let rec = meta.devices.iter().find(|r| r.dev.id == dev_id).map(|r| (r.sb.dev_number, r.dev.name().to_string()));
         let Some((dev_number, name)) = rec else {
             return;
         };
         if let Some(r) = meta.sb.dev_roles.get_mut(dev_number as usize) {
             *r = DevRole::Faulty;
         }
-        super::replace::promote(sh, &mut meta, slot);
+        let in_slot = sh.slot(slot).and_then(|s| s.device()).is_some_and(|d| d.id == dev_id);
+        if in_slot {
+            super::replace::promote(sh, &mut meta, slot);
+        }
         for (dev, st) in meta.write_superblocks(sh) {
             log::error!("raid {}: cannot write the superblock of {dev}: {st}", sh.name);
         }
-        name
+        (name, in_slot)
     };
-    if sh.sync.kind() == SyncKind::Recovery && sh.sync.slot.load(Ordering::Acquire) == slot as u64 {
+    let (name, in_slot) = name;
+    // A recovery onto the failed device stops (not one onto a device that
+    // took the slot since).
+    if in_slot && sh.sync.kind() == SyncKind::Recovery && sh.sync.slot.load(Ordering::Acquire) == slot as u64 {
         sh.sync.set_idle();
     }
     super::emit(sh, &MdEvent::DeviceFailed { slot, device: name });

@@ -264,6 +264,11 @@ impl MdArray {
             *r = DevRole::Active(slot as u16);
         }
         meta.devices.push(DevRecord { dev: member.clone(), sb: dev_sb, replacing: false });
+        // A recovery of the slot's previous device stops: this one starts
+        // from the beginning.
+        if sh.sync.kind() == SyncKind::Recovery && sh.sync.slot.load(Ordering::Acquire) == slot as u64 {
+            sh.sync.set_idle();
+        }
         s.set_recovered(0);
         s.set_bitmap_sync(true);
         s.replace_device(Some(member));
@@ -346,10 +351,13 @@ impl MdArray {
         if !removable {
             return Err(MdError::Busy(format!("'{dev}' is an active member; fail it first")));
         }
-        if let Some(s) = slot.and_then(|s| sh.slot(s)) {
+        if let Some((i, s)) = slot.and_then(|i| sh.slot(i).map(|s| (i, s))) {
             s.replace_device(None);
             s.set_state(SlotState::Empty);
             sh.bump_generation();
+            if sh.sync.kind() == SyncKind::Recovery && sh.sync.slot.load(Ordering::Acquire) == i as u64 {
+                sh.sync.set_idle();
+            }
         }
         if let Some(r) = meta.sb.dev_roles.get_mut(dev_number as usize) {
             *r = DevRole::Spare;

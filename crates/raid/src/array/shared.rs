@@ -231,7 +231,7 @@ pub(crate) struct OpStats {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ControlMsg {
     /// A slot's device failed during IO.
-    MemberFailed(usize),
+    MemberFailed(usize, u64),
     /// Re-examine what to do (spares, rebuild).
     Kick,
     /// Leave.
@@ -325,7 +325,7 @@ impl Shared {
             {
                 log::warn!("raid {}: replacement for slot {} failed", self.name, i - self.slots.len());
                 self.bump_generation();
-                self.notify(ControlMsg::MemberFailed(i));
+                self.notify(ControlMsg::MemberFailed(i, r.device().map_or(0, |d| d.id)));
             }
             return true;
         }
@@ -349,7 +349,7 @@ impl Shared {
         {
             log::warn!("raid {}: member in slot {i} failed", self.name);
             self.bump_generation();
-            self.notify(ControlMsg::MemberFailed(i));
+            self.notify(ControlMsg::MemberFailed(i, slot.device().map_or(0, |d| d.id)));
         }
         true
     }
