@@ -29,6 +29,7 @@ mod intent;
 mod locks;
 mod manage;
 mod meta;
+mod mirror;
 mod replace;
 mod scrub;
 mod shared;
