@@ -6,6 +6,12 @@
 //! member holds which slot, and members with older event counts are stale
 //! (left out, as md does without a bitmap to catch them up). Array
 //! parameters must agree among the fresh members.
+//!
+//! With a write-intent bitmap md takes a stale member back into its old
+//! slot when the bitmap still covers everything it missed (its events are
+//! not older than the bitmap's `events_cleared`) and recovers only the
+//! chunks whose bits are set: [`readd_slot`] is that decision, shared by
+//! assembly and the hot re-add of a running array.
 
 use thiserror::Error;
 
@@ -13,8 +19,142 @@ use crate::geometry::{ArrayParams, Geometry, GeometryError, Level, MemberContent
 use crate::superblock::{DevRole, FeatureMap, Superblock, MAX_SECTOR};
 
 /// Features an array may use and still be assembled here.
-pub const SUPPORTED_FEATURES: u32 =
-    FeatureMap::BITMAP_OFFSET | FeatureMap::RECOVERY_OFFSET | FeatureMap::BAD_BLOCKS | FeatureMap::RAID0_LAYOUT;
+pub const SUPPORTED_FEATURES: u32 = FeatureMap::BITMAP_OFFSET
+    | FeatureMap::RECOVERY_OFFSET
+    | FeatureMap::RECOVERY_BITMAP
+    | FeatureMap::BAD_BLOCKS
+    | FeatureMap::RAID0_LAYOUT;
+
+/// Why a returning member cannot be re-added into its old slot with a
+/// bitmap-based recovery (it then needs a full recovery, as a new device).
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum ReAddRefusal {
+    /// The array has no write-intent bitmap to say what the member missed.
+    #[error("the array has no write-intent bitmap")]
+    NoBitmap,
+    /// The device carries no md superblock.
+    #[error("the device has no md superblock")]
+    NoSuperblock,
+    /// The device belongs to another array.
+    #[error("the device belongs to array {0}")]
+    OtherArray(String),
+    /// The device's superblock disagrees on the array parameters.
+    #[error("the device disagrees on {0}")]
+    ParamMismatch(&'static str),
+    /// The device was not an active member (spare, faulty, replacement).
+    #[error("the device was not an active member")]
+    NotActive,
+    /// The device was in a full recovery when it left.
+    #[error("the device was being rebuilt in full when it left")]
+    WasRecovering,
+    /// The device is older than what the bitmap covers.
+    #[error("its events {events} are older than the bitmap's events_cleared {events_cleared}")]
+    TooOld {
+        /// The device's event count.
+        events: u64,
+        /// The bitmap's `events_cleared`.
+        events_cleared: u64,
+    },
+    /// The device's events are newer than the array's.
+    #[error("its events {events} are newer than the array's {array}")]
+    Newer {
+        /// The device's event count.
+        events: u64,
+        /// The array's.
+        array: u64,
+    },
+    /// Its old slot has another device.
+    #[error("slot {0} is taken")]
+    RoleTaken(usize),
+    /// Its device number is used by another device.
+    #[error("device number {0} is in use")]
+    DeviceNumberInUse(u32),
+    /// Its data area is smaller than the array needs.
+    #[error("its data area of {have} sectors is smaller than the {need} needed")]
+    TooSmall {
+        /// Sectors the device has.
+        have: u64,
+        /// Sectors the array needs.
+        need: u64,
+    },
+}
+
+/// Whether the device with superblock `dev` can return to its old slot in
+/// the array whose current superblock is `array`, with a recovery driven
+/// by the bitmap whose `events_cleared` is `events_cleared` (`None`: no
+/// bitmap). Returns the slot. Whether the slot and the device number are
+/// free is the caller's to check.
+pub fn readd_slot(array: &Superblock, events_cleared: Option<u64>, dev: &Superblock) -> Result<usize, ReAddRefusal> {
+    let events_cleared = events_cleared.ok_or(ReAddRefusal::NoBitmap)?;
+    if dev.set_uuid != array.set_uuid {
+        return Err(ReAddRefusal::OtherArray(dev.uuid_string()));
+    }
+    for (field, same) in [
+        ("level", dev.level == array.level),
+        ("layout", dev.layout == array.layout),
+        ("chunk size", dev.chunk_sectors == array.chunk_sectors),
+        ("raid disks", dev.raid_disks == array.raid_disks),
+        ("size", dev.size == array.size),
+    ] {
+        if !same {
+            return Err(ReAddRefusal::ParamMismatch(field));
+        }
+    }
+    let slot = match dev.role() {
+        Some(DevRole::Active(s)) if s < u16::try_from(array.raid_disks).unwrap_or(u16::MAX) => usize::from(s),
+        _ => return Err(ReAddRefusal::NotActive),
+    };
+    if dev.feature_map.contains(FeatureMap::REPLACEMENT) {
+        return Err(ReAddRefusal::NotActive);
+    }
+    // md's saved_raid_disk survives only a recovery that was itself
+    // bitmap-based (MD_FEATURE_RECOVERY_BITMAP).
+    if dev.feature_map.contains(FeatureMap::RECOVERY_OFFSET) && !dev.feature_map.contains(FeatureMap::RECOVERY_BITMAP) {
+        return Err(ReAddRefusal::WasRecovering);
+    }
+    if dev.events > array.events {
+        return Err(ReAddRefusal::Newer { events: dev.events, array: array.events });
+    }
+    if dev.events < events_cleared {
+        return Err(ReAddRefusal::TooOld { events: dev.events, events_cleared });
+    }
+    Ok(slot)
+}
+
+impl AssemblyPlan {
+    /// The stale candidates a bitmap with `events_cleared` (read from a
+    /// fresh member; `None`: no bitmap) brings back into their old slots,
+    /// as `(slot, candidate index)`: each slot must be empty, and of two
+    /// candidates for one slot the fresher wins.
+    pub fn bitmap_readds(&self, candidates: &[Superblock], events_cleared: Option<u64>) -> Vec<(usize, usize)> {
+        let mut stale: Vec<usize> = self.stale.clone();
+        stale.sort_by_key(|&i| std::cmp::Reverse(candidates.get(i).map_or(0, |s| s.events)));
+        let taken_numbers: Vec<u32> = self
+            .slots
+            .iter()
+            .chain(&self.replacements)
+            .flatten()
+            .map(|m| m.index)
+            .chain(self.spares.iter().copied())
+            .filter_map(|i| candidates.get(i).map(|s| s.dev_number))
+            .collect();
+        let mut out: Vec<(usize, usize)> = Vec::new();
+        for i in stale {
+            let Some(sb) = candidates.get(i) else { continue };
+            let Ok(slot) = readd_slot(&self.superblock, events_cleared, sb) else { continue };
+            let free = self.slots.get(slot).is_some_and(Option::is_none);
+            let need = self.geometry.member_used_sectors(slot);
+            if free
+                && !out.iter().any(|&(s, _)| s == slot)
+                && !taken_numbers.contains(&sb.dev_number)
+                && sb.data_size >= need
+            {
+                out.push((slot, i));
+            }
+        }
+        out
+    }
+}
 
 /// Why a set of members does not form a usable array.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -360,6 +500,62 @@ mod tests {
         e[2].feature_map.insert(FeatureMap::RESHAPE_ACTIVE);
         assert!(matches!(plan(&e), Err(AssembleError::UnsupportedFeatures(4))));
         assert_eq!(plan(&[]), Err(AssembleError::NoMembers));
+    }
+
+    #[test]
+    fn stale_members_return_while_the_bitmap_covers_them() {
+        let mut sbs = array(Level::Raid5, 4, 0);
+        // Member 3 left at events 10; the others went on to 15 and record
+        // it faulty.
+        for sb in sbs.iter_mut() {
+            sb.events = 15;
+            sb.dev_roles[3] = DevRole::Faulty;
+        }
+        sbs[3].events = 10;
+        sbs[3].dev_roles[3] = DevRole::Active(3);
+        let p = plan(&sbs).unwrap();
+        assert_eq!(p.stale, vec![3]);
+        assert_eq!(p.bitmap_readds(&sbs, Some(10)), vec![(3, 3)]);
+        assert_eq!(p.bitmap_readds(&sbs, Some(8)), vec![(3, 3)]);
+        // Bits cleared after it left, or no bitmap: it stays out.
+        assert!(p.bitmap_readds(&sbs, Some(11)).is_empty());
+        assert!(p.bitmap_readds(&sbs, None).is_empty());
+        assert_eq!(
+            readd_slot(&p.superblock, Some(11), &sbs[3]),
+            Err(ReAddRefusal::TooOld { events: 10, events_cleared: 11 })
+        );
+        // A full recovery in progress when it left: not provable.
+        let mut rec = sbs.clone();
+        rec[3].feature_map.insert(FeatureMap::RECOVERY_OFFSET);
+        assert_eq!(readd_slot(&p.superblock, Some(0), &rec[3]), Err(ReAddRefusal::WasRecovering));
+        rec[3].feature_map.insert(FeatureMap::RECOVERY_BITMAP);
+        assert_eq!(readd_slot(&p.superblock, Some(0), &rec[3]), Ok(3));
+        // Another array, a spare, other parameters.
+        let other = array(Level::Raid5, 4, 0);
+        assert!(matches!(readd_slot(&p.superblock, Some(0), &other[3]), Err(ReAddRefusal::OtherArray(_))));
+        let mut spare = sbs[3].clone();
+        spare.dev_roles[3] = DevRole::Spare;
+        assert_eq!(readd_slot(&p.superblock, Some(0), &spare), Err(ReAddRefusal::NotActive));
+        let mut chunk = sbs[3].clone();
+        chunk.chunk_sectors *= 2;
+        assert_eq!(readd_slot(&p.superblock, Some(0), &chunk), Err(ReAddRefusal::ParamMismatch("chunk size")));
+        // Two stale claimants of one slot: the fresher wins.
+        let mut two = array(Level::Raid1, 3, 0);
+        for sb in two.iter_mut() {
+            sb.events = 15;
+            sb.dev_roles[1] = DevRole::Faulty;
+            sb.dev_roles[2] = DevRole::Faulty;
+        }
+        two[1].events = 12;
+        two[1].dev_roles[1] = DevRole::Active(2);
+        two[2].events = 10;
+        two[2].dev_roles[2] = DevRole::Active(2);
+        let p2 = plan(&two).unwrap();
+        assert_eq!(p2.bitmap_readds(&two, Some(0)), vec![(2, 1)]);
+        // A slot a fresh member holds is not given away.
+        let mut taken = sbs.clone();
+        taken[3].dev_roles[3] = DevRole::Active(0);
+        assert!(plan(&taken).unwrap().bitmap_readds(&taken, Some(0)).is_empty());
     }
 
     #[test]

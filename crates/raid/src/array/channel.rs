@@ -37,6 +37,8 @@ use crate::geometry::{Geometry, MemberSector, Target};
 const CHILDREN: usize = 4096;
 /// Mirror write groups per channel.
 const GROUPS: usize = 2048;
+/// Mirror regions (lock windows) one mirrored write piece may span.
+const MIRROR_SPAN: u64 = 8;
 
 pub(super) struct MemberCh {
     dev_id: u64,
@@ -105,11 +107,12 @@ struct Redo {
 }
 
 pub(super) struct Group {
-    parent: u32,
-    pending: u32,
-    ok: u32,
-    status: IoStatus,
-    lock: Option<u64>,
+    pub parent: u32,
+    pub pending: u32,
+    pub ok: u32,
+    pub status: IoStatus,
+    /// Mirror regions held: the first key and how many consecutive ones.
+    pub lock: Option<(u64, u32)>,
 }
 
 pub(super) struct Parent {
@@ -177,7 +180,7 @@ pub(crate) struct RaidChannel {
     retired: Vec<MemberCh>,
     pub parents: Slab<Parent>,
     pub children: Slab<Child>,
-    groups: Slab<Group>,
+    pub groups: Slab<Group>,
     pub ops: Slab<StripeOp>,
     work: VecDeque<u32>,
     resubmit: VecDeque<u32>,
@@ -545,17 +548,29 @@ impl RaidChannel {
             // (which copy region by region under the same lock) never copy
             // data a write is changing.
             let mirrored_write = io_type.is_write_like() && matches!(target, Target::Mirrored);
-            let lock = if mirrored_write {
+            let zeroing = matches!(io_type, IoType::WriteZeroes | IoType::Unmap);
+            if mirrored_write {
+                // A write spans up to MIRROR_SPAN regions (one piece, one
+                // child per copy); zeroing stays in one, as zeroes by
+                // write come from a one-window buffer.
                 let w = self.sh.window_sectors;
-                n = n.min(w - at % w);
-                Some(self.sh.region_key(at))
-            } else {
-                None
-            };
+                let span = if zeroing { 1 } else { MIRROR_SPAN };
+                n = n.min(span * w - at % w);
+            }
             if self.children.available() < self.sh.slots.len() + 1 {
                 return Progress::Blocked;
             }
-            let zeroing = matches!(io_type, IoType::WriteZeroes | IoType::Unmap);
+            let lock = if mirrored_write {
+                match self.lock_regions(at, n) {
+                    Some((key, count, len)) => {
+                        n = len;
+                        Some((key, count))
+                    }
+                    None => return Progress::Blocked,
+                }
+            } else {
+                None
+            };
             if let (true, Target::Single(ms)) = (zeroing, &target) {
                 if self.zeroes_by_write(ms.member, io_type) {
                     n = n.min(self.sh.window_sectors);
@@ -572,6 +587,9 @@ impl RaidChannel {
             let iovs = match iovs {
                 Some(v) => v,
                 None => {
+                    if let Some((key, count)) = lock {
+                        self.unlock_regions(key, count);
+                    }
                     if let Some(par) = self.parents.get_mut(p) {
                         par.fail(IoStatus::Invalid);
                         par.next = sectors;
@@ -646,79 +664,6 @@ impl RaidChannel {
         best.map(|(_, c)| c)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn start_mirror_write(
-        &mut self,
-        p: u32,
-        io_type: IoType,
-        lba: u64,
-        n: u64,
-        iovs: IoVecs,
-        io_offset: u64,
-        lock: Option<u64>,
-    ) -> bool {
-        if let Some(key) = lock {
-            if !self.sh.locks.try_lock(key) {
-                return false;
-            }
-        }
-        let Some(g) = self.groups.alloc() else {
-            if let Some(key) = lock {
-                self.sh.locks.unlock(key);
-            }
-            return false;
-        };
-        if let Some(grp) = self.groups.get_mut(g) {
-            *grp = Group { parent: p, pending: 0, ok: 0, status: IoStatus::Success, lock };
-        }
-        self.add_outstanding(p);
-        // The targets first (every writable copy and the replacements being
-        // rebuilt), in a reused list rather than through a clone of the
-        // shared state (an atomic increment and decrement per write).
-        let mut targets = std::mem::take(&mut self.plan_buf);
-        targets.clear();
-        for c in self.sh.geometry.copies(lba) {
-            if !self.writable(c.member) {
-                continue;
-            }
-            targets.push((c.member, c.sector, 0));
-            if let Some(r) = self.replacement(c.member) {
-                targets.push((r, c.sector, 0));
-            }
-        }
-        if let Some(grp) = self.groups.get_mut(g) {
-            grp.pending = targets.len() as u32;
-        }
-        for &(m, sector, _) in &targets {
-            self.issue_write(Owner::Group(g), m, io_type, sector, n, iovs, lba, io_offset);
-        }
-        let any = !targets.is_empty();
-        self.plan_buf = targets;
-        if !any {
-            self.finish_group(g);
-        }
-        true
-    }
-
-    fn finish_group(&mut self, g: u32) {
-        let Some(grp) = self.groups.get(g) else {
-            return;
-        };
-        let (parent, lock) = (grp.parent, grp.lock);
-        let status = if !grp.status.is_ok() {
-            grp.status
-        } else if grp.ok > 0 {
-            IoStatus::Success
-        } else {
-            IoStatus::MediaError
-        };
-        if let Some(key) = lock {
-            self.sh.locks.unlock(key);
-        }
-        self.groups.release(g);
-        self.finish_parent_part(parent, status);
-    }
-
     fn child_done(&mut self, c: u32, st: IoStatus) {
         // The common case reads a few fields; a failure copies the child.
         let Some((slot, owner, io_type, dev_id)) =
@@ -767,27 +712,6 @@ impl RaidChannel {
             }
             Owner::Group(g) => self.group_child_done(g, st, member_out),
             Owner::Op(o) => self.op_child_done(o, child.slot, child.io_type, st, member_out),
-        }
-    }
-
-    /// A copy of mirrored write `g` finished.
-    fn group_child_done(&mut self, g: u32, st: IoStatus, member_out: bool) {
-        let done = match self.groups.get_mut(g) {
-            Some(grp) => {
-                if st.is_ok() {
-                    grp.ok += 1;
-                } else if !member_out && grp.status.is_ok() {
-                    // A copy that failed and left the array does not
-                    // fail the write while other copies hold it.
-                    grp.status = st;
-                }
-                grp.pending = grp.pending.saturating_sub(1);
-                grp.pending == 0
-            }
-            None => false,
-        };
-        if done {
-            self.finish_group(g);
         }
     }
 

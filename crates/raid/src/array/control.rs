@@ -256,7 +256,7 @@ pub(crate) fn run(sh: Arc<Shared>, rx: Receiver<ControlMsg>) {
         let wait = if busy { Duration::ZERO } else { Duration::from_millis(idle) };
         match rx.recv_timeout(wait) {
             Ok(ControlMsg::Stop) | Err(RecvTimeoutError::Disconnected) => break,
-            Ok(ControlMsg::MemberFailed(i)) => member_failed(&sh, i),
+            Ok(ControlMsg::MemberFailed(i, dev)) => member_failed(&sh, i, dev),
             Ok(ControlMsg::Kick) | Err(RecvTimeoutError::Timeout) => {}
         }
         bitmap.run(&sh);
@@ -306,27 +306,37 @@ impl BitmapDaemon {
     }
 }
 
-fn member_failed(sh: &Arc<Shared>, slot: usize) {
+/// The device `dev_id` of slot `slot` (or of a replacement) failed.
+fn member_failed(sh: &Arc<Shared>, slot: usize, dev_id: u64) {
     if let Some(r) = slot.checked_sub(sh.slots.len()) {
         super::replace::failed(sh, r);
         return;
     }
     let name = {
         let mut meta = lock(&sh.meta);
-        let rec = meta.slot_device(slot).map(|r| (r.sb.dev_number, r.dev.name().to_string()));
+        // The device that failed, by identity: the slot may hold another
+        // one by now (a spare activated or a member re-added since), and a
+        // device removed since had its role recorded by the remove.
+        let rec = meta.devices.iter().find(|r| r.dev.id == dev_id).map(|r| (r.sb.dev_number, r.dev.name().to_string()));
         let Some((dev_number, name)) = rec else {
             return;
         };
         if let Some(r) = meta.sb.dev_roles.get_mut(dev_number as usize) {
             *r = DevRole::Faulty;
         }
-        super::replace::promote(sh, &mut meta, slot);
+        let in_slot = sh.slot(slot).and_then(|s| s.device()).is_some_and(|d| d.id == dev_id);
+        if in_slot {
+            super::replace::promote(sh, &mut meta, slot);
+        }
         for (dev, st) in meta.write_superblocks(sh) {
             log::error!("raid {}: cannot write the superblock of {dev}: {st}", sh.name);
         }
-        name
+        (name, in_slot)
     };
-    if sh.sync.kind() == SyncKind::Recovery && sh.sync.slot.load(Ordering::Acquire) == slot as u64 {
+    let (name, in_slot) = name;
+    // A recovery onto the failed device stops (not one onto a device that
+    // took the slot since).
+    if in_slot && sh.sync.kind() == SyncKind::Recovery && sh.sync.slot.load(Ordering::Acquire) == slot as u64 {
         sh.sync.set_idle();
     }
     super::emit(sh, &MdEvent::DeviceFailed { slot, device: name });
@@ -361,6 +371,11 @@ pub(crate) fn start_recovery_if_possible(sh: &Arc<Shared>) {
         return;
     };
     let mut meta = lock(&sh.meta);
+    // A re-add may have filled the slot meanwhile (it does so under the
+    // meta lock).
+    if !sh.slot(t).is_some_and(|s| matches!(s.state(), SlotState::Faulty | SlotState::Empty)) {
+        return;
+    }
     let spare =
         meta.devices.iter().position(|d| meta.sb.dev_roles.get(d.sb.dev_number as usize) == Some(&DevRole::Spare));
     let Some(si) = spare else {
@@ -376,6 +391,7 @@ pub(crate) fn start_recovery_if_possible(sh: &Arc<Shared>) {
     }
     if let Some(slot) = sh.slot(t) {
         slot.set_recovered(0);
+        slot.set_bitmap_sync(false);
         slot.set_state(SlotState::Recovering);
         slot.replace_device(Some(dev.clone()));
     }
@@ -385,6 +401,38 @@ pub(crate) fn start_recovery_if_possible(sh: &Arc<Shared>) {
     sh.sync.begin(SyncKind::Recovery, t as u64, 0, sh.geometry.member_used_sectors(t));
     super::emit(sh, &MdEvent::SpareActivated { slot: t, device: dev.name().to_string() });
     super::emit(sh, &MdEvent::RecoveryStarted { slot: t });
+}
+
+/// For the bitmap-based recovery of slot `t` (a re-added member) at
+/// member sector `pos`: how many of the next `n` sectors lie in one bitmap
+/// chunk, and whether that chunk's bit is set (the member missed writes
+/// there). `None` when the recovery of `t` is a full one.
+fn bitmap_chunk(sh: &Shared, t: usize, pos: u64, n: u64) -> Option<(u64, bool)> {
+    let wi = sh.intent.as_ref()?;
+    if !sh.slot(t)?.bitmap_sync() {
+        return None;
+    }
+    let layout = wi.layout();
+    // The bitmap covers the sync range: stripe rows (parity levels, the
+    // member sector itself) or array sectors (mirrors; raid1's equal the
+    // member's).
+    let (start, n) = match &sh.geometry {
+        Geometry::Striped(_) | Geometry::Raid1 { .. } => (pos, n),
+        g => match g.member_extent(t, pos) {
+            Ok(e) => match e.content {
+                MemberContent::Data { lba } => (lba, n.min(e.sectors)),
+                _ => return Some((n.min(e.sectors).max(1), false)),
+            },
+            // Not mappable: rebuild it to be safe.
+            Err(_) => return Some((n, true)),
+        },
+    };
+    let bit = layout.bit_of(start);
+    if bit >= layout.bits() {
+        return Some((n, true));
+    }
+    let len = n.min(layout.sectors_of(bit).end.saturating_sub(start)).max(1);
+    Some((len, wi.is_set(bit)))
 }
 
 fn step(sh: &Arc<Shared>, w: &mut Worker) {
@@ -402,11 +450,30 @@ fn step(sh: &Arc<Shared>, w: &mut Worker) {
             let t = sh.sync.slot.load(Ordering::Acquire) as usize;
             let ext = sh.geometry.member_extent(sh.source_slot(t), pos).map(|e| e.sectors).unwrap_or(n);
             let n = n.min(ext).min(sh.window_sectors - pos % sh.window_sectors).max(1);
+            // A re-added member: only the chunks whose bits are set.
+            let n = match bitmap_chunk(sh, t, pos, n) {
+                Some((len, false)) => {
+                    let len = len.min(end - pos);
+                    if let Some(slot) = sh.slot(t) {
+                        slot.set_recovered(pos + len);
+                    }
+                    sh.sync.recovery_skipped.fetch_add(len, Ordering::AcqRel);
+                    sh.sync.position.store(pos + len, Ordering::Release);
+                    sh.sync.done_sectors.fetch_add(len, Ordering::AcqRel);
+                    if pos + len >= end {
+                        finish(sh, kind);
+                    }
+                    return;
+                }
+                Some((len, true)) => len,
+                None => n,
+            };
             match w.recover_range(t, pos, n) {
                 Ok(true) => {
                     if let Some(slot) = sh.slot_any(t) {
                         slot.set_recovered(pos + n);
                     }
+                    sh.sync.recovered.fetch_add(n, Ordering::AcqRel);
                     Some(n)
                 }
                 Ok(false) => {
@@ -498,6 +565,7 @@ fn finish(sh: &Arc<Shared>, kind: SyncKind) {
             if let Some(slot) = sh.slot(t) {
                 slot.set_recovered(MAX_SECTOR);
                 slot.set_state(SlotState::InSync);
+                slot.set_bitmap_sync(false);
             }
             sh.sync.set_idle();
             sh.bump_generation();

@@ -109,7 +109,6 @@ impl WriteIntent {
     }
 
     /// Whether `bit` is (or is about to be) set on disk.
-    #[cfg(test)]
     pub(crate) fn is_set(&self, bit: u64) -> bool {
         self.chunk(bit).is_some_and(|c| is_set(c.load(Ordering::Acquire)))
     }

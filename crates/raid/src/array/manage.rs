@@ -2,10 +2,11 @@
 
 use std::sync::atomic::Ordering;
 
-use crate::create;
+use crate::assemble::{readd_slot, ReAddRefusal};
 use crate::superblock::{format_uuid, DevRole};
+use crate::{create, offline};
 
-use super::meta::DevRecord;
+use super::meta::{BdevMember, DevRecord};
 use super::replace;
 use super::shared::{lock, ControlMsg, SlotState};
 use super::{
@@ -129,7 +130,26 @@ impl MdArray {
     pub fn manage(&self, cmd: ManageCmd) -> Result<(), MdError> {
         let sh = &self.sh;
         match cmd {
-            ManageCmd::AddDisk(dev) | ManageCmd::AddSpare(dev) => {
+            ManageCmd::AddDisk(dev) => {
+                match self.readd(&dev) {
+                    Ok(()) => {}
+                    // md's add falls back to a new device when a re-add
+                    // cannot be proven safe.
+                    Err(MdError::NotReAddable { reason, .. }) => {
+                        log::info!("raid {}: '{dev}' added as a new device: {reason}", sh.name);
+                        self.add_device(&dev, None)?;
+                    }
+                    Err(e) => return Err(e),
+                }
+                sh.notify(ControlMsg::Kick);
+                Ok(())
+            }
+            ManageCmd::ReAdd(dev) => {
+                self.readd(&dev)?;
+                sh.notify(ControlMsg::Kick);
+                Ok(())
+            }
+            ManageCmd::AddSpare(dev) => {
                 self.add_device(&dev, None)?;
                 sh.notify(ControlMsg::Kick);
                 Ok(())
@@ -201,6 +221,68 @@ impl MdArray {
         Ok(())
     }
 
+    /// Puts `dev`, a former member, back into its old slot with a recovery
+    /// driven by the write-intent bitmap (md's re-add: the kernel keeps
+    /// the device's role as `saved_raid_disk` when its events are not
+    /// older than the bitmap's `events_cleared`). The device keeps its
+    /// device number and UUID.
+    fn readd(&self, dev: &str) -> Result<(), MdError> {
+        let sh = &self.sh;
+        let refused = |reason| MdError::NotReAddable { device: dev.to_string(), reason };
+        if lock(&sh.meta).devices.iter().any(|d| d.dev.name() == dev) {
+            return Err(MdError::Busy(format!("'{dev}' is still in the array; remove it first")));
+        }
+        let desc = open_member(&self.registry, dev, &sh.name)?;
+        let dev_sb = match BdevMember::open(&desc).map(|m| offline::examine(0, &m)) {
+            Ok(Ok(e)) => e.superblock,
+            _ => return Err(refused(ReAddRefusal::NoSuperblock)),
+        };
+        let mut meta = lock(&sh.meta);
+        let events_cleared = meta.bitmap.as_ref().filter(|_| sh.intent.is_some()).map(|b| b.events_cleared);
+        let slot = readd_slot(&meta.sb, events_cleared, &dev_sb).map_err(refused)?;
+        let s = sh.slot(slot).ok_or(refused(ReAddRefusal::NotActive))?;
+        if s.state() != SlotState::Empty || s.device().is_some() || replace::active(sh, slot) {
+            return Err(refused(ReAddRefusal::RoleTaken(slot)));
+        }
+        let number = dev_sb.dev_number;
+        if number >= meta.sb.max_dev() || meta.devices.iter().any(|d| d.sb.dev_number == number) {
+            return Err(refused(ReAddRefusal::DeviceNumberInUse(number)));
+        }
+        let need = sh.geometry.member_used_sectors(slot);
+        let have = (desc.info().size_bytes() / 512).saturating_sub(dev_sb.data_offset).min(dev_sb.data_size);
+        if have < need {
+            return Err(refused(ReAddRefusal::TooSmall { have, need }));
+        }
+        let mut bs = sh.block_size;
+        let id = meta.next_dev_id;
+        meta.next_dev_id += 1;
+        let member = member_dev(desc, id, dev_sb.data_offset, &mut bs)?;
+        if bs != sh.block_size {
+            return Err(MdError::BlockSize(dev.to_string()));
+        }
+        if let Some(r) = meta.sb.dev_roles.get_mut(number as usize) {
+            *r = DevRole::Active(slot as u16);
+        }
+        meta.devices.push(DevRecord { dev: member.clone(), sb: dev_sb, replacing: false });
+        // A recovery of the slot's previous device stops: this one starts
+        // from the beginning.
+        if sh.sync.kind() == SyncKind::Recovery && sh.sync.slot.load(Ordering::Acquire) == slot as u64 {
+            sh.sync.set_idle();
+        }
+        s.set_recovered(0);
+        s.set_bitmap_sync(true);
+        s.replace_device(Some(member));
+        s.set_state(SlotState::Recovering);
+        sh.bump_generation();
+        let errors = meta.write_superblocks(sh);
+        drop(meta);
+        emit(sh, &MdEvent::DeviceAdded { device: dev.to_string() });
+        match errors.into_iter().next() {
+            Some((device, status)) => Err(MdError::SuperblockWrite { device, status }),
+            None => Ok(()),
+        }
+    }
+
     /// Adds `dev` as a spare, or as the replacement of slot `replace`.
     fn add_device(&self, dev: &str, replace: Option<usize>) -> Result<(), MdError> {
         let sh = &self.sh;
@@ -269,10 +351,13 @@ impl MdArray {
         if !removable {
             return Err(MdError::Busy(format!("'{dev}' is an active member; fail it first")));
         }
-        if let Some(s) = slot.and_then(|s| sh.slot(s)) {
+        if let Some((i, s)) = slot.and_then(|i| sh.slot(i).map(|s| (i, s))) {
             s.replace_device(None);
             s.set_state(SlotState::Empty);
             sh.bump_generation();
+            if sh.sync.kind() == SyncKind::Recovery && sh.sync.slot.load(Ordering::Acquire) == i as u64 {
+                sh.sync.set_idle();
+            }
         }
         if let Some(r) = meta.sb.dev_roles.get_mut(dev_number as usize) {
             *r = DevRole::Spare;

@@ -202,6 +202,7 @@ impl Meta {
             }
         }
         let (image, pending) = self.bitmap_image(sh);
+        let self_has_bitmap = self.bitmap.is_some();
         let mut errors = Vec::new();
         let Meta { sb: template, devices, .. } = self;
         for (rec, role) in working(devices, &template.dev_roles, sh) {
@@ -218,6 +219,7 @@ impl Meta {
             sb.cnt_corrected_read = rec.sb.cnt_corrected_read;
             sb.feature_map.remove(FeatureMap::RECOVERY_OFFSET);
             sb.feature_map.remove(FeatureMap::REPLACEMENT);
+            sb.feature_map.remove(FeatureMap::RECOVERY_BITMAP);
             sb.recovery_offset = 0;
             if rec.replacing {
                 // md's replacement: the slot's role, the replacement flag
@@ -232,6 +234,11 @@ impl Meta {
                     if slot.state() == SlotState::Recovering {
                         sb.feature_map.insert(FeatureMap::RECOVERY_OFFSET);
                         sb.recovery_offset = slot.recovered();
+                        // md's saved_raid_disk with a bitmap: the recovery
+                        // resumes driven by the bitmap.
+                        if slot.bitmap_sync() && self_has_bitmap {
+                            sb.feature_map.insert(FeatureMap::RECOVERY_BITMAP);
+                        }
                     }
                 }
             }

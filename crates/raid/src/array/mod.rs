@@ -14,6 +14,13 @@
 //! a write first sets its chunks' bits on every member, bits of chunks
 //! without writes are cleared lazily, and after a crash only the chunks
 //! whose bits are set are resynced; without one the whole array is.
+//!
+//! Re-add: a member that dropped out and comes back (`ManageCmd::AddDisk`
+//! or `ManageCmd::ReAdd`, or a stale member at [`md_assemble`]) returns to
+//! its old slot when the bitmap covers what it missed (its events are not
+//! older than the bitmap's `events_cleared`); its recovery then rebuilds
+//! only the chunks whose bits are set, and its superblock records the
+//! recovery as md does (`RECOVERY_OFFSET` with `RECOVERY_BITMAP`).
 
 mod channel;
 mod control;
@@ -22,6 +29,7 @@ mod intent;
 mod locks;
 mod manage;
 mod meta;
+mod mirror;
 mod replace;
 mod scrub;
 mod shared;
@@ -34,6 +42,8 @@ mod tests;
 mod tests_bitmap;
 #[cfg(test)]
 mod tests_fast;
+#[cfg(test)]
+mod tests_readd;
 #[cfg(test)]
 mod tests_replace;
 #[cfg(test)]
@@ -63,7 +73,7 @@ use crate::create::{self, CreateParams};
 use crate::geometry::{Geometry, Level};
 use crate::offline::{self, Examined};
 use crate::parity::Parity;
-use crate::superblock::{DevRole, MAX_SECTOR};
+use crate::superblock::{DevRole, FeatureMap, MAX_SECTOR};
 
 use self::intent::WriteIntent;
 use self::locks::StripeLocks;
@@ -285,13 +295,24 @@ pub fn md_assemble(
     }
     let sbs: Vec<_> = examined.iter().map(|e| e.superblock.clone()).collect();
     let plan = assemble::plan(&sbs)?;
+    // Stale members the bitmap (as a fresh member has it) still covers
+    // return to their slots with a bitmap-based recovery, as md does.
+    let events_cleared = examined
+        .iter()
+        .find(|e| e.superblock.events == plan.events)
+        .and_then(|e| e.bitmap.as_ref())
+        .filter(|_| plan.geometry.level().redundancy() > 0)
+        .map(|b| b.events_cleared);
+    let readds = plan.bitmap_readds(&sbs, events_cleared);
     let mut array_bs = 512;
     let mut devices = Vec::new();
     let mut slot_devs: Vec<Option<(Arc<MemberDev>, Option<u64>)>> = vec![None; plan.slots.len()];
     let mut repl_devs: Vec<(usize, Arc<MemberDev>, u64)> = Vec::new();
     let mut next_id = 1u64;
+    let mut bitmap_slots = Vec::new();
     for (i, (m, e)) in members.iter().zip(&examined).enumerate() {
-        let in_slot = plan.slots.iter().position(|s| s.is_some_and(|s| s.index == i));
+        let readd = readds.iter().find(|&&(_, x)| x == i).map(|&(slot, _)| slot);
+        let in_slot = plan.slots.iter().position(|s| s.is_some_and(|s| s.index == i)).or(readd);
         let replacing = plan.replacements.iter().position(|s| s.is_some_and(|s| s.index == i));
         let spare = plan.spares.contains(&i);
         if in_slot.is_none() && replacing.is_none() && !spare {
@@ -301,7 +322,17 @@ pub fn md_assemble(
         let dev = member_dev(desc, next_id, e.superblock.data_offset, &mut array_bs)?;
         next_id += 1;
         if let Some(s) = in_slot {
-            let recovered = plan.slots.get(s).and_then(|x| x.and_then(|x| x.recovered_to));
+            let recovered = match readd {
+                Some(_) => Some(0),
+                None => plan.slots.get(s).and_then(|x| x.and_then(|x| x.recovered_to)),
+            };
+            // A recovery recorded as bitmap-based (md's
+            // MD_FEATURE_RECOVERY_BITMAP) or a stale member taken back.
+            let bitmap_sync = readd.is_some()
+                || (recovered.is_some() && e.superblock.feature_map.contains(FeatureMap::RECOVERY_BITMAP));
+            if bitmap_sync {
+                bitmap_slots.push(s);
+            }
             if let Some(sd) = slot_devs.get_mut(s) {
                 *sd = Some((dev.clone(), recovered));
             }
@@ -323,16 +354,28 @@ pub fn md_assemble(
     let mut template = plan.superblock.clone();
     // Roles of devices we did not take (stale ones) no longer count.
     for (i, sb) in sbs.iter().enumerate() {
-        if plan.stale.contains(&i) {
-            if let Some(r) = template.dev_roles.get_mut(sb.dev_number as usize) {
+        if let Some(r) = template.dev_roles.get_mut(sb.dev_number as usize) {
+            if let Some(&(slot, _)) = readds.iter().find(|&&(_, x)| x == i) {
+                *r = DevRole::Active(slot as u16);
+            } else if plan.stale.contains(&i) {
                 *r = DevRole::Faulty;
             }
         }
     }
     let resync_from = template.resync_offset;
-    let bitmap = examined.iter().find_map(|e| e.bitmap.clone());
+    // The bitmap header as a fresh member has it (a stale one's is old).
+    let bitmap = examined
+        .iter()
+        .find(|e| e.superblock.events == plan.events)
+        .and_then(|e| e.bitmap.clone())
+        .or_else(|| examined.iter().find_map(|e| e.bitmap.clone()));
     let meta = Meta { sb: template, devices, bitmap, next_dev_id: next_id };
     let built = build(name, plan.geometry.clone(), slots, meta, array_bs)?;
+    for s in bitmap_slots {
+        if let (Some(slot), true) = (built.shared.slot(s), built.shared.intent.is_some()) {
+            slot.set_bitmap_sync(true);
+        }
+    }
     // Replacements interrupted by a stop resume where their copy got to
     // (the control thread picks them up when the array runs).
     for (s, dev, recovered) in repl_devs {
@@ -345,7 +388,9 @@ pub fn md_assemble(
     built.shared.bump_generation();
     let array = MdArray::new(registry, name, built, opts.stripe_cache);
     array.load_bitmap(resync_from != MAX_SECTOR);
-    if plan.degraded() > 0 && !opts.run_degraded {
+    // Members coming back through the bitmap count as present for the
+    // start decision (md starts them in their roles).
+    if plan.degraded() > readds.len() && !opts.run_degraded {
         return Ok(array);
     }
     array.run()?;
@@ -564,6 +609,8 @@ impl MdArray {
         SyncStats {
             resynced_sectors: s.resynced.load(Ordering::Acquire),
             skipped_sectors: s.skipped.load(Ordering::Acquire),
+            recovered_sectors: s.recovered.load(Ordering::Acquire),
+            recovery_skipped_sectors: s.recovery_skipped.load(Ordering::Acquire),
         }
     }
 

@@ -65,12 +65,30 @@ pub(crate) struct Slot {
     state: AtomicU8,
     /// Member sectors (from the data offset) valid on a recovering device.
     recovered: AtomicU64,
+    /// A recovering device that was a member before (md's saved_raid_disk
+    /// with a bitmap): only the chunks the write-intent bitmap has set
+    /// are rebuilt.
+    bitmap_sync: AtomicBool,
     dev: Mutex<Option<Arc<MemberDev>>>,
 }
 
 impl Slot {
     pub(crate) fn new(dev: Option<Arc<MemberDev>>, state: SlotState, recovered: u64) -> Slot {
-        Slot { state: AtomicU8::new(state as u8), recovered: AtomicU64::new(recovered), dev: Mutex::new(dev) }
+        Slot {
+            state: AtomicU8::new(state as u8),
+            recovered: AtomicU64::new(recovered),
+            bitmap_sync: AtomicBool::new(false),
+            dev: Mutex::new(dev),
+        }
+    }
+
+    /// Whether the recovery of this slot is driven by the bitmap.
+    pub(crate) fn bitmap_sync(&self) -> bool {
+        self.bitmap_sync.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_bitmap_sync(&self, v: bool) {
+        self.bitmap_sync.store(v, Ordering::Release);
     }
 
     pub(crate) fn state(&self) -> SlotState {
@@ -138,6 +156,10 @@ pub(crate) struct SyncState {
     pub resynced: AtomicU64,
     /// Sectors a resync skipped because their bitmap bits were clear.
     pub skipped: AtomicU64,
+    /// Member sectors rebuilt by recoveries since the array was built.
+    pub recovered: AtomicU64,
+    /// Member sectors a bitmap-based recovery skipped (bits clear).
+    pub recovery_skipped: AtomicU64,
     /// Mismatched sectors found by the last check or repair (md's
     /// mismatch_cnt).
     pub mismatches: AtomicU64,
@@ -157,6 +179,8 @@ impl SyncState {
             auto: AtomicBool::new(true),
             resynced: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
+            recovered: AtomicU64::new(0),
+            recovery_skipped: AtomicU64::new(0),
             mismatches: AtomicU64::new(0),
         }
     }
@@ -207,7 +231,7 @@ pub(crate) struct OpStats {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ControlMsg {
     /// A slot's device failed during IO.
-    MemberFailed(usize),
+    MemberFailed(usize, u64),
     /// Re-examine what to do (spares, rebuild).
     Kick,
     /// Leave.
@@ -301,7 +325,7 @@ impl Shared {
             {
                 log::warn!("raid {}: replacement for slot {} failed", self.name, i - self.slots.len());
                 self.bump_generation();
-                self.notify(ControlMsg::MemberFailed(i));
+                self.notify(ControlMsg::MemberFailed(i, r.device().map_or(0, |d| d.id)));
             }
             return true;
         }
@@ -325,7 +349,7 @@ impl Shared {
         {
             log::warn!("raid {}: member in slot {i} failed", self.name);
             self.bump_generation();
-            self.notify(ControlMsg::MemberFailed(i));
+            self.notify(ControlMsg::MemberFailed(i, slot.device().map_or(0, |d| d.id)));
         }
         true
     }

@@ -633,3 +633,30 @@ fn raid1_reads_are_balanced() {
     assert_eq!(reads.iter().sum::<u64>(), 32);
     assert!(reads.iter().all(|&n| n >= 8), "unbalanced: {reads:?}");
 }
+
+#[test]
+fn a_mirrored_write_takes_the_free_regions_in_a_row_and_waits_for_the_rest() {
+    let mut r = rig(Level::Raid1, None, 2, 16, 512);
+    let w = r.array.sh.window_sectors;
+    // Region 2 is busy (as under a recovery window): a write over
+    // regions 0..4 issues regions 0 and 1 and waits for the rest.
+    assert!(r.array.sh.locks.try_lock(2));
+    let blocks = 4 * w;
+    let mut b = DmaBuf::alloc((blocks * 512) as usize).unwrap();
+    b.as_mut_slice().iter_mut().enumerate().for_each(|(i, x)| *x = (i % 251) as u8);
+    r.ch.submit(&IoRequest::write(0, blocks, IoVecs::single(b.iovec()), 77)).unwrap();
+    let t0 = Instant::now();
+    let mut got = None;
+    while t0.elapsed() < Duration::from_millis(50) {
+        r.ch.poll(&mut |tag, st| got = Some((tag, st)));
+    }
+    assert_eq!(got, None, "completed while a region it covers was locked");
+    // The first piece (regions 0 and 1) completed and released them.
+    assert!(r.array.sh.locks.try_lock(0));
+    r.array.sh.locks.unlock(0);
+    r.array.sh.locks.unlock(2);
+    assert_eq!(wait(&mut r.ch, &[77]), vec![IoStatus::Success]);
+    r.model[..(blocks * 512) as usize].copy_from_slice(b.as_slice());
+    r.read_all();
+    r.check_on_disk();
+}

@@ -120,9 +120,16 @@ pub enum DiskState {
 /// Management commands (md_manage).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ManageCmd {
-    /// Add a device; it becomes a spare and, if the array is degraded, is
-    /// rebuilt into the missing slot.
+    /// Add a device. A former member of this array whose old slot is free
+    /// returns to it when the write-intent bitmap covers what it missed
+    /// (md's re-add: only the chunks with bits set are rebuilt); any other
+    /// device becomes a spare and, if the array is degraded, is rebuilt
+    /// in full into the missing slot.
     AddDisk(String),
+    /// Re-add a former member into its old slot with a bitmap-based
+    /// recovery (mdadm --re-add); fails with [`MdError::NotReAddable`]
+    /// when the bitmap cannot prove what it missed.
+    ReAdd(String),
     /// Remove a failed device or a spare.
     RemoveDisk(String),
     /// Add a hot spare.
@@ -190,6 +197,15 @@ pub enum MdError {
         device: String,
         /// IO status.
         status: bdev::IoStatus,
+    },
+    /// A device cannot return to its old slot with a bitmap-based recovery.
+    #[error("'{device}' cannot be re-added")]
+    NotReAddable {
+        /// Device.
+        device: String,
+        /// Why.
+        #[source]
+        reason: crate::assemble::ReAddRefusal,
     },
     /// A degraded array was assembled without `run_degraded`.
     #[error("array is degraded; run it explicitly")]
@@ -326,6 +342,12 @@ pub struct SyncStats {
     /// Sync-range sectors a resync skipped because the write-intent bitmap
     /// said they were clean.
     pub skipped_sectors: u64,
+    /// Member sectors rebuilt by recoveries (full ones and bitmap-based
+    /// re-adds).
+    pub recovered_sectors: u64,
+    /// Member sectors a bitmap-based recovery of a re-added member skipped
+    /// because their bits were clear.
+    pub recovery_skipped_sectors: u64,
 }
 
 /// The write-intent bitmap in [`MdDetail`] (what /proc/mdstat shows).
