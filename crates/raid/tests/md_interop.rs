@@ -727,3 +727,88 @@ mdadm --stop /dev/md0
     assert!(out.contains("GUEST_CMP_OK"), "/dev/md0 differs from the pattern");
     assert_eq!(marker(&out, "MISMATCH="), Some("0"), "md found mirror mismatches");
 }
+
+/// xbdev re-adds a returning raid5 member through the write-intent bitmap and stops before the
+/// recovery starts: the member is back in its old slot, its superblock says "recovering,
+/// guided by the bitmap" (feature map 0x83, recovery offset 0), and the bitmap holds the three
+/// chunks written while it was out. md must accept that hand-over: assemble all four members,
+/// finish the recovery, and hold our data with no parity mismatch.
+#[test]
+#[ignore = "boots a QEMU guest with mdadm (slow)"]
+fn bdev_to_md_raid5_bitmap_readd_handover() {
+    use raid::array::ManageCmd;
+    use raid::superblock::FeatureMap;
+    let _vm = VM.lock().unwrap_or_else(|e| e.into_inner());
+    let s = Scratch::new("x2md-raid5-readd");
+    let imgs = s.images(4);
+    let (reg, names) = aio_registry(&imgs);
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    // 64 KiB chunks and 64 KiB per bit: one bit per stripe.
+    let cfg = MdConfig { chunk_kib: 64, bitmap_chunk_kib: Some(64), assume_clean: true, ..MdConfig::default() };
+    let array = md_create(&reg, "md0", Level::Raid5, &refs, &cfg).expect("md_create");
+    array.set_bitmap_daemon_sleep(std::time::Duration::from_millis(50));
+    let mut ch = reg.open("md0", true).expect("open").channel().expect("channel");
+    let size = (ch.num_blocks() * u64::from(ch.block_size())) as usize;
+    let mut pat = pattern(size, 31);
+    let mut buf = DmaBuf::alloc(1 << 20).expect("buffer");
+    let mut write = |ch: &mut BdevChannel, at: usize, data: &[u8]| {
+        buf.as_mut_slice()[..data.len()].copy_from_slice(data);
+        let iov = buf.iovec_range(0, data.len()).expect("iovec");
+        let io = IoRequest::write(at as u64 / 512, (data.len() / 512) as u64, IoVecs::single(iov), 0);
+        assert_eq!(run_io(ch, io), IoStatus::Success);
+    };
+    for (i, piece) in pat.chunks(1 << 20).enumerate() {
+        write(&mut ch, i << 20, piece);
+    }
+    let t0 = std::time::Instant::now();
+    while array.detail().bitmap.map(|b| b.dirty) != Some(0) {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(30), "bitmap never clean: {:?}", array.detail());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    array.manage(ManageCmd::SetFaulty("d3".into())).expect("fail d3");
+    array.manage(ManageCmd::RemoveDisk("d3".into())).expect("remove d3");
+    // Stripes 0, 53 and 106 change while d3 is out.
+    for (i, at) in [0usize, 10 << 20, 20 << 20].into_iter().enumerate() {
+        let piece = pattern(4096, i as u64 + 40);
+        pat[at..at + 4096].copy_from_slice(&piece);
+        write(&mut ch, at, &piece);
+    }
+    drop(ch);
+    array.manage(ManageCmd::StopRebuild).expect("pause recovery");
+    array.manage(ManageCmd::ReAdd("d3".into())).expect("re-add d3");
+    array.stop().expect("stop");
+    drop(array);
+    let sb = examine(3, &open_images(&imgs)[3]).expect("examine").superblock;
+    assert!(sb.feature_map.contains(FeatureMap::RECOVERY_OFFSET | FeatureMap::RECOVERY_BITMAP));
+    assert_eq!(sb.recovery_offset, 0);
+    fs::write(s.share.join("pattern.bin"), &pat).expect("pattern");
+    let script = "set -e
+echo ==EXAMINE==; mdadm --examine /dev/vdd; echo ==END==
+echo ==BITMAP==; mdadm --examine-bitmap /dev/vda; echo ==END==
+mdadm --assemble --run /dev/md0 /dev/vda /dev/vdb /dev/vdc /dev/vdd
+sleep 1
+mdadm --wait /dev/md0 || true
+cat /proc/mdstat
+echo ==DETAIL==; mdadm --detail /dev/md0; echo ==END==
+cmp /dev/md0 /mnt/tb/pattern.bin && echo GUEST_CMP_OK
+echo check > /sys/block/md0/md/sync_action
+sleep 1
+mdadm --wait /dev/md0 || true
+echo MISMATCH=$(cat /sys/block/md0/md/mismatch_cnt)
+mdadm --stop /dev/md0
+";
+    let out = vm_run(&s.share, &imgs, script);
+    println!("{out}");
+    let ex = section(&out, "EXAMINE");
+    assert_eq!(ex.get("Feature Map").map(String::as_str), Some("0x83"), "{ex:?}");
+    assert_eq!(ex.get("Recovery Offset").map(|v| first_number(v)), Some(0), "{ex:?}");
+    assert_eq!(ex.get("Device Role").map(String::as_str), Some("Active device 3"), "{ex:?}");
+    let bm = section(&out, "BITMAP");
+    assert!(bm["Bitmap"].contains(" 3 dirty"), "bitmap {}", bm["Bitmap"]);
+    let detail_lines: Vec<&str> =
+        out.lines().skip_while(|l| l.trim() != "==DETAIL==").take_while(|l| l.trim() != "==END==").collect();
+    let active = detail_lines.iter().filter(|l| l.contains("active sync")).count();
+    assert_eq!(active, 4, "md did not finish the recovery: {detail_lines:?}");
+    assert!(out.contains("GUEST_CMP_OK"), "/dev/md0 differs from the pattern");
+    assert_eq!(marker(&out, "MISMATCH="), Some("0"), "md found parity mismatches");
+}
