@@ -475,6 +475,7 @@ impl Layout {
 
 /// Validates a common header against `cfg` and computes the layout of the
 /// rest of the PDU.
+#[inline]
 pub fn layout(ch: &CommonHeader, cfg: &RxConfig) -> Result<Layout, PduError> {
     let t = PduType::from_raw(ch.pdu_type).ok_or(PduError::UnknownType(ch.pdu_type))?;
     if t.receiver() != cfg.role {
@@ -546,6 +547,7 @@ pub fn layout(ch: &CommonHeader, cfg: &RxConfig) -> Result<Layout, PduError> {
 /// Parses and validates the complete header region (`layout.header_region`
 /// bytes: header, header digest, padding) of a PDU whose layout came from
 /// [`layout`].
+#[inline]
 pub fn parse_header(region: &[u8], l: &Layout) -> Result<Pdu, PduError> {
     let truncated = PduError::Truncated { plen: l.plen() as u32, got: region.len() };
     let hdr = region.get(..l.hlen).ok_or(truncated)?;
