@@ -230,7 +230,13 @@ pub struct DataPdu {
 }
 
 /// A PDU header, typed.
+///
+/// `repr(C, u32)`: a 4-byte tag and 4-byte aligned fields, so the 64-byte
+/// SQE sits aligned instead of right after a 1-byte tag; moving the value
+/// then takes whole-word loads of whole-word stores (the packed layout made
+/// every copy of a just-parsed PDU stall on store forwarding).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C, u32)]
 pub enum Pdu {
     /// ICReq.
     IcReq(IcReq),
