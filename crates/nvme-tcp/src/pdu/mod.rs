@@ -481,7 +481,7 @@ impl Layout {
 
 /// Validates a common header against `cfg` and computes the layout of the
 /// rest of the PDU.
-#[inline]
+#[inline(always)]
 pub fn layout(ch: &CommonHeader, cfg: &RxConfig) -> Result<Layout, PduError> {
     let t = PduType::from_raw(ch.pdu_type).ok_or(PduError::UnknownType(ch.pdu_type))?;
     if t.receiver() != cfg.role {
