@@ -553,7 +553,7 @@ pub fn layout(ch: &CommonHeader, cfg: &RxConfig) -> Result<Layout, PduError> {
 /// Parses and validates the complete header region (`layout.header_region`
 /// bytes: header, header digest, padding) of a PDU whose layout came from
 /// [`layout`].
-#[inline]
+#[inline(always)]
 pub fn parse_header(region: &[u8], l: &Layout) -> Result<Pdu, PduError> {
     let truncated = PduError::Truncated { plen: l.plen() as u32, got: region.len() };
     let hdr = region.get(..l.hlen).ok_or(truncated)?;

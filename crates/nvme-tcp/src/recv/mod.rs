@@ -331,7 +331,7 @@ impl PduReceiver {
     /// collecting the header first. Returns the header region length, the
     /// layout and the PDU; `None` (nothing consumed) leaves the PDU to the
     /// byte-wise path, which reports errors and keeps the offending header.
-    #[inline]
+    #[inline(always)]
     fn whole_header(&self, input: &[u8]) -> Option<(usize, Layout, Pdu)> {
         let ch = CommonHeader::read_from_bytes(input.get(..8)?).ok()?;
         let l = pdu::layout(&ch, &self.cfg).ok()?;
