@@ -110,6 +110,7 @@ pub enum Command {
 impl Command {
     /// Parses an entry submitted on a queue of type `queue`. The data
     /// pointer, PSDT and CID are not interpreted; read them from the `Sqe`.
+    #[inline]
     pub fn parse(sqe: &Sqe, queue: QueueType) -> Result<Self, ParseError> {
         if sqe.opcode() == opcode::FABRICS {
             return FabricsCommand::parse(sqe).map(Self::Fabrics);
@@ -122,6 +123,7 @@ impl Command {
 
     /// Builds a submission queue entry with command identifier `cid` and a
     /// zero data pointer (set it with [`Sqe::set_data_pointer`]).
+    #[inline]
     pub fn to_sqe(&self, cid: u16) -> Sqe {
         match self {
             Self::Admin(a) => a.to_sqe(cid),

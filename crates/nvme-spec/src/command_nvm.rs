@@ -82,6 +82,7 @@ impl IoCommand {
     }
 
     /// The namespace the command addresses.
+    #[inline]
     pub fn nsid(&self) -> u32 {
         match *self {
             Self::Read { nsid, .. }
@@ -93,6 +94,7 @@ impl IoCommand {
     }
 
     /// Starting LBA and block count for Read, Write and Write Zeroes.
+    #[inline]
     pub fn lba_range(&self) -> Option<(u64, u32)> {
         match *self {
             Self::Read { slba, nlb, .. } | Self::Write { slba, nlb, .. } | Self::WriteZeroes { slba, nlb, .. } => {

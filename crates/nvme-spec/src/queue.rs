@@ -53,6 +53,7 @@ pub enum Psdt {
 
 impl Sqe {
     /// A zeroed entry with the given opcode and command identifier.
+    #[inline]
     pub fn new(opcode: u8, cid: u16) -> Self {
         let mut s = Self::new_zeroed();
         s.set_opcode(opcode);
@@ -61,11 +62,13 @@ impl Sqe {
     }
 
     /// The opcode (CDW0 bits 7:0).
+    #[inline]
     pub fn opcode(&self) -> u8 {
         bits32(self.cdw0.get(), 0, 8) as u8
     }
 
     /// Sets the opcode.
+    #[inline]
     pub fn set_opcode(&mut self, opcode: u8) {
         self.cdw0 = set_bits32(self.cdw0.get(), 0, 8, opcode.into()).into();
     }
@@ -76,16 +79,19 @@ impl Sqe {
     }
 
     /// The command identifier (CDW0 bits 31:16).
+    #[inline]
     pub fn cid(&self) -> u16 {
         bits32(self.cdw0.get(), 16, 16) as u16
     }
 
     /// Sets the command identifier.
+    #[inline]
     pub fn set_cid(&mut self, cid: u16) {
         self.cdw0 = set_bits32(self.cdw0.get(), 16, 16, cid.into()).into();
     }
 
     /// The PRP/SGL selector; `None` for the reserved encoding 11b.
+    #[inline]
     pub fn psdt(&self) -> Option<Psdt> {
         match bits32(self.cdw0.get(), 14, 2) {
             0 => Some(Psdt::Prp),
@@ -96,6 +102,7 @@ impl Sqe {
     }
 
     /// Sets the PRP/SGL selector.
+    #[inline]
     pub fn set_psdt(&mut self, psdt: Psdt) {
         let v = match psdt {
             Psdt::Prp => 0,
@@ -106,6 +113,7 @@ impl Sqe {
     }
 
     /// The data pointer interpreted according to PSDT.
+    #[inline]
     pub fn data_pointer(&self) -> Option<DataPointer> {
         Some(match self.psdt()? {
             Psdt::Prp => {
@@ -122,6 +130,7 @@ impl Sqe {
     }
 
     /// Sets PSDT and the data pointer.
+    #[inline]
     pub fn set_data_pointer(&mut self, dp: DataPointer) {
         match dp {
             DataPointer::Prp { prp1, prp2 } => {
@@ -183,16 +192,19 @@ impl SglDescriptor {
     pub const ID_DATA_BLOCK_ADDRESS: u8 = 0x00;
 
     /// A descriptor with the given address, length and identifier byte.
+    #[inline]
     pub fn new(addr: u64, length: u32, id: u8) -> Self {
         Self { addr: addr.into(), length: length.into(), rsvd: [0; 3], id }
     }
 
     /// In-capsule data of `length` bytes at `offset` within the capsule data.
+    #[inline]
     pub fn in_capsule(offset: u64, length: u32) -> Self {
         Self::new(offset, length, Self::ID_DATA_BLOCK_OFFSET)
     }
 
     /// Transport-moved data of `length` bytes.
+    #[inline]
     pub fn transport(length: u32) -> Self {
         Self::new(0, length, Self::ID_TRANSPORT_DATA_BLOCK)
     }
@@ -229,6 +241,7 @@ const _: () = assert!(core::mem::size_of::<Cqe>() == 16);
 
 impl Cqe {
     /// A completion for `cid` with the given status and phase 0.
+    #[inline]
     pub fn new(cid: u16, status: Status) -> Self {
         let mut c = Self::new_zeroed();
         c.cid = cid.into();
@@ -247,6 +260,7 @@ impl Cqe {
     }
 
     /// The decoded status field (phase bit ignored).
+    #[inline]
     pub fn status(&self) -> Status {
         Status::from_raw(self.status.get())
     }

@@ -263,6 +263,7 @@ impl StatusCode {
     pub const SUCCESS: Self = Self::Generic(GenericStatus::Success);
 
     /// Decodes an SCT / SC pair.
+    #[inline]
     pub fn from_parts(sct: u8, sc: u8) -> Self {
         match StatusCodeType::from_raw(sct) {
             StatusCodeType::Generic => Self::Generic(GenericStatus::from_code(sc)),
@@ -275,6 +276,7 @@ impl StatusCode {
     }
 
     /// The status code type.
+    #[inline]
     pub fn sct(self) -> StatusCodeType {
         match self {
             Self::Generic(_) => StatusCodeType::Generic,
@@ -287,6 +289,7 @@ impl StatusCode {
     }
 
     /// The raw status code byte.
+    #[inline]
     pub fn sc(self) -> u8 {
         match self {
             Self::Generic(g) => g.code(),
@@ -316,12 +319,14 @@ impl Status {
     pub const SUCCESS: Self = Self { code: StatusCode::SUCCESS, crd: 0, more: false, dnr: false };
 
     /// A status with the given code and DNR bit.
+    #[inline]
     pub fn new(code: StatusCode, dnr: bool) -> Self {
         Self { code, crd: 0, more: false, dnr }
     }
 
     /// Decodes the 16-bit completion status word (bit 0, the phase tag, is
     /// ignored).
+    #[inline]
     pub fn from_raw(raw: u16) -> Self {
         let r = u32::from(raw);
         Self {
@@ -333,6 +338,7 @@ impl Status {
     }
 
     /// Encodes the status word with phase tag 0.
+    #[inline]
     pub fn to_raw(self) -> u16 {
         let mut r = set_bits32(0, 1, 8, self.code.sc().into());
         r = set_bits32(r, 9, 3, self.code.sct().to_raw().into());
@@ -343,6 +349,7 @@ impl Status {
     }
 
     /// Whether the command completed successfully.
+    #[inline]
     pub fn is_success(self) -> bool {
         self.code == StatusCode::SUCCESS
     }

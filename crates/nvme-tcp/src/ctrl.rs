@@ -590,6 +590,7 @@ impl CtrlQueue {
 
     /// Handles one received PDU; `bad_data` tells that its data failed
     /// the data digest check.
+    #[inline(always)]
     fn handle(&mut self, pdu: Pdu, bad_data: bool, ev: &mut dyn FnMut(CtrlEvent)) -> Result<(), CtrlError> {
         if let Pdu::H2CTermReq(t) = pdu {
             return Err(CtrlError::TermReq { fes: t.fes, fei: t.fei });
@@ -648,6 +649,7 @@ impl CtrlQueue {
         }
     }
 
+    #[inline(always)]
     fn on_capsule(
         &mut self,
         sqe: Sqe,

@@ -489,6 +489,7 @@ impl HostQueue {
 
     /// Handles one received PDU; `bad_data` tells that its data failed
     /// the data digest check.
+    #[inline(always)]
     fn handle(&mut self, pdu: Pdu, bad_data: bool, done: &mut dyn FnMut(u64, Cqe)) -> Result<(), HostError> {
         if let Pdu::C2HTermReq(t) = pdu {
             return Err(HostError::TermReq { fes: t.fes, fei: t.fei });

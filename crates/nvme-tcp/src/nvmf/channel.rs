@@ -147,12 +147,12 @@ impl NvmfChannel {
             || self.removed.load(Ordering::Acquire)
     }
 
-    /// Builds the command for `io`; `None` if it cannot be expressed.
-    fn command(&self, io: &IoRequest, slot: &mut Slot) -> Option<(IoCommand, DataDir)> {
-        let nsid = self.nsid;
+    /// Builds the command for `io` of namespace `nsid` (block size `bs`),
+    /// Unmap ranges into `slot`; `None` if it cannot be expressed.
+    fn command(nsid: u32, bs: u64, io: &IoRequest, slot: &mut Slot) -> Option<(IoCommand, DataDir)> {
         let slba = io.offset_blocks;
         let nlb = || u16::try_from(io.num_blocks.checked_sub(1)?).ok();
-        let bytes = || u32::try_from(io.num_blocks.checked_mul(self.bs)?).ok();
+        let bytes = || u32::try_from(io.num_blocks.checked_mul(bs)?).ok();
         slot.dsm_len = 0;
         Some(match io.io_type {
             IoType::Read => {
@@ -193,8 +193,16 @@ impl NvmfChannel {
     /// Submits on the live connection; `Err` if the connection failed.
     fn submit_live(&mut self, io: &IoRequest) -> Result<(), QueueFull> {
         let Some(idx) = self.free.pop() else { return Err(QueueFull) };
-        let mut slot = Slot { bufs: IoBufs::new(io.iovs), ..Slot::default() };
-        let Some((cmd, dir)) = self.command(io, &mut slot) else {
+        // The slot is filled in place (its Unmap range buffer is not
+        // copied for every IO); a free slot's contents do not matter.
+        let built = match self.slots.get_mut(usize::from(idx)) {
+            Some(slot) => {
+                slot.bufs = IoBufs::new(io.iovs);
+                Self::command(self.nsid, self.bs, io, slot)
+            }
+            None => None,
+        };
+        let Some((cmd, dir)) = built else {
             self.free.push(idx);
             self.done.push_back((io.tag, IoStatus::Invalid));
             return Ok(());
@@ -203,8 +211,7 @@ impl NvmfChannel {
             self.free.push(idx);
             return Err(QueueFull);
         };
-        if let (Some(s), Some(t)) = (self.slots.get_mut(usize::from(idx)), self.tags.get_mut(usize::from(idx))) {
-            *s = slot;
+        if let Some(t) = self.tags.get_mut(usize::from(idx)) {
             *t = io.tag;
         }
         match conn.queue_mut().submit(Command::Io(cmd).to_sqe(0), dir, u64::from(idx)) {

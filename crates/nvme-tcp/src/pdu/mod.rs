@@ -230,7 +230,13 @@ pub struct DataPdu {
 }
 
 /// A PDU header, typed.
+///
+/// `repr(C, u32)`: a 4-byte tag and 4-byte aligned fields, so the 64-byte
+/// SQE sits aligned instead of right after a 1-byte tag; moving the value
+/// then takes whole-word loads of whole-word stores (the packed layout made
+/// every copy of a just-parsed PDU stall on store forwarding).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C, u32)]
 pub enum Pdu {
     /// ICReq.
     IcReq(IcReq),
@@ -475,6 +481,7 @@ impl Layout {
 
 /// Validates a common header against `cfg` and computes the layout of the
 /// rest of the PDU.
+#[inline(always)]
 pub fn layout(ch: &CommonHeader, cfg: &RxConfig) -> Result<Layout, PduError> {
     let t = PduType::from_raw(ch.pdu_type).ok_or(PduError::UnknownType(ch.pdu_type))?;
     if t.receiver() != cfg.role {
@@ -546,6 +553,7 @@ pub fn layout(ch: &CommonHeader, cfg: &RxConfig) -> Result<Layout, PduError> {
 /// Parses and validates the complete header region (`layout.header_region`
 /// bytes: header, header digest, padding) of a PDU whose layout came from
 /// [`layout`].
+#[inline(always)]
 pub fn parse_header(region: &[u8], l: &Layout) -> Result<Pdu, PduError> {
     let truncated = PduError::Truncated { plen: l.plen() as u32, got: region.len() };
     let hdr = region.get(..l.hlen).ok_or(truncated)?;

@@ -214,6 +214,7 @@ impl PduReceiver {
     /// Consumes bytes from `input` until one PDU is complete or the input is
     /// exhausted. Returns the number of bytes consumed and the PDU if one
     /// completed (its data, if any, is then in the sink's buffer).
+    #[inline(always)]
     pub fn feed(&mut self, input: &[u8], sink: &mut dyn DataSink) -> Result<(usize, Option<Pdu>), RecvError> {
         let mut used = 0usize;
         loop {
@@ -330,6 +331,7 @@ impl PduReceiver {
     /// collecting the header first. Returns the header region length, the
     /// layout and the PDU; `None` (nothing consumed) leaves the PDU to the
     /// byte-wise path, which reports errors and keeps the offending header.
+    #[inline(always)]
     fn whole_header(&self, input: &[u8]) -> Option<(usize, Layout, Pdu)> {
         let ch = CommonHeader::read_from_bytes(input.get(..8)?).ok()?;
         let l = pdu::layout(&ch, &self.cfg).ok()?;
@@ -522,6 +524,7 @@ impl StagedReceiver {
     /// block (`Ok(None)`). EOF gives [`RecvError::Closed`]. After a read
     /// that returned less than asked, `Ok(None)` comes once the bytes read
     /// are used up, without reading again; the next call reads.
+    #[inline(always)]
     pub fn poll<R: Read>(&mut self, src: &mut R, sink: &mut dyn DataSink) -> Result<Option<Pdu>, RecvError> {
         loop {
             if self.start < self.end {

@@ -137,7 +137,7 @@ pub(crate) fn connect(conn: &mut TgtConn, shared: &Shared, slot: u16, args: Conn
         r.io_qids.push(qid);
     }
     match IoState::new(&sub, usize::from(depth)) {
-        Ok(st) => conn.io = Some(st),
+        Ok(st) => conn.io = Some(Box::new(st)),
         Err(e) => {
             log::warn!("nvmf target: opening bdev channels: {e}");
             ctrl.regs().io_qids.retain(|q| *q != qid);

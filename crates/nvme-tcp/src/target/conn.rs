@@ -32,7 +32,8 @@ pub(crate) enum ConnRole {
 pub(crate) struct TgtConn {
     // Field order matters: the bdev channels (in `io`) are dropped, which
     // answers their IO in flight, before the buffers they point into.
-    pub(crate) io: Option<IoState>,
+    // Boxed: it is taken out and put back for every command and poll.
+    pub(crate) io: Option<Box<IoState>>,
     pub(crate) bufs: SlotBufs,
     pub(crate) stream: TcpStream,
     pub(crate) q: CtrlQueue,
