@@ -32,46 +32,15 @@ NICE=${NICE:-0}
 TCP_CC=${TCP_CC:-reno}
 INCAPSULE=${INCAPSULE:-131072}
 NQN=nqn.2024-01.io.xbdev:ab-bench
-tmp=$(mktemp -d)
-TPID=
-cleanup() {
-  if [ -n "$TPID" ]; then kill "$TPID" 2>/dev/null || true; wait "$TPID" 2>/dev/null || true; fi
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-
-cat > "$tmp/niced" <<'EOF2'
-#!/usr/bin/env bash
-if [ "${NICE:-0}" != 0 ]; then echo "$NICE" > /proc/self/autogroup 2>/dev/null || true; fi
-exec nice -n "${NICE:-0}" "$@"
-EOF2
-chmod +x "$tmp/niced"
-export NICE
-
-target_cpu_ns() {
-  local s=0 t
-  for t in /proc/"$TPID"/task/*/schedstat; do s=$((s + $(cut -d' ' -f1 "$t" 2>/dev/null || echo 0))); done
-  echo "$s"
-}
+. "$(cd "$(dirname "$0")" && pwd)/common.sh"
 
 # one LABEL TGT_DIR INI_DIR PORT [VAR=VALUE...] -> "iops avg_us tgt_ns_per_io"
 one() {
   local tgt=$2 ini=$3 port=$4 c0 c1 out
   shift 4
   local -a envs=("$@")
-  cat > "$tmp/nvmf.json" <<EOF
-{"reactor": {"cores": [$INI_CORE], "pin": true, "idle": "poll"},
- "base_devices": [{"method": "nvmf", "params": {"name": "nvmf0", "addr": "127.0.0.1", "port": $port,
-   "nqn": "$NQN", "queue_depth": 128, "io_queues": 1$([ "$TCP_CC" = system ] || echo ", \"tcp_congestion\": \"$TCP_CC\"")}}]}
-EOF
-  : > "$tmp/target.log"
-  setsid env "${envs[@]}" "$tmp/niced" "$tgt/examples/nvmf-target" "127.0.0.1:$port" "$NQN" 1 4096 \
-    --null --block-size 4096 --cores "$TGT_CORE" --incapsule "$INCAPSULE" \
-    $([ "$TCP_CC" = system ] || echo --tcp-congestion "$TCP_CC") \
-    > "$tmp/target.log" 2>&1 < /dev/null &
-  TPID=$!
-  for _ in $(seq 200); do grep -q listening "$tmp/target.log" && break; sleep 0.05; done
-  grep -q listening "$tmp/target.log" || { cat "$tmp/target.log" >&2; echo "0 0 0"; return; }
+  write_nvmf_json "$port"
+  start_target "$tgt/examples/nvmf-target" "$port" "${envs[@]}" || { echo "0 0 0"; return; }
   c0=$(target_cpu_ns)
   out=$(setsid -w env "${envs[@]}" "$tmp/niced" "$ini/xbdev-perf" -c "$tmp/nvmf.json" -b nvmf0n1 -w "$W" -o "$SZ" -q "$QD" -t "$T" --json \
     2>"$tmp/perf.err" < /dev/null) || { cat "$tmp/perf.err" >&2; out=; }

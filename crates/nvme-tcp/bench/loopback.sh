@@ -43,50 +43,15 @@ NQN=nqn.2024-01.io.xbdev:loopback-bench
 cd "$ROOT"
 cargo build --release -q -p xbdev --bin xbdev-perf -p xbdev-nvme-tcp --example nvmf-target
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
-tmp=$(mktemp -d)
-TPID=
-cleanup() {
-  if [ -n "$TPID" ]; then kill "$TPID" 2>/dev/null || true; wait "$TPID" 2>/dev/null || true; fi
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-
-cat > "$tmp/nvmf.json" <<EOF
-{"reactor": {"cores": [$INI_CORE], "pin": true, "idle": "poll"},
- "base_devices": [{"method": "nvmf", "params": {"name": "nvmf0", "addr": "127.0.0.1", "port": $PORT,
-   "nqn": "$NQN", "queue_depth": 128, "io_queues": 1$([ "$TCP_CC" = system ] || echo ", \"tcp_congestion\": \"$TCP_CC\"")}}]}
-EOF
+. "$ROOT/crates/nvme-tcp/bench/common.sh"
+write_nvmf_json "$PORT"
 cat > "$tmp/null.json" <<EOF
 {"reactor": {"cores": [$INI_CORE], "pin": true, "idle": "poll"},
  "base_devices": [{"method": "null", "params": {"name": "Null0", "num_blocks": 1048576, "block_size": 4096,
    "zero_reads": false}}]}
 EOF
 
-# Runs "$@" in a new session whose autogroup gets nice level $NICE.
-cat > "$tmp/niced" <<'EOF2'
-#!/usr/bin/env bash
-if [ "${NICE:-0}" != 0 ]; then echo "$NICE" > /proc/self/autogroup 2>/dev/null || true; fi
-exec nice -n "${NICE:-0}" "$@"
-EOF2
-chmod +x "$tmp/niced"
-export NICE
-
-# 4 GiB null namespace, 4 KiB blocks, reads leave the buffers as they are
-# (as SPDK's null bdev); the local comparison uses the same.
-setsid "$tmp/niced" "$BIN/examples/nvmf-target" "127.0.0.1:$PORT" "$NQN" 1 4096 \
-  --null --block-size 4096 --cores "$TGT_CORE" --incapsule "$INCAPSULE" \
-  $([ "$TCP_CC" = system ] || echo --tcp-congestion "$TCP_CC") \
-  > "$tmp/target.log" 2>&1 < /dev/null &
-TPID=$!
-for _ in $(seq 200); do grep -q listening "$tmp/target.log" && break; sleep 0.05; done
-grep -q listening "$tmp/target.log" || { cat "$tmp/target.log"; echo "target did not start" >&2; exit 1; }
-
-# CPU time (ns) the target's threads have had so far.
-target_cpu_ns() {
-  local s=0 t
-  for t in /proc/"$TPID"/task/*/schedstat; do s=$((s + $(cut -d' ' -f1 "$t" 2>/dev/null || echo 0))); done
-  echo "$s"
-}
+start_target "$BIN/examples/nvmf-target" "$PORT" || { echo "target did not start" >&2; exit 1; }
 
 # run CONFIG BDEV WORKLOAD SIZE QD -> "iops mib_s avg_us target_cpu_ns"
 run() {
