@@ -96,6 +96,23 @@ pub struct VolDesc {
 }
 
 impl VolDesc {
+    /// A new volume: no parent, origin, codec or attributes.
+    pub fn new(id: u32, uuid: [u8; 16], name: &str, flags: u32, size_blocks: u64) -> VolDesc {
+        VolDesc {
+            id,
+            uuid,
+            name: name.to_string(),
+            flags,
+            size_blocks,
+            parent: 0,
+            parent_limit: 0,
+            origin: 0,
+            comp_level: 0,
+            enc: None,
+            xattrs: Vec::new(),
+        }
+    }
+
     /// Whether the volume is a snapshot.
     pub fn is_snapshot(&self) -> bool {
         self.flags & VOL_SNAPSHOT != 0

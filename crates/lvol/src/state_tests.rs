@@ -9,19 +9,7 @@ fn state() -> MdState {
 }
 
 fn desc(id: u32, name: &str) -> VolDesc {
-    VolDesc {
-        id,
-        uuid: [id as u8; 16],
-        name: name.into(),
-        flags: VOL_THIN,
-        size_blocks: 4 * 128,
-        parent: 0,
-        parent_limit: 0,
-        origin: 0,
-        comp_level: 0,
-        enc: None,
-        xattrs: Vec::new(),
-    }
+    VolDesc::new(id, [id as u8; 16], name, VOL_THIN, 4 * 128)
 }
 
 fn setup(st: &mut MdState) {

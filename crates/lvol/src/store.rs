@@ -288,19 +288,7 @@ impl Store {
     }
 
     fn new_desc(&self, id: u32, name: &str, size_blocks: u64, flags: u32) -> VolDesc {
-        VolDesc {
-            id,
-            uuid: bdev::Uuid::random().0,
-            name: name.to_string(),
-            flags,
-            size_blocks,
-            parent: 0,
-            parent_limit: 0,
-            origin: 0,
-            comp_level: 0,
-            enc: None,
-            xattrs: Vec::new(),
-        }
+        VolDesc::new(id, bdev::Uuid::random().0, name, flags, size_blocks)
     }
 
     fn check_new_name(&self, md: &crate::core::Md, name: &str) -> Result<u32, LvolError> {

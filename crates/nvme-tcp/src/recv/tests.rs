@@ -117,20 +117,7 @@ struct ChunkReader<'a> {
 
 impl Read for ChunkReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.block_next {
-            self.block_next = false;
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        self.block_next = true;
-        if self.pos == self.data.len() {
-            return Ok(0);
-        }
-        let n = self.splits[self.i % self.splits.len()].max(1);
-        self.i += 1;
-        let n = n.min(buf.len()).min(self.data.len() - self.pos);
-        buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
+        self.read_vectored(&mut [io::IoSliceMut::new(buf)])
     }
 
     /// Fills the buffers in order, at most the next split size in all
