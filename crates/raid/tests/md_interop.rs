@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 
 use bdev::backends::aio::{AioBdev, AioParams};
 use bdev::{BdevChannel, DmaBuf, IoRequest, IoStatus, IoVecs, Registry};
-use raid::array::{md_assemble, md_create, AssembleOptions, MdConfig};
+use raid::array::{md_assemble, md_create, AssembleOptions, MdArray, MdConfig, MdDetail};
 use raid::create::CreateParams;
 use raid::geometry::Level;
 use raid::offline::{examine, OfflineArray};
@@ -496,6 +496,58 @@ fn run_io(ch: &mut BdevChannel, io: IoRequest) -> IoStatus {
     got.unwrap_or(IoStatus::Timeout)
 }
 
+/// Writes `data` at byte `at` of the array through `buf` (at least as large).
+fn write_at(ch: &mut BdevChannel, buf: &mut DmaBuf, at: usize, data: &[u8]) -> IoStatus {
+    buf.as_mut_slice()[..data.len()].copy_from_slice(data);
+    let iov = IoVecs::single(buf.iovec_range(0, data.len()).expect("iov"));
+    run_io(ch, IoRequest::write(at as u64 / 512, data.len() as u64 / 512, iov, 0))
+}
+
+/// Writes `pat` over the array from its start, 1 MiB at a time.
+fn write_pattern(ch: &mut BdevChannel, pat: &[u8]) {
+    let mut buf = DmaBuf::alloc(1 << 20).expect("buffer");
+    for (i, piece) in pat.chunks(1 << 20).enumerate() {
+        assert_eq!(write_at(ch, &mut buf, i << 20, piece), IoStatus::Success, "write MiB {i}");
+    }
+}
+
+/// Polls the array's detail until `done` holds; fails naming `what` after `secs`.
+fn wait_detail(array: &MdArray, what: &str, secs: u64, done: impl Fn(&MdDetail) -> bool) {
+    let t0 = std::time::Instant::now();
+    while !done(&array.detail()) {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(secs), "{what}: {:?}", array.detail());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Guest script of the hand-over cases: `pre` (reports taken before assembly), `mdadm
+/// --assemble {assemble}`, wait for md's own recovery, print mdstat and a DETAIL section,
+/// compare /dev/md0 with the pattern, run md's check, print its mismatch count, stop.
+fn assemble_and_check_script(pre: &str, assemble: &str) -> String {
+    format!(
+        "set -e
+{pre}
+mdadm --assemble {assemble}
+sleep 1
+mdadm --wait /dev/md0 || true
+cat /proc/mdstat
+echo ==DETAIL==; mdadm --detail /dev/md0; echo ==END==
+cmp /dev/md0 /mnt/tb/pattern.bin && echo GUEST_CMP_OK
+echo check > /sys/block/md0/md/sync_action
+sleep 1
+mdadm --wait /dev/md0 || true
+echo MISMATCH=$(cat /sys/block/md0/md/mismatch_cnt)
+mdadm --stop /dev/md0
+"
+    )
+}
+
+/// The lines between `==NAME==` and the next `==END==` of the guest's output.
+fn section_lines<'a>(out: &'a str, name: &str) -> Vec<&'a str> {
+    let start = format!("=={name}==");
+    out.lines().skip_while(|l| l.trim() != start).skip(1).take_while(|l| l.trim() != "==END==").collect()
+}
+
 /// Creates the array with the RAID bdev (md_create over aio bdevs), writes
 /// the pattern through it while the initial resync runs, waits for the
 /// resync and stops the array.
@@ -512,18 +564,8 @@ fn write_via_bdev(c: &Case, imgs: &[PathBuf]) -> (usize, Vec<u8>) {
     let mut ch = reg.open("md0", true).expect("open").channel().expect("channel");
     let size = (ch.num_blocks() * u64::from(ch.block_size())) as usize;
     let pat = pattern(size, 0xbdef ^ u64::from(c.layout));
-    let mut buf = DmaBuf::alloc(1 << 20).expect("buffer");
-    for (i, piece) in pat.chunks(1 << 20).enumerate() {
-        buf.as_mut_slice()[..piece.len()].copy_from_slice(piece);
-        let iov = IoVecs::single(buf.iovec_range(0, piece.len()).expect("iov"));
-        let io = IoRequest::write((i as u64) << 11, piece.len() as u64 / 512, iov, i as u64);
-        assert_eq!(run_io(&mut ch, io), IoStatus::Success, "write MiB {i}");
-    }
-    let t0 = std::time::Instant::now();
-    while array.detail().resync_status != "idle" {
-        assert!(t0.elapsed() < std::time::Duration::from_secs(300), "resync did not finish");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    write_pattern(&mut ch, &pat);
+    wait_detail(&array, "resync did not finish", 300, |d| d.resync_status == "idle");
     drop(ch);
     array.stop().expect("md_stop");
     (size, pat)
@@ -612,9 +654,7 @@ fn bdev_to_md_raid5_dirty_bitmap() {
     for (i, at) in [0usize, 10 << 20, 20 << 20].into_iter().enumerate() {
         let piece = pattern(4096, i as u64 + 1);
         pat[at..at + 4096].copy_from_slice(&piece);
-        buf.as_mut_slice().copy_from_slice(&piece);
-        let io = IoRequest::write(at as u64 / 512, 8, IoVecs::single(buf.iovec()), i as u64);
-        assert_eq!(run_io(&mut ch, io), IoStatus::Success);
+        assert_eq!(write_at(&mut ch, &mut buf, at, &piece), IoStatus::Success);
     }
     assert_eq!(array.detail().bitmap.map(|b| b.dirty), Some(3));
     drop(ch);
@@ -623,23 +663,10 @@ fn bdev_to_md_raid5_dirty_bitmap() {
     let sb = examine(0, &open_images(&imgs)[0]).expect("examine").superblock;
     assert!(!sb.is_clean());
     fs::write(s.share.join("pattern.bin"), &pat).expect("pattern");
-    let script = format!(
-        "set -e
-echo ==BITMAP==; mdadm --examine-bitmap /dev/vda; echo ==END==
-mdadm --assemble /dev/md0 {devs}
-sleep 1
-mdadm --wait /dev/md0 || true
-cat /proc/mdstat
-cmp /dev/md0 /mnt/tb/pattern.bin && echo GUEST_CMP_OK
-echo check > /sys/block/md0/md/sync_action
-sleep 1
-mdadm --wait /dev/md0 || true
-echo MISMATCH=$(cat /sys/block/md0/md/mismatch_cnt)
-mdadm --stop /dev/md0
-echo ==BITMAP2==; mdadm --examine-bitmap /dev/vda; echo ==END==
-",
-        devs = dev_list(4),
-    );
+    let script = assemble_and_check_script(
+        "echo ==BITMAP==; mdadm --examine-bitmap /dev/vda; echo ==END==",
+        &format!("/dev/md0 {}", dev_list(4)),
+    ) + "echo ==BITMAP2==; mdadm --examine-bitmap /dev/vda; echo ==END==\n";
     let out = vm_run(&s.share, &imgs, &script);
     println!("{out}");
     let bm = section(&out, "BITMAP");
@@ -670,22 +697,12 @@ fn bdev_to_md_raid1_replace_resumed() {
     let mut ch = reg.open("md0", true).expect("open").channel().expect("channel");
     let size = (ch.num_blocks() * u64::from(ch.block_size())) as usize;
     let pat = pattern(size, 21);
-    let mut buf = DmaBuf::alloc(1 << 20).expect("buffer");
-    for (i, piece) in pat.chunks(1 << 20).enumerate() {
-        buf.as_mut_slice()[..piece.len()].copy_from_slice(piece);
-        let iov = buf.iovec_range(0, piece.len()).expect("iovec");
-        let io = IoRequest::write((i << 20) as u64 / 512, (piece.len() / 512) as u64, IoVecs::single(iov), 0);
-        assert_eq!(run_io(&mut ch, io), IoStatus::Success);
-    }
+    write_pattern(&mut ch, &pat);
     drop(ch);
     // Slowly, so that the stop lands in the middle of the copy.
     array.manage(ManageCmd::SetSyncSpeed(2048)).expect("sync speed");
     array.manage(ManageCmd::ReplaceDisk { old: "d0".into(), new: "d2".into() }).expect("replace");
-    let t0 = std::time::Instant::now();
-    while array.detail().resync_progress < 10.0 {
-        assert!(t0.elapsed() < std::time::Duration::from_secs(60), "replace did not progress: {:?}", array.detail());
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_detail(&array, "replace did not progress", 60, |d| d.resync_progress >= 10.0);
     array.stop().expect("stop");
     drop(array);
     let sb = examine(2, &open_images(&imgs)[2]).expect("examine").superblock;
@@ -694,28 +711,17 @@ fn bdev_to_md_raid1_replace_resumed() {
     let offset = sb.recovery_offset;
     assert!(offset > 0 && offset < (DISK_MIB << 11), "recovery offset {offset}");
     fs::write(s.share.join("pattern.bin"), &pat).expect("pattern");
-    let script = "set -e
-echo ==EXAMINE==; mdadm --examine /dev/vdc; echo ==END==
-mdadm --assemble /dev/md0 /dev/vda /dev/vdb /dev/vdc
-sleep 1
-mdadm --wait /dev/md0 || true
-cat /proc/mdstat
-echo ==DETAIL==; mdadm --detail /dev/md0; echo ==END==
-cmp /dev/md0 /mnt/tb/pattern.bin && echo GUEST_CMP_OK
-echo check > /sys/block/md0/md/sync_action
-sleep 1
-mdadm --wait /dev/md0 || true
-echo MISMATCH=$(cat /sys/block/md0/md/mismatch_cnt)
-mdadm --stop /dev/md0
-";
-    let out = vm_run(&s.share, &imgs, script);
+    let script = assemble_and_check_script(
+        "echo ==EXAMINE==; mdadm --examine /dev/vdc; echo ==END==",
+        "/dev/md0 /dev/vda /dev/vdb /dev/vdc",
+    );
+    let out = vm_run(&s.share, &imgs, &script);
     println!("{out}");
     let ex = section(&out, "EXAMINE");
     assert_eq!(ex.get("Device Role").map(String::as_str), Some("Replacement device 0"), "{ex:?}");
     let md_offset = ex.get("Recovery Offset").map(|v| first_number(v));
     assert_eq!(md_offset, Some(offset), "md reads another recovery offset");
-    let detail_lines: Vec<&str> =
-        out.lines().skip_while(|l| l.trim() != "==DETAIL==").take_while(|l| l.trim() != "==END==").collect();
+    let detail_lines = section_lines(&out, "DETAIL");
     assert!(
         detail_lines.iter().any(|l| l.contains("/dev/vdc") && l.contains("active sync")),
         "md did not finish the replacement: {detail_lines:?}"
@@ -750,28 +756,16 @@ fn bdev_to_md_raid5_bitmap_readd_handover() {
     let mut ch = reg.open("md0", true).expect("open").channel().expect("channel");
     let size = (ch.num_blocks() * u64::from(ch.block_size())) as usize;
     let mut pat = pattern(size, 31);
-    let mut buf = DmaBuf::alloc(1 << 20).expect("buffer");
-    let mut write = |ch: &mut BdevChannel, at: usize, data: &[u8]| {
-        buf.as_mut_slice()[..data.len()].copy_from_slice(data);
-        let iov = buf.iovec_range(0, data.len()).expect("iovec");
-        let io = IoRequest::write(at as u64 / 512, (data.len() / 512) as u64, IoVecs::single(iov), 0);
-        assert_eq!(run_io(ch, io), IoStatus::Success);
-    };
-    for (i, piece) in pat.chunks(1 << 20).enumerate() {
-        write(&mut ch, i << 20, piece);
-    }
-    let t0 = std::time::Instant::now();
-    while array.detail().bitmap.map(|b| b.dirty) != Some(0) {
-        assert!(t0.elapsed() < std::time::Duration::from_secs(30), "bitmap never clean: {:?}", array.detail());
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    write_pattern(&mut ch, &pat);
+    wait_detail(&array, "bitmap never clean", 30, |d| d.bitmap.map(|b| b.dirty) == Some(0));
     array.manage(ManageCmd::SetFaulty("d3".into())).expect("fail d3");
     array.manage(ManageCmd::RemoveDisk("d3".into())).expect("remove d3");
     // Stripes 0, 53 and 106 change while d3 is out.
+    let mut buf = DmaBuf::alloc(4096).expect("buffer");
     for (i, at) in [0usize, 10 << 20, 20 << 20].into_iter().enumerate() {
         let piece = pattern(4096, i as u64 + 40);
         pat[at..at + 4096].copy_from_slice(&piece);
-        write(&mut ch, at, &piece);
+        assert_eq!(write_at(&mut ch, &mut buf, at, &piece), IoStatus::Success);
     }
     drop(ch);
     array.manage(ManageCmd::StopRebuild).expect("pause recovery");
@@ -782,22 +776,12 @@ fn bdev_to_md_raid5_bitmap_readd_handover() {
     assert!(sb.feature_map.contains(FeatureMap::RECOVERY_OFFSET | FeatureMap::RECOVERY_BITMAP));
     assert_eq!(sb.recovery_offset, 0);
     fs::write(s.share.join("pattern.bin"), &pat).expect("pattern");
-    let script = "set -e
-echo ==EXAMINE==; mdadm --examine /dev/vdd; echo ==END==
-echo ==BITMAP==; mdadm --examine-bitmap /dev/vda; echo ==END==
-mdadm --assemble --run /dev/md0 /dev/vda /dev/vdb /dev/vdc /dev/vdd
-sleep 1
-mdadm --wait /dev/md0 || true
-cat /proc/mdstat
-echo ==DETAIL==; mdadm --detail /dev/md0; echo ==END==
-cmp /dev/md0 /mnt/tb/pattern.bin && echo GUEST_CMP_OK
-echo check > /sys/block/md0/md/sync_action
-sleep 1
-mdadm --wait /dev/md0 || true
-echo MISMATCH=$(cat /sys/block/md0/md/mismatch_cnt)
-mdadm --stop /dev/md0
-";
-    let out = vm_run(&s.share, &imgs, script);
+    let script = assemble_and_check_script(
+        "echo ==EXAMINE==; mdadm --examine /dev/vdd; echo ==END==
+echo ==BITMAP==; mdadm --examine-bitmap /dev/vda; echo ==END==",
+        &format!("--run /dev/md0 {}", dev_list(4)),
+    );
+    let out = vm_run(&s.share, &imgs, &script);
     println!("{out}");
     let ex = section(&out, "EXAMINE");
     assert_eq!(ex.get("Feature Map").map(String::as_str), Some("0x83"), "{ex:?}");
@@ -805,8 +789,7 @@ mdadm --stop /dev/md0
     assert_eq!(ex.get("Device Role").map(String::as_str), Some("Active device 3"), "{ex:?}");
     let bm = section(&out, "BITMAP");
     assert!(bm["Bitmap"].contains(" 3 dirty"), "bitmap {}", bm["Bitmap"]);
-    let detail_lines: Vec<&str> =
-        out.lines().skip_while(|l| l.trim() != "==DETAIL==").take_while(|l| l.trim() != "==END==").collect();
+    let detail_lines = section_lines(&out, "DETAIL");
     let active = detail_lines.iter().filter(|l| l.contains("active sync")).count();
     assert_eq!(active, 4, "md did not finish the recovery: {detail_lines:?}");
     assert!(out.contains("GUEST_CMP_OK"), "/dev/md0 differs from the pattern");
