@@ -19,7 +19,7 @@ use crate::offline::{regenerate_parity, solve_stripe};
 use crate::superblock::{DevRole, MAX_SECTOR};
 
 use super::meta::SyncIo;
-use super::shared::{lock, ControlMsg, Shared, SlotState};
+use super::shared::{lock, ControlMsg, FailedDevice, Shared, SlotState};
 use super::{MdEvent, SyncKind};
 
 /// Sectors handled per control step (bounded by the window for locking).
@@ -256,7 +256,7 @@ pub(crate) fn run(sh: Arc<Shared>, rx: Receiver<ControlMsg>) {
         let wait = if busy { Duration::ZERO } else { Duration::from_millis(idle) };
         match rx.recv_timeout(wait) {
             Ok(ControlMsg::Stop) | Err(RecvTimeoutError::Disconnected) => break,
-            Ok(ControlMsg::MemberFailed(i, dev)) => member_failed(&sh, i, dev),
+            Ok(ControlMsg::MemberFailed { slot, dev }) => member_failed(&sh, slot, &dev),
             Ok(ControlMsg::Kick) | Err(RecvTimeoutError::Timeout) => {}
         }
         bitmap.run(&sh);
@@ -306,45 +306,46 @@ impl BitmapDaemon {
     }
 }
 
-/// The device `dev_id` of slot `slot` (or of a replacement) failed.
-fn member_failed(sh: &Arc<Shared>, slot: usize, dev_id: u64) {
+/// The device `failed` of slot `slot` (or of a replacement) failed.
+///
+/// By now the device may have left (removed, or removed and re-added as a
+/// new device): its role was then recorded by the remove, and only the
+/// event is still owed.
+pub(super) fn member_failed(sh: &Arc<Shared>, slot: usize, failed: &FailedDevice) {
     if let Some(r) = slot.checked_sub(sh.slots.len()) {
-        super::replace::failed(sh, r);
+        super::replace::failed(sh, r, failed);
         return;
     }
-    let name = {
+    let in_slot = {
         let mut meta = lock(&sh.meta);
         // The device that failed, by identity: the slot may hold another
-        // one by now (a spare activated or a member re-added since), and a
-        // device removed since had its role recorded by the remove.
-        let rec = meta.devices.iter().find(|r| r.dev.id == dev_id).map(|r| (r.sb.dev_number, r.dev.name().to_string()));
-        let Some((dev_number, name)) = rec else {
-            return;
-        };
-        if let Some(r) = meta.sb.dev_roles.get_mut(dev_number as usize) {
-            *r = DevRole::Faulty;
+        // one by now (a spare activated or a member re-added since).
+        let dev_number = meta.devices.iter().find(|r| r.dev.id == failed.id).map(|r| r.sb.dev_number);
+        let in_slot = sh.slot(slot).and_then(|s| s.device()).is_some_and(|d| d.id == failed.id);
+        if let Some(dev_number) = dev_number {
+            if let Some(r) = meta.sb.dev_roles.get_mut(dev_number as usize) {
+                *r = DevRole::Faulty;
+            }
+            if in_slot {
+                super::replace::promote(sh, &mut meta, slot);
+            }
+            for (dev, st) in meta.write_superblocks(sh) {
+                log::error!("raid {}: cannot write the superblock of {dev}: {st}", sh.name);
+            }
         }
-        let in_slot = sh.slot(slot).and_then(|s| s.device()).is_some_and(|d| d.id == dev_id);
-        if in_slot {
-            super::replace::promote(sh, &mut meta, slot);
-        }
-        for (dev, st) in meta.write_superblocks(sh) {
-            log::error!("raid {}: cannot write the superblock of {dev}: {st}", sh.name);
-        }
-        (name, in_slot)
+        in_slot
     };
-    let (name, in_slot) = name;
     // A recovery onto the failed device stops (not one onto a device that
     // took the slot since).
     if in_slot && sh.sync.kind() == SyncKind::Recovery && sh.sync.slot.load(Ordering::Acquire) == slot as u64 {
         sh.sync.set_idle();
     }
-    super::emit(sh, &MdEvent::DeviceFailed { slot, device: name });
+    super::emit(sh, &MdEvent::DeviceFailed { slot, device: failed.name.clone() });
     let present = sh.in_sync();
     if !crate::assemble::can_run(&sh.geometry, &present) {
         sh.failed.store(true, Ordering::Release);
         super::emit(sh, &MdEvent::ArrayFailed);
-    } else {
+    } else if present.iter().any(|&p| !p) {
         super::emit(sh, &MdEvent::Degraded);
     }
 }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use crate::superblock::{DevRole, MAX_SECTOR};
 
 use super::meta::{DevRecord, Meta};
-use super::shared::{lock, Shared, SlotState};
+use super::shared::{lock, FailedDevice, Shared, SlotState};
 use super::{MdEvent, SyncKind};
 
 /// Makes `rec` (a newly opened device) the replacement of slot `slot` and
@@ -90,15 +90,21 @@ pub(crate) fn finish(sh: &Arc<Shared>, slot: usize) {
     }
 }
 
-/// The replacement of `slot` failed: it leaves as a faulty device.
-pub(crate) fn failed(sh: &Arc<Shared>, slot: usize) {
+/// The replacement `failed` of `slot` failed: it leaves as a faulty
+/// device (unless it left already, when only the event is owed).
+pub(crate) fn failed(sh: &Arc<Shared>, slot: usize, failed: &FailedDevice) {
     let Some(r) = sh.repl.get(slot) else {
         return;
     };
+    let mut meta = lock(&sh.meta);
+    if r.device().is_none_or(|d| d.id != failed.id) {
+        drop(meta);
+        super::emit(sh, &MdEvent::DeviceFailed { slot, device: failed.name.clone() });
+        return;
+    }
     let dev = r.replace_device(None);
     r.set_state(SlotState::Empty);
     sh.bump_generation();
-    let mut meta = lock(&sh.meta);
     let Some(dev) = dev else {
         return;
     };

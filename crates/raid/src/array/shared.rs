@@ -227,11 +227,28 @@ pub(crate) struct OpStats {
     pub degraded_reads: AtomicU64,
 }
 
+/// Who failed, for the control thread.
+pub(crate) struct FailedDevice {
+    /// [`MemberDev::id`].
+    pub id: u64,
+    /// The bdev's name, for the event.
+    pub name: String,
+}
+
+impl FailedDevice {
+    fn of(dev: Option<Arc<MemberDev>>) -> Option<FailedDevice> {
+        dev.map(|d| FailedDevice { id: d.id, name: d.name().to_string() })
+    }
+}
+
 /// Messages to the control thread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ControlMsg {
-    /// A slot's device failed during IO.
-    MemberFailed(usize, u64),
+    /// The device of a slot (or of a replacement, `slot >= slots.len()`)
+    /// failed during IO. Its identity travels with the message (not the
+    /// device, which would stay claimed): by the time the control thread
+    /// handles it, the device may have been removed, or removed and added
+    /// back as a new device.
+    MemberFailed { slot: usize, dev: FailedDevice },
     /// Re-examine what to do (spares, rebuild).
     Kick,
     /// Leave.
@@ -325,7 +342,9 @@ impl Shared {
             {
                 log::warn!("raid {}: replacement for slot {} failed", self.name, i - self.slots.len());
                 self.bump_generation();
-                self.notify(ControlMsg::MemberFailed(i, r.device().map_or(0, |d| d.id)));
+                if let Some(dev) = FailedDevice::of(r.device()) {
+                    self.notify(ControlMsg::MemberFailed { slot: i, dev });
+                }
             }
             return true;
         }
@@ -349,7 +368,9 @@ impl Shared {
         {
             log::warn!("raid {}: member in slot {i} failed", self.name);
             self.bump_generation();
-            self.notify(ControlMsg::MemberFailed(i, slot.device().map_or(0, |d| d.id)));
+            if let Some(dev) = FailedDevice::of(slot.device()) {
+                self.notify(ControlMsg::MemberFailed { slot: i, dev });
+            }
         }
         true
     }

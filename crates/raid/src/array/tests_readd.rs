@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use bdev::Registry;
 
+use super::shared::{FailedDevice, SlotState};
 use super::tests::{add_member, Op, Rig};
 use super::*;
 use crate::assemble::ReAddRefusal;
@@ -183,6 +184,43 @@ fn a_readded_member_recovers_only_the_chunks_written_while_it_was_out() {
         // Whole again: the bits clear.
         wait_clean_bitmap(&r.array);
         r.check_on_disk();
+    }
+}
+
+/// A member fails during IO and is removed and added back before the
+/// control thread handles the failure: the failure is still reported, and
+/// the late message does not mark the device now in the slot faulty.
+#[test]
+fn a_failure_handled_after_the_device_left_and_came_back_is_still_reported() {
+    for (level, layout, disks) in [(Level::Raid1, None, 2), (Level::Raid5, Some(2), 4)] {
+        let mut r = bitmap_rig(level, layout, disks, 0);
+        fill(&mut r, 5);
+        let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let ev = events.clone();
+        r.array.monitor(Arc::new(move |e: &MdEvent| ev.lock().unwrap().push(e.clone())));
+        let sh = r.array.sh.clone();
+        let failed =
+            sh.slot(1).and_then(|s| s.device()).map(|d| FailedDevice { id: d.id, name: d.name().into() }).unwrap();
+        // What an IO error does, with its message to the control thread
+        // still on the way.
+        sh.slot(1).unwrap().set_state(SlotState::Faulty);
+        sh.bump_generation();
+        r.array.manage(ManageCmd::RemoveDisk("f1".into())).unwrap();
+        r.array.manage(ManageCmd::AddDisk("f1".into())).unwrap();
+        super::control::member_failed(&sh, 1, &failed);
+        let ev = events.lock().unwrap().clone();
+        assert!(
+            ev.iter().any(|e| matches!(e, MdEvent::DeviceFailed { slot: 1, device } if device == "f1")),
+            "{level}: {ev:?}"
+        );
+        wait_rebuilt(&r.array);
+        let d = r.array.detail();
+        assert!(!d.degraded && d.failed_disks == 0, "{level}: {d:?}");
+        assert_eq!(disk(&d, "f1").role, "active 1", "{level}");
+        let sb = md_examine(&r.reg, "m1").unwrap().superblock;
+        assert_eq!(sb.role(), Some(crate::superblock::DevRole::Active(1)), "{level}");
+        assert_eq!(check(&r.array), 0, "{level}");
+        r.read_all();
     }
 }
 
