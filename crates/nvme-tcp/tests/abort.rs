@@ -10,8 +10,10 @@ mod proxy;
 
 use bdev::{Bdev, BdevChannel, BdevError, BdevInfo, DmaBuf, IoChannel, IoRequest, IoStatus, IoTypeSet, IoVecs};
 use bdev::{QueueFull, Registry};
+use nvme_spec::command::opcode;
 use nvme_tcp::initiator::ConnectOpts;
 use nvme_tcp::nvmf::NvmfController;
+use nvme_tcp::pdu::PduType;
 use nvme_tcp::target::{SubsystemConfig, Target, TargetConfig};
 use proxy::{Dir, Proxy, SeenPdu};
 use std::collections::VecDeque;
@@ -21,9 +23,9 @@ use std::time::{Duration, Instant};
 
 const NQN: &str = "nqn.2024-01.io.xbdev:abort";
 const BS: u32 = 512;
-const CAPSULE_CMD: u8 = 0x04;
-const CAPSULE_RESP: u8 = 0x05;
-const OPC_ABORT: u8 = 0x08;
+const CAPSULE_CMD: u8 = PduType::CapsuleCmd.to_raw();
+const CAPSULE_RESP: u8 = PduType::CapsuleResp.to_raw();
+const OPC_ABORT: u8 = opcode::ABORT;
 
 /// A bdev that takes one IO at a time (the channel is full beyond that)
 /// and completes it only while its gate is open. Data is not touched.
@@ -226,7 +228,7 @@ fn abort_ends_a_queued_command_and_not_one_on_the_bdev() {
     // A was not aborted: the connection is reset after the abort wait.
     let done = e.wait(1, Duration::from_secs(5));
     assert_eq!(done, vec![(1, IoStatus::Timeout)]);
-    let reads = sent_cids(&e.proxy, io, 0x02);
+    let reads = sent_cids(&e.proxy, io, opcode::READ);
     assert_eq!(reads.len(), 2, "{reads:?}");
     let answers = e.poll_until(Duration::from_secs(5), "abort answers", &mut Vec::new(), |p| {
         let a = abort_answers(p);
@@ -257,7 +259,7 @@ fn abort_ends_a_write_waiting_for_its_data() {
         let a = abort_answers(p);
         (!a.is_empty()).then_some(a)
     });
-    let writes = sent_cids(&e.proxy, io, 0x01);
+    let writes = sent_cids(&e.proxy, io, opcode::WRITE);
     assert_eq!(answers.iter().map(|x| (x.0, x.2 & 1)).collect::<Vec<_>>(), vec![(writes[0], 0)], "aborted");
     // The data never comes, so the write ends with the reset of its
     // connection; then IO works again.

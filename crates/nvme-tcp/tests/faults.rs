@@ -5,8 +5,10 @@ mod proxy;
 
 use bdev::backends::malloc::{MallocBdev, MallocParams};
 use bdev::{Bdev, BdevChannel, DmaBuf, IoRequest, IoStatus, IoVecs, Registry};
+use nvme_spec::command::opcode;
 use nvme_tcp::initiator::ConnectOpts;
 use nvme_tcp::nvmf::NvmfController;
+use nvme_tcp::pdu::PduType;
 use nvme_tcp::target::{SubsystemConfig, Target, TargetConfig};
 use proxy::{Corrupt, Dir, Proxy};
 use std::sync::Arc;
@@ -16,10 +18,10 @@ const NQN: &str = "nqn.2024-01.io.xbdev:faults";
 const BS: usize = 512;
 
 /// PDU types.
-const H2C_TERM_REQ: u8 = 0x02;
-const C2H_TERM_REQ: u8 = 0x03;
-const CAPSULE_CMD: u8 = 0x04;
-const C2H_DATA: u8 = 0x07;
+const H2C_TERM_REQ: u8 = PduType::H2CTermReq.to_raw();
+const C2H_TERM_REQ: u8 = PduType::C2HTermReq.to_raw();
+const CAPSULE_CMD: u8 = PduType::CapsuleCmd.to_raw();
+const C2H_DATA: u8 = PduType::C2HData.to_raw();
 
 struct Env {
     target: Target,
@@ -239,7 +241,7 @@ fn stalled_target_times_out_aborts_and_reconnects() {
     assert!(took < Duration::from_secs(5), "timeout took {took:?}");
     // The host asked the controller to abort it, on the admin queue.
     wait_until(Duration::from_secs(5), "an abort command", || {
-        e.proxy.seen(0, Dir::H2C).iter().any(|p| p.pdu_type == CAPSULE_CMD && p.head.get(8) == Some(&0x08))
+        e.proxy.seen(0, Dir::H2C).iter().any(|p| p.pdu_type == CAPSULE_CMD && p.head.get(8) == Some(&opcode::ABORT))
     });
     // The stalled connection was reset; once the path works again, so does IO.
     e.proxy.resume_all();

@@ -84,7 +84,7 @@ impl PduType {
     }
 
     /// The type byte.
-    pub fn to_raw(self) -> u8 {
+    pub const fn to_raw(self) -> u8 {
         match self {
             Self::IcReq => 0x00,
             Self::IcResp => 0x01,
