@@ -191,7 +191,14 @@ pub struct Core {
     pub txns: AtomicU64,
     /// Records journaled since load.
     pub txn_records: AtomicU64,
+    /// How long a write that found the store full waits for freed space still on its way
+    /// back (journal durability, channels moving past its reuse epoch) before it fails with
+    /// `NoSpace`, in milliseconds (as dm-thin's `no_space_timeout`).
+    pub no_space_timeout_ms: AtomicU64,
 }
+
+/// Default of [`Core::no_space_timeout_ms`]: dm-thin's default `no_space_timeout`.
+pub const NO_SPACE_TIMEOUT_MS: u64 = 60_000;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -475,6 +482,7 @@ impl Core {
             checkpoints: AtomicU64::new(0),
             txns: AtomicU64::new(0),
             txn_records: AtomicU64::new(0),
+            no_space_timeout_ms: AtomicU64::new(NO_SPACE_TIMEOUT_MS),
         });
         let weak = Arc::downgrade(&core);
         let h = std::thread::Builder::new().name(format!("lvs-md-{}", core.name)).spawn(move || md_main(weak));

@@ -420,6 +420,8 @@ pub struct StoreConfig {
     pub base_bdev: String,
     /// Cluster size in bytes.
     pub cluster_size: u64,
+    /// [`Store::set_no_space_timeout`] in milliseconds (`None`: the default, 60 s).
+    pub no_space_timeout_ms: Option<u64>,
 }
 
 /// One `lvol_volumes` entry.
@@ -482,6 +484,8 @@ impl Lvol {
                 name: info.name.clone(),
                 base_bdev: base,
                 cluster_size: info.cluster_size,
+                no_space_timeout_ms: Some(u64::try_from(s.no_space_timeout().as_millis()).unwrap_or(u64::MAX))
+                    .filter(|&ms| ms != crate::core::NO_SPACE_TIMEOUT_MS),
             });
             let vols = s.volumes();
             for v in &vols {

@@ -12,6 +12,7 @@ use crate::state::ent_pc;
 use crate::sync_io::SyncIo;
 use crate::vchan::VolChannel;
 use bdev::Desc;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -182,6 +183,21 @@ impl Store {
     /// UUID.
     pub fn uuid(&self) -> bdev::Uuid {
         bdev::Uuid(self.core.uuid)
+    }
+
+    /// How long a write that finds the store full waits for freed space still on its way
+    /// back (unmapped clusters waiting for their release to be durable and for every channel
+    /// to move past IO that may still use them) before it fails with `NoSpace`; as dm-thin's
+    /// `no_space_timeout`, 60 s by default. Zero fails such writes at once. Writes that find
+    /// no space and none on its way fail at once whatever this says.
+    pub fn set_no_space_timeout(&self, timeout: Duration) {
+        let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        self.core.no_space_timeout_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The current no-space timeout ([`Store::set_no_space_timeout`]).
+    pub fn no_space_timeout(&self) -> Duration {
+        Duration::from_millis(self.core.no_space_timeout_ms.load(Ordering::Relaxed))
     }
 
     /// Description.

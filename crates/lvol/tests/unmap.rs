@@ -382,3 +382,62 @@ fn a_released_cluster_is_not_reused_while_a_write_to_it_is_in_flight() {
     let rep = check(&store).unwrap();
     assert_eq!(rep.free_clusters, 0);
 }
+
+/// A write that finds the store full waits for space on its way back, but not forever: when
+/// a channel holds that space by never completing its IO (never polled), the write fails with
+/// `NoSpace` after the store's no-space timeout; once the channel moves on, space is back.
+#[test]
+fn a_write_waiting_for_space_held_by_a_stalled_channel_fails_after_the_timeout() {
+    let reg = Registry::new();
+    let lvol = lvol::Lvol::new(&reg);
+    late_disk(&reg, 6 * MIB, 7);
+    let opts = CreateOpts { cluster_size: 64 << 10, journal_size: 256 << 10, max_volumes: 8 };
+    lvol.lvs_create_opts("late", "lvs", &opts).unwrap();
+    let store = lvol.store("lvs").unwrap();
+    assert_eq!(store.no_space_timeout(), Duration::from_secs(60));
+    store.set_no_space_timeout(Duration::from_millis(300));
+    let cb = (64 << 10) / BS;
+    lvol.lvol_create("lvs", "a", 1, true).unwrap();
+    lvol.lvol_create("lvs", "b", 6, true).unwrap();
+    let mut ac = chan(&reg, "lvs/a");
+    let mut bc = chan(&reg, "lvs/b");
+    assert_eq!(write(&mut ac, 0, &blocks(1, 0, cb, 0)), IoStatus::Success);
+    let mut spare = None;
+    for lc in 0..96 {
+        match write(&mut bc, lc * cb, &blocks(2, lc * cb, cb, 0)) {
+            IoStatus::Success => {}
+            IoStatus::NoSpace => {
+                spare = Some(lc);
+                break;
+            }
+            st => panic!("b write {lc}: {st}"),
+        }
+    }
+    let spare = spare.expect("the store fills up");
+    // a: a late write in flight, then an unmap releasing its cluster; a is not polled after
+    // the unmap completes, so its late write keeps the released cluster in grace.
+    let mut seen = Vec::new();
+    let mut buf = DmaBuf::alloc(7 * BS as usize).unwrap();
+    buf.as_mut_slice().copy_from_slice(&blocks(1, 3, 7, 1));
+    ac.submit(&IoRequest::write(3, 7, IoVecs::single(buf.iovec()), 1)).unwrap();
+    ac.submit(&IoRequest::no_data(IoType::Unmap, 0, cb, 2)).unwrap();
+    assert_eq!(wait_tag(&mut ac, 2, &mut seen), IoStatus::Success);
+    let data = blocks(2, spare * cb, cb, 1);
+    let mut bbuf = DmaBuf::alloc(data.len()).unwrap();
+    bbuf.as_mut_slice().copy_from_slice(&data);
+    let t0 = Instant::now();
+    bc.submit(&IoRequest::write(spare * cb, cb, IoVecs::single(bbuf.iovec()), 3)).unwrap();
+    let mut b_done = None;
+    while b_done.is_none() {
+        bc.poll(&mut |_, st| b_done = Some(st));
+        assert!(t0.elapsed() < Duration::from_secs(20), "the waiting write never ended");
+    }
+    let waited = t0.elapsed();
+    assert_eq!(b_done, Some(IoStatus::NoSpace));
+    assert!(waited >= Duration::from_millis(300), "failed before the timeout: {waited:?}");
+    // a moves on: its late write completes and the released cluster comes back.
+    assert_eq!(wait_tag(&mut ac, 1, &mut seen), IoStatus::Success);
+    assert_eq!(write(&mut bc, spare * cb, &data), IoStatus::Success);
+    assert!(read(&mut bc, spare * cb, data.len()) == data);
+    assert_eq!(check(&store).unwrap().free_clusters, 0);
+}

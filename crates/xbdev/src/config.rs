@@ -523,7 +523,13 @@ pub(crate) fn save_lvol(top: &mut Value, c: &lvol::module::LvolConfig) {
     let stores: Vec<Value> = c
         .lvol_stores
         .iter()
-        .map(|s| serde_json::json!({"name": s.name, "base_bdev": s.base_bdev, "cluster_size": s.cluster_size}))
+        .map(|s| {
+            let mut v = serde_json::json!({"name": s.name, "base_bdev": s.base_bdev, "cluster_size": s.cluster_size});
+            if let (Some(ms), Some(o)) = (s.no_space_timeout_ms, v.as_object_mut()) {
+                o.insert("no_space_timeout_ms".into(), ms.into());
+            }
+            v
+        })
         .collect();
     let vols: Vec<Value> = c
         .lvol_volumes

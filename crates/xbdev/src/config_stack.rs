@@ -250,6 +250,7 @@ pub(crate) fn parse_lvol(top: &mut Obj, c: &mut lvol::module::LvolConfig) -> Res
             Some(n) if n.is_power_of_two() && n >= 4096 => n,
             Some(n) => return Err(invalid(&csp, format!("{n} is not a power of two of at least 4096"))),
         };
+        let no_space_timeout_ms = o.opt_u64("no_space_timeout_ms")?;
         o.finish()?;
         if let Some(j) = c.lvol_stores.iter().position(|s| s.name == name) {
             return Err(invalid(
@@ -257,7 +258,7 @@ pub(crate) fn parse_lvol(top: &mut Obj, c: &mut lvol::module::LvolConfig) -> Res
                 format!("duplicate store name '{name}' (also lvol_stores[{j}])"),
             ));
         }
-        c.lvol_stores.push(StoreConfig { name, base_bdev, cluster_size });
+        c.lvol_stores.push(StoreConfig { name, base_bdev, cluster_size, no_space_timeout_ms });
     }
     for (i, v) in array(top, "lvol_volumes")?.iter().enumerate() {
         let path = format!("lvol_volumes[{i}]");
@@ -321,6 +322,10 @@ pub(crate) fn apply_lvol(lv: &lvol::Lvol, c: &lvol::module::LvolConfig) -> Resul
     for (i, s) in c.lvol_stores.iter().enumerate() {
         if lv.store(&s.name).is_err() {
             lv.lvs_create(&s.base_bdev, &s.name, s.cluster_size).map_err(|e| at(format!("lvol_stores[{i}]"), e))?;
+        }
+        if let Some(ms) = s.no_space_timeout_ms {
+            let store = lv.store(&s.name).map_err(|e| at(format!("lvol_stores[{i}]"), e))?;
+            store.set_no_space_timeout(std::time::Duration::from_millis(ms));
         }
     }
     for (i, v) in c.lvol_volumes.iter().enumerate() {

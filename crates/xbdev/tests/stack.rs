@@ -121,7 +121,7 @@ fn lvol_sections_create_volumes_that_survive_a_restart_from_the_saved_config() {
     let cfg = format!(
         r#"{{"reactor": {{"cores": [0], "pin": false}},
         "base_devices": [{{"method": "aio", "params": {{"name": "aio0", "filename": "{}"}}}}],
-        "lvol_stores": [{{"name": "lvs0", "base_bdev": "aio0", "cluster_size": 1048576}}],
+        "lvol_stores": [{{"name": "lvs0", "base_bdev": "aio0", "cluster_size": 1048576, "no_space_timeout_ms": 2500}}],
         "lvol_volumes": [{{"name": "data", "lvs_name": "lvs0", "size_mb": 16, "thin_provision": true}}],
         "snapshots": [{{"source_vol": "lvs0/data", "name": "snap1"}}],
         "clones": [{{"source_snap": "lvs0/snap1", "name": "clone1"}}]}}"#,
@@ -138,6 +138,11 @@ fn lvol_sections_create_volumes_that_survive_a_restart_from_the_saved_config() {
     h.close().unwrap();
     let saved = xb.save_config();
     assert!(saved.contains("\"lvol_stores\"") && saved.contains("\"clones\""), "{saved}");
+    let timeout = |saved: &str| {
+        let v: serde_json::Value = serde_json::from_str(saved).unwrap();
+        v["lvol_stores"][0]["no_space_timeout_ms"].as_u64()
+    };
+    assert_eq!(timeout(&saved), Some(2500), "{saved}");
     xb.stop();
     drop(xb);
     // Same disks, saved config: stores and volumes load from disk, nothing is recreated.
@@ -149,6 +154,8 @@ fn lvol_sections_create_volumes_that_survive_a_restart_from_the_saved_config() {
     let c = xb.open("lvs0/clone1", false).unwrap();
     c.read(&mut b, 4096).unwrap();
     assert!(b.iter().all(|&x| x == 0), "the clone shows the snapshot (taken before the write)");
+    // The store loaded from disk took the configured timeout too.
+    assert_eq!(timeout(&xb.save_config()), Some(2500));
 }
 
 #[test]

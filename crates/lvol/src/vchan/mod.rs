@@ -47,6 +47,7 @@ use bdev::{BdevChannel, DmaBuf, IoChannel, IoRequest, IoStatus, IoType, IoVecs, 
 use std::collections::VecDeque;
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Requests one channel executes at once.
 pub const OPS: usize = 512;
@@ -156,6 +157,8 @@ struct Op {
     claim_lc: u64,
     /// Parked for space (else for a claim).
     wait_space: bool,
+    /// When the op first found the store full with space still on its way back.
+    space_since: Option<Instant>,
 }
 
 /// Outcome of claiming the granules of a first write.
@@ -202,6 +205,7 @@ impl Op {
             claim: 0,
             claim_lc: 0,
             wait_space: false,
+            space_since: None,
         }
     }
 }

@@ -271,9 +271,14 @@ impl VolChannel {
             runs = md.st.reserve_clusters(1);
         }
         let Some(runs) = runs else {
-            // Space still on its way back: wait for it rather than fail.
-            return if md.space_pending() { Alloc::Wait } else { Alloc::Fail(IoStatus::NoSpace) };
+            // Space still on its way back: wait for it rather than fail, for a while.
+            return if md.space_pending() && !space_wait_expired(core, &mut self.ops[i]) {
+                Alloc::Wait
+            } else {
+                Alloc::Fail(IoStatus::NoSpace)
+            };
         };
+        self.ops[i].space_since = None;
         let flags = if view.enc { ENT_ENC } else { 0 };
         let rec = Record::AllocRuns { id: self.id, first_lc: lc, flags, valid: 0, runs: runs.clone() };
         match core.commit(md, &[rec]) {
@@ -313,4 +318,13 @@ impl VolChannel {
         self.submit_base(i, IoRequest::write(geo.cluster_block(w.pc, w.head), w.tail - w.head, IoVecs::single(iov), 0));
         false
     }
+}
+
+/// Whether `op` has waited for space longer than the store's no-space timeout (its wait
+/// starts at the first call).
+fn space_wait_expired(core: &Core, op: &mut Op) -> bool {
+    let limit = Duration::from_millis(core.no_space_timeout_ms.load(Ordering::Relaxed));
+    let now = Instant::now();
+    let since = *op.space_since.get_or_insert(now);
+    now.duration_since(since) >= limit
 }
