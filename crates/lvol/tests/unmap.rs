@@ -312,11 +312,23 @@ fn wait_tag(ch: &mut BdevChannel, tag: u64, seen: &mut Vec<(u64, IoStatus)>) -> 
     }
 }
 
-#[test]
-fn a_released_cluster_is_not_reused_while_a_write_to_it_is_in_flight() {
+/// A store on a disk whose writes of 7 blocks land 30 ms late, 91 clusters of 64 KiB: volume
+/// a holds one cluster (written with `blocks(1, 0, cb, 0)`), thin volume b all the others, so
+/// a cluster a releases is the only one b can get; b's first unallocated cluster is `spare`.
+struct FullStore {
+    _reg: Arc<Registry>,
+    _lvol: Arc<lvol::Lvol>,
+    store: Arc<lvol::Store>,
+    ac: BdevChannel,
+    bc: BdevChannel,
+    spare: u64,
+    /// Blocks per cluster.
+    cb: u64,
+}
+
+fn full_store() -> FullStore {
     let reg = Registry::new();
     let lvol = lvol::Lvol::new(&reg);
-    // Writes of 7 blocks land 30 ms late; the store has 91 clusters of 64 KiB.
     late_disk(&reg, 6 * MIB, 7);
     let opts = CreateOpts { cluster_size: 64 << 10, journal_size: 256 << 10, max_volumes: 8 };
     lvol.lvs_create_opts("late", "lvs", &opts).unwrap();
@@ -326,9 +338,7 @@ fn a_released_cluster_is_not_reused_while_a_write_to_it_is_in_flight() {
     lvol.lvol_create("lvs", "b", 6, true).unwrap();
     let mut ac = chan(&reg, "lvs/a");
     let mut bc = chan(&reg, "lvs/b");
-    let whole_a = blocks(1, 0, cb, 0);
-    assert_eq!(write(&mut ac, 0, &whole_a), IoStatus::Success);
-    // Fill the store with b: afterwards a cluster a releases is the only one b can get.
+    assert_eq!(write(&mut ac, 0, &blocks(1, 0, cb, 0)), IoStatus::Success);
     let mut spare = None;
     for lc in 0..96 {
         match write(&mut bc, lc * cb, &blocks(2, lc * cb, cb, 0)) {
@@ -342,6 +352,13 @@ fn a_released_cluster_is_not_reused_while_a_write_to_it_is_in_flight() {
     }
     let spare = spare.expect("the store fills up");
     assert_eq!(store.info().free_clusters, 0);
+    FullStore { _reg: reg, _lvol: lvol, store, ac, bc, spare, cb }
+}
+
+#[test]
+fn a_released_cluster_is_not_reused_while_a_write_to_it_is_in_flight() {
+    let FullStore { _lvol, store, mut ac, mut bc, spare, cb, .. } = full_store();
+    let whole_a = blocks(1, 0, cb, 0);
     let mut seen = Vec::new();
     let mut waited = 0;
     for round in 1..=12u64 {
@@ -388,32 +405,9 @@ fn a_released_cluster_is_not_reused_while_a_write_to_it_is_in_flight() {
 /// `NoSpace` after the store's no-space timeout; once the channel moves on, space is back.
 #[test]
 fn a_write_waiting_for_space_held_by_a_stalled_channel_fails_after_the_timeout() {
-    let reg = Registry::new();
-    let lvol = lvol::Lvol::new(&reg);
-    late_disk(&reg, 6 * MIB, 7);
-    let opts = CreateOpts { cluster_size: 64 << 10, journal_size: 256 << 10, max_volumes: 8 };
-    lvol.lvs_create_opts("late", "lvs", &opts).unwrap();
-    let store = lvol.store("lvs").unwrap();
+    let FullStore { _lvol, store, mut ac, mut bc, spare, cb, .. } = full_store();
     assert_eq!(store.no_space_timeout(), Duration::from_secs(60));
     store.set_no_space_timeout(Duration::from_millis(300));
-    let cb = (64 << 10) / BS;
-    lvol.lvol_create("lvs", "a", 1, true).unwrap();
-    lvol.lvol_create("lvs", "b", 6, true).unwrap();
-    let mut ac = chan(&reg, "lvs/a");
-    let mut bc = chan(&reg, "lvs/b");
-    assert_eq!(write(&mut ac, 0, &blocks(1, 0, cb, 0)), IoStatus::Success);
-    let mut spare = None;
-    for lc in 0..96 {
-        match write(&mut bc, lc * cb, &blocks(2, lc * cb, cb, 0)) {
-            IoStatus::Success => {}
-            IoStatus::NoSpace => {
-                spare = Some(lc);
-                break;
-            }
-            st => panic!("b write {lc}: {st}"),
-        }
-    }
-    let spare = spare.expect("the store fills up");
     // a: a late write in flight, then an unmap releasing its cluster; a is not polled after
     // the unmap completes, so its late write keeps the released cluster in grace.
     let mut seen = Vec::new();
