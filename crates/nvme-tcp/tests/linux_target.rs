@@ -4,7 +4,9 @@
 //! NVMET_PORTS, NVMET_NQN, NVMET_NAMESPACES (and NVMET_SCRIPT for the
 //! path-down/up test) and runs them with `--ignored`.
 
+mod chan;
 use bdev::{Bdev, DmaBuf, IoRequest, IoStatus, IoType, IoVecs, Registry};
+use chan::Chan;
 use nvme_tcp::initiator::{discover, AdminQueue, ConnectOpts};
 use nvme_tcp::nvmf::NvmfController;
 use std::net::SocketAddr;
@@ -36,52 +38,6 @@ fn opts(e: &Env, path: usize, digests: bool) -> ConnectOpts {
     o.io_queue_depth = 64;
     o.admin_timeout = Duration::from_secs(30);
     o
-}
-
-/// A registered bdev with one channel.
-struct Open {
-    reg: Arc<Registry>,
-    name: String,
-    ch: Option<bdev::BdevChannel>,
-    desc: Option<bdev::Desc>,
-}
-
-impl Open {
-    fn new(b: &Arc<dyn Bdev>) -> Self {
-        let reg = Registry::new();
-        let name = b.info().name.clone();
-        reg.register(b.clone()).expect("register");
-        let desc = reg.open(&name, true).expect("open");
-        let ch = desc.channel().expect("channel");
-        Self { reg, name, ch: Some(ch), desc: Some(desc) }
-    }
-
-    /// Runs `reqs` and returns their statuses in order.
-    fn run(&mut self, reqs: &[IoRequest]) -> Vec<IoStatus> {
-        let ch = self.ch.as_mut().expect("channel");
-        let mut out = vec![None; reqs.len()];
-        for (i, r) in reqs.iter().enumerate() {
-            let mut r = *r;
-            r.tag = i as u64;
-            while ch.submit(&r).is_err() {
-                ch.poll(&mut |t, s| out[t as usize] = Some(s));
-            }
-        }
-        let t0 = Instant::now();
-        while out.iter().any(Option::is_none) {
-            ch.poll(&mut |t, s| out[t as usize] = Some(s));
-            assert!(t0.elapsed() < Duration::from_secs(120), "io timed out");
-        }
-        out.into_iter().map(|s| s.expect("completed")).collect()
-    }
-}
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        self.ch = None;
-        self.desc = None;
-        let _ = self.reg.unregister(&self.name);
-    }
 }
 
 fn pattern(len: usize, seed: u64) -> Vec<u8> {
@@ -121,7 +77,7 @@ fn bdev_io(digests: bool) {
     assert_eq!(info.name, "tbn1");
     assert!(info.ns_id.nguid.is_some() || info.ns_id.uuid.is_some(), "namespace identity");
     let bs = info.block_size as usize;
-    let mut o = Open::new(&b);
+    let mut o = Chan::open(b.clone());
     // Writes of several sizes (in-capsule and R2T), two segments each.
     let sizes = [1usize, 8, 32, 128, 255];
     let mut bufs = Vec::new();
@@ -276,7 +232,7 @@ fn ana_state_follows_the_target() {
     let c = NvmfController::connect("ana", opts(&e, 0, false)).expect("connect");
     let b: Arc<dyn Bdev> = c.bdevs().remove(0);
     assert_eq!(b.ana_state(), Some(bdev::AnaState::Optimized));
-    let mut o = Open::new(&b);
+    let mut o = Chan::open(b.clone());
     let bs = b.info().block_size as usize;
     let mut buf = DmaBuf::alloc(bs).expect("dma");
     let wait_for = |want: bdev::AnaState| {

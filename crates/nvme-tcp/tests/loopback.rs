@@ -1,7 +1,9 @@
 //! The initiator (nvmf bdev) against our own target on loopback.
 
+mod chan;
 use bdev::backends::malloc::{MallocBdev, MallocParams};
 use bdev::{Bdev, BdevChannel, DmaBuf, IoRequest, IoStatus, IoType, IoVecs, Registry};
+use chan::Chan;
 use nvme_spec::fabrics::DISCOVERY_NQN;
 use nvme_spec::log::subtype;
 use nvme_tcp::initiator::{discover, AdminQueue, ConnectOpts, HostId, InitError};
@@ -46,50 +48,6 @@ fn opts(addr: SocketAddr, nqn: &str) -> ConnectOpts {
     o.io_queues = 4;
     o.io_queue_depth = 32;
     o
-}
-
-struct Chan {
-    reg: Arc<Registry>,
-    name: String,
-    ch: Option<BdevChannel>,
-    desc: Option<bdev::Desc>,
-}
-
-impl Chan {
-    fn open(b: Arc<dyn Bdev>) -> Self {
-        let reg = Registry::new();
-        let name = b.info().name.clone();
-        reg.register(b).expect("register");
-        let desc = reg.open(&name, true).expect("open");
-        let ch = desc.channel().expect("channel");
-        Self { reg, name, ch: Some(ch), desc: Some(desc) }
-    }
-
-    fn run(&mut self, reqs: &[IoRequest]) -> Vec<IoStatus> {
-        let ch = self.ch.as_mut().expect("channel");
-        let mut out = vec![None; reqs.len()];
-        for (i, r) in reqs.iter().enumerate() {
-            let mut r = *r;
-            r.tag = i as u64;
-            while ch.submit(&r).is_err() {
-                ch.poll(&mut |t, s| out[t as usize] = Some(s));
-            }
-        }
-        let t0 = Instant::now();
-        while out.iter().any(Option::is_none) {
-            ch.poll(&mut |t, s| out[t as usize] = Some(s));
-            assert!(t0.elapsed() < Duration::from_secs(60), "io timed out");
-        }
-        out.into_iter().map(|s| s.expect("done")).collect()
-    }
-}
-
-impl Drop for Chan {
-    fn drop(&mut self) {
-        self.ch = None;
-        self.desc = None;
-        let _ = self.reg.unregister(&self.name);
-    }
 }
 
 fn pattern(len: usize, seed: u64) -> Vec<u8> {
