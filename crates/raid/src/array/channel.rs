@@ -195,7 +195,7 @@ pub(crate) struct RaidChannel {
     rr: usize,
     /// Zeroes (one window) for members without write-zeroes and for
     /// zeroing parity-level stripes.
-    zero: DmaBuf,
+    pub zero: DmaBuf,
     redo: VecDeque<Redo>,
 }
 

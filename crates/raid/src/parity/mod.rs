@@ -300,6 +300,45 @@ impl Parity {
         Ok(())
     }
 
+    /// Read-modify-write of raid4/5 parity: a data chunk changes from `old`
+    /// to `new`, so `p ^= old ^ new` (neither source is changed).
+    pub fn replace_p(&self, old: &[u8], new: &[u8], p: &mut [u8]) -> Result<(), ParityError> {
+        check_len(0, p.len(), old.len())?;
+        check_len(1, p.len(), new.len())?;
+        self.k_xor_into(p, old);
+        self.k_xor_into(p, new);
+        Ok(())
+    }
+
+    /// Read-modify-write of raid6 P and Q: data slot `slot` changes from
+    /// `old` to `new`, so with `delta = old ^ new`, `p ^= delta` and
+    /// `q ^= g^slot * delta` (neither source is changed; the delta lives
+    /// in a small stack buffer, a piece at a time).
+    pub fn replace_pq(
+        &self,
+        slot: usize,
+        old: &[u8],
+        new: &[u8],
+        p: &mut [u8],
+        q: &mut [u8],
+    ) -> Result<(), ParityError> {
+        check_slot(slot, MAX_SYNDROME_DATA)?;
+        check_len(0, p.len(), old.len())?;
+        check_len(1, p.len(), new.len())?;
+        check_len(2, p.len(), q.len())?;
+        const PIECE: usize = 1024;
+        let mut delta = [0u8; PIECE];
+        let coef = gf::pow2(slot);
+        let pieces = old.chunks(PIECE).zip(new.chunks(PIECE)).zip(p.chunks_mut(PIECE).zip(q.chunks_mut(PIECE)));
+        for ((o, n), (pc, qc)) in pieces {
+            let d = delta.get_mut(..o.len()).unwrap_or_default();
+            self.k_xor_gen(d, &[o, n], NONE);
+            self.k_xor_into(pc, d);
+            self.k_mul_acc(qc, d, coef);
+        }
+        Ok(())
+    }
+
     /// Rebuilds lost data slot `x` from P: `dx = p ^ XOR(data except x)`.
     /// `data[x]` is ignored (it may be empty).
     pub fn recover_data_from_p(&self, data: &[&[u8]], x: usize, p: &[u8], dx: &mut [u8]) -> Result<(), ParityError> {
