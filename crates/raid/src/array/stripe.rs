@@ -13,8 +13,11 @@
 //!   parity, then proceed as a reconstruct-write.
 //!
 //! RMW and reconstruct-write are compared by the number of sectors they
-//! read. Data is written from the caller's buffers; parity from the
-//! operation's buffers. A read error fails the member and replans the
+//! read; on a tie (a 4 KiB write to raid5 over 4 members) RMW wins, as it
+//! reads the very blocks it overwrites next (still in cache, on RAM disks
+//! as in the devices' own) where a reconstruct-write touches others. Data
+//! is written from the caller's buffers; parity from the operation's
+//! buffers. A read error fails the member and replans the
 //! operation; a write error fails the member and the operation goes on
 //! degraded.
 
@@ -292,7 +295,7 @@ impl RaidChannel {
             let rcw_cost: u64 = (0..d).filter(|&k| !covers(k)).count() as u64 * len;
             mode = if full {
                 Mode::Full
-            } else if rmw_ok && (!rcw_ok || rmw_cost < rcw_cost) {
+            } else if rmw_ok && (!rcw_ok || rmw_cost <= rcw_cost) {
                 Mode::Rmw
             } else if rcw_ok {
                 Mode::Rcw
