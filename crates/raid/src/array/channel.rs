@@ -253,7 +253,10 @@ impl RaidChannel {
                 continue;
             }
             let new = dev.and_then(|d| match d.desc.channel() {
-                Ok(ch) => {
+                Ok(mut ch) => {
+                    // The array measures its own requests' latency; per
+                    // member IO it would cost two clock reads nobody uses.
+                    ch.set_measure_latency(false);
                     let mspb = (u64::from(d.block_size) / 512).max(1);
                     let info = d.desc.info();
                     let zeroes = info.supported.contains(IoType::WriteZeroes);
