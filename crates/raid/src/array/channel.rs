@@ -383,20 +383,21 @@ impl RaidChannel {
             return;
         };
         let start = m.data_offset + child.sector;
-        if start % m.spb != 0 || child.sectors % m.spb != 0 {
+        // Block sizes are powers of two: shifts rather than divisions.
+        let blocks = if m.spb.is_power_of_two() {
+            let shift = m.spb.trailing_zeros();
+            ((start | child.sectors) & (m.spb - 1) == 0).then_some((start >> shift, child.sectors >> shift))
+        } else {
+            (start % m.spb == 0 && child.sectors % m.spb == 0).then(|| (start / m.spb, child.sectors / m.spb))
+        };
+        let Some((offset_blocks, num_blocks)) = blocks else {
             completions.push((u64::from(c), IoStatus::Invalid));
             return;
-        }
+        };
         let io = if child.io_type == IoType::Flush {
             IoRequest::no_data(IoType::Flush, 0, 0, u64::from(c))
         } else {
-            IoRequest {
-                io_type: child.io_type,
-                offset_blocks: start / m.spb,
-                num_blocks: child.sectors / m.spb,
-                iovs: child.iovs,
-                tag: u64::from(c),
-            }
+            IoRequest { io_type: child.io_type, offset_blocks, num_blocks, iovs: child.iovs, tag: u64::from(c) }
         };
         match m.ch.submit(&io) {
             Ok(()) => m.outstanding += 1,
