@@ -463,7 +463,17 @@ pub const MAX_VIEW_SEGMENTS: usize = 256;
 /// flight: the IoRequest buffer contract keeps them valid and unwritten until the write
 /// completes, and the slices do not outlive the call.
 pub fn with_iov_slices<R>(segs: &[IoVec], f: impl FnOnce(&[&[u8]]) -> R) -> Option<R> {
-    let mut views: [&[u8]; MAX_VIEW_SEGMENTS] = [&[]; MAX_VIEW_SEGMENTS];
+    // A request's own list (at most MAX_IOVS segments) fits a small array: no 4 KiB of
+    // stack to clear per call.
+    if segs.len() <= crate::io::MAX_IOVS {
+        views::<R, { crate::io::MAX_IOVS }>(segs, f)
+    } else {
+        views::<R, MAX_VIEW_SEGMENTS>(segs, f)
+    }
+}
+
+fn views<R, const N: usize>(segs: &[IoVec], f: impl FnOnce(&[&[u8]]) -> R) -> Option<R> {
+    let mut views: [&[u8]; N] = [&[]; N];
     for (view, v) in views.iter_mut().zip(segs) {
         if v.len > 0 {
             // SAFETY: the IoRequest buffer contract makes v valid for reads of v.len bytes and
@@ -715,5 +725,19 @@ mod tests {
         assert!(m.zero(4096, 4096));
         assert!(m.read_to_iovs(4096, &[b.iovec()]));
         assert!(b.as_slice().iter().all(|&x| x == 0));
+    }
+
+    #[test]
+    fn iov_slices_small_and_long_lists() {
+        let mut b = DmaBuf::alloc(4096).unwrap();
+        b.as_mut_slice().iter_mut().enumerate().for_each(|(i, x)| *x = i as u8);
+        for n in [0usize, 1, crate::io::MAX_IOVS, crate::io::MAX_IOVS + 1, MAX_VIEW_SEGMENTS] {
+            let segs: Vec<IoVec> = (0..n).map(|i| b.iovec().sub(i * 8, 8).unwrap()).collect();
+            let got = with_iov_slices(&segs, |v| v.iter().map(|s| s.to_vec()).collect::<Vec<_>>()).unwrap();
+            assert_eq!(got.len(), n);
+            assert!(got.iter().enumerate().all(|(i, s)| *s == b.as_slice()[i * 8..i * 8 + 8]));
+        }
+        let too_many = vec![b.iovec().sub(0, 1).unwrap(); MAX_VIEW_SEGMENTS + 1];
+        assert!(with_iov_slices(&too_many, |_| ()).is_none());
     }
 }

@@ -11,9 +11,12 @@
 //! whose name contains it.
 //!
 //! `issue` rows: raid0 x4 (64 KiB strip), raid1 x2, raid5 x4 (64 KiB
-//! chunk, healthy and with one member failed) and one malloc bdev, each
-//! with 4 KiB random writes and 128 KiB sequential writes (raid5 also
-//! 192 KiB full-stripe writes and reads). Every row is followed by
+//! chunk, healthy and with one member failed), raid6 x4 and x6, raid10
+//! n2 x4 and one malloc bdev, each with 4 KiB random writes and 128 KiB
+//! sequential writes (raid5 also 192 KiB full-stripe writes and reads;
+//! raid6 x4's 128 KiB writes are its full stripes, raid6 x6 also writes
+//! 256 KiB full stripes; 4 KiB writes read-modify-write on raid5 x4 and
+//! raid6 x6, reconstruct-write on raid6 x4). Every row is followed by
 //! memcpy of the same pattern (same block size, one of `QD` source
 //! buffers, destinations over the members' total size), and the ratio to
 //! it and to SPDK's figure measured on this machine. Members are written
@@ -165,6 +168,7 @@ struct Work {
 const RANDW4K: Work = Work { name: "4K randwrite", write: true, bytes: 4096, pattern: Pattern::Random };
 const SEQW128K: Work = Work { name: "128K seqwrite", write: true, bytes: 128 << 10, pattern: Pattern::Sequential };
 const FULLW192K: Work = Work { name: "192K seqwrite", write: true, bytes: 192 << 10, pattern: Pattern::Sequential };
+const FULLW256K: Work = Work { name: "256K seqwrite", write: true, bytes: 256 << 10, pattern: Pattern::Sequential };
 const RANDR4K: Work = Work { name: "4K randread", write: false, bytes: 4096, pattern: Pattern::Random };
 const SEQR128K: Work = Work { name: "128K seqread", write: false, bytes: 128 << 10, pattern: Pattern::Sequential };
 
@@ -234,12 +238,15 @@ fn issue(env: &Env, filter: &str) {
         "{:>18} {:>14} {:>9} {:>8} {:>10} {:>8}  vs SPDK",
         "array", "workload", "M IOPS", "GB/s", "memcpy GB/s", "/memcpy"
     );
-    let rows: [(&str, Option<ArraySpec>, &[Work]); 5] = [
+    let rows: [(&str, Option<ArraySpec>, &[Work]); 8] = [
         ("malloc", None, &[RANDW4K, SEQW128K, RANDR4K, SEQR128K]),
         ("raid0 x4", Some((Level::Raid0, 4, None)), &[RANDW4K, SEQW128K]),
         ("raid1 x2", Some((Level::Raid1, 2, None)), &[RANDW4K, SEQW128K]),
         ("raid5 x4", Some((Level::Raid5, 4, Some(2))), &[RANDW4K, SEQW128K, FULLW192K, RANDR4K, SEQR128K]),
         ("raid5 x4 degraded", Some((Level::Raid5, 4, Some(2))), &[RANDR4K, SEQR128K, RANDW4K, FULLW192K]),
+        ("raid6 x4", Some((Level::Raid6, 4, Some(2))), &[RANDW4K, SEQW128K]),
+        ("raid6 x6", Some((Level::Raid6, 6, Some(2))), &[RANDW4K, SEQW128K, FULLW256K]),
+        ("raid10 n2 x4", Some((Level::Raid10, 4, Some(0x102))), &[RANDW4K, SEQW128K]),
     ];
     for (i, (name, level, works)) in rows.into_iter().enumerate() {
         let works: Vec<&Work> = works.iter().filter(|w| format!("{name} {}", w.name).contains(filter)).collect();

@@ -13,18 +13,22 @@
 //!   parity, then proceed as a reconstruct-write.
 //!
 //! RMW and reconstruct-write are compared by the number of sectors they
-//! read. Data is written from the caller's buffers; parity from the
-//! operation's buffers. A read error fails the member and replans the
+//! read; on a tie (a 4 KiB write to raid5 over 4 members) RMW wins, as it
+//! reads the very blocks it overwrites next (still in cache, on RAM disks
+//! as in the devices' own) where a reconstruct-write touches others. Data
+//! is written from the caller's buffers; parity from the operation's
+//! buffers. A read error fails the member and replans the
 //! operation; a write error fails the member and the operation goes on
 //! degraded.
 
+mod compute;
+
 use bdev::dma::DmaError;
-use bdev::dma::{copy_from_iovs, copy_to_iovs, with_iov_slices};
-use bdev::{DmaBuf, IoStatus, IoType, IoVec, IoVecs};
+use bdev::{DmaBuf, IoStatus, IoType, IoVecs};
 
 use super::channel::{Owner, Progress, RaidChannel};
 use crate::geometry::{Geometry, StripeLayout};
-use crate::parity::{Parity, MAX_SYNDROME_DATA};
+use compute::{compute, Source};
 
 /// Part of a write (or the read) inside one window: rows `[a, b)` of data
 /// chunk `k`, at sector `io_off` of the parent request.
@@ -54,7 +58,6 @@ pub(crate) struct StripeOp {
     spans: Vec<Span>,
     layout: Option<StripeLayout>,
     bufs: Vec<Option<DmaBuf>>,
-    scratch: Option<DmaBuf>,
     have: Vec<bool>,
     mode: Mode,
     pending: u32,
@@ -74,7 +77,6 @@ impl StripeOp {
             for b in op.bufs.iter_mut() {
                 *b = Some(DmaBuf::alloc(window_bytes)?);
             }
-            op.scratch = Some(DmaBuf::alloc(window_bytes)?);
         }
         Ok(op)
     }
@@ -89,7 +91,6 @@ impl StripeOp {
             spans: Vec::with_capacity(n),
             layout: None,
             bufs: (0..n).map(|_| None).collect(),
-            scratch: None,
             have: vec![false; n],
             mode: Mode::Full,
             pending: 0,
@@ -100,150 +101,6 @@ impl StripeOp {
             writing: false,
         }
     }
-}
-
-fn slice(buf: &Option<DmaBuf>, off: usize, len: usize) -> &[u8] {
-    buf.as_ref().and_then(|b| b.as_slice().get(off..off + len)).unwrap_or_default()
-}
-
-fn slice_mut(buf: &mut Option<DmaBuf>, off: usize, len: usize) -> Option<&mut [u8]> {
-    buf.as_mut().and_then(|b| b.as_mut_slice().get_mut(off..off + len))
-}
-
-/// Rebuilds the data members not in `have` from the others and P/Q
-/// (bytes `[0, len)` of each buffer). Returns false when too much is
-/// missing.
-pub(super) fn solve(
-    parity: &Parity,
-    layout: &StripeLayout,
-    bufs: &mut [Option<DmaBuf>],
-    have: &mut [bool],
-    len: usize,
-) -> bool {
-    let p = layout.p_member();
-    let q = layout.q_member();
-    let mut lost = [usize::MAX; 2];
-    let mut nlost = 0;
-    let mut slot_of = [0usize; 2];
-    for (slot, m) in layout.syndrome_members().enumerate() {
-        if !have.get(m).copied().unwrap_or(false) {
-            if nlost >= 2 {
-                return false;
-            }
-            lost[nlost] = m;
-            slot_of[nlost] = slot;
-            nlost += 1;
-        }
-    }
-    if nlost == 0 {
-        return true;
-    }
-    let hp = have.get(p).copied().unwrap_or(false);
-    let hq = q.is_some_and(|q| have.get(q).copied().unwrap_or(false));
-    let take = |bufs: &mut [Option<DmaBuf>], m: usize| bufs.get_mut(m).and_then(Option::take);
-    let mut ok = false;
-    match (nlost, hp, hq) {
-        (1, true, _) => {
-            let mut dx = take(bufs, lost[0]);
-            if let Some(dxs) = slice_mut(&mut dx, 0, len) {
-                let (refs, count) = data_refs(layout, bufs, len);
-                ok = parity
-                    .recover_data_from_p(
-                        &refs[..count],
-                        slot_of[0],
-                        bufs.get(p).map_or(&[][..], |b| slice(b, 0, len)),
-                        dxs,
-                    )
-                    .is_ok();
-            }
-            put(bufs, lost[0], dx);
-        }
-        (1, false, true) => {
-            let qm = q.unwrap_or(0);
-            let mut dx = take(bufs, lost[0]);
-            let mut pb = take(bufs, p);
-            if let (Some(dxs), Some(ps)) = (slice_mut(&mut dx, 0, len), slice_mut(&mut pb, 0, len)) {
-                let (refs, count) = data_refs(layout, bufs, len);
-                let qs = bufs.get(qm).map_or(&[][..], |b| slice(b, 0, len));
-                ok = parity.recover_data_from_q(&refs[..count], slot_of[0], qs, dxs, ps).is_ok();
-            }
-            put(bufs, lost[0], dx);
-            put(bufs, p, pb);
-            if ok {
-                if let Some(h) = have.get_mut(p) {
-                    *h = true;
-                }
-            }
-        }
-        (2, true, true) => {
-            let qm = q.unwrap_or(0);
-            let mut dx = take(bufs, lost[0]);
-            let mut dy = take(bufs, lost[1]);
-            if let (Some(xs), Some(ys)) = (slice_mut(&mut dx, 0, len), slice_mut(&mut dy, 0, len)) {
-                let (refs, count) = data_refs(layout, bufs, len);
-                let ps = bufs.get(p).map_or(&[][..], |b| slice(b, 0, len));
-                let qs = bufs.get(qm).map_or(&[][..], |b| slice(b, 0, len));
-                ok = parity.recover_two_data(&refs[..count], slot_of[0], slot_of[1], ps, qs, xs, ys).is_ok();
-            }
-            put(bufs, lost[0], dx);
-            put(bufs, lost[1], dy);
-        }
-        _ => {}
-    }
-    if ok {
-        for &m in lost.iter().take(nlost) {
-            if let Some(h) = have.get_mut(m) {
-                *h = true;
-            }
-        }
-    }
-    ok
-}
-
-fn put(bufs: &mut [Option<DmaBuf>], m: usize, b: Option<DmaBuf>) {
-    if let Some(slot) = bufs.get_mut(m) {
-        *slot = b;
-    }
-}
-
-/// Data buffers in syndrome order (taken-out ones are empty slices).
-fn data_refs<'a>(
-    layout: &StripeLayout,
-    bufs: &'a [Option<DmaBuf>],
-    len: usize,
-) -> ([&'a [u8]; MAX_SYNDROME_DATA], usize) {
-    let mut refs: [&[u8]; MAX_SYNDROME_DATA] = [&[]; MAX_SYNDROME_DATA];
-    let mut n = 0;
-    for m in layout.syndrome_members() {
-        if let (Some(r), Some(b)) = (refs.get_mut(n), bufs.get(m)) {
-            *r = slice(b, 0, len);
-            n += 1;
-        }
-    }
-    (refs, n)
-}
-
-/// Regenerates P (and Q) over `[0, len)` from the data buffers.
-fn gen_parity(parity: &Parity, layout: &StripeLayout, bufs: &mut [Option<DmaBuf>], len: usize) -> bool {
-    let p = layout.p_member();
-    let mut pb = bufs.get_mut(p).and_then(Option::take);
-    let mut qb = layout.q_member().and_then(|q| bufs.get_mut(q).and_then(Option::take));
-    let ok = {
-        let (refs, count) = data_refs(layout, bufs, len);
-        match (slice_mut(&mut pb, 0, len), layout.q_member()) {
-            (Some(ps), Some(_)) => match slice_mut(&mut qb, 0, len) {
-                Some(qs) => parity.gen_pq(&refs[..count], ps, qs).is_ok(),
-                None => false,
-            },
-            (Some(ps), None) => parity.xor(ps, &refs[..count]).is_ok(),
-            (None, _) => false,
-        }
-    };
-    put(bufs, p, pb);
-    if let Some(q) = layout.q_member() {
-        put(bufs, q, qb);
-    }
-    ok
 }
 
 impl RaidChannel {
@@ -395,8 +252,7 @@ impl RaidChannel {
     }
 
     fn op_plan(&mut self, o: u32) {
-        let sh = self.sh.clone();
-        let Geometry::Striped(g) = &sh.geometry else {
+        let Geometry::Striped(g) = &self.sh.geometry else {
             return;
         };
         let chunk = g.chunk_sectors();
@@ -439,7 +295,7 @@ impl RaidChannel {
             let rcw_cost: u64 = (0..d).filter(|&k| !covers(k)).count() as u64 * len;
             mode = if full {
                 Mode::Full
-            } else if rmw_ok && (!rcw_ok || rmw_cost < rcw_cost) {
+            } else if rmw_ok && (!rcw_ok || rmw_cost <= rcw_cost) {
                 Mode::Rmw
             } else if rcw_ok {
                 Mode::Rcw
@@ -473,12 +329,13 @@ impl RaidChannel {
                 _ => {}
             }
         }
+        let stats = &self.sh.stats;
         let counter = match mode {
-            Mode::Full => &sh.stats.full,
-            Mode::Rmw => &sh.stats.rmw,
-            Mode::Rcw => &sh.stats.rcw,
-            Mode::Reconstruct => &sh.stats.reconstruct,
-            Mode::Read => &sh.stats.degraded_reads,
+            Mode::Full => &stats.full,
+            Mode::Rmw => &stats.rmw,
+            Mode::Rcw => &stats.rcw,
+            Mode::Reconstruct => &stats.reconstruct,
+            Mode::Read => &stats.degraded_reads,
         };
         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Some(op) = self.ops.get_mut(o) {
@@ -569,11 +426,8 @@ impl RaidChannel {
 
     /// All reads are in: compute, then write (or deliver a degraded read).
     fn op_compute(&mut self, o: u32) {
-        let sh = self.sh.clone();
-        let Geometry::Striped(g) = &sh.geometry else {
-            return;
-        };
-        let chunk = g.chunk_sectors();
+        let chunk = self.sh.geometry.chunk_sectors();
+        let parity = self.sh.parity;
         let Some(op) = self.ops.get(o) else {
             return;
         };
@@ -586,7 +440,7 @@ impl RaidChannel {
         let (r0, r1) = (op.r0, op.r1);
         let base = op.stripe * chunk;
         let parent_iovs = if matches!(io_type, IoType::WriteZeroes | IoType::Unmap) {
-            match self.zeroes(sh.window_sectors) {
+            match self.zeroes(self.sh.window_sectors) {
                 Some(z) => Source::Zeroes(z),
                 None => return self.fail_op(o, IoStatus::Invalid),
             }
@@ -594,8 +448,9 @@ impl RaidChannel {
             Source::Iovs(parent_iovs)
         };
         let len = ((r1 - r0) * 512) as usize;
-        let outcome = match self.ops.get_mut(o) {
-            Some(op) => compute(&sh.parity, &layout, op, parent_iovs, len),
+        let RaidChannel { ops, zero, .. } = self;
+        let outcome = match ops.get_mut(o) {
+            Some(op) => compute(&parity, &layout, op, parent_iovs, zero.as_slice(), len),
             None => return,
         };
         match outcome {
@@ -641,160 +496,6 @@ impl RaidChannel {
         }
         if self.ops.get(o).is_some_and(|op| op.pending == 0) {
             self.op_finish(o);
-        }
-    }
-}
-
-/// Where the new data of a write comes from.
-#[derive(Clone, Copy)]
-enum Source {
-    /// The request's buffers.
-    Iovs(IoVecs),
-    /// Zeroes (write-zeroes and unmap), at least a window long.
-    Zeroes(IoVecs),
-}
-
-impl Source {
-    /// `len` bytes at byte `off` of the request.
-    fn slice(&self, off: u64, len: u64) -> Option<IoVecs> {
-        match self {
-            Source::Iovs(v) => v.slice(off, len),
-            Source::Zeroes(z) => z.slice(0, len),
-        }
-    }
-}
-
-/// Full-stripe writes from single-segment data: P (and Q) computed straight
-/// from the caller's buffers, without copying the data into the operation's
-/// buffers first. False (nothing done) when the data is not laid out so.
-fn parity_in_place(
-    parity: &Parity,
-    layout: &StripeLayout,
-    spans: &[Span],
-    bufs: &mut [Option<DmaBuf>],
-    src: Source,
-    len: usize,
-) -> bool {
-    let Source::Iovs(iovs) = src else {
-        return false;
-    };
-    let mut segs = [IoVec::EMPTY; MAX_SYNDROME_DATA];
-    let mut count = 0;
-    for m in layout.syndrome_members() {
-        let Some(s) = spans.iter().find(|s| layout.data_member(s.k) == m) else {
-            return false;
-        };
-        let one = iovs.slice(s.io_off * 512, len as u64).and_then(|v| (v.len() == 1).then(|| v.as_slice()[0]));
-        match (one, segs.get_mut(count)) {
-            (Some(v), Some(slot)) if v.len() == len => *slot = v,
-            _ => return false,
-        }
-        count += 1;
-    }
-    let pm = layout.p_member();
-    let mut pb = bufs.get_mut(pm).and_then(Option::take);
-    let mut qb = layout.q_member().and_then(|q| bufs.get_mut(q).and_then(Option::take));
-    let ok = with_iov_slices(&segs[..count], |data| match (slice_mut(&mut pb, 0, len), layout.q_member()) {
-        (Some(ps), Some(_)) => match slice_mut(&mut qb, 0, len) {
-            Some(qs) => parity.gen_pq(data, ps, qs).is_ok(),
-            None => false,
-        },
-        (Some(ps), None) => parity.xor(ps, data).is_ok(),
-        (None, _) => false,
-    })
-    .unwrap_or(false);
-    put(bufs, pm, pb);
-    if let Some(q) = layout.q_member() {
-        put(bufs, q, qb);
-    }
-    ok
-}
-
-/// The computing step of an operation whose reads are done: a degraded
-/// read is delivered (returns true); a write gets its new data and parity
-/// into the buffers (returns false: write next).
-fn compute(
-    parity: &Parity,
-    layout: &StripeLayout,
-    op: &mut StripeOp,
-    parent_iovs: Source,
-    len: usize,
-) -> Result<bool, IoStatus> {
-    let r0 = op.r0;
-    let StripeOp { spans, bufs, scratch, have, mode, .. } = op;
-    match *mode {
-        Mode::Read => {
-            let s = spans.first().copied().ok_or(IoStatus::Invalid)?;
-            let target = layout.data_member(s.k);
-            if !have.get(target).copied().unwrap_or(false) && !solve(parity, layout, bufs, have, len) {
-                return Err(IoStatus::MediaError);
-            }
-            let dst = parent_iovs.slice(s.io_off * 512, (s.b - s.a) * 512).ok_or(IoStatus::Invalid)?;
-            let src = bufs.get(target).map_or(&[][..], |b| slice(b, 0, len));
-            if copy_to_iovs(dst.as_slice(), src) != src.len() {
-                return Err(IoStatus::Invalid);
-            }
-            Ok(true)
-        }
-        Mode::Rmw => {
-            let pm = layout.p_member();
-            let qm = layout.q_member();
-            for s in spans.iter() {
-                let m = layout.data_member(s.k);
-                let off = ((s.a - r0) * 512) as usize;
-                let bytes = ((s.b - s.a) * 512) as usize;
-                let new = slice_mut(scratch, 0, bytes).ok_or(IoStatus::Invalid)?;
-                let copied =
-                    parent_iovs.slice(s.io_off * 512, bytes as u64).map_or(0, |v| copy_from_iovs(v.as_slice(), new));
-                if copied != bytes {
-                    return Err(IoStatus::Invalid);
-                }
-                let new = slice(scratch, 0, bytes);
-                // old ^= new: the delta.
-                let old = bufs.get_mut(m).and_then(|b| slice_mut(b, off, bytes)).ok_or(IoStatus::Invalid)?;
-                parity.xor_into(old, new).map_err(|_| IoStatus::Invalid)?;
-                let slot = layout.syndrome_slot(m).unwrap_or(0);
-                let mut pb = bufs.get_mut(pm).and_then(Option::take);
-                let mut qb = qm.and_then(|q| bufs.get_mut(q).and_then(Option::take));
-                let delta = bufs.get(m).map_or(&[][..], |b| slice(b, off, bytes));
-                let ok = match (slice_mut(&mut pb, off, bytes), qm) {
-                    (Some(ps), Some(_)) => match slice_mut(&mut qb, off, bytes) {
-                        Some(qs) => parity.update_pq(slot, delta, ps, qs).is_ok(),
-                        None => false,
-                    },
-                    (Some(ps), None) => parity.xor_into(ps, delta).is_ok(),
-                    (None, _) => false,
-                };
-                put(bufs, pm, pb);
-                if let Some(q) = qm {
-                    put(bufs, q, qb);
-                }
-                if !ok {
-                    return Err(IoStatus::Invalid);
-                }
-            }
-            Ok(false)
-        }
-        Mode::Full if parity_in_place(parity, layout, spans, bufs, parent_iovs, len) => Ok(false),
-        Mode::Full | Mode::Rcw | Mode::Reconstruct => {
-            if *mode == Mode::Reconstruct && !solve(parity, layout, bufs, have, len) {
-                return Err(IoStatus::MediaError);
-            }
-            for s in spans.iter() {
-                let m = layout.data_member(s.k);
-                let off = ((s.a - r0) * 512) as usize;
-                let bytes = ((s.b - s.a) * 512) as usize;
-                let dst = bufs.get_mut(m).and_then(|b| slice_mut(b, off, bytes)).ok_or(IoStatus::Invalid)?;
-                let copied =
-                    parent_iovs.slice(s.io_off * 512, bytes as u64).map_or(0, |v| copy_from_iovs(v.as_slice(), dst));
-                if copied != bytes {
-                    return Err(IoStatus::Invalid);
-                }
-            }
-            if !gen_parity(parity, layout, bufs, len) {
-                return Err(IoStatus::Invalid);
-            }
-            Ok(false)
         }
     }
 }

@@ -80,6 +80,22 @@ pub(super) enum Op {
     },
 }
 
+/// The buffer as 1 to 4 segments (`seed >> 6` more than one), cut at odd
+/// byte offsets, so chunks and blocks straddle segments.
+fn segments(b: &mut DmaBuf, seed: u8) -> IoVecs {
+    let n = 1 + usize::from(seed >> 6);
+    let len = b.len();
+    let whole = b.iovec();
+    let cuts: Vec<usize> = (0..=n).map(|i| if i == n { len } else { (len * i / n).saturating_sub(i * 37) }).collect();
+    let mut v = IoVecs::new();
+    for w in cuts.windows(2) {
+        if w[1] > w[0] {
+            assert!(v.push(whole.sub(w[0], w[1] - w[0]).unwrap()));
+        }
+    }
+    v
+}
+
 impl Rig {
     pub(super) fn blocks(&self) -> u64 {
         self.model.len() as u64 / self.bs
@@ -99,7 +115,7 @@ impl Rig {
                     }
                     let off = (at * self.bs) as usize;
                     self.model[off..off + len].copy_from_slice(b.as_slice());
-                    let io = IoRequest::write(at, blocks, IoVecs::single(b.iovec()), i as u64);
+                    let io = IoRequest::write(at, blocks, segments(&mut b, seed), i as u64);
                     self.ch.submit(&io).unwrap();
                     bufs.push((i, None, b));
                     tags.push(i as u64);
@@ -519,6 +535,12 @@ fn write_modes_follow_the_cost() {
     // A whole stripe: no reads at all.
     r.batch(&[Op::Write { at: 128, blocks: 128, seed: 3 }]);
     assert_eq!(r.array.stripe_stats().full, 1);
+    // raid5 over 4 members: one block reads two blocks either way; the
+    // tie goes to read-modify-write.
+    let mut r4 = rig(Level::Raid5, Some(2), 4, 16, 512);
+    r4.batch(&[Op::Write { at: 3, blocks: 1, seed: 6 }]);
+    assert_eq!(r4.array.stripe_stats(), StripeStats { rmw: 1, ..StripeStats::default() });
+    r4.check_on_disk();
     // Degraded: a write whose old data sits on the failed member.
     r.batch(&[Op::Fail { member: 0 }]);
     r.read_all();

@@ -132,7 +132,13 @@ impl StripeLayout {
                     k + skip
                 }
             }
-            DataRule::Rotated { start } => (start + k) % self.raid_disks,
+            // start < raid_disks and k < data_disks: one subtraction
+            // instead of a division.
+            DataRule::Rotated { start } => match start + k {
+                m if m < self.raid_disks => m,
+                m if m < 2 * self.raid_disks => m - self.raid_disks,
+                m => m % self.raid_disks,
+            },
         }
     }
 

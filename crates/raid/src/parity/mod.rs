@@ -192,6 +192,18 @@ impl Parity {
         }
     }
 
+    fn k_xor2_into(&self, dst: &mut [u8], a: &[u8], b: &[u8]) {
+        match self.backend {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: a Parity with this backend exists only when the CPU supports AVX2.
+            Backend::Avx2 => unsafe { simd::xor2_into_avx2(dst, a, b) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: these backends are only constructed when SSE2 is present.
+            Backend::Sse2 | Backend::Ssse3 => unsafe { simd::xor2_into_sse2(dst, a, b) },
+            _ => portable::xor2_into(dst, a, b, 0),
+        }
+    }
+
     fn k_xor_gen(&self, dst: &mut [u8], srcs: &[&[u8]], skip: usize) {
         match self.backend {
             #[cfg(target_arch = "x86_64")]
@@ -297,6 +309,51 @@ impl Parity {
         check_len(2, delta.len(), q.len())?;
         self.k_xor_into(p, delta);
         self.k_mul_acc(q, delta, gf::pow2(slot));
+        Ok(())
+    }
+
+    /// Read-modify-write of raid4/5 parity: a data chunk changes from `old`
+    /// to `new`, so `p ^= old ^ new` (neither source is changed).
+    pub fn replace_p(&self, old: &[u8], new: &[u8], p: &mut [u8]) -> Result<(), ParityError> {
+        check_len(0, p.len(), old.len())?;
+        check_len(1, p.len(), new.len())?;
+        self.k_xor2_into(p, old, new);
+        Ok(())
+    }
+
+    /// Read-modify-write of raid6 P and Q: data slot `slot` changes from
+    /// `old` to `new`, so with `delta = old ^ new`, `p ^= delta` and
+    /// `q ^= g^slot * delta` (neither source is changed; one pass with
+    /// AVX2, else the delta goes through a small stack buffer a piece at a
+    /// time).
+    pub fn replace_pq(
+        &self,
+        slot: usize,
+        old: &[u8],
+        new: &[u8],
+        p: &mut [u8],
+        q: &mut [u8],
+    ) -> Result<(), ParityError> {
+        check_slot(slot, MAX_SYNDROME_DATA)?;
+        check_len(0, p.len(), old.len())?;
+        check_len(1, p.len(), new.len())?;
+        check_len(2, p.len(), q.len())?;
+        let coef = gf::pow2(slot);
+        #[cfg(target_arch = "x86_64")]
+        if self.backend == Backend::Avx2 {
+            // SAFETY: a Parity with this backend exists only when the CPU supports AVX2.
+            unsafe { simd::replace_pq_avx2(old, new, p, q, coef) };
+            return Ok(());
+        }
+        const PIECE: usize = 1024;
+        let mut delta = [0u8; PIECE];
+        let pieces = old.chunks(PIECE).zip(new.chunks(PIECE)).zip(p.chunks_mut(PIECE).zip(q.chunks_mut(PIECE)));
+        for ((o, n), (pc, qc)) in pieces {
+            let d = delta.get_mut(..o.len()).unwrap_or_default();
+            self.k_xor_gen(d, &[o, n], NONE);
+            self.k_xor_into(pc, d);
+            self.k_mul_acc(qc, d, coef);
+        }
         Ok(())
     }
 

@@ -51,6 +51,31 @@ fn xor_slices(d: &mut [u8], s: &[u8]) {
     }
 }
 
+/// `dst ^= a ^ b`.
+pub(super) fn xor2_into(dst: &mut [u8], a: &[u8], b: &[u8], start: usize) {
+    let n = dst.len().min(a.len()).min(b.len());
+    if let (Some(d), Some(a), Some(b)) = (dst.get_mut(start..n), a.get(start..n), b.get(start..n)) {
+        xor_slices(d, a);
+        xor_slices(d, b);
+    }
+}
+
+/// `p ^= old ^ new` and `q ^= c * (old ^ new)`.
+pub(super) fn replace_pq(old: &[u8], new: &[u8], p: &mut [u8], q: &mut [u8], c: u8, start: usize) {
+    let row = &MUL[c as usize];
+    let n = old.len().min(new.len()).min(p.len()).min(q.len());
+    let (Some(p), Some(q), Some(old), Some(new)) =
+        (p.get_mut(start..n), q.get_mut(start..n), old.get(start..n), new.get(start..n))
+    else {
+        return;
+    };
+    for (((pv, qv), &o), &nv) in p.iter_mut().zip(q.iter_mut()).zip(old).zip(new) {
+        let d = o ^ nv;
+        *pv ^= d;
+        *qv ^= row[d as usize];
+    }
+}
+
 /// Multiplies every byte of `q` by {02}.
 fn mul2_slice(q: &mut [u8]) {
     let mut qw = q.chunks_exact_mut(8);

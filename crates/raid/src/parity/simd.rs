@@ -70,6 +70,58 @@ pub(super) unsafe fn xor_into_avx2(dst: &mut [u8], src: &[u8]) {
     portable::xor_into(dst, src, end);
 }
 
+/// `dst ^= a ^ b`.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn xor2_into_avx2(dst: &mut [u8], a: &[u8], b: &[u8]) {
+    let n = dst.len().min(a.len()).min(b.len());
+    let end = n - n % 64;
+    let (d, x, y) = (dst.as_mut_ptr(), a.as_ptr(), b.as_ptr());
+    let mut off = 0;
+    while off < end {
+        // SAFETY: off + 64 <= n <= len of dst, a and b.
+        unsafe {
+            let d0 = _mm256_loadu_si256(d.add(off).cast());
+            let d1 = _mm256_loadu_si256(d.add(off + 32).cast());
+            let x0 = _mm256_loadu_si256(x.add(off).cast());
+            let x1 = _mm256_loadu_si256(x.add(off + 32).cast());
+            let y0 = _mm256_loadu_si256(y.add(off).cast());
+            let y1 = _mm256_loadu_si256(y.add(off + 32).cast());
+            _mm256_storeu_si256(d.add(off).cast(), _mm256_xor_si256(d0, _mm256_xor_si256(x0, y0)));
+            _mm256_storeu_si256(d.add(off + 32).cast(), _mm256_xor_si256(d1, _mm256_xor_si256(x1, y1)));
+        }
+        off += 64;
+    }
+    portable::xor2_into(dst, a, b, end);
+}
+
+/// `p ^= old ^ new` and `q ^= c * (old ^ new)`, one pass.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn replace_pq_avx2(old: &[u8], new: &[u8], p: &mut [u8], q: &mut [u8], c: u8) {
+    let t = tables_256(c);
+    let n = old.len().min(new.len()).min(p.len()).min(q.len());
+    let end = n - n % 32;
+    let (o, w, pp, qp) = (old.as_ptr(), new.as_ptr(), p.as_mut_ptr(), q.as_mut_ptr());
+    let mut off = 0;
+    while off < end {
+        // SAFETY: off + 32 <= n <= len of old, new, p and q.
+        unsafe {
+            let d = _mm256_xor_si256(_mm256_loadu_si256(o.add(off).cast()), _mm256_loadu_si256(w.add(off).cast()));
+            let pv = _mm256_loadu_si256(pp.add(off).cast());
+            let qv = _mm256_loadu_si256(qp.add(off).cast());
+            _mm256_storeu_si256(pp.add(off).cast(), _mm256_xor_si256(pv, d));
+            _mm256_storeu_si256(qp.add(off).cast(), _mm256_xor_si256(qv, mulc_256(d, t)));
+        }
+        off += 32;
+    }
+    portable::replace_pq(old, new, p, q, c, end);
+}
+
 /// `dst = XOR of srcs` except `srcs[skip]`.
 ///
 /// # Safety
@@ -277,6 +329,33 @@ pub(super) unsafe fn xor_into_sse2(dst: &mut [u8], src: &[u8]) {
         off += 32;
     }
     portable::xor_into(dst, src, end);
+}
+
+/// `dst ^= a ^ b`.
+///
+/// # Safety
+/// The CPU must support SSE2.
+#[target_feature(enable = "sse2")]
+pub(super) unsafe fn xor2_into_sse2(dst: &mut [u8], a: &[u8], b: &[u8]) {
+    let n = dst.len().min(a.len()).min(b.len());
+    let end = n - n % 32;
+    let (d, x, y) = (dst.as_mut_ptr(), a.as_ptr(), b.as_ptr());
+    let mut off = 0;
+    while off < end {
+        // SAFETY: off + 32 <= n <= len of dst, a and b.
+        unsafe {
+            let d0 = _mm_loadu_si128(d.add(off).cast());
+            let d1 = _mm_loadu_si128(d.add(off + 16).cast());
+            let x0 = _mm_loadu_si128(x.add(off).cast());
+            let x1 = _mm_loadu_si128(x.add(off + 16).cast());
+            let y0 = _mm_loadu_si128(y.add(off).cast());
+            let y1 = _mm_loadu_si128(y.add(off + 16).cast());
+            _mm_storeu_si128(d.add(off).cast(), _mm_xor_si128(d0, _mm_xor_si128(x0, y0)));
+            _mm_storeu_si128(d.add(off + 16).cast(), _mm_xor_si128(d1, _mm_xor_si128(x1, y1)));
+        }
+        off += 32;
+    }
+    portable::xor2_into(dst, a, b, end);
 }
 
 /// `dst = XOR of srcs` except `srcs[skip]`.

@@ -201,4 +201,31 @@ proptest! {
             prop_assert_eq!(&q2, &wq, "{:?}", e.backend());
         }
     }
+
+    /// The read-modify-write updates from old and new data (no delta
+    /// buffer from the caller) equal regenerating P and Q; lengths past
+    /// the 1 KiB pieces of `replace_pq` and odd tails included.
+    #[test]
+    fn replace_equals_regeneration(mut data in (1usize..8, 1usize..2600).prop_flat_map(|(n, l)| stripe(n, l)),
+                                   slot in any::<usize>(), seed in any::<u64>()) {
+        let slot = slot % data.len();
+        let (p, q) = naive_pq(&data);
+        let new: Vec<u8> = (0..data[0].len()).map(|i| (seed.rotate_left(i as u32 % 64) as u8) ^ i as u8).collect();
+        let old = std::mem::replace(&mut data[slot], new.clone());
+        let (wp, wq) = naive_pq(&data);
+        for e in engines() {
+            let (mut p2, mut q2) = (p.clone(), q.clone());
+            e.replace_pq(slot, &old, &new, &mut p2, &mut q2).unwrap();
+            prop_assert_eq!(&p2, &wp, "{:?}", e.backend());
+            prop_assert_eq!(&q2, &wq, "{:?}", e.backend());
+            let mut p3 = p.clone();
+            e.replace_p(&old, &new, &mut p3).unwrap();
+            prop_assert_eq!(&p3, &wp, "{:?}", e.backend());
+        }
+        let e = Parity::new();
+        let mut short = vec![0u8; new.len() + 1];
+        prop_assert!(e.replace_p(&old, &new, &mut short).is_err());
+        let mut q3 = q.clone();
+        prop_assert!(e.replace_pq(slot, &old, &new, &mut short, &mut q3).is_err());
+    }
 }
