@@ -19,7 +19,9 @@
 //! raid6 x6, reconstruct-write on raid6 x4). Every row is followed by
 //! memcpy of the same pattern (same block size, one of `QD` source
 //! buffers, destinations over the members' total size), and the ratio to
-//! it and to SPDK's figure measured on this machine. Members are written
+//! it and to the SPDK figure issue 6 quotes (a fixed number from another
+//! day, likely taken in cache: SPDK measured in the same run as ours is
+//! what `benches/spdk-compare/raid.sh` prints). Members are written
 //! over once before timing so no page is touched first while timed.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -172,8 +174,9 @@ const FULLW256K: Work = Work { name: "256K seqwrite", write: true, bytes: 256 <<
 const RANDR4K: Work = Work { name: "4K randread", write: false, bytes: 4096, pattern: Pattern::Random };
 const SEQR128K: Work = Work { name: "128K seqread", write: false, bytes: 128 << 10, pattern: Pattern::Sequential };
 
-/// SPDK's figure for (array, workload) on this machine: IOPS for 4 KiB,
-/// GB/s for larger blocks.
+/// The SPDK figure issue 6 quotes for (array, workload): IOPS for 4 KiB,
+/// GB/s for larger blocks. Not measured here: `benches/spdk-compare/raid.sh`
+/// runs SPDK and ours in one run.
 fn spdk(array: &str, work: &str) -> Option<f64> {
     Some(match (array, work) {
         ("raid0 x4", "4K randwrite") => 2.93e6,
@@ -235,7 +238,7 @@ fn issue(env: &Env, filter: &str) {
         env.member_mib, env.qd, env.qd
     );
     println!(
-        "{:>18} {:>14} {:>9} {:>8} {:>10} {:>8}  vs SPDK",
+        "{:>18} {:>14} {:>9} {:>8} {:>10} {:>8}  vs issue's SPDK",
         "array", "workload", "M IOPS", "GB/s", "memcpy GB/s", "/memcpy"
     );
     let rows: [(&str, Option<ArraySpec>, &[Work]); 8] = [
