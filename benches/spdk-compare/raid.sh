@@ -22,7 +22,8 @@
 #   SPDK_MEM_MIB DPDK memory with SPDK_MEM=nohuge, MiB [2048]
 #   SPDK_ARGS    extra bdevperf arguments, e.g. `-H` (data buffers off hugepages) or `-Z` []
 #   ONLY         extended regex: run only workloads whose name matches []
-#   LOCK         benchmark lock file, empty for none [/work/bench.lock]
+#   LOCK         benchmark lock file shared with other benchmarks, empty for none
+#                [/work/bench.lock when /work exists, else none]
 #   NO_BUILD     1: do not build raid_bench [0]
 #   RAID_BENCH   raid_bench binary [$CARGO_TARGET_DIR or target/release/examples/raid_bench]
 #   KEEP         1: keep the scratch directory (configs and every run's output) [0]
@@ -39,7 +40,11 @@ SPDK_MEM=${SPDK_MEM:-huge}
 SPDK_MEM_MIB=${SPDK_MEM_MIB:-2048}
 SPDK_ARGS=${SPDK_ARGS:-}
 ONLY=${ONLY:-}
-LOCK=${LOCK-/work/bench.lock}
+if [[ -d /work ]]; then
+  LOCK=${LOCK-/work/bench.lock}
+else
+  LOCK=${LOCK-}
+fi
 NO_BUILD=${NO_BUILD:-0}
 KEEP=${KEEP:-0}
 target_dir=${CARGO_TARGET_DIR:-$repo/target}
