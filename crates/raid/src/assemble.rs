@@ -15,7 +15,7 @@
 
 use thiserror::Error;
 
-use crate::geometry::{ArrayParams, Geometry, GeometryError, Level, MemberContent};
+use crate::geometry::{ArrayParams, Geometry, GeometryError, Level, MemberContent, MAX_RAID_DISKS};
 use crate::superblock::{DevRole, FeatureMap, Superblock, MAX_SECTOR};
 
 /// Features an array may use and still be assembled here.
@@ -311,6 +311,13 @@ pub fn plan(candidates: &[Superblock]) -> Result<AssemblyPlan, AssembleError> {
     if unsupported != 0 {
         return Err(AssembleError::UnsupportedFeatures(unsupported));
     }
+    // `raid_disks` comes from disk: bound it before sizing the slot tables.
+    if auth.raid_disks > MAX_RAID_DISKS {
+        return Err(AssembleError::Geometry(GeometryError::TooManyDisks {
+            raid_disks: auth.raid_disks,
+            max: MAX_RAID_DISKS,
+        }));
+    }
     let raid_disks = auth.raid_disks as usize;
     let mut slots: Vec<Option<SlotMember>> = vec![None; raid_disks];
     let mut replacements: Vec<Option<SlotMember>> = vec![None; raid_disks];
@@ -471,6 +478,19 @@ mod tests {
         two[1].dev_number = 1;
         two[0].dev_roles[1] = DevRole::Active(0);
         assert!(matches!(plan(&two), Err(AssembleError::DuplicateRole { slot: 0, .. })));
+    }
+
+    #[test]
+    fn huge_raid_disks_is_rejected_before_allocating() {
+        let mut sbs = array(Level::Raid5, 3, 0);
+        for sb in &mut sbs {
+            sb.raid_disks = 0x0500_0000;
+        }
+        let e = plan(&sbs).unwrap_err();
+        assert!(
+            matches!(e, AssembleError::Geometry(GeometryError::TooManyDisks { raid_disks: 0x0500_0000, .. })),
+            "{e:?}"
+        );
     }
 
     #[test]

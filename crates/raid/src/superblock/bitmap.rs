@@ -279,7 +279,9 @@ impl BitmapLayout {
             return 0..0;
         }
         let last = sector.saturating_add(count - 1);
-        self.bit_of(sector)..self.bit_of(last) + 1
+        // Saturating: no bit can have index `u64::MAX` (`bits()` is at most
+        // that), so the range still names every bit of the layout it covers.
+        self.bit_of(sector)..self.bit_of(last).saturating_add(1)
     }
 
     /// Sync-range sectors covered by `bit`.
@@ -387,5 +389,15 @@ mod tests {
         assert_eq!(bits[0], 0b1000_0000);
         assert!(matches!(l.test(&bits, 8), Err(BitmapError::BitOutOfRange { .. })));
         assert!(matches!(l.test(&[], 1), Err(BitmapError::TooShort { .. })));
+    }
+
+    #[test]
+    fn bits_of_a_range_reaching_the_last_sector_does_not_overflow() {
+        // 512-byte chunks: one sector per bit, so the last sector's bit is
+        // `u64::MAX` (found by the bitmap_parse fuzz target).
+        let l = BitmapLayout::new(1000, 512);
+        assert_eq!(l.bits_of(1000, u64::MAX - 64), 1000..u64::MAX);
+        assert_eq!(l.bits_of(u64::MAX, 1), u64::MAX..u64::MAX);
+        assert_eq!(l.bits_of(0, u64::MAX), 0..u64::MAX);
     }
 }
