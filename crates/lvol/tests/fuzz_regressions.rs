@@ -48,3 +48,19 @@ fn journal_record_count_larger_than_its_body_ends_replay_without_allocating_it()
     assert!(s.volume("a").is_err(), "the damaged transaction is not replayed");
     s.close(false).unwrap();
 }
+
+#[test]
+fn store_name_with_nuls_is_a_load_error_not_a_panic() {
+    let mut img = image_with_journaled_volume();
+    for copy in 0..2 {
+        let at = copy * 4096;
+        let Ok(mut sb) = SuperBlock::parse(&img[at..]) else { continue };
+        // "lvs" followed by NULs: naming the metadata thread after it used to panic.
+        sb.name_len = 10.into();
+        img[at..at + 4096].copy_from_slice(&sb.to_block());
+    }
+    match load(img) {
+        Ok(_) => panic!("a store with a damaged name loaded"),
+        Err(e) => assert!(format!("{e:?}").contains("store name"), "{e:?}"),
+    }
+}
