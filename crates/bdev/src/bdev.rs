@@ -174,6 +174,26 @@ pub trait Bdev: Send + Sync + 'static {
     }
 }
 
+/// `s` as a JSON string literal, for [`Bdev::config_params`] (Rust's `{:?}` is not JSON:
+/// it writes `\u{1}` and `\0`).
+pub fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 /// A per-reactor IO channel.
 ///
 /// # Contract

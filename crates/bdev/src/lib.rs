@@ -15,7 +15,7 @@ mod registry;
 pub mod stats;
 mod uring;
 
-pub use bdev::{AnaState, Bdev, BdevInfo, IoChannel, NamespaceId, Uuid};
+pub use bdev::{json_str, AnaState, Bdev, BdevInfo, IoChannel, NamespaceId, Uuid};
 pub use channel::{BdevChannel, DEFAULT_CHANNEL_DEPTH};
 pub use dma::{DmaBuf, IoVec};
 pub use error::BdevError;

@@ -296,7 +296,13 @@ fn read_txn(io: &mut SyncIo, l: &Layout, uuid: &[u8; 16], pos: u64, expect: u64)
         return None;
     }
     let mut r = Reader::new(signed.get(64..)?, "journal transaction");
-    let mut records = Vec::with_capacity(h.nrecords.get() as usize);
+    // Every record takes at least its header: a count the body cannot hold is damage (and
+    // must not size an allocation).
+    let n = h.nrecords.get() as usize;
+    if n > r.remaining() / crate::record::RECORD_HEADER_BYTES {
+        return None;
+    }
+    let mut records = Vec::with_capacity(n);
     for _ in 0..h.nrecords.get() {
         records.push(Record::decode(&mut r).ok()?);
     }

@@ -239,10 +239,17 @@ impl SuperBlock {
         Ok(sb)
     }
 
-    /// The store name.
+    /// The store name: 1 to [`MAX_NAME`] bytes of letters, digits, `_`, `-` and `.`, the
+    /// names a store can be created with (a damaged name is an error, not a name with NULs).
     pub fn name(&self) -> Result<String, FormatError> {
-        let len = (self.name_len.get() as usize).min(MAX_NAME);
+        let len = self.name_len.get() as usize;
+        if len == 0 || len > MAX_NAME {
+            return Err(FormatError::BadValue { what: "store name length", value: len as u64 });
+        }
         let b = self.name.get(..len).unwrap_or(&[]);
+        if !b.iter().all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.')) {
+            return Err(FormatError::BadText("store name"));
+        }
         String::from_utf8(b.to_vec()).map_err(|_| FormatError::BadText("store name"))
     }
 }
@@ -556,6 +563,22 @@ mod tests {
         assert!(l.data_offset + l.total_clusters * l.cluster_size <= 64 << 20);
         assert_eq!(l.granule_size, 16384);
         assert!(Layout::compute(1 << 20, 512, 1 << 20, 0, 64).is_none());
+    }
+
+    #[test]
+    fn store_name_with_nul_or_bad_length_is_an_error() {
+        let mut sb = SuperBlock::new_zeroed();
+        sb.name[..3].copy_from_slice(b"lvs");
+        sb.name_len = U16::new(3);
+        assert_eq!(sb.name().unwrap(), "lvs");
+        // Found by the store_open fuzz target: NULs in the name panicked naming the
+        // metadata thread at load.
+        sb.name_len = U16::new(10);
+        assert!(matches!(sb.name(), Err(FormatError::BadText(_))));
+        sb.name_len = U16::new(0);
+        assert!(matches!(sb.name(), Err(FormatError::BadValue { .. })));
+        sb.name_len = U16::new(64);
+        assert!(matches!(sb.name(), Err(FormatError::BadValue { .. })));
     }
 
     #[test]

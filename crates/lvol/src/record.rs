@@ -22,6 +22,9 @@ pub const CHUNK_ENC: u64 = 1 << 63;
 const CHUNK_SECTOR_BITS: u32 = 44;
 const CHUNK_NSECT_MASK: u64 = (1 << 14) - 1;
 
+/// Bytes of a record's header (`kind u16, len u32`): the least a record takes.
+pub const RECORD_HEADER_BYTES: usize = 6;
+
 /// A decoded chunk-map entry.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct ChunkLoc {

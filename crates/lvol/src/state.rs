@@ -286,6 +286,16 @@ impl MdState {
         size_blocks.div_ceil(self.cluster_blocks())
     }
 
+    /// Logical clusters of a volume of `size_blocks` a record asks for, refused past what
+    /// the API allows (64 times the store's clusters): the maps are allocated from it.
+    fn nclusters_checked(&self, size_blocks: u64, what: &'static str) -> Result<u64, ApplyError> {
+        let n = self.nclusters_for(size_blocks);
+        if n > self.layout.total_clusters.saturating_mul(64) {
+            return Err(bad(what, format!("size of {size_blocks} blocks is more than 64 times the store's capacity")));
+        }
+        Ok(n)
+    }
+
     /// A volume, or an error naming the record.
     pub fn vol(&self, id: u32, what: &'static str) -> Result<&Vol, ApplyError> {
         self.vols.get(&id).ok_or(ApplyError::NoVolume { what, id })
@@ -510,6 +520,7 @@ impl MdState {
                 let what = "create volume";
                 self.check_name(&d.name, d.id, what)?;
                 self.check_parent(d.id, d.parent, what)?;
+                let n = self.nclusters_checked(d.size_blocks, what)?;
                 if matches!(rec, Record::PutVolume(_)) {
                     if d.id == 0 || self.vols.contains_key(&d.id) || self.vols.len() >= self.layout.max_volumes as usize
                     {
@@ -519,7 +530,6 @@ impl MdState {
                 } else {
                     self.check_new_id(d.id, what)?;
                 }
-                let n = self.nclusters_for(d.size_blocks);
                 let ext = Arc::new(Extents::new(n, self.chunk_map_wanted(d)));
                 self.vols.insert(d.id, Vol { desc: d.clone(), ext });
                 fx.structural = true;
@@ -557,7 +567,7 @@ impl MdState {
                     return Err(bad("resize", format!("size {size_blocks} is not a positive granule multiple")));
                 }
                 let old = v.ext.clone();
-                let n = self.nclusters_for(*size_blocks);
+                let n = self.nclusters_checked(*size_blocks, "resize")?;
                 let want = v.desc.comp_level > 0;
                 // Free what lies past the new end.
                 let gb = self.granule_blocks();

@@ -108,3 +108,23 @@ fn replaying_releases_rebuilds_the_same_state() {
     assert_eq!((e2.ent(1), e2.valid(2)), (7, 0xff0f));
     assert_eq!(st2.alloc, st.alloc);
 }
+
+#[test]
+fn volume_sizes_past_64_times_the_store_are_refused_before_allocating_maps() {
+    // Found by the store_open fuzz target: a journaled CreateVolume of ~2^40 clusters sized
+    // its cluster maps from the record and aborted the load.
+    let mut st = state();
+    let max_blocks = st.layout.total_clusters * 64 * st.cluster_blocks();
+    for rec in [
+        Record::CreateVolume(VolDesc::new(1, [1; 16], "big", VOL_THIN, u64::MAX)),
+        Record::PutVolume(VolDesc::new(1, [1; 16], "big", VOL_THIN, max_blocks + 1)),
+    ] {
+        assert!(matches!(st.apply(&rec), Err(ApplyError::Inconsistent { .. })), "{rec:?}");
+        assert!(st.vols.is_empty());
+    }
+    st.apply(&Record::CreateVolume(VolDesc::new(1, [1; 16], "max", VOL_THIN, max_blocks))).unwrap();
+    let gb = st.granule_blocks();
+    let too_big = (max_blocks + st.cluster_blocks()).div_ceil(gb) * gb;
+    assert!(st.apply(&Record::Resize { id: 1, size_blocks: too_big }).is_err());
+    assert_eq!(st.vols[&1].desc.size_blocks, max_blocks);
+}

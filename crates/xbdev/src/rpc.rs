@@ -34,132 +34,193 @@ const METHODS: &[&str] = &[
     "shutdown",
 ];
 
-fn err(code: i64, msg: impl Into<String>) -> (i64, String) {
-    (code, msg.into())
+/// A management request, parsed and checked, not yet executed.
+#[derive(Clone, Debug)]
+pub enum Request {
+    /// `rpc_get_methods`.
+    GetMethods,
+    /// `shutdown`.
+    Shutdown,
+    /// `bdev_get_bdevs`, optionally only the bdev with this name or alias.
+    GetBdevs {
+        /// `params.name`.
+        name: Option<String>,
+    },
+    /// `bdev_get_iostat` of one bdev.
+    GetIostat {
+        /// `params.name`.
+        name: String,
+    },
+    /// `bdev_malloc_create`, `bdev_null_create`, `bdev_aio_create`.
+    Create(Box<BaseDevice>),
+    /// `bdev_delete`.
+    Delete {
+        /// `params.name`.
+        name: String,
+    },
+    /// `save_config`.
+    SaveConfig,
+    /// `framework_get_reactors`.
+    GetReactors,
 }
 
-fn create(xb: &Xbdev, method: &str, params: &Value) -> Result<Value, (i64, String)> {
-    let m = method.trim_start_matches("bdev_").trim_end_matches("_create");
-    // Reuse the config parser: same field names, same path-precise errors.
-    let doc = json!({"base_devices": [{"method": m, "params": params}]});
-    let cfg =
-        Config::from_value(&doc).map_err(|e| err(INVALID_PARAMS, e.to_string().replace("base_devices[0].", "")))?;
-    let dev: &BaseDevice = cfg.base_devices.first().ok_or_else(|| err(INVALID_PARAMS, "no device"))?;
-    xb.create_base_device(dev).map_err(|e| err(SERVER_ERROR, e.to_string()))?;
-    Ok(Value::from(dev.name()))
+/// A request that could not be parsed or executed: a JSON-RPC error code and message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RpcError {
+    /// JSON-RPC error code (-32600 invalid request, -32601 unknown method, -32602 invalid
+    /// params, -32000 server error).
+    pub code: i64,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn err(code: i64, msg: impl Into<String>) -> RpcError {
+    RpcError { code, message: msg.into() }
 }
 
 /// Set by the `shutdown` method; daemons wait on it.
 pub static SHUTDOWN: AtomicBool = AtomicBool::new(false);
 
+fn name_param(params: &Value) -> Result<String, RpcError> {
+    params
+        .get("name")
+        .and_then(Value::as_str)
+        .map(String::from)
+        .ok_or_else(|| err(INVALID_PARAMS, "params.name: missing required string"))
+}
+
+/// Parse one request object (without executing it): the method and its parameters, checked
+/// like the JSON config's. The request's `id` is not looked at.
+pub fn parse_request(req: &Value) -> Result<Request, RpcError> {
+    let obj = req.as_object().ok_or_else(|| err(INVALID_REQUEST, "request is not an object"))?;
+    if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        return Err(err(INVALID_REQUEST, "jsonrpc must be \"2.0\""));
+    }
+    let method = obj.get("method").and_then(Value::as_str).ok_or_else(|| err(INVALID_REQUEST, "method missing"))?;
+    let params = obj.get("params").cloned().unwrap_or(json!({}));
+    Ok(match method {
+        "rpc_get_methods" => Request::GetMethods,
+        "shutdown" => Request::Shutdown,
+        "bdev_get_bdevs" => Request::GetBdevs { name: params.get("name").and_then(Value::as_str).map(String::from) },
+        "bdev_get_iostat" => Request::GetIostat { name: name_param(&params)? },
+        "bdev_malloc_create" | "bdev_null_create" | "bdev_aio_create" => {
+            let m = method.trim_start_matches("bdev_").trim_end_matches("_create");
+            // Reuse the config parser: same field names, same path-precise errors.
+            let doc = json!({"base_devices": [{"method": m, "params": params}]});
+            let cfg = Config::from_value(&doc)
+                .map_err(|e| err(INVALID_PARAMS, e.to_string().replace("base_devices[0].", "")))?;
+            let dev = cfg.base_devices.into_iter().next().ok_or_else(|| err(INVALID_PARAMS, "no device"))?;
+            Request::Create(Box::new(dev))
+        }
+        "bdev_delete" => Request::Delete { name: name_param(&params)? },
+        "save_config" => Request::SaveConfig,
+        "framework_get_reactors" => Request::GetReactors,
+        m => return Err(err(METHOD_NOT_FOUND, format!("unknown method '{m}'"))),
+    })
+}
+
+/// Execute a parsed request against `xb`.
+pub fn execute(xb: &Xbdev, req: &Request) -> Result<Value, RpcError> {
+    match req {
+        Request::GetMethods => Ok(json!(METHODS)),
+        Request::Shutdown => {
+            SHUTDOWN.store(true, Ordering::Release);
+            Ok(Value::Bool(true))
+        }
+        Request::GetBdevs { name } => {
+            let filter = name.as_deref();
+            let list: Vec<Value> = xb
+                .registry()
+                .list_all()
+                .into_iter()
+                .filter(|(i, _)| filter.is_none_or(|f| i.name == f || i.aliases.iter().any(|a| a == f)))
+                .map(|(i, claim)| {
+                    json!({
+                        "name": i.name, "aliases": i.aliases, "product_name": i.product,
+                        "uuid": i.uuid.to_string(), "block_size": i.block_size, "num_blocks": i.num_blocks,
+                        "required_alignment": i.required_alignment, "optimal_io_boundary": i.optimal_io_boundary,
+                        "supported_io_types": i.supported.iter().map(|t| t.name()).collect::<Vec<_>>(),
+                        "claimed_by": claim,
+                    })
+                })
+                .collect();
+            if let (Some(f), true) = (filter, list.is_empty()) {
+                return Err(err(SERVER_ERROR, format!("no bdev named '{f}'")));
+            }
+            Ok(Value::Array(list))
+        }
+        Request::GetIostat { name } => {
+            let s = xb.registry().stats(name).map_err(|e| err(SERVER_ERROR, e.to_string()))?;
+            let by_type: serde_json::Map<String, Value> = bdev::IoType::ALL
+                .iter()
+                .map(|t| (t.name().to_string(), json!({"ops": s.ops_of(*t), "bytes": s.bytes_of(*t)})))
+                .collect();
+            let errors: serde_json::Map<String, Value> = bdev::IoStatus::ALL
+                .iter()
+                .skip(1)
+                .map(|st| (st.name().to_string(), json!(s.errors[*st as usize])))
+                .collect();
+            Ok(json!({
+                "name": name, "io": by_type, "errors": errors, "in_flight": s.in_flight,
+                "latency_ns": {"avg": s.mean_latency_ns(), "p50": s.percentile_ns(50.0),
+                               "p99": s.percentile_ns(99.0), "p99_9": s.percentile_ns(99.9)}
+            }))
+        }
+        Request::Create(dev) => {
+            xb.create_base_device(dev).map_err(|e| err(SERVER_ERROR, e.to_string()))?;
+            Ok(Value::from(dev.name()))
+        }
+        Request::Delete { name } => {
+            xb.registry().unregister(name).map_err(|e| err(SERVER_ERROR, e.to_string()))?;
+            Ok(Value::Bool(true))
+        }
+        Request::SaveConfig => {
+            serde_json::from_str::<Value>(&xb.save_config()).map_err(|e| err(SERVER_ERROR, e.to_string()))
+        }
+        Request::GetReactors => {
+            let r: Vec<Value> = xb
+                .reactors()
+                .iter()
+                .map(|h| {
+                    let (loops, parks) = h.counters();
+                    json!({"index": h.index(), "loops": loops, "parks": parks})
+                })
+                .collect();
+            Ok(Value::Array(r))
+        }
+    }
+}
+
 /// Handle one request object; `None` for notifications (no id).
 pub fn handle(xb: &Xbdev, req: &Value) -> Option<Value> {
     let id = req.get("id").cloned();
-    let result = (|| {
-        let obj = req.as_object().ok_or_else(|| err(INVALID_REQUEST, "request is not an object"))?;
-        if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
-            return Err(err(INVALID_REQUEST, "jsonrpc must be \"2.0\""));
-        }
-        let method = obj.get("method").and_then(Value::as_str).ok_or_else(|| err(INVALID_REQUEST, "method missing"))?;
-        let params = obj.get("params").cloned().unwrap_or(json!({}));
-        let name_param = || {
-            params
-                .get("name")
-                .and_then(Value::as_str)
-                .map(String::from)
-                .ok_or_else(|| err(INVALID_PARAMS, "params.name: missing required string"))
-        };
-        match method {
-            "rpc_get_methods" => Ok(json!(METHODS)),
-            "shutdown" => {
-                SHUTDOWN.store(true, Ordering::Release);
-                Ok(Value::Bool(true))
-            }
-            "bdev_get_bdevs" => {
-                let filter = params.get("name").and_then(Value::as_str);
-                let list: Vec<Value> = xb
-                    .registry()
-                    .list_all()
-                    .into_iter()
-                    .filter(|(i, _)| filter.is_none_or(|f| i.name == f || i.aliases.iter().any(|a| a == f)))
-                    .map(|(i, claim)| {
-                        json!({
-                            "name": i.name, "aliases": i.aliases, "product_name": i.product,
-                            "uuid": i.uuid.to_string(), "block_size": i.block_size, "num_blocks": i.num_blocks,
-                            "required_alignment": i.required_alignment, "optimal_io_boundary": i.optimal_io_boundary,
-                            "supported_io_types": i.supported.iter().map(|t| t.name()).collect::<Vec<_>>(),
-                            "claimed_by": claim,
-                        })
-                    })
-                    .collect();
-                if let (Some(f), true) = (filter, list.is_empty()) {
-                    return Err(err(SERVER_ERROR, format!("no bdev named '{f}'")));
-                }
-                Ok(Value::Array(list))
-            }
-            "bdev_get_iostat" => {
-                let name = name_param()?;
-                let s = xb.registry().stats(&name).map_err(|e| err(SERVER_ERROR, e.to_string()))?;
-                let by_type: serde_json::Map<String, Value> = bdev::IoType::ALL
-                    .iter()
-                    .map(|t| (t.name().to_string(), json!({"ops": s.ops_of(*t), "bytes": s.bytes_of(*t)})))
-                    .collect();
-                let errors: serde_json::Map<String, Value> = bdev::IoStatus::ALL
-                    .iter()
-                    .skip(1)
-                    .map(|st| (st.name().to_string(), json!(s.errors[*st as usize])))
-                    .collect();
-                Ok(json!({
-                    "name": name, "io": by_type, "errors": errors, "in_flight": s.in_flight,
-                    "latency_ns": {"avg": s.mean_latency_ns(), "p50": s.percentile_ns(50.0),
-                                   "p99": s.percentile_ns(99.0), "p99_9": s.percentile_ns(99.9)}
-                }))
-            }
-            "bdev_malloc_create" | "bdev_null_create" | "bdev_aio_create" => create(xb, method, &params),
-            "bdev_delete" => {
-                let name = name_param()?;
-                xb.registry().unregister(&name).map_err(|e| err(SERVER_ERROR, e.to_string()))?;
-                Ok(Value::Bool(true))
-            }
-            "save_config" => {
-                serde_json::from_str::<Value>(&xb.save_config()).map_err(|e| err(SERVER_ERROR, e.to_string()))
-            }
-            "framework_get_reactors" => {
-                let r: Vec<Value> = xb
-                    .reactors()
-                    .iter()
-                    .map(|h| {
-                        let (loops, parks) = h.counters();
-                        json!({"index": h.index(), "loops": loops, "parks": parks})
-                    })
-                    .collect();
-                Ok(Value::Array(r))
-            }
-            m => Err(err(METHOD_NOT_FOUND, format!("unknown method '{m}'"))),
-        }
-    })();
+    let result = parse_request(req).and_then(|r| execute(xb, &r));
     let id = id?;
     Some(match result {
         Ok(v) => json!({"jsonrpc": "2.0", "id": id, "result": v}),
-        Err((code, message)) => json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}}),
+        Err(RpcError { code, message }) => {
+            json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
+        }
     })
+}
+
+/// Parse one line of input as JSON: a request object or a batch array (not yet checked).
+pub fn parse_line(line: &str) -> Result<Value, RpcError> {
+    serde_json::from_str(line).map_err(|e| err(PARSE_ERROR, format!("parse error: {e}")))
 }
 
 /// Handle one line of input (a request, or a batch array).
 pub fn handle_line(xb: &Xbdev, line: &str) -> Option<String> {
-    let v: Value = match serde_json::from_str(line) {
-        Ok(v) => v,
-        Err(e) => {
-            let r = json!({"jsonrpc": "2.0", "id": null, "error": {"code": PARSE_ERROR, "message": format!("parse error: {e}")}});
-            return Some(r.to_string());
+    match parse_line(line) {
+        Err(RpcError { code, message }) => {
+            let r = json!({"jsonrpc": "2.0", "id": null, "error": {"code": code, "message": message}});
+            Some(r.to_string())
         }
-    };
-    match v {
-        Value::Array(reqs) => {
+        Ok(Value::Array(reqs)) => {
             let out: Vec<Value> = reqs.iter().filter_map(|r| handle(xb, r)).collect();
             (!out.is_empty()).then(|| Value::Array(out).to_string())
         }
-        r => handle(xb, &r).map(|v| v.to_string()),
+        Ok(r) => handle(xb, &r).map(|v| v.to_string()),
     }
 }
 
@@ -215,5 +276,44 @@ impl Drop for RpcServer {
             let _ = t.join();
         }
         let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(line: &str) -> Result<Request, RpcError> {
+        parse_request(&parse_line(line)?)
+    }
+
+    #[test]
+    fn requests_parse_without_an_instance() {
+        let r = parse(r#"{"jsonrpc":"2.0","id":1,"method":"bdev_null_create","params":{"name":"n0","num_blocks":8}}"#);
+        match r {
+            Ok(Request::Create(d)) => {
+                assert!(matches!(*d, BaseDevice::Null(ref p) if p.name == "n0" && p.num_blocks == 8))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse(r#"{"jsonrpc":"2.0","method":"bdev_get_bdevs","params":{"name":"x"}}"#),
+            Ok(Request::GetBdevs { name: Some(n) }) if n == "x"
+        ));
+        assert!(matches!(
+            parse(r#"{"jsonrpc":"2.0","method":"bdev_delete"}"#),
+            Err(RpcError { code: INVALID_PARAMS, .. })
+        ));
+        assert!(matches!(
+            parse(r#"{"jsonrpc":"1.0","method":"save_config"}"#),
+            Err(RpcError { code: INVALID_REQUEST, .. })
+        ));
+        assert!(matches!(parse(r#"{"jsonrpc":"2.0","method":"nope"}"#), Err(RpcError { code: METHOD_NOT_FOUND, .. })));
+        assert!(matches!(parse("{"), Err(RpcError { code: PARSE_ERROR, .. })));
+        let e = parse(r#"{"jsonrpc":"2.0","method":"bdev_malloc_create","params":{"name":"m","size_mb":"4"}}"#);
+        assert!(
+            matches!(e, Err(RpcError { code: INVALID_PARAMS, ref message }) if message.starts_with("params.size_mb:")),
+            "{e:?}"
+        );
     }
 }

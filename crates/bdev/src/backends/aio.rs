@@ -123,8 +123,12 @@ impl Bdev for AioBdev {
 
     fn config_params(&self) -> Option<String> {
         Some(format!(
-            r#"{{"name":{:?},"filename":{:?},"block_size":{},"buffered":{},"readonly":{}}}"#,
-            self.info.name, self.params.filename, self.info.block_size, self.params.buffered, self.params.readonly
+            r#"{{"name":{},"filename":{},"block_size":{},"buffered":{},"readonly":{}}}"#,
+            crate::json_str(&self.info.name),
+            crate::json_str(&self.params.filename),
+            self.info.block_size,
+            self.params.buffered,
+            self.params.readonly
         ))
     }
 }

@@ -133,8 +133,10 @@ impl Bdev for MallocBdev {
 
     fn config_params(&self) -> Option<String> {
         Some(format!(
-            r#"{{"name":{:?},"num_blocks":{},"block_size":{}}}"#,
-            self.info.name, self.info.num_blocks, self.info.block_size
+            r#"{{"name":{},"num_blocks":{},"block_size":{}}}"#,
+            crate::json_str(&self.info.name),
+            self.info.num_blocks,
+            self.info.block_size
         ))
     }
 }

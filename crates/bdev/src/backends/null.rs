@@ -51,8 +51,11 @@ impl Bdev for NullBdev {
 
     fn config_params(&self) -> Option<String> {
         Some(format!(
-            r#"{{"name":{:?},"num_blocks":{},"block_size":{},"zero_reads":{}}}"#,
-            self.info.name, self.info.num_blocks, self.info.block_size, self.zero_reads
+            r#"{{"name":{},"num_blocks":{},"block_size":{},"zero_reads":{}}}"#,
+            crate::json_str(&self.info.name),
+            self.info.num_blocks,
+            self.info.block_size,
+            self.zero_reads
         ))
     }
 }
@@ -77,5 +80,20 @@ impl IoChannel for NullChannel {
 
     fn in_flight(&self) -> usize {
         self.done.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saved_params_escape_the_name_as_json() {
+        // `{:?}` wrote "\u{1}", not JSON, so save_config dropped the device (the xbdev
+        // config_parse fuzz target checks that saved params parse back).
+        let p = NullParams { name: "n\u{1}\"\\\n\u{e9}".into(), num_blocks: 8, block_size: 512, zero_reads: true };
+        let saved = NullBdev::new(p).unwrap().config_params().unwrap();
+        let want = r#"{"name":"n\u0001\"\\\né","num_blocks":8,"block_size":512,"zero_reads":true}"#;
+        assert_eq!(saved, want);
     }
 }
