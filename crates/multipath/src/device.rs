@@ -242,25 +242,6 @@ impl MultipathBdev {
     }
 }
 
-/// A JSON string literal.
-pub(crate) fn json_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 fn json_us(d: Option<Duration>) -> String {
     match d {
         Some(d) => d.as_micros().to_string(),
@@ -274,18 +255,18 @@ pub fn params_to_json(params: &MultipathParams) -> String {
     let paths: Vec<String> = params
         .paths
         .iter()
-        .map(|p| format!(r#"{{"bdev":{},"group":{},"weight":{}}}"#, json_str(&p.bdev), p.group, p.weight))
+        .map(|p| format!(r#"{{"bdev":{},"group":{},"weight":{}}}"#, bdev::json_str(&p.bdev), p.group, p.weight))
         .collect();
     let policy_params = match o.policy {
         Policy::RoundRobin { ios_per_path } => format!(r#","ios_per_path":{ios_per_path}"#),
         Policy::Hash { region_blocks } => format!(r#","region_blocks":{region_blocks}"#),
         _ => String::new(),
     };
-    let name = params.name.as_deref().map(json_str).unwrap_or_else(|| "null".into());
+    let name = params.name.as_deref().map(bdev::json_str).unwrap_or_else(|| "null".into());
     format!(
         r#"{{"name":{name},"paths":[{}],"policy":{}{policy_params},"window_ios":{},"stats_reset_interval_us":{},"probe_interval_us":{},"no_path_timeout_us":{},"ana_check_interval_us":{},"stall_timeout_us":{},"queue_depth":{}}}"#,
         paths.join(","),
-        json_str(o.policy.name()),
+        bdev::json_str(o.policy.name()),
         o.window_ios,
         json_us(Some(o.stats_reset_interval)),
         json_us(Some(o.probe_interval)),

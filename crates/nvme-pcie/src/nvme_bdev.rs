@@ -244,7 +244,12 @@ impl<B: DeviceBacking> Bdev for NvmeBdev<B> {
     fn shutdown(&self) {}
 
     fn config_params(&self) -> Option<String> {
-        Some(format!(r#"{{"name":{:?},"pci_addr":{:?},"queue_depth":{}}}"#, self.prefix, self.traddr, self.depth))
+        Some(format!(
+            r#"{{"name":{},"pci_addr":{},"queue_depth":{}}}"#,
+            bdev::json_str(&self.prefix),
+            bdev::json_str(&self.traddr),
+            self.depth
+        ))
     }
 }
 

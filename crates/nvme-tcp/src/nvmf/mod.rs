@@ -504,13 +504,13 @@ impl Bdev for NvmfBdev {
         let hostid: String = o.host.id.iter().map(|b| format!("{b:02x}")).collect();
         // The JSON config's `nvmf` params (seed `xbdev_config_nvmf`).
         Some(format!(
-            r#"{{"name":{:?},"addr":{:?},"port":{},"nqn":{:?},"hostnqn":{:?},"hostid":{:?},"hdgst":{},"ddgst":{},"queue_depth":{},"io_queues":{},"kato_ms":{},"reconnect_delay_ms":{},"ctrl_loss_timeout_ms":{},"fast_io_fail_timeout_ms":{},"reconnect_delay_max_ms":{},"io_timeout_ms":{}}}"#,
-            self.ctrlr.shared.name,
-            o.addr.ip().to_string(),
+            r#"{{"name":{},"addr":{},"port":{},"nqn":{},"hostnqn":{},"hostid":{},"hdgst":{},"ddgst":{},"queue_depth":{},"io_queues":{},"kato_ms":{},"reconnect_delay_ms":{},"ctrl_loss_timeout_ms":{},"fast_io_fail_timeout_ms":{},"reconnect_delay_max_ms":{},"io_timeout_ms":{}}}"#,
+            bdev::json_str(&self.ctrlr.shared.name),
+            bdev::json_str(&o.addr.ip().to_string()),
             o.addr.port(),
-            o.subnqn,
-            o.host.nqn,
-            hostid,
+            bdev::json_str(&o.subnqn),
+            bdev::json_str(&o.host.nqn),
+            bdev::json_str(&hostid),
             o.hdgst,
             o.ddgst,
             o.io_queue_depth,

@@ -108,18 +108,18 @@ impl Bdev for RaidBdev {
             .slots
             .iter()
             .filter_map(|s| s.device())
-            .map(|d| format!("{:?}", d.name()))
+            .map(|d| bdev::json_str(d.name()))
             .chain(
                 meta.devices
                     .iter()
                     .filter(|r| meta.sb.dev_roles.get(r.sb.dev_number as usize) == Some(&DevRole::Spare))
-                    .map(|r| format!("{:?}", r.dev.name())),
+                    .map(|r| bdev::json_str(r.dev.name())),
             )
             .collect();
         Some(format!(
-            r#"{{"name":{:?},"level":{:?},"members":[{}],"chunk_kib":{},"layout":{}}}"#,
-            self.sh.name,
-            self.sh.geometry.level().name(),
+            r#"{{"name":{},"level":{},"members":[{}],"chunk_kib":{},"layout":{}}}"#,
+            bdev::json_str(&self.sh.name),
+            bdev::json_str(self.sh.geometry.level().name()),
             members.join(","),
             self.sh.geometry.chunk_sectors() / 2,
             meta.sb.layout

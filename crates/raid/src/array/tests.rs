@@ -553,6 +553,23 @@ fn write_modes_follow_the_cost() {
     r.check_on_disk();
 }
 
+/// Saved params are JSON whatever the names hold (`{:?}` wrote `\u{1}`,
+/// which made the saved config drop the array).
+#[test]
+fn saved_params_escape_names_as_json() {
+    let reg = Registry::new();
+    for name in ["q\"1", "c\u{1}2"] {
+        let m = MallocBdev::new(MallocParams { name: name.into(), num_blocks: MEMBER_BLOCKS, block_size: 512 }).unwrap();
+        reg.register(Arc::new(m)).unwrap();
+    }
+    let a = md_create_raid1(&reg, "r\\1", &["q\"1", "c\u{1}2"]).unwrap();
+    assert_eq!(
+        a.bdev().config_params().unwrap(),
+        r#"{"name":"r\\1","level":"raid1","members":["q\"1","c\u00012"],"chunk_kib":0,"layout":0}"#
+    );
+    md_stop(&a).unwrap();
+}
+
 #[test]
 fn shortcut_constructors() {
     let reg = Registry::new();
