@@ -559,7 +559,8 @@ fn write_modes_follow_the_cost() {
 fn saved_params_escape_names_as_json() {
     let reg = Registry::new();
     for name in ["q\"1", "c\u{1}2"] {
-        let m = MallocBdev::new(MallocParams { name: name.into(), num_blocks: MEMBER_BLOCKS, block_size: 512 }).unwrap();
+        let m =
+            MallocBdev::new(MallocParams { name: name.into(), num_blocks: MEMBER_BLOCKS, block_size: 512 }).unwrap();
         reg.register(Arc::new(m)).unwrap();
     }
     let a = md_create_raid1(&reg, "r\\1", &["q\"1", "c\u{1}2"]).unwrap();
