@@ -2,6 +2,7 @@
 
 use crate::io::{IoRequest, IoStatus, IoTypeSet, QueueFull};
 use crate::BdevError;
+use std::fmt::Write as _;
 
 /// A 128-bit identifier (UUID or NGUID), stored big-endian as printed.
 #[derive(Copy, Clone, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
@@ -186,7 +187,9 @@ pub fn json_str(s: &str) -> String {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
             c => out.push(c),
         }
     }

@@ -79,6 +79,20 @@ pub enum ReAddRefusal {
     },
 }
 
+/// The first array parameter (level, layout, chunk size, raid disks, size)
+/// in which two superblocks of one array disagree.
+fn param_mismatch(a: &Superblock, b: &Superblock) -> Option<&'static str> {
+    [
+        ("level", a.level == b.level),
+        ("layout", a.layout == b.layout),
+        ("chunk size", a.chunk_sectors == b.chunk_sectors),
+        ("raid disks", a.raid_disks == b.raid_disks),
+        ("size", a.size == b.size),
+    ]
+    .into_iter()
+    .find_map(|(field, same)| (!same).then_some(field))
+}
+
 /// Whether the device with superblock `dev` can return to its old slot in
 /// the array whose current superblock is `array`, with a recovery driven
 /// by the bitmap whose `events_cleared` is `events_cleared` (`None`: no
@@ -89,16 +103,8 @@ pub fn readd_slot(array: &Superblock, events_cleared: Option<u64>, dev: &Superbl
     if dev.set_uuid != array.set_uuid {
         return Err(ReAddRefusal::OtherArray(dev.uuid_string()));
     }
-    for (field, same) in [
-        ("level", dev.level == array.level),
-        ("layout", dev.layout == array.layout),
-        ("chunk size", dev.chunk_sectors == array.chunk_sectors),
-        ("raid disks", dev.raid_disks == array.raid_disks),
-        ("size", dev.size == array.size),
-    ] {
-        if !same {
-            return Err(ReAddRefusal::ParamMismatch(field));
-        }
+    if let Some(field) = param_mismatch(dev, array) {
+        return Err(ReAddRefusal::ParamMismatch(field));
     }
     let slot = match dev.role() {
         Some(DevRole::Active(s)) if s < u16::try_from(array.raid_disks).unwrap_or(u16::MAX) => usize::from(s),
@@ -329,16 +335,8 @@ pub fn plan(candidates: &[Superblock]) -> Result<AssemblyPlan, AssembleError> {
             stale.push(index);
             continue;
         }
-        for (field, same) in [
-            ("level", sb.level == auth.level),
-            ("layout", sb.layout == auth.layout),
-            ("chunk size", sb.chunk_sectors == auth.chunk_sectors),
-            ("raid disks", sb.raid_disks == auth.raid_disks),
-            ("size", sb.size == auth.size),
-        ] {
-            if !same {
-                return Err(AssembleError::ParamMismatch { index, field });
-            }
+        if let Some(field) = param_mismatch(sb, auth) {
+            return Err(AssembleError::ParamMismatch { index, field });
         }
         let role = auth
             .dev_roles

@@ -1,14 +1,15 @@
 //! md_detail and md_manage of a running array.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use crate::assemble::{readd_slot, ReAddRefusal};
 use crate::superblock::{format_uuid, DevRole};
 use crate::{create, offline};
 
-use super::meta::{BdevMember, DevRecord};
+use super::meta::{BdevMember, DevRecord, Meta};
 use super::replace;
-use super::shared::{lock, ControlMsg, SlotState};
+use super::shared::{lock, ControlMsg, MemberDev, Shared, SlotState};
 use super::{
     emit, member_dev, open_member, ArrayState, BitmapDetail, DiskDetail, DiskState, ManageCmd, MdArray, MdDetail,
     MdError, MdEvent, SyncKind,
@@ -253,13 +254,7 @@ impl MdArray {
         if have < need {
             return Err(refused(ReAddRefusal::TooSmall { have, need }));
         }
-        let mut bs = sh.block_size;
-        let id = meta.next_dev_id;
-        meta.next_dev_id += 1;
-        let member = member_dev(desc, id, dev_sb.data_offset, &mut bs)?;
-        if bs != sh.block_size {
-            return Err(MdError::BlockSize(dev.to_string()));
-        }
+        let member = joining_member(sh, &mut meta, desc, dev_sb.data_offset, dev)?;
         if let Some(r) = meta.sb.dev_roles.get_mut(number as usize) {
             *r = DevRole::Active(slot as u16);
         }
@@ -308,13 +303,7 @@ impl MdArray {
         if sb.data_size < need {
             return Err(MdError::Busy(format!("'{dev}' is too small ({} < {need} sectors)", sb.data_size)));
         }
-        let mut bs = sh.block_size;
-        let id = meta.next_dev_id;
-        meta.next_dev_id += 1;
-        let member = member_dev(desc, id, sb.data_offset, &mut bs)?;
-        if bs != sh.block_size {
-            return Err(MdError::BlockSize(dev.to_string()));
-        }
+        let member = joining_member(sh, &mut meta, desc, sb.data_offset, dev)?;
         let rec = DevRecord { dev: member, sb, replacing: false };
         if let Some(slot) = replace {
             replace::start(sh, &mut meta, slot, rec);
@@ -371,4 +360,23 @@ impl MdArray {
             None => Ok(()),
         }
     }
+}
+
+/// The device `dev` (open as `desc`) joining the running array: the next
+/// device id, and the array's block size (a device may not change it).
+fn joining_member(
+    sh: &Shared,
+    meta: &mut Meta,
+    desc: bdev::Desc,
+    data_offset: u64,
+    dev: &str,
+) -> Result<Arc<MemberDev>, MdError> {
+    let mut bs = sh.block_size;
+    let id = meta.next_dev_id;
+    meta.next_dev_id += 1;
+    let member = member_dev(desc, id, data_offset, &mut bs)?;
+    if bs != sh.block_size {
+        return Err(MdError::BlockSize(dev.to_string()));
+    }
+    Ok(member)
 }
